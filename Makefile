@@ -1,0 +1,46 @@
+# SpeechCT — the two set-up commands are `make run` and `make test` (see README).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+SAMPLE := assets/samples/study-001/dicom
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export QT_QPA_PLATFORM ?= offscreen
+export VTK_DEFAULT_OPENGL_WINDOW ?= vtkOSOpenGLRenderWindow
+
+.PHONY: all setup system-deps run test test-all lint clean
+
+all: test
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+$(STAMP): pyproject.toml scripts/system-deps.sh
+	@bash scripts/system-deps.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the local CPU wheel. A bare "torch" would pull a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[desktop,train,faiss,dev,bench]'
+	@rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/speechct info $(SAMPLE)
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+test-all: $(STAMP) lint
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check engine train desktop tests bench
+	$(VENV)/bin/lint-imports
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""SpeechCT desktop app (PySide6 + VTK). Imports ``engine`` only."""

@@ -1,0 +1,45 @@
+"""``speechct``: the engine's command line.
+
+Each subcommand lives in its own module exposing ``add_parser(subparsers)`` (which
+registers the subcommand and sets ``func``); this module only wires them and turns
+engine errors into one-line messages with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from engine.errors import SpeechCTError
+
+#: Modules that each define ``add_parser(subparsers)``.
+COMMAND_MODULES = (
+    "engine.commands.info",
+    "engine.commands.bundle_info",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="speechct", description="SpeechCT engine: CT studies, dictations, findings.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SpeechCTError as exc:
+        print(f"speechct: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("speechct: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

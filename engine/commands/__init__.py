@@ -1,0 +1,1 @@
+"""Subcommands of ``speechct`` (one module each, see engine.cli)."""

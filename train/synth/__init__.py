@@ -1,0 +1,1 @@
+"""Synthetic CT-RATE-layout studies and Speech-RATE-layout spoken reports."""
