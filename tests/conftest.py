@@ -1,0 +1,26 @@
+"""Test-wide settings: offline, headless, and polite to a 2-core machine."""
+
+from __future__ import annotations
+
+import os
+
+# Set before anything imports transformers / Qt / VTK.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkOSOpenGLRenderWindow")
+# Keep converted backbones and caches out of the user's real cache during tests only
+# when the caller asks; by default tests share the normal cache so conversions happen once.
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    try:
+        import torch
+    except ImportError:  # engine-only installs without torch are not supported, but don't crash collection
+        yield
+        return
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
