@@ -1,0 +1,132 @@
+"""Configuration of the CT encoder (the CTViT family), stored as JSON.
+
+Axis order everywhere: the input volume is ``(z, y, x)`` = (slices, rows, columns);
+tokens are laid out ``(t, h, w)`` = (slice blocks, row blocks, column blocks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import BundleError
+
+#: Folder of the named configs (``ctclip-paper``, ``cpu-small``).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "ct"
+
+POOLINGS = ("ctclip", "attention")
+PEG_LAYOUTS = ("ctclip", "grid")
+
+
+@dataclass
+class CTEncoderConfig:
+    """Shape and behaviour of a :class:`engine.models.ct.CTEncoder`.
+
+    ``input_size`` is ``(z, y, x)`` in voxels. ``patch_size`` is the in-plane tubelet edge
+    (rows = columns), ``temporal_patch_size`` the number of slices per tubelet. In-plane
+    ``y`` and ``x`` must match ``input_size`` exactly (the CT-CLIP pooling flattens the
+    in-plane grid); the slice count may be any multiple of ``temporal_patch_size``.
+    """
+
+    name: str = "custom"
+    input_size: tuple[int, int, int] = (240, 480, 480)
+    patch_size: int = 20
+    temporal_patch_size: int = 10
+    channels: int = 1
+    dim: int = 512
+    spatial_depth: int = 4
+    temporal_depth: int = 4
+    heads: int = 8
+    dim_head: int = 32
+    #: GEGLU feed-forward width is ``int(ff_mult * 2 / 3 * dim)``, as in CT-CLIP.
+    ff_mult: float = 4.0
+    #: Multiplier of the cosine-similarity attention logits (CT-CLIP: 8).
+    attn_scale: float = 8.0
+    #: Hidden width of the continuous relative-position-bias MLP (None = ``dim``).
+    rel_pos_hidden: int | None = None
+    rel_pos_layers: int = 2
+    #: Size of the cosine-similarity VQ codebook; 0 = no codebook.
+    codebook_size: int = 8192
+    latent_dim: int = 512
+    #: "ctclip": mean over t, flatten (h, w, dim), bias-free linear (large: h*w*dim*latent weights);
+    #: "attention": one learned query attends over all tokens, then a linear (small).
+    pooling: str = "ctclip"
+    pool_heads: int = 8
+    #: How the temporal blocks' position-generating conv sees its tokens. "ctclip" repeats
+    #: CT-CLIP's reshape of the (b h w) t d sequence straight into (b, t, h, w), which mixes
+    #: up the axes (needed to reproduce imported weights); "grid" uses the true token grid.
+    temporal_peg_layout: str = "ctclip"
+    grad_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        self.input_size = tuple(int(v) for v in self.input_size)
+        problems = []
+        if len(self.input_size) != 3:
+            problems.append(f"input_size must be (z, y, x), got {self.input_size}")
+        else:
+            z, y, x = self.input_size
+            if y % self.patch_size or x % self.patch_size:
+                problems.append(f"in-plane size {(y, x)} is not a multiple of patch_size {self.patch_size}")
+            if z % self.temporal_patch_size:
+                problems.append(f"slice count {z} is not a multiple of temporal_patch_size {self.temporal_patch_size}")
+        if self.pooling not in POOLINGS:
+            problems.append(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.temporal_peg_layout not in PEG_LAYOUTS:
+            problems.append(f"temporal_peg_layout must be one of {PEG_LAYOUTS}, got {self.temporal_peg_layout!r}")
+        if self.pooling == "attention" and self.dim % self.pool_heads:
+            problems.append(f"dim {self.dim} is not divisible by pool_heads {self.pool_heads}")
+        if problems:
+            raise ValueError("invalid CT encoder config: " + "; ".join(problems))
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """``(t, h, w)`` token counts for ``input_size``."""
+        z, y, x = self.input_size
+        return z // self.temporal_patch_size, y // self.patch_size, x // self.patch_size
+
+    @property
+    def patch_numel(self) -> int:
+        return self.channels * self.temporal_patch_size * self.patch_size * self.patch_size
+
+    @property
+    def ff_inner(self) -> int:
+        return int(self.ff_mult * (2 / 3) * self.dim)
+
+    @property
+    def rel_pos_width(self) -> int:
+        return self.dim if self.rel_pos_hidden is None else self.rel_pos_hidden
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CTEncoderConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown CT encoder config keys: {unknown}")
+        return cls(**d)
+
+    def replace(self, **changes) -> CTEncoderConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def available_ct_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def load_ct_config(name_or_path: str | Path) -> CTEncoderConfig:
+    """A named config (e.g. ``"ctclip-paper"``, ``"cpu-small"``) or a JSON file path."""
+    candidate = CONFIG_DIR / f"{name_or_path}.json"
+    path = candidate if candidate.is_file() else Path(name_or_path)
+    if not path.is_file():
+        raise BundleError(f"no such CT encoder config (named ones: {', '.join(available_ct_configs())})", path)
+    try:
+        data = json.loads(path.read_text())
+        return CTEncoderConfig.from_dict(data)
+    except (json.JSONDecodeError, ValueError, TypeError) as exc:
+        raise BundleError(f"invalid CT encoder config: {exc}", path) from exc
