@@ -340,6 +340,13 @@ class TextTower(nn.Module):
             raise WeightsError(
                 f"CT-CLIP's text tower pools the CLS token; this tower is configured for {self.config.pooling!r}"
             )
+        if (
+            not getattr(ctclip_import, "text_state", None)
+            or getattr(ctclip_import, "text_projection", None) is None
+        ):
+            raise WeightsError(
+                "the CT-CLIP import holds no text tower (text_transformer.* / to_text_latent missing)"
+            )
         ignored = ("embeddings.position_ids", "embeddings.token_type_ids")
         state = {
             k: v

@@ -1,0 +1,173 @@
+"""``speechct bundle-info PATH [--json] [--no-hashes] [--no-backbone]``: what a model bundle holds.
+
+Validates the bundle like the app does (schema, file sizes and sha256, speech backbone), then
+prints its configs, the size and parameter count of every tensor file, provenance and the
+evaluation summary. Exit code 2 with a one-line message when the bundle is unusable.
+
+``--json`` prints one object::
+
+    {
+      "path": str,                       # the bundle folder
+      "name": str | null,
+      "schema": int,
+      "hash": str,                       # Bundle.hash (sha256 hex of the canonical manifest)
+      "labels": [str],
+      "files": {"<group>.safetensors": {"bytes": int, "sha256": str, "tensors": int,
+                                        "parameters": int, "dtypes": [str]}},
+      "parameters_total": int,
+      "bytes_total": int,                # tensor files only
+      "configs": {"preprocess": {...}, "ct_encoder": {...}, "speech": {...} | null,
+                  "text": {...} | null, "space": {...}},
+      "backbone": {"name": str, "status": "ok" | "sha256 differs" | "not checked"} | null,
+      "prompts": {"kind": str, "count": int, "group": str} | null,
+      "thresholds": {"method": str, "count": int} | null,
+      "dictation_head": {...} | null,
+      "provenance": {...},
+      "evaluation": {...} | null,
+      "warnings": [str]
+    }
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from engine.weights.bundle import Bundle, load_bundle, tensor_shapes
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "bundle-info",
+        help="validate a model bundle and show its configs, sizes, provenance and evaluation",
+        description="Validate a model bundle and show what it holds.",
+    )
+    parser.add_argument("path", help="bundle folder (holding bundle.json)")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object (schema in the module docstring)"
+    )
+    parser.add_argument("--no-hashes", action="store_true", help="skip the sha256 check of the tensor files")
+    parser.add_argument("--no-backbone", action="store_true", help="do not resolve the speech backbone")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def bundle_summary(bundle: Bundle, backbone_checked: bool = True) -> dict[str, Any]:
+    """The ``--json`` object for a loaded bundle."""
+    m = bundle.manifest
+    files = {}
+    for name, entry in m["files"].items():
+        shapes = tensor_shapes(bundle.path / name)
+        params = 0
+        for _, shape in shapes.values():
+            n = 1
+            for s in shape:
+                n *= s
+            params += n
+        files[name] = {
+            "bytes": entry["bytes"],
+            "sha256": entry["sha256"],
+            "tensors": len(shapes),
+            "parameters": params,
+            "dtypes": sorted({dtype for dtype, _ in shapes.values()}),
+        }
+    backbone = None
+    if "speech" in m:
+        if not backbone_checked or bundle.speech_backbone is None:
+            status = "not checked"
+        elif bundle.speech_backbone.sha256 != m["speech"]["backbone_sha256"]:
+            status = "sha256 differs"
+        else:
+            status = "ok"
+        backbone = {"name": m["speech"]["backbone"], "status": status}
+    prompts = m.get("prompts")
+    thresholds = m.get("thresholds")
+    return {
+        "path": str(bundle.path),
+        "name": m.get("name"),
+        "schema": m["schema"],
+        "hash": bundle.hash,
+        "labels": m["labels"],
+        "files": files,
+        "parameters_total": sum(f["parameters"] for f in files.values()),
+        "bytes_total": sum(f["bytes"] for f in files.values()),
+        "configs": {k: m.get(k) for k in ("preprocess", "ct_encoder", "speech", "text", "space")},
+        "backbone": backbone,
+        "prompts": None
+        if prompts is None
+        else {"kind": prompts["kind"], "count": len(prompts["texts"]), "group": prompts["group"]},
+        "thresholds": None
+        if thresholds is None
+        else {"method": thresholds["method"], "count": len(thresholds["values"])},
+        "dictation_head": m.get("dictation_head"),
+        "provenance": m["provenance"],
+        "evaluation": m.get("evaluation"),
+        "warnings": list(bundle.warnings),
+    }
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _flat(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """Human-readable text of :func:`bundle_summary`'s object."""
+    lines = [
+        f"bundle      {s['path']}",
+        f"name        {s['name'] or '-'}",
+        f"schema      {s['schema']}",
+        f"hash        {s['hash']}",
+        f"labels      {len(s['labels'])}: {', '.join(s['labels'])}",
+        "",
+        "files",
+    ]
+    for name, f in s["files"].items():
+        lines.append(
+            f"  {name:<28} {_human_bytes(f['bytes']):>10}  {f['parameters']:>12,} params  "
+            f"{f['tensors']:>4} tensors  {'/'.join(f['dtypes']) or '-'}"
+        )
+    lines.append(f"  {'total':<28} {_human_bytes(s['bytes_total']):>10}  {s['parameters_total']:>12,} params")
+    lines += ["", "configs"]
+    for key, value in s["configs"].items():
+        if value is not None:
+            lines.append(f"  {key:<12} {_flat(value)}")
+    if s["backbone"] is not None:
+        lines.append(f"  {'backbone':<12} {s['backbone']['name']} ({s['backbone']['status']})")
+    if s["prompts"] is not None:
+        p = s["prompts"]
+        lines.append(f"  {'prompts':<12} {p['count']} {p['kind']} prompts in group {p['group']}")
+    if s["thresholds"] is not None:
+        lines.append(
+            f"  {'thresholds':<12} {s['thresholds']['count']} labels, method {s['thresholds']['method']}"
+        )
+    if s["dictation_head"] is not None:
+        lines.append(f"  {'dictation':<12} {_flat(s['dictation_head'])}")
+    lines += ["", "provenance"]
+    lines += [f"  {k:<12} {_flat(v)}" for k, v in s["provenance"].items()] or ["  -"]
+    lines += ["", "evaluation"]
+    if s["evaluation"]:
+        lines += [f"  {k:<12} {_flat(v)}" for k, v in s["evaluation"].items()]
+    else:
+        lines.append("  -")
+    for w in s["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    bundle = load_bundle(args.path, check_hashes=not args.no_hashes, check_backbone=not args.no_backbone)
+    summary = bundle_summary(bundle, backbone_checked=not args.no_backbone)
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        print(format_summary(summary))
+    return 0
