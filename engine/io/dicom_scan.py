@@ -1,0 +1,351 @@
+"""Pass 1 of DICOM reading: find files and read their headers (never their pixels).
+
+Every frame that could become a slice is described by a :class:`SliceHeader`; a classic
+single-frame file gives one, an Enhanced (multi-frame) file gives one per frame with the
+per-frame functional groups resolved against the shared ones. Files that are not DICOM,
+hold no image, or cannot be parsed are sorted into :class:`FolderScan`'s other lists so
+that callers can count and report them.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from engine.errors import StudyError
+
+_PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
+_PIXEL_TAG_BE = b"\x7f\xe0\x00\x10"
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+#: Explicit-VR value representations whose length field is 4 bytes (after 2 reserved bytes).
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"}
+#: Transfer syntaxes whose pixel bytes can be read straight into a numpy array.
+RAW_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+@dataclass(slots=True)
+class SliceHeader:
+    """One image frame, as far as the header describes it. Positions are LPS mm."""
+
+    path: str
+    frame: int | None  # frame index inside a multi-frame file; None for single-frame files
+    n_frames: int
+    series_uid: str
+    modality: str
+    sop_class: str
+    image_type: str
+    acquisition: str
+    rows: int
+    columns: int
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None  # the 6 ImageOrientationPatient cosines
+    pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing) mm
+    slice_thickness: float | None
+    slope: float
+    intercept: float
+    has_modality_lut: bool
+    instance_number: int
+    transfer_syntax: str
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    samples_per_pixel: int
+    photometric: str
+    #: Byte offset of the pixel values (after the element header) for uncompressed data, else None.
+    pixel_offset: int | None
+    meta: dict  # safe metadata of the file (engine.volume.SAFE_METADATA_KEYS names)
+
+
+@dataclass
+class FolderScan:
+    """What pass 1 found under a path."""
+
+    root: str
+    slices: list[SliceHeader] = field(default_factory=list)
+    non_dicom: list[str] = field(default_factory=list)
+    non_image: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    n_files: int = 0
+
+
+def list_files(path: str | Path) -> list[str]:
+    """All files under ``path`` (recursive, sorted), or ``[path]`` for a file."""
+    path = Path(path)
+    if path.is_file():
+        return [str(path)]
+    if not path.is_dir():
+        raise StudyError("no such file or folder", path)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        found.extend(os.path.join(dirpath, name) for name in sorted(filenames))
+    return found
+
+
+def scan(path: str | Path, workers: int | None = None) -> FolderScan:
+    """Read the header of every file under ``path`` (threads: file I/O overlaps parsing)."""
+    files = list_files(path)
+    result = FolderScan(root=str(path), n_files=len(files))
+    workers = default_workers(workers)
+    if workers > 1 and len(files) > 8:
+        with ThreadPoolExecutor(workers) as pool:
+            outcomes = list(pool.map(read_header, files, chunksize=16))
+    else:
+        outcomes = [read_header(f) for f in files]
+    for file, (kind, payload) in zip(files, outcomes):
+        if kind == "image":
+            result.slices.extend(payload)
+        elif kind == "non_dicom":
+            result.non_dicom.append(file)
+        elif kind == "non_image":
+            result.non_image.append((file, payload))
+        else:
+            result.unreadable.append((file, payload))
+    return result
+
+
+def default_workers(workers: int | None) -> int:
+    if workers is not None:
+        return max(1, int(workers))
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _looks_like_dicom(head: bytes) -> tuple[bool, bool]:
+    """(is DICOM, needs force) from the first 132 bytes of a file."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True, False
+    # Files without the preamble (old ACR-NEMA style) start with a group 0x0008 or 0x0002 tag.
+    if len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00", b"\x00\x08", b"\x00\x02"):
+        return True, True
+    return False, False
+
+
+def read_header(path: str) -> tuple[str, object]:
+    """Classify one file: ("image", [SliceHeader…]) | ("non_dicom", None) | ("non_image", why) | ("unreadable", why)."""
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(132)
+            is_dicom, force = _looks_like_dicom(head)
+            if not is_dicom:
+                return "non_dicom", None
+            fp.seek(0)
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+            except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error, OverflowError) as exc:
+                return "unreadable", f"cannot parse DICOM header ({_short(exc)})"
+            pixel_start = fp.tell()
+            element_head = fp.read(12)
+            file_size = os.fstat(fp.fileno()).st_size
+    except OSError as exc:
+        return "unreadable", f"cannot open ({exc.strerror or exc})"
+    try:
+        return _describe(path, ds, pixel_start, element_head, file_size)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        return "unreadable", f"malformed header ({_short(exc)})"
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:160]
+
+
+def _syntax(ds) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax:
+        return UID(syntax)
+    # No meta: pydicom guessed the encoding while reading.
+    if ds.is_little_endian is False:
+        return ExplicitVRBigEndian
+    return ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
+
+
+def _pixel_value_offset(syntax: UID, element_head: bytes, pixel_start: int, file_size: int, n_bytes: int):
+    """(offset of the raw pixel values or None, problem or None) from the PixelData element header."""
+    if syntax == ExplicitVRBigEndian:
+        tag_ok = element_head[:4] == _PIXEL_TAG_BE
+    else:
+        tag_ok = element_head[:4] == _PIXEL_TAG_LE
+    if not tag_ok:
+        return None, "no pixel data"
+    if syntax.is_encapsulated or syntax not in (*RAW_LITTLE_ENDIAN, ExplicitVRBigEndian):
+        return None, None  # compressed or deflated: pydicom decodes later
+    if syntax == ImplicitVRLittleEndian:
+        (length,) = struct.unpack("<I", element_head[4:8])
+        value_start = pixel_start + 8
+    else:
+        endian = ">" if syntax == ExplicitVRBigEndian else "<"
+        if element_head[4:6] in _LONG_VRS:
+            (length,) = struct.unpack(endian + "I", element_head[8:12])
+            value_start = pixel_start + 12
+        else:
+            (length,) = struct.unpack(endian + "H", element_head[6:8])
+            value_start = pixel_start + 8
+    if length == _UNDEFINED_LENGTH:
+        return None, None
+    if value_start + min(length, n_bytes) > file_size or length < n_bytes:
+        have = max(0, file_size - value_start)
+        return None, f"truncated pixel data ({min(have, length)} of {n_bytes} bytes)"
+    if syntax == ExplicitVRBigEndian:
+        return None, None  # complete, but byte-swapped: pydicom decodes it
+    return value_start, None
+
+
+def _float(value, default=None):
+    try:
+        return float(value) if value is not None and value != "" else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _floats(value, n: int):
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _int(value, default=0):
+    try:
+        return int(value) if value is not None and value != "" else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
+
+
+def file_metadata(ds) -> dict:
+    """Safe, non-identifying metadata of one dataset (keys of engine.volume.SAFE_METADATA_KEYS)."""
+    meta = {
+        "modality": _text(ds.get("Modality")),
+        "study_uid": _text(ds.get("StudyInstanceUID")),
+        "series_uid": _text(ds.get("SeriesInstanceUID")),
+        "frame_of_reference_uid": _text(ds.get("FrameOfReferenceUID")),
+        "series_description": _text(ds.get("SeriesDescription")),
+        "study_description": _text(ds.get("StudyDescription")),
+        "study_date": _text(ds.get("StudyDate")),
+        "series_number": _int(ds.get("SeriesNumber"), None),
+        "manufacturer": _text(ds.get("Manufacturer")),
+        "body_part": _text(ds.get("BodyPartExamined")),
+        "kernel": _text(ds.get("ConvolutionKernel")),
+    }
+    return {k: v for k, v in meta.items() if v not in ("", None)}
+
+
+def _describe(path: str, ds, pixel_start: int, element_head: bytes, file_size: int) -> tuple[str, object]:
+    rows, columns = _int(ds.get("Rows")), _int(ds.get("Columns"))
+    if element_head[:4] not in (_PIXEL_TAG_LE, _PIXEL_TAG_BE) or not rows or not columns:
+        sop = _text(ds.get("SOPClassUID"))
+        name = UID(sop).name if sop else "unknown SOP class"
+        return "non_image", f"no pixel data (not an image: {name})"
+    syntax = _syntax(ds)
+    n_frames = max(1, _int(ds.get("NumberOfFrames"), 1))
+    bits_allocated = _int(ds.get("BitsAllocated"), 16)
+    samples = _int(ds.get("SamplesPerPixel"), 1)
+    n_bytes = rows * columns * samples * n_frames * bits_allocated // 8
+    offset, problem = _pixel_value_offset(syntax, element_head, pixel_start, file_size, n_bytes)
+    if problem:
+        return "unreadable", problem
+    if bits_allocated not in (8, 16, 32) and not syntax.is_encapsulated:
+        offset = None  # 1-bit or odd packing: leave it to pydicom
+    common = dict(
+        path=path,
+        n_frames=n_frames,
+        series_uid=_text(ds.get("SeriesInstanceUID")) or f"(no SeriesInstanceUID) {path}",
+        modality=_text(ds.get("Modality")).upper(),
+        sop_class=_text(ds.get("SOPClassUID")),
+        rows=rows,
+        columns=columns,
+        has_modality_lut="ModalityLUTSequence" in ds,
+        instance_number=_int(ds.get("InstanceNumber"), 0),
+        transfer_syntax=str(syntax),
+        bits_allocated=bits_allocated,
+        bits_stored=_int(ds.get("BitsStored"), bits_allocated),
+        signed=_int(ds.get("PixelRepresentation"), 0) == 1,
+        samples_per_pixel=samples,
+        photometric=_text(ds.get("PhotometricInterpretation")),
+        pixel_offset=offset,
+        meta=file_metadata(ds),
+    )
+    image_type = _text(ds.get("ImageType"))
+    acquisition = _text(ds.get("AcquisitionNumber"))
+    thickness = _float(ds.get("SliceThickness"))
+    if n_frames == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
+        header = SliceHeader(
+            frame=None,
+            image_type=image_type,
+            acquisition=acquisition,
+            position=_floats(ds.get("ImagePositionPatient"), 3),
+            orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+            pixel_spacing=_floats(ds.get("PixelSpacing"), 2),
+            slice_thickness=thickness,
+            slope=_float(ds.get("RescaleSlope"), 1.0),
+            intercept=_float(ds.get("RescaleIntercept"), 0.0),
+            **common,
+        )
+        return "image", [header]
+    return "image", _frames(ds, common, image_type, acquisition, thickness)
+
+
+def _group_item(ds, group: str, index: int | None, shared):
+    """The first item of functional group ``group`` for frame ``index`` (per-frame wins over shared)."""
+    if index is not None:
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        if per_frame is not None and index < len(per_frame) and group in per_frame[index]:
+            seq = per_frame[index][group]
+            if len(seq.value):
+                return seq.value[0]
+    if shared is not None and group in shared and len(shared[group].value):
+        return shared[group].value[0]
+    return None
+
+
+def _frames(ds, common: dict, image_type: str, acquisition: str, thickness) -> list[SliceHeader]:
+    """One header per frame of a multi-frame file (Enhanced CT or legacy multi-frame)."""
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq is not None and len(shared_seq) else None
+    headers = []
+    for i in range(common["n_frames"]):
+        position_item = _group_item(ds, "PlanePositionSequence", i, shared)
+        orientation_item = _group_item(ds, "PlaneOrientationSequence", i, shared)
+        measures = _group_item(ds, "PixelMeasuresSequence", i, shared)
+        transform = _group_item(ds, "PixelValueTransformationSequence", i, shared)
+        frame_type = _group_item(ds, "CTImageFrameTypeSequence", i, shared)
+        position = position_item.get("ImagePositionPatient") if position_item is not None else None
+        if position is None and common["n_frames"] == 1:
+            position = ds.get("ImagePositionPatient")
+        orientation = orientation_item.get("ImageOrientationPatient") if orientation_item is not None else None
+        source = transform if transform is not None else ds
+        headers.append(
+            SliceHeader(
+                frame=i,
+                image_type=_text(frame_type.get("FrameType")) if frame_type is not None else image_type,
+                acquisition=acquisition,
+                position=_floats(position, 3),
+                orientation=_floats(orientation if orientation is not None else ds.get("ImageOrientationPatient"), 6),
+                pixel_spacing=_floats(
+                    measures.get("PixelSpacing") if measures is not None else ds.get("PixelSpacing"), 2
+                ),
+                slice_thickness=_float(measures.get("SliceThickness")) if measures is not None else thickness,
+                slope=_float(source.get("RescaleSlope"), 1.0),
+                intercept=_float(source.get("RescaleIntercept"), 0.0),
+                **common,
+            )
+        )
+    return headers
