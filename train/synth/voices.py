@@ -158,7 +158,9 @@ def normalize_for_speech(text: str) -> str:
 def _espeak_path() -> str:
     path = shutil.which(ESPEAK)
     if path is None:
-        raise TTSError(f"{ESPEAK} is not installed (Debian: apt-get install espeak-ng); speech synthesis needs it")
+        raise TTSError(
+            f"{ESPEAK} is not installed (Debian: apt-get install espeak-ng); speech synthesis needs it"
+        )
     return path
 
 
@@ -194,7 +196,9 @@ def check_voice(voice: Voice) -> None:
     if base.lower() not in voices:
         raise TTSError(f"voice {voice.id!r}: espeak-ng has no voice {base!r} (see `espeak-ng --voices`)")
     if variant and variant.lower() not in variants:
-        raise TTSError(f"voice {voice.id!r}: espeak-ng has no variant {variant!r} (see `espeak-ng --voices=variant`)")
+        raise TTSError(
+            f"voice {voice.id!r}: espeak-ng has no variant {variant!r} (see `espeak-ng --voices=variant`)"
+        )
     if voice.engine == "mbrola":
         name = base.removeprefix("mb-")
         if not any((d / name).exists() or (d / name / name).exists() for d in MBROLA_DIRS):
@@ -245,11 +249,24 @@ def speak(
     if not spoken:
         raise TTSError("nothing to say: the text is empty")
     # "--" ends the options, so a text that starts with "-" is never taken for one.
-    cmd = [_espeak_path(), "-v", voice.espeak, "-s", str(int(rate_wpm)), "-p", str(int(pitch)), "--stdout", "--", spoken]
+    cmd = [
+        _espeak_path(),
+        "-v",
+        voice.espeak,
+        "-s",
+        str(int(rate_wpm)),
+        "-p",
+        str(int(pitch)),
+        "--stdout",
+        "--",
+        spoken,
+    ]
     proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0 or not proc.stdout:
         err = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise TTSError(f"voice {voice.id!r}: espeak-ng failed ({err[-1] if err else f'exit {proc.returncode}'})")
+        raise TTSError(
+            f"voice {voice.id!r}: espeak-ng failed ({err[-1] if err else f'exit {proc.returncode}'})"
+        )
     pcm, rate = _parse_espeak_wav(proc.stdout, voice)
     audio = pcm.astype(np.float32) / 32768.0
     if rate != SAMPLE_RATE:
