@@ -22,7 +22,6 @@ import re
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from math import gcd
 from pathlib import Path
 from typing import Any
 
@@ -244,21 +243,14 @@ class SpeechRateItem:
 
 
 def read_audio(path: Path) -> np.ndarray:
-    """float32 mono 16 kHz samples of a WAV (or any libsndfile format)."""
-    import soundfile as sf
-    from scipy.signal import resample_poly
+    """float32 mono 16 kHz samples of a spoken report (``engine.audio.load_audio``: any rate,
+    any channel count, down-mixed and resampled). A missing file is a DataError (the tree
+    disagrees with itself); an undecodable one is engine's AudioError."""
+    from engine.audio import load_audio
 
     if not path.is_file():
         raise DataError("spoken report WAV is missing", path)
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise DataError(f"cannot read audio ({e})", path) from e
-    audio = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if rate != SAMPLE_RATE:
-        g = gcd(SAMPLE_RATE, int(rate))
-        audio = resample_poly(audio, SAMPLE_RATE // g, int(rate) // g).astype(np.float32)
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    return load_audio(path)
 
 
 def _opt_float(value: str | None) -> float | None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.errors import DataError, SpeechCTWarning
+from engine.errors import AudioError, DataError, SpeechCTWarning
 from engine.findings import LABELS
 from engine.io.nifti import read_nifti
 from train.data import (
@@ -189,14 +189,14 @@ def test_real_ctrate_without_mentions_counts_label_zero_as_absent(ctrate):
 
 
 def test_v1_volumes_get_metadata_overrides_and_v2_fixed_are_read_as_stored(ctrate):
-    train = CTRateDataset(ctrate, "train", loader=read_nifti)
+    train = CTRateDataset(ctrate, "train")  # engine.io.load_volume
     item = train[0]
     assert item.volume.shape == (4, 5, 6)
     assert item.volume.spacing == (2.5, 0.8, 0.7)  # metadata wins over the header's 1 mm
     expected_hu = np.arange(np.prod(SHAPE_IJK)).reshape(SHAPE_IJK).transpose(2, 1, 0) - 1000
     np.testing.assert_array_equal(item.volume.array, expected_hu)
     assert item.labels.dtype == np.float32 and item.audio is None
-    valid = CTRateDataset(ctrate, "valid", loader=read_nifti)
+    valid = CTRateDataset(ctrate, "valid")
     assert valid.index[0].fixed
     v = valid[0].volume
     np.testing.assert_array_equal(v.array, expected_hu)  # not shifted by the metadata's -1024 again
@@ -441,5 +441,5 @@ def test_speech_errors_name_the_problem(ctrate, speech, tmp_path):
     bad = walked / "dataset/train/train_1/train_1_a/train_1_a_1_findings.wav"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a wav")
-    with pytest.raises(DataError, match="cannot read audio"):
+    with pytest.raises(AudioError, match="cannot decode audio"):
         SpeechRateDataset(walked, "train")[0]
