@@ -249,7 +249,10 @@ class CosineCodebook(nn.Module):
 
     def __init__(self, size: int, dim: int, rows_per_chunk: int = 2048):
         super().__init__()
-        self.register_buffer("embed", F.normalize(torch.randn(size, dim), dim=-1))
+        embed = torch.empty(size, dim)
+        if not embed.is_meta:  # random ops on meta pull in torch._refs (seconds of imports)
+            embed = F.normalize(embed.normal_(), dim=-1)
+        self.register_buffer("embed", embed)
         self.rows_per_chunk = rows_per_chunk
 
     def indices(self, tokens: Tensor) -> Tensor:

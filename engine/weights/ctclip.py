@@ -197,10 +197,7 @@ def import_ctclip(state_dict_or_path, config: CTEncoderConfig | None = None, str
             else:
                 result.ct_state[target] = tensor
         elif key == "to_visual_latent.weight":
-            if config.pooling == "ctclip":
-                result.ct_state["pool.proj.weight"] = tensor
-            else:
-                result.dropped[key] = f"CT-CLIP pooling projection, unused by {config.pooling!r} pooling"
+            result.ct_state["pool.proj.weight"] = tensor
         elif key.startswith(TEXT):
             result.text_state[key[len(TEXT):]] = tensor
         elif key == "to_text_latent.weight":
