@@ -485,7 +485,9 @@ def save_bundle(
             # clone: safetensors refuses views sharing storage, and CPU copies must not alias live parameters
             cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in group_tensors.items()}
             path = staging / f"{group}{TENSOR_SUFFIX}"
-            save_file(cpu, str(path), metadata={"speechct_group": group, "bundle_schema": str(BUNDLE_SCHEMA)})
+            # one metadata key only: safetensors writes metadata in hash-map order, and several keys
+            # would make identical content hash differently from run to run
+            save_file(cpu, str(path), metadata={"format": "pt"})
             _fsync(path)
             files[path.name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
         manifest["files"] = files
