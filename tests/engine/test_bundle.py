@@ -393,3 +393,19 @@ def test_bundle_info_corrupt_bundle_exits_2_with_one_line(cli, bundle_dir, capsy
     assert cli(["bundle-info", str(bundle_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("speechct: error: ") and "prompts.safetensors" in err and "\n" not in err
+
+
+def test_real_whisper_backbone_resolution(tmp_path):
+    """The default resolver (engine.weights.whisper): the packaged whisper-base matches its own sha256."""
+    from engine.weights.whisper import resolve_whisper_backbone
+
+    real = resolve_whisper_backbone("whisper-base")
+    manifest = make_manifest()
+    manifest["speech"]["backbone_sha256"] = real.sha256
+    folder = save_bundle(tmp_path / "real", manifest=manifest, tensors=make_tensors())
+    bundle = load_bundle(folder)
+    assert bundle.warnings == [] and bundle.speech_backbone.sha256 == real.sha256
+    manifest["speech"]["backbone"] = "whisper-nonexistent"
+    folder = save_bundle(tmp_path / "missing", manifest=manifest, tensors=make_tensors())
+    with pytest.raises(BundleError, match="speech backbone 'whisper-nonexistent' is not available"):
+        load_bundle(folder)

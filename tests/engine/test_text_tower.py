@@ -15,6 +15,7 @@ from engine.models.text import (
     create_text_tower,
     resolve_text_backbone,
 )
+from tests.engine.ctclip_fixture import FIXTURES, needs_fixture, tiny_config
 
 torch.set_num_threads(1)
 
@@ -224,3 +225,27 @@ def test_load_ctclip_text_mismatches_raise(tiny_cxr_folder):
     mean_tower = TextTower(_tiny_config(tiny_cxr_folder, pooling="mean"), pretrained=False)
     with pytest.raises(WeightsError, match="CLS"):
         mean_tower.load_ctclip_text(ctclip)
+
+
+@needs_fixture
+def test_text_tower_from_a_real_ctclip_import(tiny_cxr_folder):
+    """engine.weights.ctclip.import_ctclip on a CT-CLIP-keyed checkpoint: golden image side + tiny text side."""
+    from engine.models.space import LogitScale
+    from engine.weights.ctclip import import_ctclip
+
+    checkpoint = torch.load(FIXTURES / "ctclip_tiny_state_dict.pt", weights_only=True)
+    fake, bert = _fake_ctclip_import(tiny_cxr_folder, latent=32)
+    checkpoint.update({f"text_transformer.{k}": v for k, v in fake.text_state.items()})
+    checkpoint["to_text_latent.weight"] = fake.text_projection
+    imported = import_ctclip(checkpoint, config=tiny_config())
+    assert "embeddings.position_ids" not in imported.text_state
+    tower = TextTower.from_ctclip(imported, _tiny_config(tiny_cxr_folder, latent_dim=32)).eval()
+    _, tokenizer = _reference_bert(tiny_cxr_folder)
+    with torch.no_grad():
+        batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+        expected = (
+            bert(batch.input_ids, attention_mask=batch.attention_mask)[0][:, 0] @ fake.text_projection.T
+        )
+        torch.testing.assert_close(tower.encode(TEXTS), expected, atol=1e-5, rtol=1e-4)
+    scale = LogitScale(imported.logit_scale)
+    assert scale().item() == pytest.approx(checkpoint["temperature"].exp().item())
