@@ -146,8 +146,12 @@ def _rescale(stored: np.ndarray, slices: list[SliceHeader]) -> np.ndarray:
         candidates = [lo * slopes + intercepts, hi * slopes + intercepts]
         if min(c.min() for c in candidates) >= _INT16.min and max(c.max() for c in candidates) <= _INT16.max:
             if np.all(slopes == 1) and _INT16.min <= lo and hi <= _INT16.max:
-                out = stored.astype(np.int16)  # values fit: the cast is exact
-                if np.any(intercepts != 0):
+                # Values fit int16, so reinterpreting 16-bit storage is exact and saves a copy.
+                out = stored.view(np.int16) if stored.dtype.itemsize == 2 else stored.astype(np.int16)
+                if np.all(intercepts == intercepts[0]):
+                    if intercepts[0] != 0:
+                        out += np.int16(intercepts[0])
+                else:
                     out += intercepts.astype(np.int16)[:, None, None]
                 return out
             out = stored.astype(np.int32)

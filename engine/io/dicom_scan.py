@@ -94,11 +94,12 @@ def scan(path: str | Path, workers: int | None = None) -> FolderScan:
     files = list_files(path)
     result = FolderScan(root=str(path), n_files=len(files))
     workers = default_workers(workers)
+    meta_cache: dict = {}
     if workers > 1 and len(files) > 8:
         with ThreadPoolExecutor(workers) as pool:
-            outcomes = list(pool.map(read_header, files, chunksize=16))
+            outcomes = list(pool.map(lambda f: read_header(f, meta_cache), files, chunksize=16))
     else:
-        outcomes = [read_header(f) for f in files]
+        outcomes = [read_header(f, meta_cache) for f in files]
     for file, (kind, payload) in zip(files, outcomes):
         if kind == "image":
             result.slices.extend(payload)
@@ -127,7 +128,7 @@ def _looks_like_dicom(head: bytes) -> tuple[bool, bool]:
     return False, False
 
 
-def read_header(path: str) -> tuple[str, object]:
+def read_header(path: str, meta_cache: dict | None = None) -> tuple[str, object]:
     """Classify one file: ("image", [SliceHeader…]) | ("non_dicom", None) | ("non_image", why) | ("unreadable", why)."""
     try:
         with open(path, "rb") as fp:
@@ -146,7 +147,7 @@ def read_header(path: str) -> tuple[str, object]:
     except OSError as exc:
         return "unreadable", f"cannot open ({exc.strerror or exc})"
     try:
-        return _describe(path, ds, pixel_start, element_head, file_size)
+        return _describe(path, ds, pixel_start, element_head, file_size, meta_cache)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
         return "unreadable", f"malformed header ({_short(exc)})"
 
@@ -230,6 +231,96 @@ def _text(value) -> str:
     return str(value).strip()
 
 
+class _Fields:
+    """Plain header values straight from pydicom's raw elements.
+
+    Why by hand: pydicom's per-element conversion (``ds.get``) was two thirds of the header
+    pass; the few numeric/ASCII values a slice needs decode in microseconds from raw bytes.
+    Text that may use a character set (descriptions) still goes through pydicom.
+    """
+
+    __slots__ = ("ds",)
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+    def strings(self, tag: int) -> list[str] | None:
+        elem = self.ds.get_item(tag)
+        if elem is None:
+            return None
+        value = elem.value
+        if isinstance(value, bytes):
+            text = value.decode("latin-1").strip(" \x00")
+            return [v.strip(" \x00") for v in text.split("\\")] if text else []
+        if value is None:
+            return []
+        if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+            return [str(v).strip() for v in value]
+        return [str(value).strip()]
+
+    def text(self, tag: int) -> str:
+        values = self.strings(tag)
+        return "\\".join(values) if values else ""
+
+    def floats(self, tag: int, n: int) -> tuple[float, ...] | None:
+        values = self.strings(tag)
+        if not values or len(values) != n:
+            return None
+        try:
+            return tuple(float(v) for v in values)
+        except ValueError:
+            return None
+
+    def float(self, tag: int, default=None):
+        values = self.strings(tag)
+        try:
+            return float(values[0]) if values else default
+        except ValueError:
+            return default
+
+    def int(self, tag: int, default=0):
+        """An IS (text) or US (binary, 2 bytes) value."""
+        elem = self.ds.get_item(tag)
+        if elem is None:
+            return default
+        value = elem.value
+        if isinstance(value, bytes) and elem.VR in ("US", None) and len(value) == 2 and (
+            elem.VR == "US" or tag in _US_TAGS
+        ):
+            return struct.unpack("<H" if elem.is_little_endian else ">H", value)[0]
+        if isinstance(value, int):
+            return value
+        values = self.strings(tag)
+        try:
+            return int(float(values[0])) if values else default
+        except ValueError:
+            return default
+
+
+#: Tags read above (group, element as one int) and the US-valued ones among them.
+_ROWS, _COLUMNS = 0x00280010, 0x00280011
+_BITS_ALLOCATED, _BITS_STORED, _PIXEL_REPRESENTATION = 0x00280100, 0x00280101, 0x00280103
+_SAMPLES_PER_PIXEL, _PHOTOMETRIC = 0x00280002, 0x00280004
+_US_TAGS = {_ROWS, _COLUMNS, _BITS_ALLOCATED, _BITS_STORED, _PIXEL_REPRESENTATION, _SAMPLES_PER_PIXEL}
+_SOP_CLASS, _MODALITY, _SERIES_UID = 0x00080016, 0x00080060, 0x0020000E
+_IMAGE_TYPE, _ACQUISITION, _INSTANCE = 0x00080008, 0x00200012, 0x00200013
+_NUMBER_OF_FRAMES, _SLICE_THICKNESS = 0x00280008, 0x00180050
+_POSITION, _ORIENTATION, _PIXEL_SPACING = 0x00200032, 0x00200037, 0x00280030
+_SLOPE, _INTERCEPT = 0x00281053, 0x00281052
+_MODALITY_LUT, _PER_FRAME = 0x00283000, 0x52009230
+#: Tags behind file_metadata(); files whose raw values agree share one decoded dict.
+_META_TAGS = (0x00080005, 0x00080060, 0x0020000D, 0x0020000E, 0x00200052, 0x0008103E, 0x00081030, 0x00080020,
+              0x00200011, 0x00080070, 0x00180015, 0x00181210)
+
+
+def _meta_key(ds) -> tuple:
+    key = []
+    for tag in _META_TAGS:
+        elem = ds.get_item(tag)
+        key.append(None if elem is None else (elem.value if isinstance(elem.value, bytes) else repr(elem.value)))
+    return tuple(key)
+
+
 def file_metadata(ds) -> dict:
     """Safe, non-identifying metadata of one dataset (keys of engine.volume.SAFE_METADATA_KEYS)."""
     meta = {
@@ -248,55 +339,65 @@ def file_metadata(ds) -> dict:
     return {k: v for k, v in meta.items() if v not in ("", None)}
 
 
-def _describe(path: str, ds, pixel_start: int, element_head: bytes, file_size: int) -> tuple[str, object]:
-    rows, columns = _int(ds.get("Rows")), _int(ds.get("Columns"))
+def _describe(
+    path: str, ds, pixel_start: int, element_head: bytes, file_size: int, meta_cache: dict | None = None
+) -> tuple[str, object]:
+    f = _Fields(ds)
+    rows, columns = f.int(_ROWS), f.int(_COLUMNS)
     if element_head[:4] not in (_PIXEL_TAG_LE, _PIXEL_TAG_BE) or not rows or not columns:
-        sop = _text(ds.get("SOPClassUID"))
+        sop = f.text(_SOP_CLASS)
         name = UID(sop).name if sop else "unknown SOP class"
         return "non_image", f"no pixel data (not an image: {name})"
     syntax = _syntax(ds)
-    n_frames = max(1, _int(ds.get("NumberOfFrames"), 1))
-    bits_allocated = _int(ds.get("BitsAllocated"), 16)
-    samples = _int(ds.get("SamplesPerPixel"), 1)
+    n_frames = max(1, f.int(_NUMBER_OF_FRAMES, 1))
+    bits_allocated = f.int(_BITS_ALLOCATED, 16)
+    samples = f.int(_SAMPLES_PER_PIXEL, 1)
     n_bytes = rows * columns * samples * n_frames * bits_allocated // 8
     offset, problem = _pixel_value_offset(syntax, element_head, pixel_start, file_size, n_bytes)
     if problem:
         return "unreadable", problem
     if bits_allocated not in (8, 16, 32) and not syntax.is_encapsulated:
         offset = None  # 1-bit or odd packing: leave it to pydicom
+    if meta_cache is None:
+        meta = file_metadata(ds)
+    else:
+        key = _meta_key(ds)
+        meta = meta_cache.get(key)
+        if meta is None:
+            meta = meta_cache.setdefault(key, file_metadata(ds))
     common = dict(
         path=path,
         n_frames=n_frames,
-        series_uid=_text(ds.get("SeriesInstanceUID")) or f"(no SeriesInstanceUID) {path}",
-        modality=_text(ds.get("Modality")).upper(),
-        sop_class=_text(ds.get("SOPClassUID")),
+        series_uid=f.text(_SERIES_UID) or f"(no SeriesInstanceUID) {path}",
+        modality=f.text(_MODALITY).upper(),
+        sop_class=f.text(_SOP_CLASS),
         rows=rows,
         columns=columns,
-        has_modality_lut="ModalityLUTSequence" in ds,
-        instance_number=_int(ds.get("InstanceNumber"), 0),
+        has_modality_lut=_MODALITY_LUT in ds,
+        instance_number=f.int(_INSTANCE, 0),
         transfer_syntax=str(syntax),
         bits_allocated=bits_allocated,
-        bits_stored=_int(ds.get("BitsStored"), bits_allocated),
-        signed=_int(ds.get("PixelRepresentation"), 0) == 1,
+        bits_stored=f.int(_BITS_STORED, bits_allocated),
+        signed=f.int(_PIXEL_REPRESENTATION, 0) == 1,
         samples_per_pixel=samples,
-        photometric=_text(ds.get("PhotometricInterpretation")),
+        photometric=f.text(_PHOTOMETRIC),
         pixel_offset=offset,
-        meta=file_metadata(ds),
+        meta=meta,
     )
-    image_type = _text(ds.get("ImageType"))
-    acquisition = _text(ds.get("AcquisitionNumber"))
-    thickness = _float(ds.get("SliceThickness"))
-    if n_frames == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
+    image_type = f.text(_IMAGE_TYPE)
+    acquisition = f.text(_ACQUISITION)
+    thickness = f.float(_SLICE_THICKNESS)
+    if n_frames == 1 and _PER_FRAME not in ds:
         header = SliceHeader(
             frame=None,
             image_type=image_type,
             acquisition=acquisition,
-            position=_floats(ds.get("ImagePositionPatient"), 3),
-            orientation=_floats(ds.get("ImageOrientationPatient"), 6),
-            pixel_spacing=_floats(ds.get("PixelSpacing"), 2),
+            position=f.floats(_POSITION, 3),
+            orientation=f.floats(_ORIENTATION, 6),
+            pixel_spacing=f.floats(_PIXEL_SPACING, 2),
             slice_thickness=thickness,
-            slope=_float(ds.get("RescaleSlope"), 1.0),
-            intercept=_float(ds.get("RescaleIntercept"), 0.0),
+            slope=f.float(_SLOPE, 1.0),
+            intercept=f.float(_INTERCEPT, 0.0),
             **common,
         )
         return "image", [header]
