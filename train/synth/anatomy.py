@@ -480,7 +480,7 @@ def build_anatomy(canvas: Canvas, an: Anatomy, rng: np.random.Generator) -> Land
                   5: (hila["left"] + (-16, 8, -6), "left")}
     branches: list[Branch] = []
     veins: list[Branch] = []
-    for code, (root, side) in lobe_roots.items():
+    for code, (root, _side) in lobe_roots.items():
         if code not in centroids:
             continue
         c = centroids[code]
@@ -524,7 +524,7 @@ def build_anatomy(canvas: Canvas, an: Anatomy, rng: np.random.Generator) -> Land
     for p0, p1, lumen, _, _, _ in bronchi:
         paint_capsule(canvas, p0, p1, lumen, HU["air"], where=lung, mask_name="airway")
     # main bronchi to the lobar bronchi
-    for code, (root, side) in lobe_roots.items():
+    for code, (_root, side) in lobe_roots.items():
         end = main_r[1] if side == "right" else main_l[1]
         first = [b for b in bronchi if b[4] == code and b[5] == 0]
         if first:

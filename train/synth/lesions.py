@@ -576,7 +576,7 @@ def draw_hiatal_hernia(ctx: Context, d: dict) -> None:
 
 
 def draw_lymphadenopathy(ctx: Context, d: dict) -> None:
-    c, rng, an, lm = ctx.canvas, ctx.rng, ctx.an, ctx.lm
+    c, rng, _an, lm = ctx.canvas, ctx.rng, ctx.an, ctx.lm
     d["severity"] = d["severity"] or _severity(rng)
     vy = lm.vertebra_y
     stations = {
@@ -624,7 +624,7 @@ def draw_bronchiectasis(ctx: Context, d: dict) -> None:
         return
     codes = [code for code, name in LOBES.items() if name in d["lobes"]]
     ends = [b for b in lm.bronchi if b[4] in codes and b[5] >= 3]
-    for p0, p1, lumen, wall, _, _ in ends[: 12]:
+    for _p0, p1, _lumen, _wall, _, _ in ends[: 12]:
         r = rng.uniform(4, 7)
         paint_ellipsoid(c, p1, (r + 1.2,) * 3, 20.0, where=c.masks["lung"])
         paint_ellipsoid(c, p1, (r,) * 3, -990.0, where=c.masks["lung"])
