@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -60,6 +61,12 @@ def tiny_cxr_folder(tmp_path_factory) -> str:
         auto_map={"AutoModel": "modeling_cxrbert.CXRBertModel"},
     )
     (folder / "config.json").write_text(json.dumps(data))
+    # CXR-BERT ships vocab.txt and names its own tokenizer class; only the plain BertTokenizer may be used
+    (folder / "tokenizer.json").unlink()
+    shutil.copy(resolve("all-MiniLM-L6-v2") / "vocab.txt", folder / "vocab.txt")
+    custom = {"AutoTokenizer": ["tokenization_cxrbert.CXRBertTokenizer", None]}
+    tokenizer_config = {"do_lower_case": True, "tokenizer_class": "CXRBertTokenizer", "auto_map": custom}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     return str(folder)
 
 
