@@ -18,7 +18,8 @@ Steps of :func:`prepare_ct`
 
 Voxel arithmetic of :func:`prepare_array` (CT-CLIP's, step by step)
 -------------------------------------------------------------------
-* output grid size per axis ``int(n * (spacing / target_spacing))`` (truncation);
+* output grid size per axis ``int(n * (spacing / target_spacing))`` (truncation), with
+  ``spacing`` first snapped to the decimal it was written as (:func:`snap_spacing`);
 * trilinear resampling with ``align_corners=False`` (torch's formula: source index
   ``(d + 0.5) * n_in / n_out - 0.5``, clamped at 0);
 * clip to the HU window (after resampling, as CT-CLIP's training loader does;
@@ -59,6 +60,7 @@ __all__ = [
     "output_geometry",
     "prepare_array",
     "prepare_ct",
+    "snap_spacing",
 ]
 
 _SPEC_DIR = Path(__file__).with_name("configs") / "preprocess"
@@ -186,9 +188,20 @@ class _AxisPlan:
     pad_before: int  # output voxels of pad before the kept ones
 
 
+def snap_spacing(mm: float) -> float:
+    """The shortest decimal that rounds to the same float32 as ``mm`` (1.39999998 -> 1.4).
+
+    NIfTI headers hold float32 and DICOM slice steps come from differences of positions,
+    so one study read both ways gives 1.39999998 and 1.4000000000000057 mm; CT-CLIP's
+    spacings come from decimal strings (the metadata CSV). Without snapping,
+    int(256 * 1.39999998 / 2.8) = 127 but int(256 * 1.4 / 2.8) = 128.
+    """
+    return float(str(np.float32(mm)))
+
+
 def _axis_plan(n_in: int, spacing: float, target_spacing: float, target: int) -> _AxisPlan:
     # Same expression and evaluation order as CT-CLIP's resize_array: factor first, then int().
-    factor = spacing / target_spacing
+    factor = snap_spacing(spacing) / target_spacing
     n_res = int(n_in * factor)
     start = max((n_res - target) // 2, 0)
     stop = min(start + target, n_res)
@@ -296,7 +309,10 @@ def prepare_array(
         )
     pz, py, px = plans
     lo, hi = spec.hu_window
-    out = torch.full(spec.shape, spec.pad_value, dtype=torch.float32, device=device)
+    if is_numpy:  # np.full fills a fresh 221 MB buffer ~2-3x faster than torch.full on CPU
+        out = torch.from_numpy(np.full(spec.shape, spec.pad_value, dtype=np.float32))
+    else:
+        out = torch.full(spec.shape, spec.pad_value, dtype=torch.float32, device=device)
     along_z = _SliceResampler(pz, device)
     in_plane_same = (py.n_resampled, px.n_resampled) == (py.n_in, px.n_in)
     n_out = pz.crop_stop - pz.crop_start

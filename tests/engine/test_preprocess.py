@@ -326,3 +326,15 @@ def test_ctclip_spec_full_size_matches_reference():
     ref = ctclip_reference(hu, spacing, CTCLIP_SPEC)
     assert got.shape == (240, 480, 480)
     np.testing.assert_allclose(got, ref, rtol=0, atol=3e-5)  # float32 positions at ~450 voxels, see above
+
+
+def test_spacing_is_snapped_to_its_decimal_before_sizes():
+    from engine.preprocess import snap_spacing
+
+    assert snap_spacing(float(np.float32(1.4))) == 1.4  # NIfTI header float32
+    assert snap_spacing(1.4000000000000057) == 1.4  # difference of DICOM positions
+    assert snap_spacing(0.68359375) == 0.68359375  # exact binary values are kept
+    spec = small_spec((64, 128, 128), (5.0, 2.8, 2.8))
+    g32 = output_geometry((130, 256, 256), (2.5, float(np.float32(1.4)), float(np.float32(1.4))), spec)
+    g64 = output_geometry((130, 256, 256), (2.5, 1.4, 1.4), spec)
+    assert g32 == g64 and g64["resampled_shape"] == (65, 128, 128)
