@@ -284,9 +284,7 @@ class _Fields:
         if elem is None:
             return default
         value = elem.value
-        if isinstance(value, bytes) and elem.VR in ("US", None) and len(value) == 2 and (
-            elem.VR == "US" or tag in _US_TAGS
-        ):
+        if isinstance(value, bytes) and tag in _US_TAGS and len(value) == 2:  # US, also when stored as UN
             return struct.unpack("<H" if elem.is_little_endian else ">H", value)[0]
         if isinstance(value, int):
             return value
@@ -345,8 +343,11 @@ def _describe(
     f = _Fields(ds)
     rows, columns = f.int(_ROWS), f.int(_COLUMNS)
     if element_head[:4] not in (_PIXEL_TAG_LE, _PIXEL_TAG_BE) or not rows or not columns:
-        sop = f.text(_SOP_CLASS)
+        sop = f.text(_SOP_CLASS) or _text(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID"))
         name = UID(sop).name if sop else "unknown SOP class"
+        # pydicom stops quietly at the end of a file: an image header that just ends was cut short.
+        if not element_head and (rows or not f.text(_SOP_CLASS) or "Image Storage" in name):
+            return "unreadable", f"truncated file: it ends inside the header, before any pixel data ({name})"
         return "non_image", f"no pixel data (not an image: {name})"
     syntax = _syntax(ds)
     n_frames = max(1, f.int(_NUMBER_OF_FRAMES, 1))
@@ -428,6 +429,7 @@ def _frames(ds, common: dict, image_type: str, acquisition: str, thickness) -> l
         measures = _group_item(ds, "PixelMeasuresSequence", i, shared)
         transform = _group_item(ds, "PixelValueTransformationSequence", i, shared)
         frame_type = _group_item(ds, "CTImageFrameTypeSequence", i, shared)
+        content = _group_item(ds, "FrameContentSequence", i, None)
         position = position_item.get("ImagePositionPatient") if position_item is not None else None
         if position is None and common["n_frames"] == 1:
             position = ds.get("ImagePositionPatient")
@@ -437,7 +439,7 @@ def _frames(ds, common: dict, image_type: str, acquisition: str, thickness) -> l
             SliceHeader(
                 frame=i,
                 image_type=_text(frame_type.get("FrameType")) if frame_type is not None else image_type,
-                acquisition=acquisition,
+                acquisition=_frame_acquisition(content, acquisition),
                 position=_floats(position, 3),
                 orientation=_floats(orientation if orientation is not None else ds.get("ImageOrientationPatient"), 6),
                 pixel_spacing=_floats(
@@ -450,3 +452,14 @@ def _frames(ds, common: dict, image_type: str, acquisition: str, thickness) -> l
             )
         )
     return headers
+
+
+def _frame_acquisition(content, default: str) -> str:
+    """Temporal position (4-D series) or frame acquisition number: what splits repeated positions."""
+    if content is None:
+        return default
+    temporal = content.get("TemporalPositionIndex")
+    if temporal is not None:
+        return f"t{int(temporal)}"
+    number = content.get("FrameAcquisitionNumber")
+    return default if number is None else str(int(number))

@@ -14,7 +14,9 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import ExplicitVRBigEndian, JPEGLSLossless, RLELossless
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from engine.errors import SpeechCTWarning, StudyError
 from engine.io.dicom import list_dicom_series, read_dicom, scan_dicom
@@ -148,6 +150,72 @@ def test_enhanced_ct_multiframe():
     assert len(info) == 1 and info[0].n_slices == 2
 
 
+def _item(**values) -> Dataset:
+    item = Dataset()
+    for key, value in values.items():
+        setattr(item, key, value)
+    return item
+
+
+def test_enhanced_ct_per_frame_groups_override_shared(tmp_path):
+    """eCT_Supplemental rebuilt with 4 frames: per-frame rescale and orientation, 2 temporal positions."""
+    ds = pydicom.dcmread(_data_store_file("eCT_Supplemental.dcm"))
+    frames = ds.pixel_array  # (2, 512, 512) uint16
+    stored = np.stack([frames[0], frames[1], frames[1][::-1], frames[0][::-1]]).astype(np.uint16)
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    del shared.PixelValueTransformationSequence
+    del shared.PlaneOrientationSequence
+    positions = [[99.5, -301.5, z] for z in (-159.0, -149.0, -159.0, -149.0)]
+    slopes, intercepts, temporal = [1.0, 2.0, 1.0, 1.0], [-1024.0, -1000.0, -1024.0, -1024.0], [1, 1, 2, 2]
+    per_frame = []
+    for k in range(4):
+        item = Dataset()
+        item.FrameContentSequence = Sequence([_item(TemporalPositionIndex=temporal[k], FrameAcquisitionNumber=1)])
+        item.PlanePositionSequence = Sequence([_item(ImagePositionPatient=positions[k])])
+        item.PlaneOrientationSequence = Sequence([_item(ImageOrientationPatient=[-1, 0, 0, 0, 1, 0])])
+        item.PixelValueTransformationSequence = Sequence(
+            [_item(RescaleSlope=slopes[k], RescaleIntercept=intercepts[k], RescaleType="HU")]
+        )
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.NumberOfFrames = 4
+    ds.PixelData = stored.tobytes()
+    ds.save_as(tmp_path / "enhanced.dcm")
+
+    infos = list_dicom_series(tmp_path)
+    uid = str(ds.SeriesInstanceUID)
+    assert [(i.uid, i.n_slices) for i in infos] == [(uid + ".acqt1", 2), (uid + ".acqt2", 2)]
+    with pytest.warns(SpeechCTWarning, match="2 series found"):
+        first = read_dicom(tmp_path, series=uid + ".acqt1")
+    # Normal is -z: the frame at z = -149 comes first. HU = stored * slope + intercept per frame.
+    assert first.array.dtype == np.int16
+    np.testing.assert_array_equal(first.array[0], stored[1].astype(np.int32) * 2 - 1000)
+    np.testing.assert_array_equal(first.array[1], stored[0].astype(np.int32) - 1024)
+    np.testing.assert_allclose(first.direction[:, 0], [-1, 0, 0])
+    np.testing.assert_allclose(first.spacing[0], 10.0)
+    with pytest.warns(SpeechCTWarning, match="2 series found"):
+        second = read_dicom(tmp_path, series=uid + ".acqt2")
+    np.testing.assert_array_equal(second.array[0], stored[3].astype(np.int32) - 1024)
+
+
+def test_file_cut_inside_its_header_is_truncated_not_non_image(tmp_path):
+    path = write_dicom_series(_volume(shape=(1, 16, 16)), tmp_path)[0]
+    path.write_bytes(path.read_bytes()[:700])
+    with pytest.raises(StudyError, match="truncated file") as info:
+        read_dicom(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(StudyError, match="truncated file"):
+        read_dicom(tmp_path)
+
+
+def test_elements_stored_as_un_are_still_read():
+    path = _data_store_file("explicit_VR-UN.dcm")
+    ref = pydicom.dcmread(path)
+    with pytest.warns(SpeechCTWarning, match="single 2-D slice"):
+        vol = read_dicom(path)
+    np.testing.assert_array_equal(vol.array[0], ref.pixel_array * float(ref.RescaleSlope) + float(ref.RescaleIntercept))
+
+
 def test_folder_skips_non_dicom_silently_and_counts(tmp_path):
     vol = _volume(shape=(3, 8, 8))
     write_dicom_series(vol, tmp_path / "sub" / "deeper")
@@ -232,7 +300,7 @@ def test_slope_two_stays_int16(tmp_path):
     np.testing.assert_array_equal(got.array, want.array)
 
 
-@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, ExplicitVRBigEndian])
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, ExplicitVRBigEndian, ImplicitVRLittleEndian])
 def test_round_trip_other_transfer_syntaxes(tmp_path, syntax):
     want = _volume(shape=(3, 16, 16))
     write_dicom_series(want, tmp_path, transfer_syntax=syntax, instance_order="shuffled")
