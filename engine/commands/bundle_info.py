@@ -150,7 +150,11 @@ def format_summary(s: dict[str, Any]) -> str:
             f"  {'thresholds':<12} {s['thresholds']['count']} labels, method {s['thresholds']['method']}"
         )
     if s["dictation_head"] is not None:
-        lines.append(f"  {'dictation':<12} {_flat(s['dictation_head'])}")
+        d = s["dictation_head"]
+        lines.append(
+            f"  {'dictation':<12} {len(d['labels'])} labels x {len(d['classes'])} classes "
+            f"({', '.join(d['classes'])}) in group {d['group']}"
+        )
     lines += ["", "provenance"]
     lines += [f"  {k:<12} {_flat(v)}" for k, v in s["provenance"].items()] or ["  -"]
     lines += ["", "evaluation"]

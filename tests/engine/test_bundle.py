@@ -358,6 +358,7 @@ def test_bundle_info_text(cli, bundle_dir, capsys):
         "auroc",
         "0.71",
         "roc-corner on valid",
+        "18 labels x 3 classes (absent, present, not mentioned) in group dictation_head",
     ):
         assert expected in out, expected
 
