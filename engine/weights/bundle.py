@@ -193,6 +193,15 @@ def _validate_values(m: dict[str, Any], where: str | Path) -> None:
             )
 
 
+def speech_entry(config: dict[str, Any], backbone_sha256: str) -> dict[str, Any]:
+    """The manifest's ``speech`` section from ``SpeechStudentConfig.to_dict()`` and the backbone's sha256."""
+    keys = ("backbone", "trainable_layers", "window_s", "overlap_s", "pooling")
+    missing = [k for k in keys if k not in config]
+    if missing:
+        raise BundleError(f"speech config lacks {', '.join(missing)}")
+    return {**{k: config[k] for k in keys}, "backbone_sha256": backbone_sha256, "config": dict(config)}
+
+
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

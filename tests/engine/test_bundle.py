@@ -410,3 +410,25 @@ def test_real_whisper_backbone_resolution(tmp_path):
     folder = save_bundle(tmp_path / "missing", manifest=manifest, tensors=make_tensors())
     with pytest.raises(BundleError, match="speech backbone 'whisper-nonexistent' is not available"):
         load_bundle(folder)
+
+
+def test_manifest_sections_from_the_real_configs(tmp_path):
+    """The speech and text sections built from the engine's own config objects validate and round-trip."""
+    from engine.models.speech import SpeechStudentConfig
+    from engine.models.text import TextTowerConfig
+    from engine.weights.bundle import speech_entry
+
+    speech_cfg = SpeechStudentConfig()
+    manifest = make_manifest()
+    manifest["speech"] = speech_entry(speech_cfg.to_dict(), SHA)
+    text_cfg = TextTowerConfig.named("minilm")
+    manifest["text"] = {"backbone": text_cfg.backbone, "frozen": text_cfg.frozen, "pooling": text_cfg.pooling}
+    manifest["text"]["config"] = text_cfg.to_dict()
+    bundle = load_bundle(
+        save_bundle(tmp_path / "b", manifest=manifest, tensors=make_tensors()),
+        resolve_backbone=fake_resolver(),
+    )
+    assert SpeechStudentConfig.from_dict(bundle.manifest["speech"]["config"]) == speech_cfg
+    assert TextTowerConfig.from_dict(bundle.manifest["text"]["config"]) == text_cfg
+    with pytest.raises(BundleError, match="speech config lacks backbone"):
+        speech_entry({}, SHA)
