@@ -60,6 +60,7 @@ from typing import Any
 from engine.errors import SpeechCTError, SpeechCTWarning, StudyError
 from engine.io import list_series, load_volume
 from engine.io.series import SeriesInfo
+from engine.io.sniff import one_line
 from engine.volume import Volume
 
 
@@ -271,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     except SpeechCTError:
         raise
     except Exception as exc:  # noqa: BLE001 — the CLI promises one line, never a traceback
-        raise StudyError(f"cannot be read ({type(exc).__name__}: {exc})", args.path) from exc
+        raise StudyError(f"cannot be read ({type(exc).__name__}: {one_line(exc)})", args.path) from exc
     text = json.dumps(report_json(report), indent=2) if args.json else report_text(report)
     try:
         print(text, flush=True)

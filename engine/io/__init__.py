@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engine.errors import SpeechCTWarning, StudyError
 from engine.io.series import SeriesInfo
-from engine.io.sniff import FolderScan, describe, read_head, scan_folder, sniff
+from engine.io.sniff import FolderScan, describe, one_line, read_head, scan_folder, sniff
 from engine.volume import Volume
 
 __all__ = [
@@ -58,7 +58,7 @@ def _stat(path: Path) -> os.stat_result:
     except PermissionError as exc:
         raise StudyError("permission denied", path) from exc
     except OSError as exc:
-        raise StudyError(f"cannot be accessed ({exc.strerror or exc})", path) from exc
+        raise StudyError(f"cannot be accessed ({one_line(exc.strerror or exc)})", path) from exc
 
 
 def _no_files_error(folder: Path, scan: FolderScan) -> StudyError:
@@ -159,7 +159,7 @@ def load_volume(
             raise StudyError(f"series {series!r} not found (a NIfTI file holds one volume, uid = its path)", path)
         return read_nifti(path, slope=slope, intercept=intercept, spacing=spacing)
     except OSError as exc:  # a reader let one through: still one line naming the file
-        raise StudyError(f"cannot be read ({exc.strerror or exc})", exc.filename or path) from exc
+        raise StudyError(f"cannot be read ({one_line(exc.strerror or exc)})", exc.filename or path) from exc
 
 
 def list_series(path: str | Path) -> list[SeriesInfo]:
@@ -180,7 +180,7 @@ def list_series(path: str | Path) -> list[SeriesInfo]:
             return _list_dicom(path)
         return [nifti_series_info(path)]
     except OSError as exc:
-        raise StudyError(f"cannot be read ({exc.strerror or exc})", exc.filename or path) from exc
+        raise StudyError(f"cannot be read ({one_line(exc.strerror or exc)})", exc.filename or path) from exc
 
 
 def _read_dicom(path: Path, series: str | None) -> Volume:

@@ -50,7 +50,7 @@ from nibabel.volumeutils import array_to_file
 
 from engine.errors import SpeechCTWarning, StudyError
 from engine.io.series import SeriesInfo
-from engine.io.sniff import read_head, sniff
+from engine.io.sniff import one_line, read_head, sniff
 from engine.volume import Volume
 
 #: RAS ↔ LPS: negate the first two world axes (its own inverse).
@@ -99,12 +99,12 @@ def _open_image(path: Path):
         try:
             return nib.load(path), None
         except _READ_ERRORS as exc:
-            raise StudyError(f"NIfTI header/image pair cannot be read ({exc})", path) from exc
+            raise StudyError(f"NIfTI header/image pair cannot be read ({one_line(exc)})", path) from exc
     gzipped = read_head(path, 2) == b"\x1f\x8b"
     try:
         fobj = gzip.open(path, "rb") if gzipped else open(path, "rb")  # noqa: SIM115 (closed by the caller)
     except OSError as exc:
-        raise StudyError(f"cannot be read ({exc.strerror or exc})", path) from exc
+        raise StudyError(f"cannot be read ({one_line(exc.strerror or exc)})", path) from exc
     try:
         # NIfTI-2 headers are 540 bytes (in either byte order); sniff() vouched for one of the two.
         size_field = fobj.read(4)
@@ -114,7 +114,7 @@ def _open_image(path: Path):
         return klass.from_stream(fobj), fobj
     except _READ_ERRORS as exc:
         fobj.close()
-        raise StudyError(f"NIfTI header cannot be read ({exc})", path) from exc
+        raise StudyError(f"NIfTI header cannot be read ({one_line(exc)})", path) from exc
 
 
 def _check_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
@@ -128,6 +128,17 @@ def _check_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
     if any(d <= 0 for d in shape[:3]):
         raise StudyError(f"holds no voxels (shape {tuple(shape)})", path)
     return tuple(int(d) for d in shape[:3])
+
+
+def _check_plain_size(img, path: Path) -> None:
+    """An uncompressed single file shorter than its header promises: say so in numbers."""
+    pair = path.name.lower().endswith(".hdr")  # data live in the .img beside it
+    if pair or read_head(path, 2) == b"\x1f\x8b" or not hasattr(img.dataobj, "offset"):
+        return
+    needed = int(img.dataobj.offset) + int(np.prod(img.dataobj.shape)) * img.dataobj.dtype.itemsize
+    on_disk = path.stat().st_size
+    if on_disk < needed:
+        raise StudyError(f"image data is truncated ({on_disk} bytes on disk, the header needs {needed})", path)
 
 
 def _header_scaling(img) -> tuple[float, float]:
@@ -249,10 +260,11 @@ def read_nifti(
         header = img.header
         _check_shape(tuple(header.get_data_shape()), path)
         use_slope, use_inter = _resolve_scaling(img, path, slope, intercept, volume_warnings)
+        _check_plain_size(img, path)
         try:
             raw = np.asanyarray(img.dataobj.get_unscaled())
         except _READ_ERRORS as exc:
-            raise StudyError(f"image data is truncated or corrupt ({exc})", path) from exc
+            raise StudyError(f"image data is truncated or corrupt ({one_line(exc)})", path) from exc
     finally:
         if fobj is not None:
             fobj.close()
@@ -396,7 +408,7 @@ def write_nifti(
         os.replace(tmp_name, path)
         tmp_name = None
     except OSError as exc:
-        raise StudyError(f"cannot be written ({exc.strerror or exc})", path) from exc
+        raise StudyError(f"cannot be written ({one_line(exc.strerror or exc)})", path) from exc
     finally:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)

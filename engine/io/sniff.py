@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -43,17 +44,33 @@ _DICOM_VRS = {
 }
 
 
+def one_line(exc: BaseException | str, limit: int = 200) -> str:
+    """An exception's text on one line (libraries put newlines in theirs), cut to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def read_head(path: Path, n: int = HEAD_BYTES) -> bytes:
-    """The first ``n`` bytes of ``path``; OS errors become StudyError naming the path."""
+    """The first ``n`` bytes of ``path``; OS errors become StudyError naming the path.
+
+    Only regular files are opened: reading a FIFO or a character device would block or never end.
+    """
     try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            raise StudyError("is a folder, expected a file", path)
+        if not stat.S_ISREG(mode):
+            raise StudyError("is not a regular file (a pipe, socket or device)", path)
         with open(path, "rb") as f:
             return f.read(n)
+    except FileNotFoundError as exc:
+        raise StudyError("does not exist (or is a broken link)", path) from exc
     except PermissionError as exc:
         raise StudyError("permission denied (cannot read the file)", path) from exc
     except IsADirectoryError as exc:
         raise StudyError("is a folder, expected a file", path) from exc
     except OSError as exc:
-        raise StudyError(f"cannot be read ({exc.strerror or exc})", path) from exc
+        raise StudyError(f"cannot be read ({one_line(exc.strerror or exc)})", path) from exc
 
 
 def _gunzip_head(path: Path, n: int) -> bytes:
@@ -61,7 +78,7 @@ def _gunzip_head(path: Path, n: int) -> bytes:
         with gzip.open(path, "rb") as f:
             return f.read(n)
     except (OSError, EOFError, zlib.error) as exc:
-        raise StudyError(f"gzip stream is truncated or corrupt ({exc})", path) from exc
+        raise StudyError(f"gzip stream is truncated or corrupt ({one_line(exc)})", path) from exc
 
 
 def nifti_kind(head: bytes) -> str | None:
@@ -189,7 +206,7 @@ def scan_folder(folder: Path) -> FolderScan:
                     _classify(Path(root) / name, scan)
     except OSError as exc:
         where = exc.filename or folder
-        raise StudyError(f"folder cannot be listed ({exc.strerror or exc})", where) from exc
+        raise StudyError(f"folder cannot be listed ({one_line(exc.strerror or exc)})", where) from exc
     return scan
 
 
