@@ -609,9 +609,11 @@ def draw_lymphadenopathy(ctx: Context, d: dict) -> None:
 def draw_cardiomegaly(ctx: Context, d: dict) -> None:
     """The heart was enlarged in ``prepare``; record the cardiothoracic ratio it produced."""
     lm = ctx.lm
-    width = 2 * lm.heart_radii[2] * 1.0
+    an = ctx.an
+    width = 2 * lm.heart_radii[2]
     d["size_mm"] = int(round(width))
-    d["measure"] = round(float(min(0.8, width / (2 * lm.cavity_half_width + 10))), 2)
+    # a normal heart (scale 1) has a cardiothoracic ratio of about 0.46
+    d["measure"] = round(float(0.46 * an.heart_scale * an.heart_size), 2)
 
 
 def draw_pericardial_effusion(ctx: Context, d: dict) -> None:

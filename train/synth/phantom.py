@@ -55,6 +55,10 @@ DRAW_ORDER = (
 assert sorted(DRAW_ORDER) == sorted(LABELS)
 
 
+#: Reconstruction kernels: (in-plane blur sigma in units of 1.4 mm, noise factor).
+KERNELS = {"standard": (0.6, 1.0), "sharp": (0.35, 1.8)}
+
+
 @dataclass
 class Phantom:
     volume: Volume
@@ -71,12 +75,17 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
 
 def make_phantom(seed: int, labels: Iterable[str] = (), *, size: str | Size = "default",
                  overrides: Mapping[str, Mapping] | None = None, with_masks: bool = False,
-                 sex: str | None = None, age: int | None = None) -> Phantom:
+                 sex: str | None = None, age: int | None = None, kernel: str = "standard",
+                 recon: int = 0) -> Phantom:
     """Draw one chest CT with the given findings.
 
     ``labels``: names from :data:`engine.findings.LABELS`. ``overrides`` may fix parts of a
     finding's details, e.g. ``{"Pleural effusion": {"side": "left", "severity": "severe"}}``.
+    ``kernel`` ("standard" | "sharp") and ``recon`` model another reconstruction of the same
+    acquisition: same patient and findings, different blur and noise.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
     labels = list(dict.fromkeys(labels))
     unknown = [lab for lab in labels if lab not in LABELS]
     if unknown:
@@ -89,13 +98,13 @@ def make_phantom(seed: int, labels: Iterable[str] = (), *, size: str | Size = "d
     except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
         limiter = None
     try:
-        return _make(seed, labels, sz, overrides, with_masks, sex, age)
+        return _make(seed, labels, sz, overrides, with_masks, sex, age, kernel, recon)
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
 
 
-def _make(seed, labels, sz: Size, overrides, with_masks, sex, age) -> Phantom:
+def _make(seed, labels, sz: Size, overrides, with_masks, sex, age, kernel, recon) -> Phantom:
     rng_anat = _rng(seed, 0)
     an = sample_anatomy(rng_anat, sex=sex, age=age)
     details = {}
@@ -125,19 +134,20 @@ def _make(seed, labels, sz: Size, overrides, with_masks, sex, age) -> Phantom:
             DRAW[lab](ctx, details[lab])
 
     # scanner: point-spread blur with correlated noise (white noise through the same kernel)
-    noise_rng = _rng(seed, 4)
-    sigma = (0.45 * 1.4 / sz_ * 2.5 / 1.4, 0.6 * 1.4 / sy, 0.6 * 1.4 / sx)
+    noise_rng = _rng(seed, 4, recon)
+    blur, noise_gain = KERNELS[kernel]
+    sigma = (0.45 * 2.5 / sz_, blur * 1.4 / sy, blur * 1.4 / sx)
     sigma = tuple(max(0.35, s) for s in sigma)
     gain = float(np.prod([1.0 / np.sqrt(2 * np.sqrt(np.pi) * s) for s in sigma]))
     hu = canvas.hu
-    hu += noise_rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(an.noise_hu / gain)
+    hu += noise_rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(an.noise_hu * noise_gain / gain)
     hu = ndimage.gaussian_filter(hu, sigma=sigma, mode="nearest", truncate=2.5)
     np.clip(hu, -1024, 3071, out=hu)
     arr = np.rint(hu).astype(np.int16)
 
     volume = Volume(arr, spacing=sz.spacing, origin=origin, direction=np.eye(3),
                     metadata={"modality": "CT", "series_description": "SYNTHETIC CHEST", "body_part": "CHEST",
-                              "kernel": "STANDARD", "slice_thickness": float(sz_), "manufacturer": "SpeechCT phantom"})
+                              "kernel": kernel.upper(), "slice_thickness": float(sz_), "manufacturer": "SpeechCT phantom"})
     present = {lab: _clean(details[lab]) for lab in LABELS if lab in details}
     masks = None
     if with_masks:

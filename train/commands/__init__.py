@@ -1,0 +1,1 @@
+"""Subcommands of ``speechct-train`` (one module each, see :mod:`train.cli`)."""
