@@ -170,10 +170,8 @@ def _quiet_transformers():
 
 
 def _is_bert(model_config: dict[str, Any]) -> bool:
-    archs = model_config.get("architectures") or []
-    return model_config.get("model_type") in ("bert", "cxr-bert") or any(
-        "Bert" in a and "Roberta" not in a for a in archs
-    )
+    # by model_type only: DistilBERT/RoBERTa folders also name "Bert" in their architectures
+    return model_config.get("model_type") in ("bert", "cxr-bert")
 
 
 def load_text_backbone(
@@ -220,8 +218,9 @@ def load_text_backbone(
                         str(folder), local_files_only=True, trust_remote_code=False
                     )
                     model = AutoModel.from_config(cfg)
-    except (OSError, ValueError, KeyError) as exc:
-        raise WeightsError(f"cannot load text backbone: {str(exc).splitlines()[0]}", folder) from exc
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise WeightsError(f"cannot load text backbone: {first_line}", folder) from exc
     return model, tokenizer
 
 

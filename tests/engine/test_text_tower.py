@@ -155,6 +155,12 @@ def test_configs_and_resolution_errors(tmp_path):
         resolve_text_backbone("x", tmp_path)
     with pytest.raises(WeightsError, match="'no-such-model' is not installed"):
         resolve_text_backbone("no-such-model")
+    (tmp_path / "config.json").write_text('{"model_type": "made-up-model"}')
+    with pytest.raises(WeightsError, match="cannot load text backbone"):
+        TextTower(TextTowerConfig(backbone="odd", path=str(tmp_path)))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(WeightsError, match="cannot read text backbone config"):
+        TextTower(TextTowerConfig(backbone="odd", path=str(tmp_path)))
     # CXR-BERT resolves by name only when the user has it (HF cache or a path); never downloaded
     try:
         resolve_text_backbone("CXR-BERT-specialized")
