@@ -31,7 +31,7 @@ Voxel arithmetic of :func:`prepare_array` (CT-CLIP's, step by step)
 
 Differences from CT-CLIP that are deliberate: arithmetic in float32 instead of
 float64 (torch's float32 bilinear kernel places source points to ~n·2⁻²⁴ voxel, so
-outputs differ by ≲ 2e-5, i.e. ≲ 0.02 HU, measured against a float64 reference), and
+outputs differ by ≲ 3e-5, i.e. ≲ 0.03 HU, measured against a float64 reference), and
 the slice axis is resampled only where the crop keeps it, a few slices at a time, so a
 512×512×400 scan never exists as a whole float32 (let alone float64) copy.
 """
