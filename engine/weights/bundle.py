@@ -162,6 +162,9 @@ def _validate_values(m: dict[str, Any], where: str | Path) -> None:
             where,
         )
     if "thresholds" in m:
+        values = m["thresholds"]["values"].values()
+        if not all(_is_type(v, _NUMBER) for v in values):
+            raise BundleError("manifest 'thresholds.values' must map labels to numbers", where)
         unknown = sorted(set(m["thresholds"]["values"]) - set(m["labels"]))
         if unknown:
             raise BundleError(

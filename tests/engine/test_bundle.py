@@ -266,6 +266,8 @@ def test_bad_prompt_kind_and_unknown_threshold_label(bundle_dir):
     _edit_manifest(bundle_dir, lambda m: m["prompts"].update(kind="spoken"))
     _edit_manifest(bundle_dir, lambda m: m["thresholds"]["values"].update(Pneumothorax=0.5))
     assert "unknown label(s): Pneumothorax" in _error(bundle_dir)
+    _edit_manifest(bundle_dir, lambda m: m["thresholds"].update(values={"Cardiomegaly": "high"}))
+    assert "'thresholds.values' must map labels to numbers" in _error(bundle_dir)
 
 
 def test_neither_speech_nor_text(bundle_dir):
