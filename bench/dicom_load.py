@@ -50,6 +50,22 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "shape": list(arr.shap
 """
 
 
+# The obvious pydicom loop, for scale: read every file whole, sort by position along the normal.
+_NAIVE = """
+import sys, time, json, glob, os
+t0 = time.perf_counter()
+import numpy as np, pydicom
+t1 = time.perf_counter()
+sets = [pydicom.dcmread(p) for p in sorted(glob.glob(os.path.join(sys.argv[1], "*.dcm")))]
+iop = np.array(sets[0].ImageOrientationPatient, float)
+normal = np.cross(iop[:3], iop[3:])
+sets.sort(key=lambda d: float(np.dot(normal, np.array(d.ImagePositionPatient, float))))
+arr = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in sets]).astype(np.float32)
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "shape": list(arr.shape)}))
+"""
+
+
 def make_series(folder: Path, n_slices: int) -> Path:
     """Write (once) an int16 body-like phantom: air, soft tissue ellipse, lungs, bone ring, noise."""
     marker = folder / "COMPLETE"
@@ -111,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--workers", default="None", help="read_dicom workers (default: its own choice)")
+    parser.add_argument("--skip-naive", action="store_true", help="do not time the plain pydicom loop")
     parser.add_argument("--folder", type=Path, default=None, help="where the series is written (reused)")
     args = parser.parse_args(argv)
     folder = args.folder or Path(tempfile.gettempdir()) / f"speechct-bench-dicom-{args.slices}"
@@ -119,16 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     # One untimed load each so both find the files in the page cache.
     run_child(_OURS, str(folder), args.workers)
     run_child(_SITK, str(folder))
-    ours, theirs = [], []
-    for _ in range(args.runs):  # interleaved, so load from neighbours on the machine hits both alike
+    ours, theirs, naive = [], [], []
+    for _ in range(args.runs):  # interleaved, so load from neighbours on the machine hits all alike
         ours.append(run_child(_OURS, str(folder), args.workers))
         theirs.append(run_child(_SITK, str(folder)))
+        if not args.skip_naive:
+            naive.append(run_child(_NAIVE, str(folder)))
 
     def med(rows, key):
         return statistics.median(r[key] for r in rows)
 
     print(f"{'reader':<22}{'process s':>11}{'import s':>10}{'load s':>9}   (median of {args.runs})")
-    for name, rows in (("engine.io.read_dicom", ours), ("SimpleITK", theirs)):
+    readers = [("engine.io.read_dicom", ours), ("SimpleITK", theirs)] + ([("naive pydicom loop", naive)] if naive else [])
+    for name, rows in readers:
         print(f"{name:<22}{med(rows, 'process_s'):>11.3f}{med(rows, 'import_s'):>10.3f}{med(rows, 'load_s'):>9.3f}")
     ratio_process = med(ours, "process_s") / med(theirs, "process_s")
     ratio_load = med(ours, "load_s") / med(theirs, "load_s")

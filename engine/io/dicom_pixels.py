@@ -51,7 +51,7 @@ def _fix_unused_bits(plane: np.ndarray, h: SliceHeader) -> None:
 
 
 class _Decoded:
-    """pydicom-decoded frames of multi-frame or compressed files, each file decoded once."""
+    """pydicom-decoded frames of compressed or unusual files; multi-frame files are decoded once."""
 
     def __init__(self) -> None:
         self._cache: dict[str, np.ndarray] = {}
@@ -59,6 +59,9 @@ class _Decoded:
         self._guard = threading.Lock()
 
     def frame(self, h: SliceHeader) -> np.ndarray:
+        if h.n_frames == 1:
+            arr = _decode_file(h)  # single-frame: nothing to share, so keep nothing
+            return arr if arr.ndim == 2 else arr[0]
         with self._guard:
             lock = self._locks.setdefault(h.path, threading.Lock())
         with lock:
