@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from engine.errors import StudyError
 
@@ -144,6 +150,11 @@ def read_header(path: str, meta_cache: dict | None = None) -> tuple[str, object]
             pixel_start = fp.tell()
             element_head = fp.read(12)
             file_size = os.fstat(fp.fileno()).st_size
+            if _syntax(ds) == DeflatedExplicitVRLittleEndian:
+                # pydicom read an inflated copy, so fp says nothing about the pixel data: peek in it.
+                fp.seek(0)
+                full = pydicom.dcmread(fp, force=force, specific_tags=["PixelData"])
+                element_head = _PIXEL_TAG_LE if "PixelData" in full else b""
     except OSError as exc:
         return "unreadable", f"cannot open ({exc.strerror or exc})"
     try:
@@ -168,7 +179,9 @@ def _syntax(ds) -> UID:
     return ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
 
 
-def _pixel_value_offset(syntax: UID, element_head: bytes, pixel_start: int, file_size: int, n_bytes: int):
+def _pixel_value_offset(
+    syntax: UID, encoding: tuple, element_head: bytes, pixel_start: int, file_size: int, n_bytes: int
+):
     """(offset of the raw pixel values or None, problem or None) from the PixelData element header."""
     if syntax == ExplicitVRBigEndian:
         tag_ok = element_head[:4] == _PIXEL_TAG_BE
@@ -178,6 +191,8 @@ def _pixel_value_offset(syntax: UID, element_head: bytes, pixel_start: int, file
         return None, "no pixel data"
     if syntax.is_encapsulated or syntax not in (*RAW_LITTLE_ENDIAN, ExplicitVRBigEndian):
         return None, None  # compressed or deflated: pydicom decodes later
+    if encoding != (syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian):
+        return None, None  # the file is not encoded as its meta says: let pydicom cope
     if syntax == ImplicitVRLittleEndian:
         (length,) = struct.unpack("<I", element_head[4:8])
         value_start = pixel_start + 8
@@ -354,7 +369,8 @@ def _describe(
     bits_allocated = f.int(_BITS_ALLOCATED, 16)
     samples = f.int(_SAMPLES_PER_PIXEL, 1)
     n_bytes = rows * columns * samples * n_frames * bits_allocated // 8
-    offset, problem = _pixel_value_offset(syntax, element_head, pixel_start, file_size, n_bytes)
+    encoding = (ds.is_implicit_VR, ds.is_little_endian)  # as pydicom actually read the dataset
+    offset, problem = _pixel_value_offset(syntax, encoding, element_head, pixel_start, file_size, n_bytes)
     if problem:
         return "unreadable", problem
     if bits_allocated not in (8, 16, 32) and not syntax.is_encapsulated:

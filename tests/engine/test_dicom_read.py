@@ -16,7 +16,13 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, JPEGLSLossless, RLELossless
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from engine.errors import SpeechCTWarning, StudyError
 from engine.io.dicom import list_dicom_series, read_dicom, scan_dicom
@@ -307,6 +313,20 @@ def test_round_trip_other_transfer_syntaxes(tmp_path, syntax):
     got = read_dicom(tmp_path)
     np.testing.assert_array_equal(got.array, want.array)
     _assert_geometry(got, want)
+
+
+def test_deflated_files_are_read(tmp_path):
+    want = _volume(shape=(3, 16, 16))
+    for path in write_dicom_series(want, tmp_path, instance_order="descending"):
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(path, enforce_file_format=True)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    got = read_dicom(tmp_path)
+    np.testing.assert_array_equal(got.array, want.array)
+    _assert_geometry(got, want)
+    with pytest.raises(StudyError, match="modality OT, not CT"):
+        read_dicom(_testdata("image_dfl.dcm"))
 
 
 def test_signed_pixels_round_trip(tmp_path):
