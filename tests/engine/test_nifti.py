@@ -314,3 +314,19 @@ def test_written_file_has_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_big_endian_file_gives_native_int16(tmp_path):
+    data = _data_ijk()
+    header = nib.Nifti1Header(endianness=">")
+    header.set_data_dtype(np.int16)
+    nib.save(nib.Nifti1Image(data, np.eye(4), header=header), str(tmp_path / "be.nii"))
+    v = read_nifti(tmp_path / "be.nii")
+    assert v.array.dtype == np.dtype(np.int16) and v.array.dtype.isnative
+    np.testing.assert_array_equal(v.array, data.transpose(2, 1, 0))
+
+
+def test_results_beyond_int16_become_float32(tmp_path):
+    data = np.full(SHAPE_IJK, 30000, np.int16)
+    v = read_nifti(_save(data, np.eye(4), tmp_path / "wide.nii"), slope=2.0, intercept=0.0)
+    assert v.array.dtype == np.float32 and float(v.array.max()) == 60000.0
