@@ -362,13 +362,15 @@ def _describe(
         name = UID(sop).name if sop else "unknown SOP class"
         # pydicom stops quietly at the end of a file: an image header that just ends was cut short.
         if not element_head and (rows or not f.text(_SOP_CLASS) or "Image Storage" in name):
-            return "unreadable", f"truncated file: it ends inside the header, before any pixel data ({name})"
+            return "unreadable", f"truncated file? it ends inside its header, before any pixel data ({name})"
         return "non_image", f"no pixel data (not an image: {name})"
     syntax = _syntax(ds)
     n_frames = max(1, f.int(_NUMBER_OF_FRAMES, 1))
     bits_allocated = f.int(_BITS_ALLOCATED, 16)
     samples = f.int(_SAMPLES_PER_PIXEL, 1)
     n_bytes = rows * columns * samples * n_frames * bits_allocated // 8
+    if f.text(_PHOTOMETRIC) == "YBR_FULL_422":
+        n_bytes = n_bytes * 2 // 3  # chroma shared by pixel pairs: 2 samples per pixel, not 3
     encoding = (ds.is_implicit_VR, ds.is_little_endian)  # as pydicom actually read the dataset
     offset, problem = _pixel_value_offset(syntax, encoding, element_head, pixel_start, file_size, n_bytes)
     if problem:
