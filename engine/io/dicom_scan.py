@@ -335,18 +335,23 @@ def _meta_key(ds) -> tuple:
 
 
 def file_metadata(ds) -> dict:
-    """Safe, non-identifying metadata of one dataset (keys of engine.volume.SAFE_METADATA_KEYS)."""
+    """Safe, non-identifying metadata of one dataset (keys of engine.volume.SAFE_METADATA_KEYS).
+
+    ASCII-only values (UIDs, codes, dates, numbers) come raw; free text goes through pydicom
+    for its character set.
+    """
+    f = _Fields(ds)
     meta = {
-        "modality": _text(ds.get("Modality")),
-        "study_uid": _text(ds.get("StudyInstanceUID")),
-        "series_uid": _text(ds.get("SeriesInstanceUID")),
-        "frame_of_reference_uid": _text(ds.get("FrameOfReferenceUID")),
+        "modality": f.text(_MODALITY),
+        "study_uid": f.text(0x0020000D),
+        "series_uid": f.text(_SERIES_UID),
+        "frame_of_reference_uid": f.text(0x00200052),
         "series_description": _text(ds.get("SeriesDescription")),
         "study_description": _text(ds.get("StudyDescription")),
-        "study_date": _text(ds.get("StudyDate")),
-        "series_number": _int(ds.get("SeriesNumber"), None),
+        "study_date": f.text(0x00080020),
+        "series_number": f.int(0x00200011, None),
         "manufacturer": _text(ds.get("Manufacturer")),
-        "body_part": _text(ds.get("BodyPartExamined")),
+        "body_part": f.text(0x00180015),
         "kernel": _text(ds.get("ConvolutionKernel")),
     }
     return {k: v for k, v in meta.items() if v not in ("", None)}

@@ -130,7 +130,6 @@ def test_compressed_and_uncompressed_693_give_the_same_hu():
     assert np.corrcoef(lossy.ravel(), raw.ravel())[0, 1] > 0.99
 
 
-@pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # pydicom on the file's odd UIDs
 def test_jpeg_lossless_bad_sequence_file_decodes():
     path = _data_store_file("bad_sequence.dcm")
     ref = pydicom.dcmread(path)
