@@ -155,8 +155,9 @@ class CosineAttention(nn.Module):
         q = self.to_q(self.norm(x))
         k, v = self.to_kv(x).chunk(2, dim=-1)
         q, k, v = (t.reshape(s, n, self.heads, self.dim_head).transpose(1, 2) for t in (q, k, v))
-        q = F.normalize(q, dim=-1) * self.q_scale
-        k = F.normalize(k, dim=-1) * self.k_scale
+        # (q^ * qs) . (k^ * ks) == (q^ * qs * ks) . k^: one scaling pass instead of two.
+        q = F.normalize(q, dim=-1) * (self.q_scale * self.k_scale)
+        k = F.normalize(k, dim=-1)
         mask = None if bias is None else bias.unsqueeze(0).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         return self.to_out(out.transpose(1, 2).reshape(s, n, self.heads * self.dim_head))
@@ -173,7 +174,9 @@ class GEGLUFeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         value, gate = self.proj_in(self.norm(x)).chunk(2, dim=-1)
-        return self.proj_out(F.gelu(gate) * value)
+        if torch.is_grad_enabled():
+            return self.proj_out(F.gelu(gate) * value)
+        return self.proj_out(value.mul_(F.gelu(gate)))  # inference: reuse the buffer
 
 
 class Block(nn.Module):
@@ -186,9 +189,14 @@ class Block(nn.Module):
         self.ff = GEGLUFeedForward(dim, ff_inner)
 
     def forward(self, x: Tensor, to_grid, from_grid, bias: Tensor | None) -> Tensor:
-        x = from_grid(self.peg(to_grid(x))) + x
-        x = self.attn(x, bias) + x
-        return self.ff(x) + x
+        if torch.is_grad_enabled():
+            x = from_grid(self.peg(to_grid(x))) + x
+            x = self.attn(x, bias) + x
+            return self.ff(x) + x
+        # Inference: same sums, accumulated in place (saves a token-sized buffer per step).
+        x = from_grid(self.peg(to_grid(x))).add_(x)
+        x = self.attn(x, bias).add_(x)
+        return self.ff(x).add_(x)
 
 
 class FactorisedTransformer(nn.Module):
