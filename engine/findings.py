@@ -1,10 +1,26 @@
-"""The 18 CT-RATE findings and their zero-shot prompts.
+"""The 18 CT-RATE findings, their zero-shot prompts, zero-shot scoring, dictation findings
+and image/dictation discrepancies.
 
 Label names are spelled exactly as CT-RATE's label columns, in CT-RATE's order.
-Zero-shot scoring (the one implementation, also used by ``train.metrics``) lives here too.
+Zero-shot scoring here is the one implementation (``train.metrics`` and the runtime call it):
+CT-CLIP's protocol, P(present) = softmax over the pair of scaled cosines of the CT embedding
+with "{finding} is present." and "{finding} is not present." (DESIGN.md §3).
+
+Spoken prompts: several voices read each prompt; their embeddings are L2-normalised and averaged
+per (label, polarity) into one prompt direction (:func:`average_prompt_voices`).
+
+numpy and torch only (no scikit-learn in the engine).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.models.space import l2_normalize, similarity_logits
 
 LABELS: tuple[str, ...] = (
     "Medical material",
@@ -33,6 +49,292 @@ RAD_CHESTCT_DROP = ("Mosaic attenuation pattern",)
 RAD_CHESTCT_MERGE = {"Calcification": ("Arterial wall calcification", "Coronary artery wall calcification")}
 
 
+#: Classes of the dictation head, in its output order (what a radiologist said about a finding).
+DICTATION_CLASSES = ("present", "absent", "not_mentioned")
+#: The mentions CSV's codes: 1 reported present, 0 reported absent, -1 not mentioned.
+MENTION_CODES = (1, 0, -1)
+#: Threshold used when a bundle gives none for a label.
+DEFAULT_THRESHOLD = 0.5
+
+
 def prompt_pair(label: str) -> tuple[str, str]:
     """CT-CLIP's zero-shot prompts for one finding: (present, not present)."""
     return f"{label} is present.", f"{label} is not present."
+
+
+# --------------------------------------------------------------------------- label sets
+
+
+def rad_chestct_labels(labels: tuple[str, ...] | list[str] = LABELS) -> tuple[str, ...]:
+    """The 16 RAD-ChestCT-style names: Mosaic dropped, the two calcifications become one
+    ``Calcification`` at the place of Arterial wall calcification (CT-CLIP's external order)."""
+    merged = RAD_CHESTCT_MERGE["Calcification"]
+    out = []
+    for name in labels:
+        if name in RAD_CHESTCT_DROP or name == merged[1]:
+            continue
+        out.append("Calcification" if name == merged[0] else name)
+    return tuple(out)
+
+
+def to_rad_chestct(values, labels: tuple[str, ...] | list[str] = LABELS):
+    """``[..., 18]`` scores or 0/1 labels → ``[..., 16]`` (drop Mosaic, calcifications merged by max).
+
+    Works on numpy arrays and torch tensors; ``labels`` names the last axis.
+    """
+    labels = list(labels)
+    a, b = (labels.index(n) for n in RAD_CHESTCT_MERGE["Calcification"])
+    keep = [i for i, n in enumerate(labels) if n not in RAD_CHESTCT_DROP and i != b]
+    if isinstance(values, torch.Tensor):
+        out = values[..., keep].clone()
+        out[..., keep.index(a)] = torch.maximum(values[..., a], values[..., b])
+        return out
+    values = np.asarray(values)
+    out = values[..., keep].copy()
+    out[..., keep.index(a)] = np.maximum(values[..., a], values[..., b])
+    return out
+
+
+# --------------------------------------------------------------------------- zero-shot scoring
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def average_prompt_voices(embeddings) -> torch.Tensor:
+    """One embedding per prompt from several spoken versions: ``[L, V, D]`` → ``[L, D]``.
+
+    Each voice's embedding is L2-normalised first and the unit vectors are averaged (a mean
+    direction: no voice weighs more because its embedding happens to be longer). The result is
+    not re-normalised; every cosine downstream normalises it. ``[L, D]`` passes through.
+    """
+    emb = _as_tensor(embeddings).float()
+    if emb.ndim == 2:
+        return emb
+    if emb.ndim != 3:
+        raise ValueError(f"prompt embeddings must be [L, D] or [L, voices, D], got {tuple(emb.shape)}")
+    return l2_normalize(emb).mean(dim=1)
+
+
+def zero_shot_probabilities(image_emb, prompt_emb_present, prompt_emb_absent, logit_scale):
+    """CT-CLIP's zero-shot P(present) per image and finding, ``[N, L]``.
+
+    ``image_emb`` ``[N, D]`` (or ``[D]``); ``prompt_emb_present`` / ``prompt_emb_absent`` ``[L, D]``
+    — the embeddings of ``"{finding} is present."`` / ``"{finding} is not present."`` — or
+    ``[L, V, D]`` for spoken prompts read by V voices (averaged by :func:`average_prompt_voices`).
+    ``logit_scale`` is the multiplier of cosines (a float, 0-d tensor or ``LogitScale``).
+
+    For finding l: ``softmax([s·cos(x, p_l), s·cos(x, a_l)])[0]``, exactly CT-CLIP's
+    ``apply_softmax`` over its model's two scaled similarities (``temperature.exp()·cos``).
+    Returns a numpy float32 array when ``image_emb`` is numpy, else a float32 tensor.
+    """
+    as_numpy = not isinstance(image_emb, torch.Tensor)
+    image = _as_tensor(image_emb).float()
+    if image.ndim == 1:
+        image = image[None]
+    present = average_prompt_voices(prompt_emb_present).to(image.device)
+    absent = average_prompt_voices(prompt_emb_absent).to(image.device)
+    if present.shape != absent.shape:
+        raise ValueError(f"present and absent prompts differ in shape: {tuple(present.shape)} vs {tuple(absent.shape)}")
+    with torch.no_grad():
+        pair = torch.stack(
+            [similarity_logits(image, present, logit_scale), similarity_logits(image, absent, logit_scale)], dim=-1
+        )
+        prob = torch.softmax(pair, dim=-1)[..., 0]
+    return prob.cpu().numpy() if as_numpy else prob
+
+
+@dataclass
+class PromptBank:
+    """Embedded zero-shot prompts of one model: ``present`` / ``absent`` ``[L, D]`` in ``labels`` order.
+
+    ``kind`` is ``"text"`` (the text tower embedded the prompt texts) or ``"spoken"`` (the speech
+    encoder embedded recordings of them; several voices already averaged).
+    """
+
+    labels: tuple[str, ...]
+    present: torch.Tensor
+    absent: torch.Tensor
+    kind: str = "text"
+
+    def __post_init__(self):
+        self.labels = tuple(self.labels)
+        self.present = average_prompt_voices(self.present)
+        self.absent = average_prompt_voices(self.absent)
+        if self.present.shape != self.absent.shape or self.present.shape[0] != len(self.labels):
+            raise ValueError(
+                f"prompt bank for {len(self.labels)} labels has present {tuple(self.present.shape)} "
+                f"and absent {tuple(self.absent.shape)}"
+            )
+
+    @classmethod
+    def from_rows(cls, texts: list[str], embeddings, labels=LABELS, kind: str = "text") -> PromptBank:
+        """Build from rows named by their prompt text (a bundle's ``prompts.texts`` + ``embeddings``).
+
+        Each text must be one of ``prompt_pair(label)``; rows that repeat a text (spoken prompts
+        in several voices) are averaged as in :func:`average_prompt_voices`. Every label needs
+        both polarities.
+        """
+        emb = _as_tensor(embeddings).float()
+        if emb.ndim != 2 or emb.shape[0] != len(texts):
+            raise ValueError(f"{len(texts)} prompt texts but embeddings of shape {tuple(emb.shape)}")
+        lookup = {}
+        for label in labels:
+            p, a = prompt_pair(label)
+            lookup[p], lookup[a] = (label, 0), (label, 1)
+        rows: dict[tuple[str, int], list[torch.Tensor]] = {}
+        for text, row in zip(texts, emb):
+            key = lookup.get(text.strip())
+            if key is None:
+                raise ValueError(f"prompt text {text!r} is not a zero-shot prompt of a known label")
+            rows.setdefault(key, []).append(row)
+        missing = [f"{lab} ({'present' if pol == 0 else 'absent'})" for lab in labels for pol in (0, 1)
+                   if (lab, pol) not in rows]
+        if missing:
+            raise ValueError(f"prompts missing for {', '.join(missing[:3])}" + (" …" if len(missing) > 3 else ""))
+
+        def mean_dir(key):
+            stack = torch.stack(rows[key])
+            return stack[0] if len(stack) == 1 else l2_normalize(stack).mean(dim=0)
+
+        present = torch.stack([mean_dir((lab, 0)) for lab in labels])
+        absent = torch.stack([mean_dir((lab, 1)) for lab in labels])
+        return cls(tuple(labels), present, absent, kind)
+
+    def to_rows(self) -> tuple[list[str], torch.Tensor]:
+        """(texts, embeddings ``[2L, D]``) in the order present, absent per label — for a bundle."""
+        texts = [t for label in self.labels for t in prompt_pair(label)]
+        emb = torch.stack([self.present, self.absent], dim=1).reshape(2 * len(self.labels), -1)
+        return texts, emb
+
+    def probabilities(self, image_emb, logit_scale):
+        """:func:`zero_shot_probabilities` with this bank."""
+        return zero_shot_probabilities(image_emb, self.present, self.absent, logit_scale)
+
+
+@dataclass(frozen=True)
+class FindingScore:
+    """One finding for one CT: P(present), the threshold it is compared with, and the decision."""
+
+    label: str
+    probability: float
+    threshold: float
+    positive: bool  # probability > threshold (CT-CLIP's strict comparison)
+
+
+def _threshold_list(thresholds, labels) -> list[float]:
+    if thresholds is None:
+        return [DEFAULT_THRESHOLD] * len(labels)
+    if isinstance(thresholds, Mapping):
+        return [float(thresholds.get(label, DEFAULT_THRESHOLD)) for label in labels]
+    values = [float(t) for t in np.asarray(thresholds, dtype=float).reshape(-1)]
+    if len(values) != len(labels):
+        raise ValueError(f"{len(values)} thresholds for {len(labels)} labels")
+    return values
+
+
+def rank_findings(ct_embedding, prompts: PromptBank, logit_scale, thresholds=None) -> list[FindingScore]:
+    """The findings of one CT, most probable first.
+
+    ``ct_embedding`` ``[D]`` or ``[1, D]``; ``thresholds`` maps label → threshold (a bundle's
+    ``thresholds.values``), or is a sequence in ``prompts.labels`` order, or None (0.5 each).
+    Ties in probability keep label order.
+    """
+    prob = _as_tensor(ct_embedding).float().reshape(1, -1)
+    p = prompts.probabilities(prob, logit_scale)[0].tolist()
+    thr = _threshold_list(thresholds, prompts.labels)
+    scores = [FindingScore(label, float(pi), t, bool(pi > t)) for label, pi, t in zip(prompts.labels, p, thr)]
+    return sorted(scores, key=lambda s: -s.probability)
+
+
+# --------------------------------------------------------------------------- dictation
+
+
+@dataclass(frozen=True)
+class DictationFinding:
+    """What the dictation says about one finding: ``status`` in :data:`DICTATION_CLASSES`,
+    ``confidence`` = the softmax probability of that status, ``probabilities`` per class."""
+
+    label: str
+    status: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+def mentions_to_classes(mentions):
+    """Mentions coding (1 present, 0 absent, −1 not mentioned; DESIGN.md §2) → class indices into
+    :data:`DICTATION_CLASSES` (0 present, 1 absent, 2 not mentioned). numpy in, numpy out."""
+    m = np.asarray(mentions)
+    bad = set(np.unique(m).tolist()) - set(MENTION_CODES)
+    if bad:
+        raise ValueError(f"mention values must be in {MENTION_CODES}, got {sorted(bad)}")
+    out = np.full(m.shape, 2, dtype=np.int64)
+    out[m == 1] = 0
+    out[m == 0] = 1
+    return out
+
+
+def dictation_findings(head_logits, labels=LABELS, classes=DICTATION_CLASSES) -> list[DictationFinding]:
+    """Per-finding status from the dictation head's logits ``[L, 3]`` (``classes`` order), label order kept."""
+    logits = _as_tensor(head_logits).float()
+    if logits.ndim == 3 and logits.shape[0] == 1:
+        logits = logits[0]
+    if logits.shape != (len(labels), len(classes)):
+        raise ValueError(f"dictation logits must be [{len(labels)}, {len(classes)}], got {tuple(logits.shape)}")
+    prob = torch.softmax(logits, dim=-1)
+    out = []
+    for label, row in zip(labels, prob.tolist()):
+        k = int(np.argmax(row))
+        out.append(DictationFinding(label, classes[k], float(row[k]), dict(zip(classes, map(float, row)))))
+    return out
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    """Image and dictation disagree about one finding.
+
+    ``kind``: ``"omitted"`` (image positive, dictation silent), ``"negated"`` (image positive,
+    dictation says absent) or ``"unsupported"`` (dictated present, image below threshold).
+    ``margin`` = ``probability − threshold`` (how far the image is from the decision).
+    """
+
+    label: str
+    kind: str
+    probability: float
+    threshold: float
+    margin: float
+    dictation_status: str
+    dictation_confidence: float
+
+
+DISCREPANCY_KINDS = ("negated", "omitted", "unsupported")
+
+
+def discrepancies(
+    findings: list[FindingScore], dictation: list[DictationFinding], *, min_dictation_confidence: float = 0.0
+) -> list[Discrepancy]:
+    """Where the image and the dictation disagree, most serious first.
+
+    Image positive (P > threshold) but the dictation negates it → ``negated``; or does not
+    mention it → ``omitted``; dictated present but the image is not positive → ``unsupported``.
+    Dictation statuses less confident than ``min_dictation_confidence`` are not acted on.
+    Order: by kind (:data:`DISCREPANCY_KINDS`), then by how far the image is from its threshold.
+    """
+    said = {d.label: d for d in dictation}
+    out = []
+    for f in findings:
+        d = said.get(f.label)
+        if d is None or d.confidence < min_dictation_confidence:
+            continue
+        kind = None
+        if f.positive and d.status == "absent":
+            kind = "negated"
+        elif f.positive and d.status == "not_mentioned":
+            kind = "omitted"
+        elif not f.positive and d.status == "present":
+            kind = "unsupported"
+        if kind is not None:
+            out.append(Discrepancy(f.label, kind, f.probability, f.threshold, f.probability - f.threshold,
+                                   d.status, d.confidence))
+    return sorted(out, key=lambda x: (DISCREPANCY_KINDS.index(x.kind), -abs(x.margin)))

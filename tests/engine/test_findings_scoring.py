@@ -1,0 +1,183 @@
+"""engine.findings: zero-shot probabilities (CT-CLIP's protocol), prompt banks, ranking,
+dictation findings and discrepancies, RAD-ChestCT 16-label mapping."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.findings import (
+    DICTATION_CLASSES,
+    LABELS,
+    DictationFinding,
+    FindingScore,
+    PromptBank,
+    average_prompt_voices,
+    dictation_findings,
+    discrepancies,
+    mentions_to_classes,
+    prompt_pair,
+    rad_chestct_labels,
+    rank_findings,
+    to_rad_chestct,
+    zero_shot_probabilities,
+)
+
+torch.set_num_threads(1)
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def test_probability_is_softmax_of_scaled_cosines_by_hand():
+    img = np.array([[3.0, 4.0]])  # unit (.6, .8)
+    present = np.array([[1.0, 0.0]])  # cos .6
+    absent = np.array([[0.0, 5.0]])  # cos .8 (length must not matter)
+    scale = math.e
+    p = zero_shot_probabilities(img, present, absent, scale)
+    expected = math.exp(scale * 0.6) / (math.exp(scale * 0.6) + math.exp(scale * 0.8))
+    assert isinstance(p, np.ndarray) and p.shape == (1, 1)
+    assert p[0, 0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_matches_ctclip_per_pair_softmax_loop_numpy_and_torch():
+    rng = np.random.default_rng(0)
+    img, pres, absn = rng.normal(size=(7, 16)), rng.normal(size=(5, 16)), rng.normal(size=(5, 16))
+    scale = 12.5
+    ref = np.zeros((7, 5))
+    for i in range(7):  # CT-CLIP: for each finding, model(pair of texts, image) -> softmax(dim=0)[0]
+        for j in range(5):
+            s = np.array([scale * _unit(img[i]) @ _unit(pres[j]), scale * _unit(img[i]) @ _unit(absn[j])])
+            e = np.exp(s - s.max())
+            ref[i, j] = e[0] / e.sum()
+    np.testing.assert_allclose(zero_shot_probabilities(img, pres, absn, scale), ref, atol=1e-5)
+    t = zero_shot_probabilities(torch.tensor(img), torch.tensor(pres), torch.tensor(absn), torch.tensor(scale))
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    np.testing.assert_allclose(t.numpy(), ref, atol=1e-5)
+    one = zero_shot_probabilities(img[0], pres, absn, scale)  # a single [D] embedding
+    np.testing.assert_allclose(one[0], ref[0], atol=1e-5)
+
+
+def test_spoken_prompts_average_normalised_voices():
+    rng = np.random.default_rng(1)
+    voices = rng.normal(size=(3, 4, 8)) * rng.uniform(0.1, 10, size=(3, 4, 1))  # lengths differ per voice
+    avg = average_prompt_voices(voices).numpy()
+    expected = np.stack([np.mean([_unit(v) for v in voices[k]], axis=0) for k in range(3)])
+    np.testing.assert_allclose(avg, expected, atol=1e-6)
+    img = rng.normal(size=(2, 8))
+    absent = rng.normal(size=(3, 4, 8))
+    np.testing.assert_allclose(
+        zero_shot_probabilities(img, voices, absent, 3.0),
+        zero_shot_probabilities(img, expected, average_prompt_voices(absent), 3.0),
+        atol=1e-6,
+    )
+
+
+def test_prompt_bank_from_rows_roundtrip_and_voice_rows():
+    rng = np.random.default_rng(2)
+    labels = LABELS[:3]
+    texts = [t for lab in labels for t in prompt_pair(lab)]
+    emb = torch.tensor(rng.normal(size=(6, 4)), dtype=torch.float32)
+    bank = PromptBank.from_rows(texts[::-1], emb.flip(0), labels)  # order of rows does not matter
+    back_texts, back = bank.to_rows()
+    assert back_texts == texts
+    torch.testing.assert_close(back, emb)
+    # two voices per prompt: rows repeated, averaged as unit vectors
+    emb2 = torch.tensor(rng.normal(size=(6, 4)), dtype=torch.float32)
+    spoken = PromptBank.from_rows(texts + texts, torch.cat([emb, emb2]), labels, kind="spoken")
+    want = (emb / emb.norm(dim=1, keepdim=True) + emb2 / emb2.norm(dim=1, keepdim=True)) / 2
+    torch.testing.assert_close(spoken.to_rows()[1], want)
+    with pytest.raises(ValueError, match="missing"):
+        PromptBank.from_rows(texts[:-1], emb[:-1], labels)
+    with pytest.raises(ValueError, match="not a zero-shot prompt"):
+        PromptBank.from_rows(["Cats are present."], emb[:1], labels)
+
+
+def _bank_with_known_probs(probs, scale=10.0):
+    """A 2-d bank where a CT at (1, 0) gets exactly ``probs`` (rotating each prompt pair)."""
+    present, absent = [], []
+    for p in probs:
+        # P = sigmoid(scale·(cos_p − cos_a)); put absent at angle 90° (cos 0), solve cos_p.
+        c = math.log(p / (1 - p)) / scale
+        present.append([c, math.sqrt(1 - c * c)])
+        absent.append([0.0, 1.0])
+    return PromptBank(LABELS[: len(probs)], torch.tensor(present), torch.tensor(absent))
+
+
+def test_rank_findings_sorted_with_thresholds():
+    probs = [0.2, 0.9, 0.55, 0.7]
+    bank = _bank_with_known_probs(probs)
+    ranked = rank_findings(torch.tensor([1.0, 0.0]), bank, 10.0, {LABELS[2]: 0.6, LABELS[3]: 0.7})
+    assert [r.label for r in ranked] == [LABELS[1], LABELS[3], LABELS[2], LABELS[0]]
+    by = {r.label: r for r in ranked}
+    assert by[LABELS[1]].probability == pytest.approx(0.9, abs=1e-5)
+    assert by[LABELS[1]].threshold == 0.5 and by[LABELS[1]].positive
+    assert by[LABELS[2]].threshold == 0.6 and not by[LABELS[2]].positive
+    assert by[LABELS[3]].threshold == 0.7
+    assert not by[LABELS[0]].positive
+    seq = rank_findings(np.array([[1.0, 0.0]]), bank, 10.0, [0.1, 0.95, 0.5, 0.5])
+    assert {r.label: r.positive for r in seq} == {LABELS[0]: True, LABELS[1]: False, LABELS[2]: True,
+                                                   LABELS[3]: True}
+    with pytest.raises(ValueError):
+        rank_findings(np.array([1.0, 0.0]), bank, 10.0, [0.5])
+
+
+def test_dictation_findings_and_mentions_coding():
+    logits = torch.full((len(LABELS), 3), -5.0)
+    logits[0, 0] = 5.0  # present
+    logits[1, 1] = 2.0  # absent
+    logits[2:, 2] = 1.0  # not mentioned
+    out = dictation_findings(logits)
+    assert [d.label for d in out] == list(LABELS)
+    assert (out[0].status, out[1].status, out[2].status) == ("present", "absent", "not_mentioned")
+    assert out[0].confidence == pytest.approx(math.exp(5) / (math.exp(5) + 2 * math.exp(-5)), rel=1e-5)
+    assert sum(out[1].probabilities.values()) == pytest.approx(1.0)
+    assert tuple(out[0].probabilities) == DICTATION_CLASSES
+    with pytest.raises(ValueError):
+        dictation_findings(torch.zeros(3, 3))
+    np.testing.assert_array_equal(mentions_to_classes(np.array([[1, 0, -1]])), [[0, 1, 2]])
+    with pytest.raises(ValueError):
+        mentions_to_classes(np.array([2]))
+
+
+def test_discrepancies_kinds_and_order():
+    f = [
+        FindingScore("A", 0.9, 0.5, True),  # image yes, dictation absent -> negated
+        FindingScore("B", 0.8, 0.5, True),  # image yes, silent -> omitted
+        FindingScore("C", 0.2, 0.5, False),  # dictated present, image no -> unsupported
+        FindingScore("D", 0.7, 0.5, True),  # agree: present
+        FindingScore("E", 0.1, 0.5, False),  # agree: absent
+        FindingScore("F", 0.6, 0.5, True),  # omitted, smaller margin than B
+        FindingScore("G", 0.95, 0.5, True),  # negated but unsure dictation
+    ]
+
+    def d(label, status, conf=0.9):
+        return DictationFinding(label, status, conf, {})
+
+    dic = [d("A", "absent"), d("B", "not_mentioned"), d("C", "present"), d("D", "present"),
+           d("E", "absent"), d("F", "not_mentioned"), d("G", "absent", 0.4)]
+    out = discrepancies(f, dic)
+    assert [(x.label, x.kind) for x in out] == [("G", "negated"), ("A", "negated"), ("B", "omitted"),
+                                                ("F", "omitted"), ("C", "unsupported")]
+    assert out[1].margin == pytest.approx(0.4) and out[1].dictation_confidence == 0.9
+    sure = discrepancies(f, dic, min_dictation_confidence=0.5)
+    assert "G" not in [x.label for x in sure]
+
+
+def test_rad_chestct_sixteen():
+    names = rad_chestct_labels()
+    assert len(names) == 16 and names[1] == "Calcification"
+    assert "Mosaic attenuation pattern" not in names and "Coronary artery wall calcification" not in names
+    x = np.arange(18 * 2, dtype=float).reshape(2, 18)
+    x[0, 4] = 100.0  # coronary larger than arterial in row 0
+    y = to_rad_chestct(x)
+    assert y.shape == (2, 16)
+    assert y[0, 1] == 100.0 and y[1, 1] == x[1, 4]
+    assert y[0, 0] == x[0, 0] and y[0, 2] == x[0, 2] and y[0, 3] == x[0, 3] and y[0, 4] == x[0, 5]
+    assert list(y[0, 12:]) == list(x[0, 14:])  # mosaic (13) gone
+    torch.testing.assert_close(to_rad_chestct(torch.tensor(x)), torch.tensor(y))
