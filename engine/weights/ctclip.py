@@ -106,7 +106,12 @@ def _read_state(source, where: str) -> dict[str, Tensor]:
 
                 state = load_file(str(path))
             else:
-                state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+                try:  # mmap: a 1.7 GB checkpoint is paged in only as far as it is used
+                    state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:
+                    if "mmap" not in str(exc):  # legacy (non-zip) files cannot be mapped
+                        raise
+                    state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle, zip and safetensors errors have no common base
             raise WeightsError(f"cannot read CT-CLIP checkpoint ({type(exc).__name__}: {exc})", path) from exc
     for wrapper in ("state_dict", "model"):

@@ -81,6 +81,10 @@ def test_file_formats(tmp_path):
     assert set(from_pt.ct_state) == set(ref.ct_state)
     assert all(torch.equal(from_pt.ct_state[k], ref.ct_state[k]) for k in ref.ct_state)
 
+    legacy = tmp_path / "legacy.pth"  # pre-zip torch.save format: cannot be memory-mapped
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    assert set(import_ctclip(legacy, config=tiny_config()).ct_state) == set(ref.ct_state)
+
     from safetensors.torch import save_file
 
     st = tmp_path / "ctclip.safetensors"
