@@ -46,7 +46,9 @@ def test_voice_sets_follow_the_paper_and_keep_validation_apart():
         ("Density -700 HU.", "Density minus 700 Hounsfield units."),
         ("Opacities, e.g. ground glass, i.e. mild.", "Opacities, for example ground glass, that is mild."),
         ("T-12 vertebra and 40% stenosis.", "T-12 vertebra and 40 percent stenosis."),
-        ("No pleural effusion.", "No pleural effusion."),
+        ("No pericardial effusion.", "No pericardial effusion."),
+        ("Mild Emphysema; no pleural effusion.", "Mild [[,EmfI2s'i:m@]]; no [[pl'U@r@L]] effusion."),
+        ("Pleurals and emphysemas stay.", "Pleurals and emphysemas stay."),  # whole words only
     ],
 )
 def test_normalize_for_speech_spells_out_what_espeak_misreads(text, spoken):
@@ -68,6 +70,24 @@ def test_every_voice_speaks_sane_audio(voice):
     frames = audio[: audio.size // 320 * 320].reshape(-1, 320)
     energy = np.sqrt(np.mean(frames**2, axis=1))
     assert np.mean(energy < 0.1 * energy.max()) > 0.05
+
+
+def test_phoneme_respellings_are_valid_for_every_engine():
+    """espeak ignores unknown mnemonics silently, so check that each respelling is read as given."""
+    import subprocess
+
+    for word, phonemes in V.PRONUNCIATIONS.items():
+        out = subprocess.run(
+            ["espeak-ng", "-v", "en-us", "-q", "-x", f"[[{phonemes}]]"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        # allophones American espeak picks itself: "#" (flapped t#), "3r" (r-coloured schwa)
+        assert out.replace("#", "").replace("3r", "@r") == phonemes, (word, out)
+    for voice in ("mb-us2", "gb-m1"):
+        with_phonemes = speak("Cardiomegaly.", voice)
+        assert 0.4 < with_phonemes.size / SAMPLE_RATE < 2.0
 
 
 def test_rate_and_pitch_change_the_reading():

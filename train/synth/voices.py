@@ -135,8 +135,35 @@ _ABBREVIATIONS = (
 )
 
 
+#: Medical words espeak's letter-to-sound rules get wrong (measured with ``espeak-ng -x``: e.g.
+#: "cardiomegaly" came out as CAR-dio-mgly, "emphysema" as em-FICE-ma, "pleural" as "plerl"),
+#: given as espeak phoneme mnemonics, which every English voice here (MBROLA included) accepts
+#: inline between ``[[ ]]``.
+PRONUNCIATIONS = {
+    "cardiomegaly": "k,A@dI2;oUm'Eg@li",
+    "emphysema": ",EmfI2s'i:m@",
+    "emphysematous": ",EmfI2s'Em@t@s",
+    "bronchiectasis": "br,0Nki;'Ekt@sIs",
+    "bronchiectatic": "br,0Nki;Ekt'atIk",
+    "atelectasis": ",at@l'Ekt@sIs",
+    "atelectatic": ",at@lEkt'atIk",
+    "mediastinal": "m,i:di;@st'aIn@L",
+    "mediastinum": "m,i:di;@st'aIn@m",
+    "hiatal": "haI'eIt@L",
+    "mosaic": "moUz'eIIk",
+    "parenchyma": "p@r'ENkIm@",
+    "parenchymal": "p@r'ENkIm@L",
+    "fibrotic": "faIbr'0tIk",
+    "pleural": "pl'U@r@L",
+    "subpleural": "s,Vbpl'U@r@L",
+}
+_PRONUNCIATION = re.compile(r"\b(" + "|".join(PRONUNCIATIONS) + r")\b", re.I)
+
+
 def normalize_for_speech(text: str) -> str:
-    """Rewrite what espeak mispronounces in reports (units, ``AxB`` sizes, minus signs, abbreviations)."""
+    """Rewrite what espeak mispronounces in reports: units, ``AxB`` sizes, minus signs,
+    abbreviations, and the medical words of :data:`PRONUNCIATIONS` (as inline phonemes)."""
+    text = _PRONUNCIATION.sub(lambda m: f"[[{PRONUNCIATIONS[m.group(1).lower()]}]]", text)
     for pattern, spoken in _ABBREVIATIONS:
         text = pattern.sub(spoken, text)
     text = _DIMENSION.sub(r"\1 by ", text)
