@@ -19,8 +19,8 @@ from engine.volume import Volume
 
 #: Positions closer than this along the normal (mm) are the same slice position.
 DUPLICATE_TOL_MM = 1e-3
-#: Orientation cosines are compared after rounding to this many decimals.
-ORIENTATION_DECIMALS = 4
+#: Orientation cosines closer than this (max abs difference) are the same orientation.
+ORIENTATION_TOL = 1e-3
 #: A slice axis leaning more than this from the normal (degrees) is a gantry tilt.
 TILT_TOL_DEG = 0.05
 
@@ -82,8 +82,24 @@ class DicomSeries:
         return f"{self.uid}{desc} ({self.modality}, {len(self.slices)} slices)"
 
 
-def _orientation_key(h: SliceHeader):
-    return None if h.orientation is None else tuple(np.round(h.orientation, ORIENTATION_DECIMALS) + 0.0)
+def _orientation_labels(members: list[SliceHeader]) -> dict[int, int]:
+    """Cluster label per frame (by id): orientations within ORIENTATION_TOL of a cluster's first join it.
+
+    A tolerance rather than rounding, so that scanner jitter in the last digits never splits a
+    series at a rounding boundary.
+    """
+    centres: list[np.ndarray | None] = []
+    labels = {}
+    for h in members:
+        o = None if h.orientation is None else np.asarray(h.orientation, dtype=np.float64)
+        for i, c in enumerate(centres):
+            if (o is None and c is None) or (o is not None and c is not None and np.max(np.abs(o - c)) < ORIENTATION_TOL):
+                labels[id(h)] = i
+                break
+        else:
+            labels[id(h)] = len(centres)
+            centres.append(o)
+    return labels
 
 
 def split_series(slices: list[SliceHeader]) -> list[DicomSeries]:
@@ -108,11 +124,12 @@ def _subdivide(group: list[SliceHeader]) -> list[tuple[str, list[SliceHeader]]]:
     has more than one frame, since some scanners number each slice as its own acquisition.
     """
     parts: list[tuple[str, list[SliceHeader]]] = [("", group)]
+    orientation = _orientation_labels(group)
     keys = (
         ("mf", lambda h: h.path if h.frame is not None else ""),
         ("size", lambda h: (h.rows, h.columns)),
         ("type", lambda h: h.image_type.upper()),
-        ("ori", _orientation_key),
+        ("ori", lambda h: orientation[id(h)]),
     )
     for name, key in keys:
         parts = [(suffix + s, m) for suffix, members in parts for s, m in _split_by(members, name, key)]

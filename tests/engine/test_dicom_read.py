@@ -452,6 +452,16 @@ def test_two_orientations_in_one_series_are_split(tmp_path):
     _assert_geometry(got, coronal)
 
 
+def test_orientation_jitter_does_not_split(tmp_path):
+    want = _volume(shape=(4, 8, 8))
+    paths = write_dicom_series(want, tmp_path)
+    ds = pydicom.dcmread(paths[1])
+    ds.ImageOrientationPatient = [1.0, 0.00004999, 0.0, 0.00005001, 1.0, 0.0]  # straddles a rounding boundary
+    ds.save_as(paths[1])
+    assert len(list_dicom_series(tmp_path)) == 1
+    np.testing.assert_array_equal(read_dicom(tmp_path).array, want.array)
+
+
 def test_acquisitions_are_split_when_each_has_several_slices(tmp_path):
     uid = "1.2.826.0.1.3680043.8.498.78"
     first = _volume(shape=(4, 8, 8), seed=7)
