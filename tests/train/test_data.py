@@ -443,3 +443,37 @@ def test_speech_errors_name_the_problem(ctrate, speech, tmp_path):
     bad.write_bytes(b"not a wav")
     with pytest.raises(AudioError, match="cannot decode audio"):
         SpeechRateDataset(walked, "train")[0]
+
+
+# --------------------------------------------------------------------------- on H6's generator
+
+
+def _generated_tree(root: Path, version: int) -> Path:
+    from train.synth.ctrate import write_ctrate
+
+    write_ctrate(root, 1, 1, seed=0, size="small", version=version, progress=False)
+    return root
+
+
+@pytest.mark.parametrize("version", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_reads_the_synthetic_ctrate_generator_and_its_speech(tmp_path, version):
+    """train.synth.ctrate's tree → CTRateDataset (v1 overrides / v2 as stored) → Speech-RATE joined."""
+    from train.synth.speechrate import synthesize_speech_rate
+
+    ct = _generated_tree(tmp_path / "ct-rate", version)
+    sr = tmp_path / "speech-rate"
+    synthesize_speech_rate(ct, sr, seed=0, progress=False)
+    for split in ("train", "valid"):
+        ds = CTRateDataset(ct, split, speech_root=sr)
+        assert ds.index.has_mentions and len(ds) >= 1
+        item = ds[0]
+        assert ds.index[0].fixed == (version == 2)
+        lo, hi = item.volume.hu_range()
+        assert -1100 <= lo <= -900 and 0 < hi < 3100  # air outside the body: HU, rescaled exactly once
+        assert item.volume.spacing == pytest.approx(ds.index[0].meta.spacing, rel=1e-6)
+        assert set(item.mentions.tolist()) <= {-1, 0, 1}
+        # every finding reported present is labelled present
+        assert np.all(item.labels[item.mentions == 1] == 1)
+        assert item.audio is not None and item.audio.size > 16000
+        spoken = SpeechRateIndex(sr, split).get(item.volume_name)
+        assert spoken.text == item.findings
