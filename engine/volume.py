@@ -19,6 +19,7 @@ So the LPS position of voxel ``(k, j, i)`` is
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,15 +77,20 @@ class Volume:
     def orientation_code(self) -> str:
         """Three letters naming where +x, +y, +z (column, row, slice) point, e.g. ``"LPS"``.
 
-        Each axis takes the patient direction its vector is closest to; for oblique
-        volumes this is the nearest axis-aligned code.
+        For oblique volumes this is the nearest axis-aligned code: patient axes are assigned
+        to voxel axes jointly (the permutation with the largest sum of |cos|), so even an
+        exact 45° rotation yields a valid code with each patient axis used once.
         """
         letters = (("L", "R"), ("P", "A"), ("S", "I"))
+        absd = np.abs(self.direction)
+        # Six permutations: exhaustive search is exact and cheaper than anything clever.
+        best = max(
+            itertools.permutations(range(3)),
+            key=lambda perm: (sum(absd[perm[c], c] for c in range(3)), tuple(-p for p in perm)),
+        )
         code = ""
-        for col in range(3):
-            v = self.direction[:, col]
-            axis = int(np.argmax(np.abs(v)))
-            code += letters[axis][0 if v[axis] > 0 else 1]
+        for col, axis in enumerate(best):
+            code += letters[axis][0 if self.direction[axis, col] >= 0 else 1]
         return code
 
     def is_oblique(self, tol_deg: float = 1.0) -> bool:
@@ -92,6 +98,9 @@ class Volume:
         return bool(np.any(np.max(np.abs(self.direction), axis=0) < cos_tol))
 
     def replace(self, **changes) -> Volume:
+        """A new Volume with ``changes``; metadata and warnings are copied, never shared."""
+        changes.setdefault("metadata", dict(self.metadata))
+        changes.setdefault("warnings", list(self.warnings))
         return dataclasses.replace(self, **changes)
 
     def hu_range(self) -> tuple[float, float]:

@@ -172,11 +172,6 @@ def test_reoriented_keeps_metadata_and_warnings():
 # --------------------------------------------------------------------------- known bugs (reported to the lead)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Volume.replace shares metadata/warnings with the original (dataclasses.replace passes the "
-    "same dict and list); fix: copy them in replace() unless given. Remove this marker with the fix.",
-)
 def test_replace_does_not_share_warnings_or_metadata():
     v = _volume()
     r = v.reoriented("RAS")
@@ -185,12 +180,6 @@ def test_replace_does_not_share_warnings_or_metadata():
     assert v.warnings == [] and v.metadata == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orientation_code picks each axis independently, so an exact 45° in-plane rotation gives "
-    "'LRS' and reoriented() raises; fix: assign world axes to voxel axes jointly (the permutation "
-    "with the largest sum of |cos|). Remove this marker with the fix.",
-)
 def test_exact_45_degree_oblique_still_has_a_valid_code():
     c = np.sqrt(0.5)  # exact ties, as in headers that store 0.707107 for both cosines
     v = _volume(np.array([[c, -c, 0.0], [c, c, 0.0], [0.0, 0.0, 1.0]]))
