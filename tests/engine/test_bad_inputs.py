@@ -215,7 +215,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str | tuple[str, ...]]] = {
     # pixel data (it cannot tell it from a file cut exactly there); the file, the missing pixel data
     # and the SOP class are what matter.
     "DICOM without pixel data": (dicom_without_pixel_data, ("0001-00001.dcm: ", "pixel data", "(CT Image Storage)")),
-    "DICOM cut inside its header": (dicom_cut_inside_header, "truncated file: it ends inside the header"),
+    "DICOM cut inside its header": (dicom_cut_inside_header, ("0001-00001.dcm: ", "truncated file", "header")),
     "structured report": (structured_report, "not an image: Basic Text SR Storage"),
     "MR series": (mr_series, "modality MR, not CT"),
     "US series": (us_series, "modality US, not CT"),
