@@ -1,0 +1,172 @@
+"""train.metrics: thresholds, the vectorised bootstrap against scikit-learn, CIs, skipped draws,
+calibration split, 16-label mode, paired differences, retrieval and the dictation head's F1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score, precision_score, roc_auc_score
+
+from engine.findings import DICTATION_CLASSES, LABELS
+from train import metrics as M
+
+
+def _data(n=60, L=4, seed=0, signal=1.5):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, L)) < 0.3).astype(int)
+    y[0], y[1] = 1, 0  # every finding has both classes
+    s = 1 / (1 + np.exp(-(signal * (2 * y - 1) + rng.normal(size=(n, L)))))
+    return s, y
+
+
+def test_vectorised_draw_metrics_equal_sklearn_per_draw():
+    s, y = _data(n=40, L=3, seed=1)
+    s = np.round(s, 2)  # force ties in scores
+    thr = np.array([0.3, 0.5, 0.77])
+    idx = M.bootstrap_indices(40, 20, seed=3)
+    draws, skipped = M._draw_metrics(s, y, thr, idx)
+    for b in range(idx.shape[0]):
+        for j in range(3):
+            yy, ss = y[idx[b], j], s[idx[b], j]
+            if yy.sum() in (0, yy.size):
+                assert skipped[b, j] and np.isnan(draws["auroc"][b, j])
+                continue
+            pred = (ss > thr[j]).astype(int)
+            assert draws["auroc"][b, j] == pytest.approx(roc_auc_score(yy, ss), abs=1e-12)
+            assert draws["f1"][b, j] == pytest.approx(f1_score(yy, pred, average="weighted", zero_division=0))
+            assert draws["accuracy"][b, j] == pytest.approx(accuracy_score(yy, pred))
+            assert draws["precision"][b, j] == pytest.approx(precision_score(yy, pred, zero_division=0))
+
+
+def test_threshold_rows_all_predicted_one_class():
+    y = np.array([[1, 0, 0, 1]])
+    for thr, expect_prec in ((1.0, 0.0), (-0.1, 0.5)):  # nothing predicted positive / everything positive
+        s = np.array([[0.2, 0.4, 0.6, 0.8]])
+        pred = (s[0] > thr).astype(int)
+        got = M._threshold_rows(s, y, thr)
+        assert got["precision"][0] == pytest.approx(expect_prec)
+        assert got["f1"][0] == pytest.approx(f1_score(y[0], pred, average="weighted", zero_division=0))
+
+
+def test_roc_corner_threshold_brute_force_and_errors():
+    s, y = _data(n=50, L=1, seed=2)
+    t = M.roc_corner_threshold(s[:, 0], y[:, 0])
+    best, best_d = None, np.inf
+    for g in np.linspace(0, 1, 100):
+        p = s[:, 0] > g
+        tpr = (p & (y[:, 0] == 1)).sum() / y[:, 0].sum()
+        fpr = (p & (y[:, 0] == 0)).sum() / (y[:, 0] == 0).sum()
+        d = np.hypot(1 - tpr, fpr)
+        if d <= best_d:
+            best, best_d = g, d
+    assert t == best
+    with pytest.raises(ValueError):
+        M.roc_corner_threshold(np.array([0.1, 0.2]), np.array([1, 1]))
+
+
+def test_zero_shot_metrics_shape_ci_and_seed():
+    s, y = _data(n=80, L=4, seed=4)
+    names = LABELS[:4]
+    cfg = M.ZeroShotConfig(n_boot=200, seed=7)
+    out = M.zero_shot_metrics(s, y, names, cfg)
+    assert out["n_studies"] == 80 and out["threshold_on"] == "eval"
+    for m in M.METRICS:
+        lo, hi = out["macro"][m]["ci"]
+        assert lo < hi and out["macro"][m]["std"] > 0
+        assert np.isfinite(out["macro"][m]["value"])
+    per = out["per_finding"][names[0]]
+    assert per["auroc"] == pytest.approx(roc_auc_score(y[:, 0], s[:, 0]))
+    assert per["threshold"] == M.roc_corner_threshold(s[:, 0], y[:, 0])
+    assert out["macro"]["auroc"]["value"] == pytest.approx(np.mean([roc_auc_score(y[:, j], s[:, j]) for j in range(4)]))
+    again = M.zero_shot_metrics(s, y, names, cfg)
+    assert again["macro"]["auroc"]["ci"] == out["macro"]["auroc"]["ci"]
+    other = M.zero_shot_metrics(s, y, names, M.ZeroShotConfig(n_boot=200, seed=8))
+    assert other["macro"]["auroc"]["ci"] != out["macro"]["auroc"]["ci"]
+
+
+def test_rare_finding_skips_draws_and_says_so():
+    s, y = _data(n=30, L=2, seed=5)
+    y[:, 1] = 0
+    y[3, 1] = 1  # one positive study: many draws miss it
+    out = M.zero_shot_metrics(s, y, LABELS[:2], M.ZeroShotConfig(n_boot=300, seed=0))
+    skipped = out["per_finding"][LABELS[1]]["skipped_draws"]
+    # P(draw misses the single positive) = (29/30)^30 ≈ 0.36
+    assert 60 < skipped < 160
+    assert out["per_finding"][LABELS[0]]["skipped_draws"] == 0
+    assert any("skip" in note and LABELS[1] in note for note in out["notes"])
+
+
+def test_calibration_split_disjoint_and_used():
+    cal, ev = M.calibration_split(100, 0.3, seed=1)
+    assert cal.size == 30 and ev.size == 70 and not set(cal) & set(ev)
+    s, y = _data(n=100, L=3, seed=6)
+    out = M.zero_shot_metrics(s, y, LABELS[:3], M.ZeroShotConfig(n_boot=50, threshold_on="calibration",
+                                                                   calibration_fraction=0.3, seed=1))
+    assert out["n_studies"] == 70 and out["threshold_on"] == "calibration"
+    assert out["thresholds"][LABELS[0]] == M.roc_corner_threshold(s[cal, 0], y[cal, 0])
+    given = M.zero_shot_metrics(s, y, LABELS[:3], M.ZeroShotConfig(n_boot=0), thresholds=np.full(3, 0.5))
+    assert given["threshold_on"] == "given" and given["thresholds"][LABELS[2]] == 0.5
+
+
+def test_sixteen_label_mode():
+    s, y = _data(n=60, L=18, seed=9)
+    out = M.zero_shot_metrics(s, y, LABELS, M.ZeroShotConfig(n_boot=20, labels_mode=16))
+    assert len(out["per_finding"]) == 16 and "Calcification" in out["per_finding"]
+    merged_s, merged_y = np.maximum(s[:, 1], s[:, 4]), np.maximum(y[:, 1], y[:, 4])
+    assert out["per_finding"]["Calcification"]["auroc"] == pytest.approx(roc_auc_score(merged_y, merged_s))
+    with pytest.raises(ValueError):
+        M.zero_shot_metrics(s, y, LABELS, M.ZeroShotConfig(labels_mode=17))
+
+
+def test_paired_bootstrap_detects_a_better_system():
+    rng = np.random.default_rng(10)
+    y = (rng.random((150, 5)) < 0.4).astype(int)
+    good = 1 / (1 + np.exp(-(2.5 * (2 * y - 1) + rng.normal(size=y.shape))))
+    bad = 1 / (1 + np.exp(-(0.3 * (2 * y - 1) + rng.normal(size=y.shape))))
+    tg, tb = M.choose_thresholds(good, y), M.choose_thresholds(bad, y)
+    d = M.paired_bootstrap_difference(good, bad, y, tg, tb, n_boot=300, seed=0)
+    assert d["auroc"]["diff"] > 0.2 and d["auroc"]["excludes_zero"] and d["auroc"]["p_le_0"] == 0.0
+    same = M.paired_bootstrap_difference(good, good, y, tg, tg, n_boot=100, seed=0)
+    assert same["auroc"]["diff"] == 0 and same["auroc"]["ci"] == [0.0, 0.0] and not same["auroc"]["excludes_zero"]
+
+
+def test_recall_at_k_and_random_baseline():
+    rng = np.random.default_rng(11)
+    g = rng.normal(size=(20, 8))
+    out = M.recall_at_k(g + 1e-3 * rng.normal(size=g.shape), g, ks=(1, 5, 50))
+    assert out["n"] == 20 and out["k"][1]["recall"] == 1.0
+    assert out["k"][5]["random"] == 5 / 20 and out["k"][50]["random"] == 1.0
+    # query i's match placed at a known rank: gallery = queries rolled, so match is found by hand
+    q = rng.normal(size=(30, 8))
+    sim = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (g2 := rng.normal(size=(30, 8))).T
+    ranks = (sim / np.linalg.norm(g2, axis=1) > np.diag(sim / np.linalg.norm(g2, axis=1))[:, None]).sum(1)
+    res = M.recall_at_k(q, g2, ks=(1, 5, 10), n_boot=100)
+    for k in (1, 5, 10):
+        assert res["k"][k]["recall"] == pytest.approx((ranks < k).mean())
+        lo, hi = res["k"][k]["ci"]
+        assert lo <= res["k"][k]["recall"] <= hi
+
+
+def test_label_overlap_map_no_self_fresh_per_k():
+    # 4 volumes: 0 and 1 identical labels and embeddings; 3 has no positive (not in the gallery).
+    labels = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1], [0, 0, 0]])
+    emb = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+    out = M.label_overlap_map_at_k(emb, labels, ks=(1, 2))
+    assert out["gallery"] == 3 and out["n_queries"] == 4
+    # k=1: 0->1 (J=1), 1->0 (J=1), 2->nearest other in gallery: 0 or 1 (J=0), 3->0 (J=0)
+    assert out["k"][1] == pytest.approx(0.5)
+    # k=2: 0->{1, 2}: (1+0)/2; 1->{0, 2}: .5; 2->{0,1}: 0; 3->{0,1}: 0  => mean 0.25 (not mixed with k=1)
+    assert out["k"][2] == pytest.approx(0.25)
+    # CT-CLIP's self-retrieval would have given query 2 a perfect match at k=1
+    assert out["random"] == pytest.approx(np.mean([0.5, 0.5, 0.0, 0.0]))
+
+
+def test_dictation_f1():
+    t = np.array([[0, 1, 2], [2, 2, 1], [0, 2, 2]])
+    p = np.array([[0, 1, 2], [2, 1, 1], [0, 2, 0]])
+    out = M.dictation_f1(p, t, DICTATION_CLASSES, LABELS[:3])
+    ref = f1_score(t.ravel(), p.ravel(), labels=[0, 1, 2], average=None)
+    assert out["per_class"]["present"] == pytest.approx(ref[0])
+    assert out["macro_f1"] == pytest.approx(ref.mean())
+    assert out["support"] == {"present": 2, "absent": 2, "not_mentioned": 5}
+    assert set(out["per_finding_macro_f1"]) == set(LABELS[:3])

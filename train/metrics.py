@@ -1,0 +1,472 @@
+"""Evaluation metrics: CT-CLIP's zero-shot protocol reproduced, then done right, plus retrieval.
+
+Zero-shot probabilities come from :func:`engine.findings.zero_shot_probabilities` (the one
+implementation); everything here works on ``scores [N, L]`` (P(present) per study and finding)
+and ``labels [N, L]`` (0/1).
+
+CT-CLIP's protocol (scripts/bootstrap_values.py, scripts/eval.py), reproduced exactly:
+
+* AUROC per finding (``sklearn.metrics.roc_auc_score``);
+* threshold per finding = the point of ``np.linspace(0, 1, 100)`` whose (FPR, TPR) with the
+  rule ``score > threshold`` lies closest (Euclidean) to the ROC corner (0, 1); ties go to the
+  *last* such grid point (CT-CLIP compares with ``<=``);
+* at that threshold: F1 with ``average="weighted"``, accuracy, binary precision;
+* macro means over findings.
+
+Where CT-CLIP is wrong we differ, and say so in the output:
+
+* its bootstrap never resamples (the two resampling lines are commented out), so every draw
+  is the full set and its CIs have zero width; ours resamples studies with replacement
+  (``n_boot`` draws from ``np.random.default_rng(seed)``), thresholds fixed as chosen;
+  a draw in which a finding has no positive (or no negative) study is skipped *for that
+  finding*, and the number of skipped draws is reported per finding; the macro value of a draw
+  is the mean over the findings it did not skip;
+* the threshold can be chosen on a separate calibration subset (``threshold_on="calibration"``)
+  instead of on the very studies it is then scored on (CT-CLIP's way, ``"eval"``).
+
+Bootstrap statistics are computed from confusion counts and ranks, vectorised over draws
+(1000 draws × 18 findings through scikit-learn calls take about a minute per system on this
+CPU); ``tests/train/test_metrics.py`` proves them equal to scikit-learn's on every draw kind.
+
+Retrieval (speech→CT, CT→speech): Recall@k = fraction of queries whose own partner ranks in
+the top k by cosine (ties counted in the query's favour only when strictly equal scores exist,
+see :func:`recall_at_k`), with the random baseline ``min(k, N) / N`` beside it.
+
+CT→CT label-overlap MAP@k (CT-CLIP's "volume to volume" score, our definition): for each query
+volume, the gallery is every *other* volume with at least one positive label (CT-CLIP keeps that
+gallery filter but lets the query retrieve itself); take its k nearest by cosine and average the
+Jaccard overlap ``|a ∧ b| / |a ∨ b|`` of their 0/1 label vectors with the query's; the score is the
+mean over queries, computed afresh for every k (CT-CLIP's accumulator carries over from one k to
+the next). The random baseline is the mean Jaccard of a query to its whole gallery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import accuracy_score, f1_score, precision_score, roc_auc_score, roc_curve
+
+from engine.findings import LABELS, rad_chestct_labels, to_rad_chestct, zero_shot_probabilities
+
+#: CT-CLIP's threshold grid: ``np.linspace(0, 1, 100)`` (100 points, step 1/99).
+THRESHOLD_GRID = np.linspace(0.0, 1.0, 100)
+METRICS = ("auroc", "f1", "accuracy", "precision")
+RECALL_KS = (1, 5, 10, 50, 100)
+MAP_KS = (1, 5, 10, 50)
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def roc_corner_threshold(scores: np.ndarray, labels: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> float:
+    """CT-CLIP's ``find_threshold``: the grid point whose (FPR, TPR) is closest to (0, 1).
+
+    Predictions are ``scores > t``; distance ``sqrt((1 − TPR)² + FPR²)``; the last grid point
+    among equals wins (CT-CLIP's ``<=``). Needs at least one positive and one negative.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        raise ValueError("a ROC-corner threshold needs at least one positive and one negative study")
+    pred = s[None, :] > np.asarray(grid, dtype=np.float64)[:, None]  # [G, N]
+    tpr = (pred & y).sum(axis=1) / pos
+    fpr = (pred & ~y).sum(axis=1) / neg
+    dist = np.sqrt((1.0 - tpr) ** 2 + fpr**2)
+    best = np.flatnonzero(dist <= dist.min())[-1]  # floating ties: exact equality as CT-CLIP's <=
+    return float(grid[best])
+
+
+def roc_points(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[float]]:
+    """sklearn's ROC curve (for plots and JSON), ``{"fpr", "tpr", "thresholds"}``."""
+    fpr, tpr, thr = roc_curve(np.asarray(labels).astype(int), np.asarray(scores, dtype=np.float64))
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.clip(thr, 0, 1).tolist()}
+
+
+# --------------------------------------------------------------------------- point metrics
+
+
+def binary_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """AUROC, weighted F1, accuracy and binary precision of one finding (scikit-learn).
+
+    AUROC is NaN when the labels hold one class only. Precision with no positive prediction is 0
+    (scikit-learn's default value, which CT-CLIP inherits; ``zero_division=0`` silences its warning).
+    """
+    y = np.asarray(labels).astype(int).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    pred = (s > threshold).astype(int)
+    auroc = float(roc_auc_score(y, s)) if 0 < y.sum() < y.size else float("nan")
+    return {
+        "auroc": auroc,
+        "f1": float(f1_score(y, pred, average="weighted", zero_division=0)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+    }
+
+
+def choose_thresholds(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-finding ROC-corner thresholds ``[L]``; 0.5 where a finding has one class only (said in
+    :func:`zero_shot_metrics`'s ``notes``)."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    out = np.full(scores.shape[1], 0.5)
+    for j in range(scores.shape[1]):
+        if 0 < labels[:, j].sum() < labels.shape[0]:
+            out[j] = roc_corner_threshold(scores[:, j], labels[:, j])
+    return out
+
+
+# --------------------------------------------------------------------------- vectorised bootstrap
+
+
+def _auroc_rows(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """AUROC per row of ``s [B, N]`` with 0/1 ``y [B, N]`` (Mann–Whitney with average ranks,
+    which is what ``roc_auc_score`` computes); NaN where a row has one class."""
+    ranks = rankdata(s, axis=1, method="average")
+    pos = y.sum(axis=1)
+    neg = y.shape[1] - pos
+    u = (ranks * y).sum(axis=1) - pos * (pos + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = u / (pos * neg)
+    auc[(pos == 0) | (neg == 0)] = np.nan
+    return auc
+
+
+def _threshold_rows(s: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """Weighted F1, accuracy, binary precision per row from confusion counts (sklearn's formulas,
+    0 for an undefined ratio as sklearn's ``zero_division`` default gives)."""
+    pred = s > threshold
+    yb = y.astype(bool)
+    n = y.shape[1]
+    tp = (pred & yb).sum(axis=1).astype(np.float64)
+    fp = (pred & ~yb).sum(axis=1).astype(np.float64)
+    fn = (~pred & yb).sum(axis=1).astype(np.float64)
+    tn = n - tp - fp - fn
+
+    def ratio(a, b):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(b > 0, a / np.where(b > 0, b, 1), 0.0)
+
+    f1_pos = ratio(2 * tp, 2 * tp + fp + fn)
+    f1_neg = ratio(2 * tn, 2 * tn + fn + fp)
+    support_pos, support_neg = tp + fn, tn + fp
+    return {
+        "f1": (support_pos * f1_pos + support_neg * f1_neg) / n,
+        "accuracy": (tp + tn) / n,
+        "precision": ratio(tp, tp + fp),
+    }
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """``[n_boot, n]`` study indices drawn with replacement (one generator, seeded)."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _draw_metrics(scores, labels, thresholds, idx) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per draw and finding metrics ``{metric: [B, L]}`` (NaN where skipped) and the skip mask ``[B, L]``."""
+    b, L = idx.shape[0], scores.shape[1]
+    out = {m: np.full((b, L), np.nan) for m in METRICS}
+    skipped = np.zeros((b, L), dtype=bool)
+    for j in range(L):
+        s = scores[idx, j]
+        y = labels[idx, j].astype(np.int64)
+        pos = y.sum(axis=1)
+        skip = (pos == 0) | (pos == y.shape[1])
+        skipped[:, j] = skip
+        out["auroc"][:, j] = _auroc_rows(s, y)
+        for name, value in _threshold_rows(s, y, thresholds[j]).items():
+            out[name][:, j] = value
+        for m in METRICS:
+            out[m][skip, j] = np.nan
+    return out, skipped
+
+
+def _ci(values: np.ndarray, level: float) -> tuple[float, float]:
+    v = values[~np.isnan(values)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(v, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- zero-shot evaluation
+
+
+def select_labels(scores: np.ndarray, labels: np.ndarray, names: Sequence[str], mode: int | str = 18):
+    """``mode`` 18: as given; 16: RAD-ChestCT style (Mosaic dropped, calcifications merged by max)."""
+    if str(mode) == "18":
+        return np.asarray(scores), np.asarray(labels), list(names)
+    if str(mode) == "16":
+        return to_rad_chestct(scores, names), to_rad_chestct(labels, names), list(rad_chestct_labels(names))
+    raise ValueError(f"label mode must be 18 or 16, got {mode!r}")
+
+
+def calibration_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (calibration, evaluation) study indices: a seeded permutation, ``fraction`` first."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"calibration fraction must be in (0, 1), got {fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    k = max(1, min(n - 1, int(round(fraction * n))))
+    return np.sort(perm[:k]), np.sort(perm[k:])
+
+
+@dataclass
+class ZeroShotConfig:
+    """How :func:`zero_shot_metrics` runs. ``threshold_on``: ``"eval"`` (CT-CLIP) or ``"calibration"``."""
+
+    n_boot: int = 1000
+    seed: int = 0
+    level: float = 0.95
+    threshold_on: str = "eval"
+    calibration_fraction: float = 0.3
+    labels_mode: int = 18
+
+
+def zero_shot_metrics(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str] = LABELS,
+    config: ZeroShotConfig | None = None,
+    *,
+    thresholds: np.ndarray | None = None,
+) -> dict:
+    """Per-finding and macro AUROC / weighted F1 / accuracy / precision with bootstrap CIs.
+
+    ``scores [N, L]`` P(present), ``labels [N, L]`` 0/1, ``names`` the L finding names.
+    ``thresholds`` (``[L]``, e.g. a bundle's) skip threshold selection when given. Returns a
+    JSON-ready dict: ``macro`` {metric: {value, ci: [lo, hi], std}}, ``per_finding`` {name:
+    {metric: value, threshold, positives, skipped_draws, ci: {metric: [lo, hi]}}}, ``thresholds``,
+    ``n_studies``, ``threshold_on``, ``notes``.
+    """
+    cfg = config or ZeroShotConfig()
+    scores, labels, names = select_labels(scores, labels, names, cfg.labels_mode)
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = (np.asarray(labels) > 0).astype(np.int64)
+    if scores.shape != labels.shape or scores.ndim != 2 or scores.shape[1] != len(names):
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must both be [N, {len(names)}]")
+    notes = []
+    if thresholds is not None:
+        thresholds = np.asarray(thresholds, dtype=np.float64)
+        eval_idx = np.arange(scores.shape[0])
+        how = "given"
+    elif cfg.threshold_on == "eval":
+        thresholds = choose_thresholds(scores, labels)
+        eval_idx = np.arange(scores.shape[0])
+        how = "eval"
+    elif cfg.threshold_on == "calibration":
+        cal_idx, eval_idx = calibration_split(scores.shape[0], cfg.calibration_fraction, cfg.seed)
+        thresholds = choose_thresholds(scores[cal_idx], labels[cal_idx])
+        how = "calibration"
+        notes.append(f"thresholds chosen on {cal_idx.size} calibration studies, metrics on the other {eval_idx.size}")
+    else:
+        raise ValueError(f"threshold_on must be 'eval' or 'calibration', got {cfg.threshold_on!r}")
+    s, y = scores[eval_idx], labels[eval_idx]
+
+    point = {m: np.full(len(names), np.nan) for m in METRICS}
+    for j in range(len(names)):
+        for m, v in binary_metrics(s[:, j], y[:, j], thresholds[j]).items():
+            point[m][j] = v
+    one_class = [names[j] for j in range(len(names)) if not 0 < y[:, j].sum() < y.shape[0]]
+    if one_class:
+        notes.append(f"one class only (AUROC undefined, left out of macro means): {', '.join(one_class)}")
+        for m in METRICS:
+            for j, name in enumerate(names):
+                if name in one_class:
+                    point[m][j] = np.nan
+
+    idx = bootstrap_indices(s.shape[0], cfg.n_boot, cfg.seed) if cfg.n_boot > 0 else np.zeros((0, s.shape[0]), int)
+    draws, skipped = _draw_metrics(s, y, thresholds, idx)
+    with np.errstate(all="ignore"):
+        macro_draws = {m: np.nanmean(draws[m], axis=1) if cfg.n_boot else np.zeros(0) for m in METRICS}
+    skipped_counts = skipped.sum(axis=0)
+    if skipped_counts.any():
+        notes.append("bootstrap draws with no positive (or no negative) study for a finding skip that finding: "
+                     + ", ".join(f"{names[j]} {int(c)}" for j, c in enumerate(skipped_counts) if c))
+
+    macro = {}
+    for m in METRICS:
+        lo, hi = _ci(macro_draws[m], cfg.level)
+        v = macro_draws[m][~np.isnan(macro_draws[m])]
+        macro[m] = {"value": float(np.nanmean(point[m])) if np.isfinite(point[m]).any() else float("nan"),
+                    "ci": [lo, hi], "std": float(v.std(ddof=1)) if v.size > 1 else float("nan")}
+    per = {}
+    for j, name in enumerate(names):
+        per[name] = {
+            **{m: float(point[m][j]) for m in METRICS},
+            "threshold": float(thresholds[j]),
+            "positives": int(y[:, j].sum()),
+            "skipped_draws": int(skipped_counts[j]),
+            "ci": {m: list(_ci(draws[m][:, j], cfg.level)) for m in METRICS},
+        }
+    return {
+        "macro": macro,
+        "per_finding": per,
+        "thresholds": {name: float(t) for name, t in zip(names, thresholds)},
+        "threshold_on": how,
+        "n_studies": int(s.shape[0]),
+        "n_boot": int(cfg.n_boot),
+        "seed": int(cfg.seed),
+        "level": cfg.level,
+        "labels_mode": int(cfg.labels_mode),
+        "notes": notes,
+    }
+
+
+def paired_bootstrap_difference(
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    labels: np.ndarray,
+    thresholds_a: np.ndarray,
+    thresholds_b: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Macro metric of system A minus system B, with both scored on the *same* resampled studies.
+
+    Returns ``{metric: {diff, ci: [lo, hi], p_le_0, excludes_zero}}`` where ``p_le_0`` is the
+    fraction of draws with a difference ≤ 0 (a one-sided bootstrap p-value for "A beats B").
+    Findings skipped in a draw are skipped for both systems.
+    """
+    a, b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+    y = (np.asarray(labels) > 0).astype(np.int64)
+    idx = bootstrap_indices(y.shape[0], n_boot, seed)
+    da, _ = _draw_metrics(a, y, np.asarray(thresholds_a, np.float64), idx)
+    db, _ = _draw_metrics(b, y, np.asarray(thresholds_b, np.float64), idx)
+    point_a = _draw_metrics(a, y, np.asarray(thresholds_a, np.float64), np.arange(y.shape[0])[None])[0]
+    point_b = _draw_metrics(b, y, np.asarray(thresholds_b, np.float64), np.arange(y.shape[0])[None])[0]
+    out = {}
+    with np.errstate(all="ignore"):
+        for m in METRICS:
+            diff = np.nanmean(da[m], axis=1) - np.nanmean(db[m], axis=1)
+            lo, hi = _ci(diff, level)
+            d = diff[~np.isnan(diff)]
+            out[m] = {
+                "diff": float(np.nanmean(point_a[m]) - np.nanmean(point_b[m])),
+                "ci": [lo, hi],
+                "p_le_0": float((d <= 0).mean()) if d.size else float("nan"),
+                "excludes_zero": bool(lo > 0 or hi < 0),
+            }
+    return out
+
+
+# --------------------------------------------------------------------------- retrieval
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def recall_at_k(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    ks: Sequence[int] = RECALL_KS,
+    *,
+    n_boot: int = 0,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
+    """Recall@k where query i's match is gallery item i (cosine similarity).
+
+    The rank of the match counts the gallery items scoring strictly higher, so a tie is in the
+    match's favour (with float embeddings ties are practically absent). Returns
+    ``{"n": N, "k": {k: {"recall", "random", "ci"?}}}`` with ``random = min(k, N) / N``;
+    ``n_boot > 0`` adds a bootstrap CI over queries.
+    """
+    q, g = _unit_rows(queries), _unit_rows(gallery)
+    if q.shape != g.shape:
+        raise ValueError(f"queries {q.shape} and gallery {g.shape} must be paired [N, D]")
+    sim = q @ g.T
+    own = np.diag(sim)
+    rank = (sim > own[:, None]).sum(axis=1)  # 0 = first
+    n = q.shape[0]
+    idx = bootstrap_indices(n, n_boot, seed) if n_boot > 0 else None
+    out = {}
+    for k in ks:
+        hits = (rank < k).astype(np.float64)
+        entry = {"recall": float(hits.mean()), "random": min(k, n) / n}
+        if idx is not None:
+            entry["ci"] = list(_ci(hits[idx].mean(axis=1), level))
+        out[int(k)] = entry
+    return {"n": n, "k": out}
+
+
+def _jaccard_matrix(labels: np.ndarray) -> np.ndarray:
+    y = (np.asarray(labels) > 0).astype(np.float64)
+    inter = y @ y.T
+    count = y.sum(axis=1)
+    union = count[:, None] + count[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def label_overlap_map_at_k(embeddings: np.ndarray, labels: np.ndarray, ks: Sequence[int] = MAP_KS) -> dict:
+    """CT→CT label-overlap MAP@k as defined in the module docstring (no self-match, fresh per k).
+
+    Returns ``{"n_queries", "gallery": n_with_a_positive, "random", "k": {k: value}}``; a k larger
+    than a query's gallery uses the whole gallery.
+    """
+    e = _unit_rows(embeddings)
+    y = np.asarray(labels)
+    n = e.shape[0]
+    in_gallery = (y > 0).any(axis=1)
+    jac = _jaccard_matrix(y)
+    sim = e @ e.T
+    allowed = in_gallery[None, :] & ~np.eye(n, dtype=bool)
+    sim = np.where(allowed, sim, -np.inf)
+    order = np.argsort(-sim, axis=1, kind="stable")
+    counts = allowed.sum(axis=1)
+    valid = counts > 0
+    out = {}
+    for k in ks:
+        values = []
+        for i in np.flatnonzero(valid):
+            top = order[i, : min(k, counts[i])]
+            values.append(jac[i, top].mean())
+        out[int(k)] = float(np.mean(values)) if values else float("nan")
+    with np.errstate(invalid="ignore"):
+        rand = [jac[i, allowed[i]].mean() for i in np.flatnonzero(valid)]
+    return {"n_queries": int(valid.sum()), "gallery": int(in_gallery.sum()),
+            "random": float(np.mean(rand)) if rand else float("nan"), "k": out}
+
+
+# --------------------------------------------------------------------------- dictation head
+
+
+def dictation_f1(predicted: np.ndarray, target: np.ndarray, classes: Sequence[str], names: Sequence[str]) -> dict:
+    """F1 of the 3-way dictation head: per class over all (study, finding) pairs, their macro mean,
+    and the macro-over-classes F1 of each finding. ``predicted``/``target`` are class indices
+    ``[N, L]``."""
+    p, t = np.asarray(predicted).reshape(-1), np.asarray(target).reshape(-1)
+    k = list(range(len(classes)))
+    per_class = f1_score(t, p, labels=k, average=None, zero_division=0)
+    P, T = np.asarray(predicted), np.asarray(target)
+    per_finding = {
+        name: float(f1_score(T[:, j], P[:, j], labels=k, average="macro", zero_division=0))
+        for j, name in enumerate(names)
+    }
+    support = {c: int((t == i).sum()) for i, c in enumerate(classes)}
+    return {
+        "macro_f1": float(np.mean(per_class)),
+        "per_class": {c: float(v) for c, v in zip(classes, per_class)},
+        "support": support,
+        "per_finding_macro_f1": per_finding,
+        "accuracy": float((p == t).mean()),
+    }
+
+
+def report_zero_shot_auroc(query_emb: np.ndarray, present: np.ndarray, absent: np.ndarray, logit_scale: float,
+                           labels: np.ndarray, names: Sequence[str] = LABELS) -> dict:
+    """How well a *report* embedding (speech or text) carries its findings: the zero-shot protocol
+    applied to the report instead of the CT; per-finding and macro AUROC against ``labels``."""
+    scores = zero_shot_probabilities(np.asarray(query_emb, np.float32), present, absent, logit_scale)
+    y = (np.asarray(labels) > 0).astype(int)
+    per = {}
+    for j, name in enumerate(names):
+        per[name] = float(roc_auc_score(y[:, j], scores[:, j])) if 0 < y[:, j].sum() < y.shape[0] else float("nan")
+    vals = [v for v in per.values() if np.isfinite(v)]
+    return {"macro_auroc": float(np.mean(vals)) if vals else float("nan"), "per_finding": per}
