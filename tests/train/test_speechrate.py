@@ -97,6 +97,8 @@ def test_layout_manifest_and_audio(made):
         assert np.sqrt(np.mean(audio**2)) > 0.02
         assert np.max(np.abs(audio)) <= A.PEAK_LIMIT + 1e-3
     assert summary.audio_hours == pytest.approx(hours, rel=1e-3)
+    assert 0.5 < summary.longest_s < 5 and summary.over_window == 0
+    assert "7 made" in str(summary) and "train 4, valid 3" in str(summary)
     assert rows[0]["text"] == "Cardiomegaly. A 6 mm nodule."
 
 

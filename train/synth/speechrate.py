@@ -51,6 +51,8 @@ from train.synth.voices import (
 )
 
 SPEECH_RATE_COLUMNS = (*MANIFEST_COLUMNS, "split", "gender", "text")
+#: One Whisper window; the summary counts clips longer than this.
+WINDOW_S = 30.0
 PROMPT_COLUMNS = ("label", "polarity", "voice", "path", "engine", "rate", "pitch", "duration", "text")
 
 
@@ -64,6 +66,8 @@ class SpeechRateSummary:
     empty_findings: int = 0  # reports whose Findings_EN is empty: nothing to read, no WAV
     per_split: dict[str, int] = field(default_factory=dict)
     audio_hours: float = 0.0
+    longest_s: float = 0.0
+    over_window: int = 0  # clips longer than one 30 s Whisper window (DESIGN: Findings fit one by default)
     elapsed_s: float = 0.0
     manifests: dict[str, Path] = field(default_factory=dict)
 
@@ -71,6 +75,7 @@ class SpeechRateSummary:
         splits = ", ".join(f"{k} {v}" for k, v in self.per_split.items())
         return (
             f"Speech-RATE at {self.out_root}: {splits} spoken reports ({self.audio_hours:.2f} h of audio); "
+            f"longest {self.longest_s:.1f} s, {self.over_window} over {WINDOW_S:g} s; "
             f"{self.written} made, {self.skipped} already there, {self.empty_findings} empty Findings skipped; "
             f"{self.elapsed_s:.1f} s"
         )
@@ -286,7 +291,10 @@ def synthesize_speech_rate(
         summary.skipped += skipped
         summary.per_split[split] = len(rows)
         summary.manifests[split] = manifest
-        total_seconds += sum(float(r["duration"]) for r in rows)
+        durations = [float(r["duration"]) for r in rows]
+        total_seconds += sum(durations)
+        summary.longest_s = max([summary.longest_s, *durations])
+        summary.over_window += sum(d > WINDOW_S for d in durations)
     summary.audio_hours = total_seconds / 3600.0
     summary.elapsed_s = time.perf_counter() - start
     return summary
