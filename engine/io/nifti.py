@@ -59,6 +59,9 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: Fill value (HU, air) for NaN/inf voxels of a partly non-finite float volume.
 NONFINITE_FILL_HU = -1024
 
+#: Headers promising more voxel data than this (bytes) are corrupt, not CT (a large CT is ~1 GiB).
+MAX_DATA_BYTES = 16 * 2**30
+
 _SUFFIXES = (".nii.gz", ".nii")
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, HeaderDataError, ImageFileError, MemoryError)
 
@@ -88,7 +91,8 @@ def _open_image(path: Path):
     """(image, open file object or None): the header parsed, the data not read yet.
 
     The file is sniffed first, so a ``.nii.gz`` that is plain, or a ``.nii`` that is
-    gzip-ed, is still read correctly; a DICOM or PNG named ``.nii`` is refused by name.
+    gzip-ed, is still read correctly; a DICOM or PNG named ``.nii`` is refused with a
+    message saying what it is.
     """
     kind = sniff(path)
     if kind == "dicom":
@@ -128,6 +132,16 @@ def _check_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
     if any(d <= 0 for d in shape[:3]):
         raise StudyError(f"holds no voxels (shape {tuple(shape)})", path)
     return tuple(int(d) for d in shape[:3])
+
+
+def _check_data_size(img, path: Path) -> None:
+    n_bytes = int(np.prod(img.header.get_data_shape(), dtype=np.float64)) * img.get_data_dtype().itemsize
+    if n_bytes > MAX_DATA_BYTES:
+        raise StudyError(
+            f"header promises {n_bytes / 2**30:.0f} GiB of voxel data (shape {img.header.get_data_shape()}); "
+            "the header is corrupt",
+            path,
+        )
 
 
 def _check_plain_size(img, path: Path) -> None:
@@ -259,6 +273,7 @@ def read_nifti(
     try:
         header = img.header
         _check_shape(tuple(header.get_data_shape()), path)
+        _check_data_size(img, path)
         use_slope, use_inter = _resolve_scaling(img, path, slope, intercept, volume_warnings)
         _check_plain_size(img, path)
         try:

@@ -188,6 +188,16 @@ def degenerate_affine_nifti(tmp):
     return [str(tmp / "flat-axis.nii")]
 
 
+def absurd_dimensions_nifti(tmp):
+    header = nib.Nifti1Header()
+    header.set_data_shape((30000, 30000, 30000))
+    header.set_data_dtype(np.int16)
+    with gzip.open(tmp / "huge.nii.gz", "wb") as f:
+        header.write_to(f)
+        f.write(bytes(100))
+    return [str(tmp / "huge.nii.gz")]
+
+
 def named_pipe(tmp):
     # Stands in for "no read permission", which root (CI) ignores: a path that must not be opened.
     os.mkfifo(tmp / "pipe.dcm")
@@ -231,6 +241,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str | tuple[str, ...]]] = {
     "NaN NIfTI": (nan_nifti, "holds no finite voxel values (all NaN or infinite)"),
     "complex NIfTI": (complex_nifti, "voxel type complex64 is not a scalar number type"),
     "degenerate affine": (degenerate_affine_nifti, "affine is degenerate"),
+    "absurd dimensions": (absurd_dimensions_nifti, "GiB of voxel data (shape (30000, 30000, 30000)); the header is corrupt"),
     "named pipe": (named_pipe, "pipe.dcm: is not a regular file"),
     "unknown --series (DICOM)": (unknown_series_uid, "no series 1.2.3.999; available: "),
     "unknown --series (NIfTI)": (unknown_series_for_nifti, "series 'other.nii.gz' not found"),
