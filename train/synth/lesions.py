@@ -279,7 +279,7 @@ def draw_fibrotic(ctx: Context, d: dict) -> None:
     for code in codes:
         centre = _lung_points(ctx, [code], 1)[0]
         hil = ctx.lm.hila["right" if code in RIGHT_LOBES else "left"]
-        for _ in range(int(rng.integers(4, 8))):
+        for _ in range(int(rng.integers(6, 11))):
             a = centre + rng.normal(0, 12, 3)
             towards = hil - a
             towards /= np.linalg.norm(towards) or 1.0
@@ -287,15 +287,15 @@ def draw_fibrotic(ctx: Context, d: dict) -> None:
             direction /= np.linalg.norm(direction)
             length = rng.uniform(25, 55)
             pts = [a + direction * t + rng.normal(0, 2.0, 3) * (t > 0) for t in np.linspace(0, length, 5)]
-            paint_polyline(c, pts, rng.uniform(1.4, 2.4), rng.uniform(-120, 10), where=lung)
+            paint_polyline(c, pts, rng.uniform(2.0, 3.2), rng.uniform(-100, 20), where=lung)
         # coarse reticulation around the bands
-        r = 28.0
+        r = 36.0
         hit = c.box(centre - r, centre + r)
         if hit is not None:
             sl, (gz, gy, gx) = hit
             f1 = smooth_field(tuple(s.stop - s.start for s in sl), c.spacing, 8.0, rng)
             ball = np.sqrt((gz - centre[0]) ** 2 + (gy - centre[1]) ** 2 + (gx - centre[2]) ** 2) < r
-            w = np.clip(1 - np.abs(f1) / 0.15, 0, 1) * ball * lung[sl] * 0.6
+            w = np.clip(1 - np.abs(f1) / 0.2, 0, 1) * ball * lung[sl] * 0.7
             hu[sl] += w * (-250.0 - hu[sl])
     d["lobes"] = _lobe_names(codes)
     d["side"] = _side_of_lobes(codes)
@@ -314,7 +314,7 @@ def draw_opacity(ctx: Context, d: dict) -> None:
     lobes_hit = []
     sizes = []
     for p in pts:
-        r = rng.uniform(14, 26) * (1.3 if d["severity"] == "severe" else 1.0)
+        r = rng.uniform(18, 30) * (1.3 if d["severity"] == "severe" else 1.0)
         hit = c.box(p - r * 1.6, p + r * 1.6)
         if hit is None:
             continue
@@ -322,7 +322,7 @@ def draw_opacity(ctx: Context, d: dict) -> None:
         f = smooth_field(tuple(s.stop - s.start for s in sl), c.spacing, 10.0, rng)
         dist = np.sqrt((gz - p[0]) ** 2 + (gy - p[1]) ** 2 + (gx - p[2]) ** 2) / r + 0.25 * f
         w = np.clip((1.0 - dist) / 0.3, 0, 1) * lung[sl]
-        delta = rng.uniform(260, 360)
+        delta = rng.uniform(300, 400)
         region = c.hu[sl]
         region += (w * np.clip(delta, 0, np.maximum(-350.0 - region, 0))).astype(np.float32)
         lobes_hit.append(int(c.masks["lobes"][tuple(int(round((p[a] - (c.z, c.y, c.x)[a][0]) / c.spacing[a]))
@@ -343,7 +343,7 @@ def draw_nodules(ctx: Context, d: dict) -> None:
     items = []
     for _ in range(n):
         kind = str(rng.choice(["solid", "part-solid", "ground-glass", "calcified"], p=[0.68, 0.1, 0.12, 0.1]))
-        lo = {"solid": 5.0, "part-solid": 8.0, "ground-glass": 8.0, "calcified": 4.0}[kind]
+        lo = {"solid": 6.0, "part-solid": 9.0, "ground-glass": 10.0, "calcified": 5.0}[kind]
         size = float(np.clip(np.exp(rng.normal(np.log(9), 0.55)), lo, 30.0))
         if kind == "calcified":
             size = min(size, 8.0)
@@ -417,7 +417,7 @@ def draw_atelectasis(ctx: Context, d: dict) -> None:
         if d["kind"] == "linear":
             p = _lung_points(ctx, [code], 1)[0]
             rot = rotation_matrix(rng.normal(size=3) * (0.2, 1, 1), rng.uniform(-0.35, 0.35))
-            paint_ellipsoid(c, p, (rng.uniform(2.5, 3.5), rng.uniform(14, 22), rng.uniform(22, 34)),
+            paint_ellipsoid(c, p, (rng.uniform(3.5, 5.0), rng.uniform(16, 24), rng.uniform(26, 38)),
                             rng.uniform(-60, 20), rotation=rot, where=lobes == code)
         else:
             m = lobes == code
@@ -458,9 +458,12 @@ def draw_effusion(ctx: Context, d: dict) -> None:
         thick = rng.uniform(lo, hi)
         zs = np.nonzero(m.any(axis=(1, 2)))[0]
         z_lo = c.z[zs.min()]
-        reach = 2.2 * thick + 20  # how far up the layer climbs
-        y_back = ctx.lm.cavity_post + 5
-        limit = y_back - thick * np.clip(1.0 - (Z - z_lo) / reach, 0.0, 1.0) - 0.5 * thick * (Z < z_lo + 12)
+        reach = 2.2 * thick + 30  # how far up the layer climbs
+        # the most posterior lung voxel of every (z, x) column: the dependent pleural surface
+        has = m.any(axis=1)
+        back_idx = m.shape[1] - 1 - np.argmax(m[:, ::-1, :], axis=1)
+        y_back = np.where(has, c.y[back_idx], -1e9)[:, None, :]
+        limit = y_back - thick * np.clip(1.0 - (Z - z_lo) / reach, 0.0, 1.0)
         fluid = m & (Y > limit)
         val = rng.uniform(5, 22)
         c.hu[fluid] = np.float32(val)
@@ -550,7 +553,7 @@ def draw_coronary_calcification(ctx: Context, d: dict) -> None:
         for _ in range({"mild": 1, "moderate": 2, "severe": 3}[d["severity"]]):
             i = int(rng.integers(0, len(pts) - 4))
             seg = pts[i:i + int(rng.integers(2, 4))]
-            paint_polyline(c, seg, rng.uniform(2.0, 2.8), rng.uniform(700, 1200))
+            paint_polyline(c, seg, rng.uniform(2.3, 3.0), rng.uniform(900, 1400))
     full = {"LAD": "left anterior descending artery", "LCX": "circumflex artery", "RCA": "right coronary artery"}
     d["items"] = [full[n] for n in names]
     d["location"] = ", ".join(d["items"])
@@ -562,7 +565,7 @@ def draw_hiatal_hernia(ctx: Context, d: dict) -> None:
     d["severity"] = d["severity"] or _severity(rng, (0.5, 0.35, 0.15))
     r = {"mild": 14.0, "moderate": 21.0, "severe": 30.0}[d["severity"]] * rng.uniform(0.9, 1.1)
     h = lm.esophagus_hiatus
-    centre = np.array([h[0] + r * 0.9, h[1] - 4, h[2] - 4])
+    centre = np.array([h[0] + r * 0.9, h[1] + 4, h[2] + 4])
     radii = np.array([r * 1.1, r * 0.9, r])
     paint_ellipsoid(c, centre, radii + 3.5, HU["stomach_wall"])
     paint_ellipsoid(c, centre, radii, 15.0)
@@ -575,24 +578,29 @@ def draw_hiatal_hernia(ctx: Context, d: dict) -> None:
     d["size_mm"] = int(round(2 * r))
 
 
-def draw_lymphadenopathy(ctx: Context, d: dict) -> None:
-    c, rng, _an, lm = ctx.canvas, ctx.rng, ctx.an, ctx.lm
-    d["severity"] = d["severity"] or _severity(rng)
+def lymph_stations(lm: Landmarks, axillary_side: int = 1) -> dict[str, tuple]:
+    """Body-frame centres (z, y, x) of the nodal stations the phantom can enlarge."""
     vy = lm.vertebra_y
-    stations = {
+    return {
         "right paratracheal": (25.0, vy - 50, -22.0),
         "subcarinal": (-22.0, vy - 30, 4.0),
         "prevascular": (28.0, -0.55 * lm.cavity_ant, 4.0),
         "aortopulmonary window": (8.0, vy - 45, 24.0),
         "right hilar": tuple(lm.hila["right"] + (-6, 10, 14)),
         "left hilar": tuple(lm.hila["left"] + (-6, 6, -14)),
-        "axillary": (40.0, 10.0, (1 if rng.random() < 0.5 else -1) * (lm.cavity_half_width + 28)),
+        "axillary": (40.0, 10.0, axillary_side * (lm.cavity_half_width + 28)),
     }
+
+
+def draw_lymphadenopathy(ctx: Context, d: dict) -> None:
+    c, rng, lm = ctx.canvas, ctx.rng, ctx.lm
+    d["severity"] = d["severity"] or _severity(rng)
+    stations = lymph_stations(lm, 1 if rng.random() < 0.5 else -1)
     n = {"mild": 1, "moderate": int(rng.integers(2, 4)), "severe": int(rng.integers(3, 6))}[d["severity"]]
     names = list(rng.choice(list(stations), size=n, replace=False, p=[0.22, 0.22, 0.12, 0.12, 0.12, 0.1, 0.1]))
     items = []
     for name in names:
-        short = {"mild": rng.uniform(12, 15), "moderate": rng.uniform(15, 20), "severe": rng.uniform(20, 30)}[
+        short = {"mild": rng.uniform(13, 16), "moderate": rng.uniform(16, 21), "severe": rng.uniform(21, 30)}[
             d["severity"]]
         p = np.asarray(stations[name], float)
         radii = (short * 0.75, short * 0.5, short * 0.55)

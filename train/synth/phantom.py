@@ -67,6 +67,12 @@ class Phantom:
     masks: dict[str, np.ndarray] | None = None  # anatomy masks on the volume grid (with_masks=True)
     landmarks: Landmarks | None = None
     labels: dict[str, int] = field(default_factory=dict)  # all 18 labels, 0/1
+    #: body-frame mm (z, y, x) of voxel [0, 0, 0]; index = (point - frame_origin) / spacing
+    frame_origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def body_to_index(self, point) -> np.ndarray:
+        """Voxel index (z, y, x), float, of a body-frame point (see :mod:`train.synth.shapes`)."""
+        return (np.asarray(point, float) - np.asarray(self.frame_origin)) / np.asarray(self.volume.spacing)
 
 
 def _rng(seed: int, *stream: int) -> np.random.Generator:
@@ -155,7 +161,7 @@ def _make(seed, labels, sz: Size, overrides, with_masks, sex, age, kernel, recon
         masks = {k: canvas.masks[k] for k in keep if k in canvas.masks}
     patient = an.summary() | {"noise_hu": round(an.noise_hu, 1)}
     return Phantom(volume, present, patient, masks, lm if with_masks else None,
-                   {lab: int(lab in details) for lab in LABELS})
+                   {lab: int(lab in details) for lab in LABELS}, (float(z[0]), float(y[0]), float(x[0])))
 
 
 def _clean(d: dict) -> dict:

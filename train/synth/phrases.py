@@ -90,7 +90,7 @@ _B["Pericardial effusion"] = {
 }
 
 _A["Coronary artery wall calcification"] = {
-    "pos": ["Calcifications are present in the {loc}.", "There are coronary calcifications involving the {loc}.",
+    "pos": ["Coronary calcifications are present in the {loc}.", "There are coronary calcifications involving the {loc}.",
             "{Sev} coronary artery calcification is noted in the {loc}."],
     "hedge": ["Punctate calcification likely in the coronary arteries."],
     "short": ["Coronary artery calcification."],

@@ -49,7 +49,7 @@ NEGATION_RATE = {
 SPLIT_PHRASE_SET = {"train": "A", "valid": "B"}
 
 _AMOUNT = {"mild": "small", "moderate": "moderate", "severe": "large", None: "small"}
-_LOC = {"diffuse": "both lungs", "diffuse, subpleural": "both lungs", "lower zones": "lower lung zones"}
+_LOC = {"diffuse": "lungs bilaterally", "diffuse, subpleural": "lungs bilaterally", "lower zones": "lower lung zones"}
 _SIDES = {"right": "right", "left": "left", "bilateral": "right and left"}
 _KIND = {"pacemaker": "cardiac pacemaker", "port catheter": "port catheter",
          "sternotomy wires": "sternal wire cerclage", "central venous catheter": "central venous catheter"}
@@ -93,7 +93,7 @@ def _slots(d: dict) -> dict:
     if d["label"] == "Lung nodule" and d.get("items"):
         lobes = [d["items"][0]["lobe"]]
     if d["label"] == "Emphysema" and not loc:
-        loc = "both lungs"
+        loc = "lungs bilaterally"
     kind = d.get("kind") or ""
     kind = _KIND.get(kind, kind)
     if d["label"] == "Atelectasis":
@@ -101,7 +101,7 @@ def _slots(d: dict) -> dict:
     s = {
         "side": d.get("side") or "", "sides": _SIDES.get(d.get("side"), ""), "lobes": join_lobes(lobes),
         "size": d.get("size_mm") if d.get("size_mm") is not None else "", "sev": sev,
-        "amount": _AMOUNT.get(d.get("severity")), "loc": _LOC.get(loc, loc) or "both lungs", "kind": kind,
+        "amount": _AMOUNT.get(d.get("severity")), "loc": _LOC.get(loc, loc) or "lungs bilaterally", "kind": kind,
         "n": _NUM.get(d.get("count") or 1, str(d.get("count") or 1)), "ctr": f"{d.get('measure', 0.55):.2f}",
     }
     for k in list(s):
