@@ -23,7 +23,8 @@ Exit code 2 with one line on stderr when the study cannot be used.
           "shape": [int, int, int],       # (z, y, x) voxels
           "spacing": [float, float, float],  # (z, y, x) mm
           "orientation": str,             # three letters, e.g. "LPS"
-          "hu_min": float | null,         # null when the series cannot be loaded
+          "hu_min": float | null,         # null when the series cannot be loaded, or when more than
+                                          #   16 series were found and this one was not loaded
           "hu_max": float | null,
           "chosen": bool,                 # true for exactly one series
           "warnings": [str],              # geometry notes of this series
@@ -62,6 +63,9 @@ from engine.io import list_series, load_volume
 from engine.io.series import SeriesInfo
 from engine.io.sniff import one_line
 from engine.volume import Volume
+
+#: Besides the chosen one, at most this many series are loaded just for their HU range.
+MAX_LOADED_SERIES = 15
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -152,13 +156,21 @@ def inspect_study(path: str | Path, series: str | None = None) -> StudyReport:
             loaded[id(r)] = _load_quietly(path, r)
         candidates = [r for r in candidates if loaded[id(r)] is not None and _fingerprint(loaded[id(r)]) == want]
     chosen_report = candidates[0] if candidates else None
+    skipped = 0
     for r in reports:
         if r is chosen_report:
             r.chosen, r.hu = True, chosen_volume.hu_range()
             continue
+        if id(r) not in loaded and len(loaded) >= MAX_LOADED_SERIES:
+            skipped += 1  # a whole dataset tree: listing it must not mean reading all of it
+            continue
         volume = loaded[id(r)] if id(r) in loaded else _load_quietly(path, r)
+        loaded.setdefault(id(r), None)  # counts the load, drops the voxels
         if volume is not None:
             r.hu = volume.hu_range()
+    if skipped:
+        notes.append(f"{path}: HU ranges not computed for {skipped} of {len(reports)} series (more than "
+                     f"{MAX_LOADED_SERIES + 1} series); load one with --series")
     for r in reports:
         notes.extend(r.info.warnings)
 

@@ -158,3 +158,15 @@ def test_real_subprocess_prints_exactly_one_json_object(tmp_path):
     report = json.loads(proc.stdout)  # the whole of stdout is one object
     assert report["chosen"]["uid"] == str(path)
     assert report["format"] == "nifti"
+
+
+def test_hu_ranges_are_capped_for_big_trees(tmp_path, capsys, monkeypatch):
+    for n in range(4):
+        write_nifti(_volume(n + 1), tmp_path / f"v{n}.nii.gz")
+    monkeypatch.setattr(info_module, "MAX_LOADED_SERIES", 1)
+    code, out, _ = _info(capsys, str(tmp_path), "--json")
+    assert code == 0
+    report = json.loads(out)
+    with_hu = [s["description"] for s in report["series"] if s["hu_min"] is not None]
+    assert with_hu == ["v0", "v3"]  # the first other one, and the chosen (largest) one
+    assert any("HU ranges not computed for 2 of 4 series" in w for w in report["warnings"])
