@@ -157,6 +157,24 @@ def collate_windows(windows: list[np.ndarray | torch.Tensor]) -> tuple[torch.Ten
     return batch, lengths
 
 
+def length_buckets(lengths: list[int], max_batch: int = 8, max_waste: float = 0.25) -> list[list[int]]:
+    """Group indices of windows into batches of similar length (sorted, shortest first).
+
+    A batch closes at ``max_batch`` windows or when the next window is more than
+    ``1 + max_waste`` times the batch's shortest, so padding never costs more than ~25 %
+    (a 6 s tail window is not padded to 30 s next to a full one).
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    for index in order:
+        current = batches[-1] if batches else None
+        if current and len(current) < max_batch and lengths[index] <= (1 + max_waste) * lengths[current[0]]:
+            current.append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -234,7 +252,7 @@ class SpeechStudent(nn.Module):
         keep = padding_mask(lengths, total)
         mask = torch.zeros(keep.shape, dtype=dtype, device=lengths.device)
         mask = mask.masked_fill(~keep, torch.finfo(dtype).min)
-        return mask[:, None, None, :].expand(-1, 1, total, total)
+        return mask[:, None, None, :]  # [B, 1, 1, T]: broadcast over heads and queries
 
     def _run_layers(self, hidden, lengths, layers) -> torch.Tensor:
         mask = self._attention_mask(lengths, hidden.shape[1], hidden.dtype)
@@ -320,17 +338,15 @@ class SpeechStudent(nn.Module):
             for window, _ in self.windows_of(waveform):
                 windows.append(window)
                 owners.append(index)
-        # Length bucketing: sorting keeps padding (wasted compute) small within each batch.
-        order = sorted(range(len(windows)), key=lambda i: windows[i].shape[-1])
         device = next(self.parameters()).device
         pooled = torch.empty(len(windows), self.encoder.config.d_model)
-        for start in range(0, len(order), max_batch):
-            chunk = order[start : start + max_batch]
+        for chunk in length_buckets([w.shape[-1] for w in windows], max_batch):
             mel, lengths = collate_windows([windows[i] for i in chunk])
             hidden, frames = self.encode_lower(mel.to(device), lengths.to(device))
             pooled[chunk] = self.forward_upper(hidden, frames).float().cpu()
         per_utterance = pool_frames(pooled.unsqueeze(1), torch.ones(len(windows), dtype=torch.long), torch.tensor(owners))
-        return self.projection(per_utterance.to(device)).float().cpu()
+        weight = next(self.projection.parameters())
+        return self.projection(per_utterance.to(weight.device, weight.dtype)).float().cpu()
 
     def embed_audio(self, waveform_16k: np.ndarray) -> torch.Tensor:
         """``[latent_dim]`` embedding of one 16 kHz mono waveform (any length), unnormalised."""

@@ -15,6 +15,7 @@ from engine.models.speech import (
     SpeechStudentConfig,
     collate_windows,
     frame_lengths,
+    length_buckets,
     list_speech_configs,
     load_speech_config,
     pool_frames,
@@ -74,6 +75,12 @@ def test_pool_frames_averages_windows_of_one_utterance_equally():
 def test_pool_frames_rejects_impossible_lengths(lengths):
     with pytest.raises(ValueError):
         pool_frames(torch.zeros(2, 6, 4), torch.tensor(lengths))
+
+
+def test_length_buckets_limit_padding_and_batch_size():
+    batches = length_buckets([3000, 600, 3000, 650, 2500, 3000], max_batch=2)
+    assert batches == [[1, 3], [4, 0], [2, 5]]
+    assert sorted(i for b in batches for i in b) == list(range(6))
 
 
 def test_frame_lengths_follow_the_stride_two_convolution():
