@@ -79,7 +79,8 @@ class DicomSeries:
 
     def summary(self) -> str:
         desc = f" '{self.description}'" if self.description else ""
-        return f"{self.uid}{desc} ({self.modality}, {len(self.slices)} slices)"
+        kind = ", localizer" if self.is_localizer else ""
+        return f"{self.uid}{desc} ({self.modality}, {len(self.slices)} slices, {self.orientation_code()}{kind})"
 
 
 def _orientation_labels(members: list[SliceHeader]) -> dict[int, int]:
