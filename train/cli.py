@@ -18,6 +18,9 @@ from engine.errors import SpeechCTError
 #: Modules that each define ``add_parser(subparsers)``.
 COMMAND_MODULES = (
     "train.commands.synth",
+    "train.commands.teacher",
+    "train.commands.student",
+    "train.commands.export",
 )
 
 

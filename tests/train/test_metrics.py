@@ -168,5 +168,5 @@ def test_dictation_f1():
     ref = f1_score(t.ravel(), p.ravel(), labels=[0, 1, 2], average=None)
     assert out["per_class"]["present"] == pytest.approx(ref[0])
     assert out["macro_f1"] == pytest.approx(ref.mean())
-    assert out["support"] == {"present": 2, "absent": 2, "not_mentioned": 5}
+    assert out["support"] == {"present": 2, "absent": 2, "not mentioned": 5}
     assert set(out["per_finding_macro_f1"]) == set(LABELS[:3])

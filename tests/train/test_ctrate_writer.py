@@ -1,0 +1,85 @@
+"""CT-RATE layout: exact paths and CSV columns, readable by engine.io with the metadata overrides,
+resumable, and byte-identical for a seed."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.findings import LABELS
+from engine.io import load_volume
+from train.synth.ctrate import plan_dataset, write_ctrate
+
+
+def _tree_hash(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ctrate") / "ct-rate"
+    write_ctrate(root, 3, 2, seed=5, size="small", workers=1, progress=False)
+    return root
+
+
+def test_layout_and_csvs(tree):
+    ds = tree / "dataset"
+    plans = plan_dataset(3, 2, 5)
+    for p in plans:
+        f = ds / p.split / f"{p.split}_{p.patient}" / f"{p.split}_{p.patient}_{p.scan}" / f"{p.name}.nii.gz"
+        assert f.is_file()
+    reports = _rows(ds / "radiology_text_reports" / "train_reports.csv")
+    assert list(reports[0]) == ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN",
+                                "Impressions_EN"]
+    labels = _rows(ds / "multi_abnormality_labels" / "valid_predicted_labels.csv")
+    assert list(labels[0]) == ["VolumeName", *LABELS]
+    mentions = _rows(ds / "multi_abnormality_labels" / "train_mentions.csv")
+    assert {v for r in mentions for k, v in r.items() if k != "VolumeName"} <= {"1", "0", "-1"}
+    meta = _rows(ds / "metadata" / "validation_metadata.csv")
+    assert meta[0]["XYSpacing"] == "[2.8, 2.8]" and meta[0]["PatientAge"].endswith("Y")
+    assert len(_rows(ds / "metadata" / "train_metadata.csv")) == len([p for p in plans if p.split == "train"])
+
+
+def test_v1_volume_reads_back_with_metadata_overrides(tree):
+    ds = tree / "dataset"
+    row = _rows(ds / "metadata" / "train_metadata.csv")[0]
+    name = row["VolumeName"]
+    pid = "_".join(name.split("_")[:2])
+    sid = "_".join(name.split("_")[:3])
+    path = ds / "train" / pid / sid / name
+    xy = [float(v) for v in row["XYSpacing"].strip("[]").split(",")]
+    vol = load_volume(path, slope=float(row["RescaleSlope"]), intercept=float(row["RescaleIntercept"]),
+                      spacing=(float(row["ZSpacing"]), xy[1], xy[0]))
+    assert vol.orientation_code() == "LPS"
+    a = vol.array.astype(float)
+    assert np.median(a) < -500 and -1100 < a.min() and a.max() > 500  # HU, not raw values
+    raw = load_volume(path).array.astype(float)  # without overrides: raw = HU + 1024
+    assert np.allclose(raw - 1024, a)
+
+
+def test_resume_skips_finished_and_bytes_are_reproducible(tree, tmp_path):
+    before = _tree_hash(tree)
+    write_ctrate(tree, 3, 2, seed=5, size="small", workers=1, progress=False)  # all records exist
+    assert _tree_hash(tree) == before
+    other = tmp_path / "again"
+    write_ctrate(other, 3, 2, seed=5, size="small", workers=1, progress=False)
+    assert _tree_hash(other) == before
+
+
+def test_v2_fixed_folders_hold_hu(tmp_path):
+    root = tmp_path / "v2"
+    write_ctrate(root, 1, 0, seed=2, size="small", version=2, workers=1, progress=False)
+    files = list((root / "dataset" / "train_fixed").rglob("*.nii.gz"))
+    assert files
+    vol = load_volume(files[0])
+    assert np.median(vol.array) < -500
