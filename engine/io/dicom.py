@@ -64,7 +64,7 @@ def scan_dicom(path: str | Path, *, workers: int | None = None) -> DicomStudy:
         unreadable=found.unreadable,
     )
     if Path(path).is_file() and not study.series:
-        raise StudyError(_why_nothing(study).split(": ", 1)[-1], path)
+        raise _nothing_error(study)
     log.debug(
         "%s: %d files, %d series, %d non-DICOM, %d non-image, %d unreadable",
         path, study.n_files, len(study.series), len(study.non_dicom), len(study.non_image), len(study.unreadable),
@@ -93,7 +93,7 @@ def read_dicom(path: str | Path, series: str | None = None, *, workers: int | No
     """
     study = scan_dicom(path, workers=workers)
     if not study.series:
-        raise StudyError(_why_nothing(study))
+        raise _nothing_error(study)
     chosen = _select(study, series)
     if chosen.modality != "CT":
         raise StudyError(f"modality {chosen.modality or 'unknown'}, not CT ({_sop_name(chosen)})", _where(study, chosen))
@@ -159,21 +159,21 @@ def _where(study: DicomStudy, series: DicomSeries) -> str:
     return series.first.path if study.n_files == 1 or len(series.files()) == 1 else study.path
 
 
-def _why_nothing(study: DicomStudy) -> str:
-    """One line for a path without any image series, naming a file and its problem where there is one."""
+def _nothing_error(study: DicomStudy) -> StudyError:
+    """The one-line error for a path without any image series, naming a file and its problem."""
     if study.unreadable:
         bad_path, why = study.unreadable[0]
         more = f" ({len(study.unreadable)} unreadable DICOM files)" if len(study.unreadable) > 1 else ""
-        return f"{bad_path}: {why}{more}"
+        return StudyError(f"{why}{more}", bad_path)
     if study.non_image:
         bad_path, why = study.non_image[0]
         more = f" ({len(study.non_image)} DICOM files without pixel data)" if len(study.non_image) > 1 else ""
-        return f"{bad_path}: {why}{more}"
+        return StudyError(f"{why}{more}", bad_path)
     if study.non_dicom:
         if study.n_files == 1:
-            return f"{study.non_dicom[0]}: not a DICOM file"
-        return f"{study.path}: no DICOM files ({len(study.non_dicom)} other files skipped)"
-    return f"{study.path}: empty folder, no DICOM files"
+            return StudyError("not a DICOM file", study.non_dicom[0])
+        return StudyError(f"no DICOM files ({len(study.non_dicom)} other files skipped)", study.path)
+    return StudyError("empty folder, no DICOM files", study.path)
 
 
 def _metadata(series: DicomSeries, path) -> dict:
