@@ -61,7 +61,8 @@ sets = [pydicom.dcmread(p) for p in sorted(glob.glob(os.path.join(sys.argv[1], "
 iop = np.array(sets[0].ImageOrientationPatient, float)
 normal = np.cross(iop[:3], iop[3:])
 sets.sort(key=lambda d: float(np.dot(normal, np.array(d.ImagePositionPatient, float))))
-arr = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in sets]).astype(np.float32)
+arr = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in sets])
+arr = arr.astype(np.float32)
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "shape": list(arr.shape)}))
 """
@@ -103,7 +104,9 @@ def run_child(code: str, *args: str) -> dict:
     """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True, cwd=REPO
+    )
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -122,12 +125,16 @@ def check_identical(folder: Path) -> None:
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
     image = reader.Execute()
     theirs = sitk.GetArrayFromImage(image)  # (z, y, x), slices sorted along the normal like ours
-    if ours.array.shape != theirs.shape or not np.array_equal(ours.array.astype(np.float64), theirs.astype(np.float64)):
+    if ours.array.shape != theirs.shape or not np.array_equal(
+        ours.array.astype(np.float64), theirs.astype(np.float64)
+    ):
         raise SystemExit("HU arrays differ between engine.io and SimpleITK")
     np.testing.assert_allclose(ours.origin, image.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(ours.spacing[::-1], image.GetSpacing(), atol=1e-4)
     np.testing.assert_allclose(ours.direction, np.array(image.GetDirection()).reshape(3, 3), atol=1e-6)
-    print(f"identical HU: shape {ours.shape}, ours {ours.array.dtype}, SimpleITK {theirs.dtype}; geometry equal")
+    print(
+        f"identical HU: shape {ours.shape}, ours {ours.array.dtype}, SimpleITK {theirs.dtype}; geometry equal"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,8 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     def med(rows, key):
         return statistics.median(r[key] for r in rows)
 
-    print(f"{'reader':<22}{'process s':>11}{'CPU s':>8}{'import s':>10}{'load s':>9}   (median of {args.runs})")
-    readers = [("engine.io.read_dicom", ours), ("SimpleITK", theirs)] + ([("naive pydicom loop", naive)] if naive else [])
+    print(
+        f"{'reader':<22}{'process s':>11}{'CPU s':>8}{'import s':>10}{'load s':>9}   (median of {args.runs})"
+    )
+    readers = [("engine.io.read_dicom", ours), ("SimpleITK", theirs)] + (
+        [("naive pydicom loop", naive)] if naive else []
+    )
     for name, rows in readers:
         print(
             f"{name:<22}{med(rows, 'process_s'):>11.3f}{med(rows, 'cpu_s'):>8.3f}"

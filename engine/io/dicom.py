@@ -67,7 +67,12 @@ def scan_dicom(path: str | Path, *, workers: int | None = None) -> DicomStudy:
         raise _nothing_error(study)
     log.debug(
         "%s: %d files, %d series, %d non-DICOM, %d non-image, %d unreadable",
-        path, study.n_files, len(study.series), len(study.non_dicom), len(study.non_image), len(study.unreadable),
+        path,
+        study.n_files,
+        len(study.series),
+        len(study.non_dicom),
+        len(study.non_image),
+        len(study.unreadable),
     )
     return study
 
@@ -96,20 +101,24 @@ def read_dicom(path: str | Path, series: str | None = None, *, workers: int | No
         raise _nothing_error(study)
     chosen = _select(study, series)
     if chosen.modality != "CT":
-        raise StudyError(f"modality {chosen.modality or 'unknown'}, not CT ({_sop_name(chosen)})", _where(study, chosen))
+        raise StudyError(
+            f"modality {chosen.modality or 'unknown'}, not CT ({_sop_name(chosen)})", _where(study, chosen)
+        )
     if chosen.first.samples_per_pixel != 1:
         raise StudyError(f"colour image ({chosen.first.photometric}), not a CT slice", chosen.first.path)
 
     notes = list(chosen.warnings)
     others = [s for s in study.series if s is not chosen]
     if others:
-        named = "; ".join(s.summary() for s in others[:_MAX_NAMED]) + ("; …" if len(others) > _MAX_NAMED else "")
-        notes.append(
-            f"{path}: {len(study.series)} series found; loaded {chosen.summary()}; others: {named}"
+        named = "; ".join(s.summary() for s in others[:_MAX_NAMED]) + (
+            "; …" if len(others) > _MAX_NAMED else ""
         )
+        notes.append(f"{path}: {len(study.series)} series found; loaded {chosen.summary()}; others: {named}")
     if study.unreadable:
         bad_path, why = study.unreadable[0]
-        notes.append(f"{path}: {len(study.unreadable)} DICOM file(s) could not be read, e.g. {bad_path}: {why}")
+        notes.append(
+            f"{path}: {len(study.unreadable)} DICOM file(s) could not be read, e.g. {bad_path}: {why}"
+        )
 
     array = read_pixels(chosen, workers)
     volume = Volume(
@@ -135,14 +144,19 @@ def _select(study: DicomStudy, wanted: str | None) -> DicomSeries:
             return stacks[0]
         available = ", ".join(s.uid for s in study.series[:10])
         if stacks:
-            raise StudyError(f"series {wanted} has several stacks; choose one of {', '.join(s.uid for s in stacks)}", study.path)
+            raise StudyError(
+                f"series {wanted} has several stacks; choose one of {', '.join(s.uid for s in stacks)}",
+                study.path,
+            )
         raise StudyError(f"no series {wanted}; available: {available}", study.path)
     ct = [s for s in study.series if s.modality == "CT"]
     candidates = [s for s in ct if not s.is_localizer] or ct
     if not candidates:
         if len(study.series) == 1:
             only = study.series[0]
-            raise StudyError(f"modality {only.modality or 'unknown'}, not CT ({_sop_name(only)})", _where(study, only))
+            raise StudyError(
+                f"modality {only.modality or 'unknown'}, not CT ({_sop_name(only)})", _where(study, only)
+            )
         found = "; ".join(s.summary() for s in study.series[:_MAX_NAMED])
         raise StudyError(f"no CT series (found {found})", study.path)
     # max() keeps the first of equals, and series are sorted by SeriesNumber, then uid.

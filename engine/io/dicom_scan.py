@@ -135,7 +135,10 @@ def _looks_like_dicom(head: bytes) -> tuple[bool, bool]:
 
 
 def read_header(path: str, meta_cache: dict | None = None) -> tuple[str, object]:
-    """Classify one file: ("image", [SliceHeader…]) | ("non_dicom", None) | ("non_image", why) | ("unreadable", why)."""
+    """Classify one file by its header.
+
+    Returns ("image", [SliceHeader, …]), ("non_dicom", None), ("non_image", why) or ("unreadable", why).
+    """
     try:
         with open(path, "rb") as fp:
             head = fp.read(132)
@@ -322,15 +325,29 @@ _POSITION, _ORIENTATION, _PIXEL_SPACING = 0x00200032, 0x00200037, 0x00280030
 _SLOPE, _INTERCEPT = 0x00281053, 0x00281052
 _MODALITY_LUT, _PER_FRAME = 0x00283000, 0x52009230
 #: Tags behind file_metadata(); files whose raw values agree share one decoded dict.
-_META_TAGS = (0x00080005, 0x00080060, 0x0020000D, 0x0020000E, 0x00200052, 0x0008103E, 0x00081030, 0x00080020,
-              0x00200011, 0x00080070, 0x00180015, 0x00181210)
+_META_TAGS = (
+    0x00080005,
+    0x00080060,
+    0x0020000D,
+    0x0020000E,
+    0x00200052,
+    0x0008103E,
+    0x00081030,
+    0x00080020,
+    0x00200011,
+    0x00080070,
+    0x00180015,
+    0x00181210,
+)
 
 
 def _meta_key(ds) -> tuple:
     key = []
     for tag in _META_TAGS:
         elem = ds.get_item(tag)
-        key.append(None if elem is None else (elem.value if isinstance(elem.value, bytes) else repr(elem.value)))
+        key.append(
+            None if elem is None else (elem.value if isinstance(elem.value, bytes) else repr(elem.value))
+        )
     return tuple(key)
 
 
@@ -456,7 +473,9 @@ def _frames(ds, common: dict, image_type: str, acquisition: str, thickness) -> l
         position = position_item.get("ImagePositionPatient") if position_item is not None else None
         if position is None and common["n_frames"] == 1:
             position = ds.get("ImagePositionPatient")
-        orientation = orientation_item.get("ImageOrientationPatient") if orientation_item is not None else None
+        orientation = (
+            orientation_item.get("ImageOrientationPatient") if orientation_item is not None else None
+        )
         source = transform if transform is not None else ds
         headers.append(
             SliceHeader(
@@ -464,7 +483,9 @@ def _frames(ds, common: dict, image_type: str, acquisition: str, thickness) -> l
                 image_type=_text(frame_type.get("FrameType")) if frame_type is not None else image_type,
                 acquisition=_frame_acquisition(content, acquisition),
                 position=_floats(position, 3),
-                orientation=_floats(orientation if orientation is not None else ds.get("ImageOrientationPatient"), 6),
+                orientation=_floats(
+                    orientation if orientation is not None else ds.get("ImageOrientationPatient"), 6
+                ),
                 pixel_spacing=_floats(
                     measures.get("PixelSpacing") if measures is not None else ds.get("PixelSpacing"), 2
                 ),

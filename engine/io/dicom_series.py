@@ -80,7 +80,9 @@ class DicomSeries:
     def summary(self) -> str:
         desc = f" '{self.description}'" if self.description else ""
         kind = ", localizer" if self.is_localizer else ""
-        return f"{self.uid}{desc} ({self.modality}, {len(self.slices)} slices, {self.orientation_code()}{kind})"
+        return (
+            f"{self.uid}{desc} ({self.modality}, {len(self.slices)} slices, {self.orientation_code()}{kind})"
+        )
 
 
 def _orientation_labels(members: list[SliceHeader]) -> dict[int, int]:
@@ -94,7 +96,9 @@ def _orientation_labels(members: list[SliceHeader]) -> dict[int, int]:
     for h in members:
         o = None if h.orientation is None else np.asarray(h.orientation, dtype=np.float64)
         for i, c in enumerate(centres):
-            if (o is None and c is None) or (o is not None and c is not None and np.max(np.abs(o - c)) < ORIENTATION_TOL):
+            if (o is None and c is None) or (
+                o is not None and c is not None and np.max(np.abs(o - c)) < ORIENTATION_TOL
+            ):
                 labels[id(h)] = i
                 break
         else:
@@ -178,7 +182,10 @@ def build_series(uid: str, members: list[SliceHeader]) -> DicomSeries:
     normal /= np.linalg.norm(normal)
     along = np.array([normal @ np.asarray(h.position) for h in members])
     # Ties (duplicated positions) are broken by InstanceNumber, then path and frame, for stability.
-    order = sorted(range(len(members)), key=lambda i: (along[i], members[i].instance_number, members[i].path, members[i].frame or 0))
+    order = sorted(
+        range(len(members)),
+        key=lambda i: (along[i], members[i].instance_number, members[i].path, members[i].frame or 0),
+    )
     ordered = [members[i] for i in order]
     along = along[order]
 
@@ -199,7 +206,9 @@ def build_series(uid: str, members: list[SliceHeader]) -> DicomSeries:
     origin = tuple(positions[0])
     if len(ordered) == 1:
         sz = first.slice_thickness if first.slice_thickness and first.slice_thickness > 0 else 1.0
-        source = "SliceThickness" if first.slice_thickness and first.slice_thickness > 0 else "a default of 1 mm"
+        source = (
+            "SliceThickness" if first.slice_thickness and first.slice_thickness > 0 else "a default of 1 mm"
+        )
         warnings.append(f"series {uid}: a single 2-D slice; slice spacing {sz:g} mm taken from {source}")
         direction = np.stack([x, y, normal], axis=1)
         return DicomSeries(uid, ordered, (float(sz), float(sy), float(sx)), origin, direction, warnings)
@@ -226,11 +235,15 @@ def _spacing_warnings(uid: str, steps: np.ndarray, sz: float, along: np.ndarray)
         return []
     out = []
     ratios = steps / sz
-    gaps = irregular & (np.abs(ratios - np.round(ratios)) * sz <= max(tol, 0.05 * sz)) & (np.round(ratios) >= 2)
+    gaps = (
+        irregular & (np.abs(ratios - np.round(ratios)) * sz <= max(tol, 0.05 * sz)) & (np.round(ratios) >= 2)
+    )
     if gaps.any():
         missing = int(np.sum(np.round(ratios[gaps]) - 1))
         where = ", ".join(f"{along[i]:.2f}–{along[i + 1]:.2f} mm" for i in np.flatnonzero(gaps)[:3])
-        out.append(f"series {uid}: about {missing} missing slice(s) (gaps along the normal at {where}); not filled")
+        out.append(
+            f"series {uid}: about {missing} missing slice(s) (gaps along the normal at {where}); not filled"
+        )
     if (irregular & ~gaps).any():
         out.append(
             f"series {uid}: non-uniform slice spacing ({steps.min():.3f}–{steps.max():.3f} mm); "

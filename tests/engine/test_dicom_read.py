@@ -43,7 +43,9 @@ def _testdata(name: str) -> str:
     return get_testdata_file(name, download=False)
 
 
-def _volume(shape=(6, 24, 20), spacing=(2.0, 0.75, 0.6), origin=(-50.0, 20.0, -100.0), direction=None, seed=0):
+def _volume(
+    shape=(6, 24, 20), spacing=(2.0, 0.75, 0.6), origin=(-50.0, 20.0, -100.0), direction=None, seed=0
+):
     hu = np.random.default_rng(seed).integers(-1024, 2000, shape).astype(np.int16)
     return Volume(hu, spacing, origin, np.eye(3) if direction is None else direction)
 
@@ -122,7 +124,9 @@ def test_compressed_and_uncompressed_693_give_the_same_hu():
     np.testing.assert_array_equal(lossless, raw)
     # Raw file is signed with BitsStored 14: compare with pydicom's own decoding + rescale.
     ref = pydicom.dcmread(_data_store_file("693_UNCR.dcm"))
-    np.testing.assert_array_equal(raw[0], ref.pixel_array * float(ref.RescaleSlope) + float(ref.RescaleIntercept))
+    np.testing.assert_array_equal(
+        raw[0], ref.pixel_array * float(ref.RescaleSlope) + float(ref.RescaleIntercept)
+    )
     lossy = load(_testdata("693_J2KI.dcm"))
     np.testing.assert_array_equal(lossy, load(_data_store_file("693_UNCI.dcm")))  # its decoded twin
     # Lossy JPEG 2000 (strong compression) stays close to the original: median error 27 HU.
@@ -175,7 +179,9 @@ def test_enhanced_ct_per_frame_groups_override_shared(tmp_path):
     per_frame = []
     for k in range(4):
         item = Dataset()
-        item.FrameContentSequence = Sequence([_item(TemporalPositionIndex=temporal[k], FrameAcquisitionNumber=1)])
+        item.FrameContentSequence = Sequence(
+            [_item(TemporalPositionIndex=temporal[k], FrameAcquisitionNumber=1)]
+        )
         item.PlanePositionSequence = Sequence([_item(ImagePositionPatient=positions[k])])
         item.PlaneOrientationSequence = Sequence([_item(ImageOrientationPatient=[-1, 0, 0, 0, 1, 0])])
         item.PixelValueTransformationSequence = Sequence(
@@ -218,7 +224,9 @@ def test_elements_stored_as_un_are_still_read():
     ref = pydicom.dcmread(path)
     with pytest.warns(SpeechCTWarning, match="single 2-D slice"):
         vol = read_dicom(path)
-    np.testing.assert_array_equal(vol.array[0], ref.pixel_array * float(ref.RescaleSlope) + float(ref.RescaleIntercept))
+    np.testing.assert_array_equal(
+        vol.array[0], ref.pixel_array * float(ref.RescaleSlope) + float(ref.RescaleIntercept)
+    )
 
 
 def test_folder_skips_non_dicom_silently_and_counts(tmp_path):
@@ -489,7 +497,9 @@ def test_one_acquisition_number_per_slice_does_not_split(tmp_path):
 def test_metadata_is_safe_and_informative(tmp_path):
     want = _volume(shape=(2, 8, 8))
     want.metadata.update(kernel="B30f", manufacturer="Synth")
-    paths = write_dicom_series(want, tmp_path, series_description="lung", study_date="20250102", series_number=7)
+    paths = write_dicom_series(
+        want, tmp_path, series_description="lung", study_date="20250102", series_number=7
+    )
     got = read_dicom(tmp_path)
     assert set(got.metadata) <= set(SAFE_METADATA_KEYS)
     assert got.metadata["series_description"] == "lung"

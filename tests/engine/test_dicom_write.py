@@ -45,7 +45,9 @@ def test_geometry_and_pixels_follow_the_volume(tmp_path):
         assert ds.Modality == "CT" and ds.PatientName == "ANONYMOUS"
         assert ds.SeriesDescription == "chest"
         # origin + k * sz along +z, computed here by hand.
-        np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient], [-100.0, 50.5, 30.25 + 2.5 * k])
+        np.testing.assert_allclose(
+            [float(v) for v in ds.ImagePositionPatient], [-100.0, 50.5, 30.25 + 2.5 * k]
+        )
         np.testing.assert_allclose([float(v) for v in ds.ImageOrientationPatient], [1, 0, 0, 0, 1, 0])
         np.testing.assert_allclose([float(v) for v in ds.PixelSpacing], [0.7, 0.8])  # [row, column]
         assert float(ds.SliceThickness) == pytest.approx(2.5)
@@ -93,9 +95,15 @@ def test_given_uids_and_series_share_a_study(tmp_path):
     assert d1.SeriesInstanceUID != d2.SeriesInstanceUID
     assert d2.StudyDate == "20240131" and d2.SeriesNumber == 2
     assert len(list(tmp_path.iterdir())) == 4  # distinct file names per series
-    p3 = write_dicom_series(vol, tmp_path / "x", study_uid="1.2.3", series_uid="1.2.3.4", frame_of_reference_uid="1.2.3.5")
+    p3 = write_dicom_series(
+        vol, tmp_path / "x", study_uid="1.2.3", series_uid="1.2.3.4", frame_of_reference_uid="1.2.3.5"
+    )
     d3 = pydicom.dcmread(p3[1])
-    assert (d3.StudyInstanceUID, d3.SeriesInstanceUID, d3.FrameOfReferenceUID) == ("1.2.3", "1.2.3.4", "1.2.3.5")
+    assert (d3.StudyInstanceUID, d3.SeriesInstanceUID, d3.FrameOfReferenceUID) == (
+        "1.2.3",
+        "1.2.3.4",
+        "1.2.3.5",
+    )
 
 
 @pytest.mark.parametrize("order", ["descending", "shuffled"])
@@ -119,8 +127,12 @@ def test_oblique_and_tilted_geometry(tmp_path):
     vol = _volume(shape=(3, 8, 8), direction=rot)
     paths = write_dicom_series(vol, tmp_path / "oblique")
     ds = pydicom.dcmread(paths[2])
-    np.testing.assert_allclose([float(v) for v in ds.ImageOrientationPatient], [*rot[:, 0], *rot[:, 1]], atol=1e-12)
-    np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient], np.array([-100.0, 50.5, 30.25]) + 5.0 * rot[:, 2])
+    np.testing.assert_allclose(
+        [float(v) for v in ds.ImageOrientationPatient], [*rot[:, 0], *rot[:, 1]], atol=1e-12
+    )
+    np.testing.assert_allclose(
+        [float(v) for v in ds.ImagePositionPatient], np.array([-100.0, 50.5, 30.25]) + 5.0 * rot[:, 2]
+    )
 
     # Gantry tilt: the slice axis leans towards y by 15 degrees; slices step along it.
     tilt = np.deg2rad(15.0)
@@ -129,7 +141,10 @@ def test_oblique_and_tilted_geometry(tmp_path):
     vol = _volume(shape=(3, 8, 8), direction=direction)
     paths = write_dicom_series(vol, tmp_path / "tilt")
     first, last = (pydicom.dcmread(p) for p in (paths[0], paths[2]))
-    step = (np.array([float(v) for v in last.ImagePositionPatient]) - [float(v) for v in first.ImagePositionPatient]) / 2
+    step = (
+        np.array([float(v) for v in last.ImagePositionPatient])
+        - [float(v) for v in first.ImagePositionPatient]
+    ) / 2
     np.testing.assert_allclose(step, 2.5 * direction[:, 2], atol=1e-9)
     np.testing.assert_allclose([float(v) for v in first.ImageOrientationPatient], [1, 0, 0, 0, 1, 0])
     assert float(first.SliceThickness) == pytest.approx(2.5 * np.cos(tilt))
