@@ -1,0 +1,97 @@
+"""export -> engine.weights.bundle.load_bundle round trip (schema, groups, modules load strictly)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.findings import LABELS, prompt_pair
+from engine.models.ct import CTEncoder
+from engine.models.ct_config import CTEncoderConfig
+from engine.models.dictation import CLASSES, DictationHead, DictationHeadConfig
+from engine.weights.bundle import load_bundle
+from train.distributed import DistEnv
+from train.export import MAX_BUNDLE_BYTES, export_bundle
+from train.recipes import (
+    StudentRecipe,
+    TeacherRecipe,
+    load_run_config,
+    stage_dir,
+    train_dictation_head,
+)
+from train.trainer import OptimConfig, Trainer
+
+from .training_fixtures import SMOKE_CONFIG, make_tiny_data, tiny_student
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("export")
+    data = make_tiny_data(root / "data", n_train=8, n_valid=4)
+    out = root / "run"
+    cfg = load_run_config(SMOKE_CONFIG)
+    env = DistEnv()
+    teacher = TeacherRecipe(cfg, data, env=env, progress=False)
+    summary = Trainer(teacher, OptimConfig.from_dict({**cfg["teacher"], "max_steps": 2}), stage_dir(out, "teacher"),
+                      env, progress=False, stage="teacher").fit()
+    teacher.save_final(stage_dir(out, "teacher"), summary)
+    student = StudentRecipe(cfg, data, stage_dir(out, "teacher"), env=env, progress=False, student=tiny_student())
+    folder = stage_dir(out, "student", 1.0)
+    summary = Trainer(student, OptimConfig.from_dict({**cfg["student"], "max_steps": 2}), folder, env,
+                      progress=False, stage="student").fit()
+    student.save_final(folder, summary)
+    train_dictation_head(student, out / "dictation", progress=False)
+    path = export_bundle(out, root / "bundle", speech=tiny_student(), data=str(data))
+    return path, student
+
+
+def _resolver(sha):
+    return lambda name: SimpleNamespace(sha256=sha)
+
+
+def test_bundle_round_trip(bundle_dir):
+    path, student = bundle_dir
+    manifest = json.loads((path / "bundle.json").read_text())
+    b = load_bundle(path, resolve_backbone=_resolver(manifest["speech"]["backbone_sha256"]))
+    assert not b.warnings
+    assert set(b.groups) == {"ct_encoder", "speech_head", "text_head", "prompts", "dictation_head"}
+    assert b.labels == list(LABELS)
+    # every group loads strictly into the module the engine will build from the manifest
+    ct = CTEncoder(CTEncoderConfig.from_dict(manifest["ct_encoder"]))
+    b.load_into(ct, "ct_encoder")
+    head = DictationHead(DictationHeadConfig.from_dict(manifest["dictation_head"]["config"]))
+    b.load_into(head, "dictation_head")
+    assert manifest["dictation_head"]["classes"] == list(CLASSES)
+    speech = tiny_student()
+    speech.load_trainable_state_dict(b.load_group("speech_head"))
+    for k, v in student.speech.trainable_state_dict().items():
+        assert torch.equal(speech.trainable_state_dict()[k], v), k
+    prompts = b.tensors["prompts"]["embeddings"]
+    assert prompts.shape == (2 * len(LABELS), manifest["space"]["dim"])
+    assert manifest["prompts"]["texts"][:2] == list(prompt_pair(LABELS[0]))
+    assert manifest["prompts"]["kind"] == "text"
+    assert set(b.tensors["text_head"]) == {"projection.weight"}
+    assert manifest["space"]["logit_scale"] > 0
+    prov = manifest["provenance"]
+    assert {"data", "seeds", "commit", "timings_s"} <= set(prov)
+    assert "monitors" in manifest["evaluation"] or manifest.get("thresholds")
+    assert sum(p.stat().st_size for p in path.iterdir()) < MAX_BUNDLE_BYTES
+
+
+def test_export_refuses_a_student_of_another_teacher(bundle_dir, tmp_path):
+    import shutil
+
+    from engine.errors import DataError
+
+    path, _ = bundle_dir
+    run = tmp_path / "run"
+    shutil.copytree(path.parent / "run", run)
+    meta = json.loads((stage_dir(run, "student", 1.0) / "model.json").read_text())
+    meta["teacher_sha256"] = "0" * 64
+    (stage_dir(run, "student", 1.0) / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="different teacher"):
+        export_bundle(run, tmp_path / "b", speech=tiny_student())

@@ -1,0 +1,99 @@
+"""CPU training smoke test: a few steps of teacher and student on a tiny generated set; losses fall."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from train.cli import main as train_main
+from train.distributed import DistEnv
+from train.recipes import (
+    StudentRecipe,
+    TeacherRecipe,
+    load_run_config,
+    load_teacher,
+    stage_dir,
+    train_dictation_head,
+)
+from train.trainer import OptimConfig, Trainer
+
+from .training_fixtures import SMOKE_CONFIG, make_tiny_data, tiny_student
+
+
+def _full_batch_loss(recipe) -> float:
+    """Loss over the whole (tiny) training set as one batch, eval mode: a noise-free 'did it learn'."""
+    recipe.module.eval()
+    with torch.no_grad():
+        loss, _ = recipe.loss(list(range(recipe.n_train)), 0, DistEnv())
+    return float(loss)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("smoke")
+    data = make_tiny_data(root / "data", n_train=16, n_valid=8)
+    out = root / "run"
+    rc = train_main(["teacher", "--config", str(SMOKE_CONFIG), "--data", str(data), "--out", str(out),
+                     "--max-steps", "16", "--quiet"])
+    assert rc == 0
+    return data, out
+
+
+def test_teacher_cli_learns_and_writes_its_run(run):
+    data, out = run
+    folder = stage_dir(out, "teacher")
+    assert {"last.pt", "metrics.jsonl", "model.safetensors", "model.json"} <= {p.name for p in folder.iterdir()}
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r and r.get("kind") != "valid"] == list(range(1, 17))
+    assert rows[-1]["kind"] == "valid" and np.isfinite(rows[-1]["valid_loss"])
+    # a fresh (untrained) teacher vs the trained one on the same full batch
+    cfg = load_run_config(SMOKE_CONFIG)
+    fresh = TeacherRecipe(cfg, data, env=DistEnv(), progress=False)
+    before = _full_batch_loss(fresh)
+    trained = load_teacher(folder)
+    fresh.module.load_state_dict(trained.model.state_dict())
+    after = _full_batch_loss(fresh)
+    assert after < before - 0.05, (before, after)
+    assert (out / "timings.jsonl").is_file()
+
+
+def test_teacher_resume_after_the_end_changes_nothing(run):
+    data, out = run
+    rc = train_main(["teacher", "--config", str(SMOKE_CONFIG), "--data", str(data), "--out", str(out),
+                     "--max-steps", "16", "--quiet"])
+    assert rc == 2  # refuses to overwrite without --resume
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.0], ids=["distilled", "naive"])
+def test_student_learns_and_dictation_head_fits(run, tmp_path, lam):
+    torch.set_num_threads(1)
+    data, out = run
+    cfg = load_run_config(SMOKE_CONFIG)
+    recipe = StudentRecipe(cfg, data, stage_dir(out, "teacher"), env=DistEnv(), distill_weight=lam,
+                           progress=False, student=tiny_student())
+    assert recipe.distill_weight == lam
+    before = _full_batch_loss(recipe)
+    trainer = Trainer(recipe, OptimConfig.from_dict({**cfg["student"], "max_steps": 16}), tmp_path / "student",
+                      DistEnv(), seed=1, progress=False, stage="student")
+    summary = trainer.fit()
+    after = _full_batch_loss(recipe)
+    assert after < before - 0.02, (before, after)
+    assert set(summary["valid"]) >= {"valid_loss", "cos_to_teacher_text", "speech2ct_R@1"}
+    head = train_dictation_head(recipe, tmp_path / "dictation", progress=False)
+    assert (tmp_path / "dictation" / "head.safetensors").is_file()
+    assert 0.0 <= head["valid_macro_f1"] <= 1.0
+    assert head["history"][-1]["train_loss"] < head["history"][0]["train_loss"]
+
+
+def test_cached_frozen_work_is_reused(run):
+    data, out = run
+    cfg = load_run_config(SMOKE_CONFIG)
+    StudentRecipe(cfg, data, stage_dir(out, "teacher"), env=DistEnv(), progress=False, student=tiny_student())
+    again = StudentRecipe(cfg, data, stage_dir(out, "teacher"), env=DistEnv(), progress=False,
+                          student=tiny_student())
+    # every prepared volume, teacher embedding, text feature and Whisper lower output was a hit
+    assert again.cache.misses == 0 and again.cache.hits > 0

@@ -1,0 +1,148 @@
+"""Export a trained run as a model bundle (DESIGN.md §2, ``engine.weights.bundle``).
+
+Tensor groups: ``ct_encoder`` (the teacher's CT encoder), ``speech_head`` (the student's tuned
+top Whisper layers, final norm and projection: ``SpeechStudent.trainable_state_dict()``),
+``text_head`` (the teacher text tower's projection, for typed-text search), ``dictation_head``
+(``engine.models.dictation.DictationHead``), ``prompts`` (``embeddings`` ``[36, dim]``: for each of
+the 18 labels in order, "{finding} is present." then "{finding} is not present.", embedded by the
+teacher's text tower, kind ``text``).
+
+Thresholds: from ``train.evaluate`` when that module offers ``bundle_thresholds`` (the ROC-corner
+threshold per label on the validation set); otherwise the bundle has no ``thresholds`` section
+and the provenance says so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import BundleError, DataError
+from engine.findings import LABELS
+from engine.models.dictation import CLASSES, DictationHead, DictationHeadConfig
+from engine.weights.bundle import save_bundle, speech_entry
+from train.recipes import load_student, load_teacher, prompt_texts, stage_dir
+
+MAX_BUNDLE_BYTES = 60 * 1024 * 1024
+
+
+def git_commit(repo: Path | None = None) -> str | None:
+    repo = repo or Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def evaluation_hook(run: Path, bundle_tensors: dict, manifest: dict) -> tuple[dict | None, dict | None]:
+    """``(thresholds, evaluation)`` from ``train.evaluate.bundle_thresholds(run, ...)`` when it exists.
+
+    W2b's ``train.evaluate`` owns the protocol; until it offers that function the export writes
+    no thresholds and an evaluation section holding the training monitors only.
+    """
+    try:
+        evaluate = importlib.import_module("train.evaluate")
+    except ImportError:
+        return None, None
+    fn = getattr(evaluate, "bundle_thresholds", None)
+    if fn is None:
+        return None, None
+    return fn(run, bundle_tensors, manifest)
+
+
+def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Path | None = None,
+                  dictation_dir: str | Path | None = None, name: str = "default", data: str | None = None,
+                  overwrite: bool = True, extra_provenance: dict | None = None, speech=None) -> Path:
+    """Write the bundle of the run folder ``run`` (teacher/, student/, dictation/) to ``bundle``.
+
+    ``speech``: an untrained ``SpeechStudent`` to load the student's weights into (tests use a
+    tiny one); by default it is built from the student's config and the installed backbone.
+    """
+    run = Path(run)
+    teacher = load_teacher(run / "teacher")
+    student_dir = Path(student_dir) if student_dir else stage_dir(run, "student", 1.0)
+    dictation_dir = Path(dictation_dir) if dictation_dir else run / "dictation"
+    speech, smeta = load_student(student_dir, student=speech)
+    if smeta.get("teacher_sha256") != teacher.weights_hash:
+        raise DataError("the student was trained with a different teacher than the one in this run", student_dir)
+
+    with torch.no_grad():
+        prompts = teacher.text.encode(prompt_texts()).float().cpu()
+    tensors: dict[str, dict[str, torch.Tensor]] = {
+        "ct_encoder": {k: v.detach().float() for k, v in teacher.model.ct.state_dict().items()},
+        "speech_head": speech.trainable_state_dict(),
+        "text_head": teacher.text.trainable_state_dict(),
+        "prompts": {"embeddings": prompts},
+    }
+    head_meta = _read_json(dictation_dir / "head.json")
+    if (dictation_dir / "head.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        head = DictationHead(DictationHeadConfig.from_dict(head_meta["config"]))
+        head.load_state_dict(load_file(str(dictation_dir / "head.safetensors")))
+        tensors["dictation_head"] = head.state_dict()
+
+    backbone_sha = smeta["backbone_sha256"]
+    tmeta = teacher.meta
+    manifest: dict[str, Any] = {
+        "name": name,
+        "labels": list(LABELS),
+        "preprocess": teacher.spec.to_dict(),
+        "ct_encoder": teacher.model.ct.config.to_dict(),
+        "speech": speech_entry(speech.config.to_dict(), backbone_sha),
+        "text": teacher.text.manifest_entry(),
+        "space": {"dim": int(prompts.shape[1]), "logit_scale": float(teacher.logit_scale)},
+        "prompts": {"kind": "text", "texts": prompt_texts(), "group": "prompts",
+                    "layout": "for each label: present, not present"},
+    }
+    if "dictation_head" in tensors:
+        manifest["dictation_head"] = {"labels": list(LABELS), "classes": list(CLASSES), "group": "dictation_head",
+                                      "config": head_meta["config"],
+                                      "input": "speech embedding (L2-normalised inside the head)"}
+    thresholds, evaluation = evaluation_hook(run, tensors, manifest)
+    if thresholds is not None:
+        manifest["thresholds"] = thresholds
+    monitors = {
+        "note": "training monitors on the validation split (not the evaluation protocol)",
+        "teacher": tmeta.get("summary", {}).get("valid", {}),
+        "student": smeta.get("summary", {}).get("valid", {}),
+        "dictation_head": {k: head_meta[k] for k in ("valid_macro_f1", "valid_f1_per_class", "valid_accuracy")
+                           if k in head_meta},
+    }
+    manifest["evaluation"] = evaluation if evaluation is not None else {"monitors": monitors}
+    cfg = tmeta["config"]
+    manifest["provenance"] = {
+        "data": data or cfg.get("data"),
+        "config": cfg.get("name"),
+        "seeds": {"teacher": cfg.get("seed", 0), "student": smeta["config"].get("seed", 0) + 1,
+                  "dictation_head": smeta["config"].get("seed", 0) + 2},
+        "commit": git_commit(),
+        "n_train": tmeta.get("n_train"), "n_valid": tmeta.get("n_valid"),
+        "teacher": {"steps": tmeta.get("summary", {}).get("steps"), "epochs": tmeta.get("summary", {}).get("epochs"),
+                    "optim": cfg.get("teacher"), "weights_sha256": teacher.weights_hash},
+        "student": {"steps": smeta.get("summary", {}).get("steps"), "epochs": smeta.get("summary", {}).get("epochs"),
+                    "distill_weight": smeta.get("distill_weight"), "optim": smeta["config"].get("student"),
+                    "weights_sha256": smeta.get("weights_sha256")},
+        "dictation_head": {"epochs": head_meta.get("epochs"), "config": head_meta.get("config")},
+        "timings_s": {"teacher_prep": tmeta.get("prep_seconds"), "teacher_train": tmeta.get("summary", {}).get("seconds"),
+                      "student_prep": smeta.get("prep_seconds"), "student_train": smeta.get("summary", {}).get("seconds"),
+                      "dictation_head": head_meta.get("seconds")},
+        "thresholds": "from train.evaluate" if thresholds is not None else "none: train.evaluate not available at export",
+        **(extra_provenance or {}),
+    }
+    path = save_bundle(bundle, manifest=manifest, tensors=tensors, overwrite=overwrite)
+    size = sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
+    if size > MAX_BUNDLE_BYTES:
+        raise BundleError(f"bundle is {size / 2**20:.1f} MiB, over the 60 MiB limit", path)
+    return path

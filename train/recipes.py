@@ -1,0 +1,614 @@
+"""Training recipes: the CT–text teacher, the speech student (naive or distilled), the dictation head.
+
+- **teacher**: ``engine.models.ct.CTEncoder`` + ``engine.models.text.TextTower`` (frozen backbone,
+  trainable bias-free projection) + a learnable logit scale, symmetric InfoNCE between each CT
+  volume and its ``Findings_EN`` (CT-CLIP's objective). The frozen text backbone's pooled features
+  and the prepared volumes come from the cache (``train.cache``).
+- **student**: ``engine.models.speech.SpeechStudent`` (Whisper-base, top layers tuned) trained with
+  ``InfoNCE(speech, CT) + λ · (1 − cos(speech, teacher text))`` (``engine.models.space.student_loss``);
+  the teacher is frozen, its CT and text embeddings and the frozen lower Whisper layers' outputs
+  are computed once into the cache; the logit scale is the teacher's, fixed. λ = 0 is the naive
+  student.
+- **dictation head**: ``engine.models.dictation.DictationHead`` trained afterwards, by
+  cross-entropy per finding on the mentions CSV, on the *frozen* trained student's embeddings.
+  Separate rather than joint so the head cannot pull the speech space away from the CT space
+  (the student keeps exactly the paper's objective) and so it trains in seconds on cached
+  embeddings, with many epochs.
+
+Run folders: ``<out>/teacher/`` (``last.pt``, ``metrics.jsonl``, ``model.safetensors`` +
+``model.json``), ``<out>/student/`` (or ``student-naive`` for λ = 0) and ``<out>/dictation/``.
+Data folder: ``<data>/ct-rate/`` and ``<data>/speech-rate/`` (``speechct-train synth``'s layout),
+cache under ``<data>/cache/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.errors import DataError
+from engine.findings import LABELS, prompt_pair
+from engine.models.ct import CTEncoder, load_ct_config
+from engine.models.dictation import DictationHead, DictationHeadConfig, dictation_loss, mention_to_class
+from engine.models.space import LogitScale, info_nce, similarity_logits, student_loss
+from engine.models.speech import (
+    SpeechStudent,
+    SpeechStudentConfig,
+    collate_windows,
+    load_speech_config,
+    pool_frames,
+)
+from engine.models.text import TextTowerConfig, create_text_tower
+from engine.preprocess import PreprocessSpec, get_spec, prepare_ct
+from train import cache as C
+from train.distributed import DistEnv, gather_with_grad
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+MODEL_FILE = "model.safetensors"
+MODEL_JSON = "model.json"
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def load_run_config(name_or_path: str | Path) -> dict[str, Any]:
+    """A training config: a shipped name (``paper``, ``cpu-default``, ``smoke``) or a JSON path."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".json" and path.is_file()):
+        path = CONFIG_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.json")))
+        raise DataError(f"no training config {name_or_path!r} (shipped: {shipped})", path)
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"training config is not valid JSON: {exc.msg} at line {exc.lineno}", path) from exc
+    cfg.setdefault("name", path.stem)
+    return cfg
+
+
+def _spec(cfg: dict) -> PreprocessSpec:
+    spec = cfg["preprocess"]
+    return PreprocessSpec.from_dict(spec) if isinstance(spec, dict) else get_spec(spec)
+
+
+def _ct_config(cfg: dict):
+    from engine.models.ct_config import CTEncoderConfig
+
+    c = cfg["ct_encoder"]
+    return CTEncoderConfig.from_dict(c) if isinstance(c, dict) else load_ct_config(c)
+
+
+def _text_config(cfg: dict) -> TextTowerConfig:
+    t = cfg.get("text_tower", "minilm")
+    return TextTowerConfig.from_dict(t) if isinstance(t, dict) else TextTowerConfig.named(t)
+
+
+def _speech_config(cfg: dict) -> SpeechStudentConfig:
+    s = cfg.get("speech", "whisper-base-top2")
+    return SpeechStudentConfig.from_dict(s) if isinstance(s, dict) else load_speech_config(s)
+
+
+def stage_dir(out: str | Path, stage: str, distill_weight: float | None = None) -> Path:
+    """``<out>/teacher``, ``<out>/student`` (λ > 0), ``<out>/student-naive`` (λ = 0), ``<out>/dictation``."""
+    out = Path(out)
+    if stage == "student":
+        return out / ("student-naive" if distill_weight == 0 else "student")
+    return out / stage
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Study:
+    """One volume with what training needs of it (no voxels or audio in memory)."""
+
+    volume_name: str
+    volume_path: Path
+    overrides: dict[str, Any]
+    findings: str  # the text the teacher is trained on
+    spoken: str  # the text read aloud (the distillation target's text)
+    labels: np.ndarray  # (18,) 0/1
+    mentions: np.ndarray  # (18,) 1/0/-1
+    audio_path: Path | None
+    record: Any
+
+
+def read_studies(data: str | Path, split: str, *, audio: bool, limit: int | None = None) -> list[Study]:
+    """The studies of a split under ``data`` (``ct-rate/`` + ``speech-rate/``), optionally the first ``limit``."""
+    from train.data import CTRateIndex, SpeechRateIndex
+
+    data = Path(data)
+    ct_root = data / "ct-rate"
+    speech_root = data / "speech-rate" if audio else None
+    if not ct_root.is_dir():
+        raise DataError("no ct-rate/ folder in the data folder (run speechct-train synth first)", data)
+    if audio and not speech_root.is_dir():
+        raise DataError("no speech-rate/ folder in the data folder (synth without --no-audio)", data)
+    index = CTRateIndex(ct_root, split, speech_root=speech_root)
+    spoken = {}
+    if audio:
+        spoken = {r.volume_name: r.text for r in SpeechRateIndex(speech_root, split)}
+    studies = []
+    for r in index.records[: limit or None]:
+        overrides = {}
+        if not r.fixed and r.meta is not None:
+            overrides = {"slope": r.meta.slope, "intercept": r.meta.intercept, "spacing": list(r.meta.spacing)}
+        studies.append(Study(r.volume_name, r.path, overrides, r.findings, spoken.get(r.volume_name) or r.findings,
+                             r.labels.astype(np.float32), r.mentions.astype(np.int8), r.audio_path, r))
+    return studies
+
+
+def prepared_ct(study: Study, spec: PreprocessSpec, cache: C.FrozenCache) -> tuple[str, np.ndarray]:
+    """(cache key, fp16 volume of ``spec.shape``) for one study, prepared once."""
+    from train.data import load_record_volume
+
+    key = C.ct_key(study.volume_path, study.overrides, spec.to_json())
+    arr = cache.get_or_compute("ct", key, lambda: prepare_ct(load_record_volume(study.record), spec))
+    return key, arr
+
+
+def prepare_ct_cache(studies: list[Study], spec: PreprocessSpec, cache: C.FrozenCache,
+                     progress: bool = False) -> list[str]:
+    keys = []
+    it = studies
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(studies, desc="prepare CT", unit="vol", dynamic_ncols=True)
+    for s in it:
+        keys.append(prepared_ct(s, spec, cache)[0])
+    return keys
+
+
+def text_backbone_hash(tower) -> str:
+    return C.state_hash({k: v for k, v in tower.backbone.state_dict().items()})
+
+
+def text_features(texts: list[str], tower, cache: C.FrozenCache, backbone_hash: str,
+                  batch: int = 32) -> tuple[list[str], np.ndarray]:
+    """Frozen backbone pooled features ``[n, hidden]`` float32 (cached per text)."""
+    cfg = tower.config.to_dict()
+    cfg["path"] = None
+    keys = [C.text_features_key(t, backbone_hash, cfg) for t in texts]
+    out: list[np.ndarray | None] = [cache.get("text_features", k) for k in keys]
+    todo = [i for i, v in enumerate(out) if v is None]
+    with torch.no_grad():
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            tokens = tower.tokenize([texts[i] for i in chunk])
+            feats = tower.pooled_features(**tokens).float().cpu().numpy()
+            for i, f in zip(chunk, feats):
+                out[i] = cache.put("text_features", keys[i], f, dtype=np.float32)
+    return keys, np.stack(out).astype(np.float32)
+
+
+def _ct_batch(keys: list[str], cache: C.FrozenCache, device) -> torch.Tensor:
+    arrays = [cache.get("ct", k) for k in keys]
+    if any(a is None for a in arrays):
+        raise DataError("a prepared volume vanished from the cache during training", cache.root)
+    return torch.from_numpy(np.stack(arrays).astype(np.float32)).unsqueeze(1).to(device)
+
+
+# --------------------------------------------------------------------------- quick monitors
+
+
+def recall_at_k(query: torch.Tensor, gallery: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
+    """Fraction of queries whose paired gallery row (same index) ranks in the top k (cosine)."""
+    sims = F.normalize(query.float(), dim=-1) @ F.normalize(gallery.float(), dim=-1).T
+    rank = (sims > sims.diag().unsqueeze(1)).sum(dim=1)
+    return {f"R@{k}": float((rank < k).float().mean()) for k in ks if k <= gallery.shape[0]}
+
+
+def zero_shot_auroc(ct: torch.Tensor, prompts: torch.Tensor, labels: np.ndarray, scale: float) -> float:
+    """Training monitor: macro AUROC of CT-CLIP's prompt-pair softmax (train.evaluate is the real protocol)."""
+    from sklearn.metrics import roc_auc_score
+
+    logits = similarity_logits(ct, prompts, scale).view(ct.shape[0], -1, 2)
+    p_present = logits.softmax(dim=-1)[..., 0].numpy()
+    aucs = [roc_auc_score(labels[:, j], p_present[:, j]) for j in range(labels.shape[1])
+            if 0 < labels[:, j].sum() < labels.shape[0]]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def prompt_texts() -> list[str]:
+    """The 36 zero-shot prompts: for each label in order, "… is present." then "… is not present."."""
+    return [t for lab in LABELS for t in prompt_pair(lab)]
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+class TeacherModel(nn.Module):
+    """The trainable part of the teacher: CT encoder, text projection, logit scale."""
+
+    def __init__(self, ct: CTEncoder, text_projection: nn.Linear, logit_scale: LogitScale):
+        super().__init__()
+        self.ct = ct
+        self.text_projection = text_projection
+        self.logit_scale = logit_scale
+
+
+def build_teacher(cfg: dict, *, pretrained_text: bool = True):
+    """(TeacherModel, TextTower) fresh from a config; the tower shares the model's projection."""
+    text = create_text_tower(_text_config(cfg)) if pretrained_text else None
+    ct = CTEncoder(_ct_config(cfg))
+    proj = text.projection if text is not None else nn.Linear(384, _ct_config(cfg).latent_dim, bias=False)
+    scale = LogitScale(max_scale=cfg.get("logit_scale_max", 100.0))
+    return TeacherModel(ct, proj, scale), text
+
+
+class TeacherRecipe:
+    """CT encoder + text projection, symmetric InfoNCE with embeddings gathered over ranks."""
+
+    stage = "teacher"
+
+    def __init__(self, cfg: dict, data: str | Path, *, env: DistEnv, progress: bool = True,
+                 limit: dict[str, int] | None = None):
+        self.cfg = cfg
+        self.env = env
+        self.spec = _spec(cfg)
+        self.cache = C.FrozenCache(Path(data) / "cache")
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        self.module, self.text = build_teacher(cfg)
+        self.module.to(env.device)
+        self.text.to(env.device)
+        limit = limit or cfg.get("limit") or {}
+        t0 = time.perf_counter()
+        self.train = read_studies(data, "train", audio=False, limit=limit.get("train"))
+        self.valid = read_studies(data, "valid", audio=False, limit=limit.get("valid"))
+        show = progress and env.is_main
+        self.train_keys = prepare_ct_cache(self.train, self.spec, self.cache, show)
+        self.valid_keys = prepare_ct_cache(self.valid, self.spec, self.cache, show)
+        self.backbone_hash = text_backbone_hash(self.text)
+        _, self.train_text = text_features([s.findings for s in self.train], self.text, self.cache, self.backbone_hash)
+        _, self.valid_text = text_features([s.findings for s in self.valid], self.text, self.cache, self.backbone_hash)
+        _, self.prompt_feats = text_features(prompt_texts(), self.text, self.cache, self.backbone_hash)
+        self.prep_seconds = time.perf_counter() - t0
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)
+
+    def head_parameters(self) -> set[int]:
+        return {id(p) for p in self.module.text_projection.parameters()} | {id(self.module.logit_scale.log_scale)}
+
+    def _embed(self, keys: list[str], feats: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.env.device
+        ct = self.module.ct(_ct_batch(keys, self.cache, dev))
+        txt = self.module.text_projection(torch.from_numpy(feats).to(dev))
+        return ct, txt
+
+    def loss(self, rows: list[int], offset: int, env: DistEnv):
+        ct, txt = self._embed([self.train_keys[i] for i in rows], self.train_text[rows])
+        all_ct, all_txt = gather_with_grad(ct, env), gather_with_grad(txt, env)
+        loss = info_nce(ct, txt, self.module.logit_scale, all_a=all_ct, all_b=all_txt, offset=offset)
+        return loss, {"logit_scale": self.module.logit_scale.value}
+
+    def embed_valid(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cts, txts = [], []
+        b = 8
+        for start in range(0, len(self.valid), b):
+            idx = list(range(start, min(start + b, len(self.valid))))
+            ct, txt = self._embed([self.valid_keys[i] for i in idx], self.valid_text[idx])
+            cts.append(ct.float().cpu())
+            txts.append(txt.float().cpu())
+        return torch.cat(cts), torch.cat(txts)
+
+    def validate(self, env: DistEnv) -> dict[str, float]:
+        if not env.is_main:
+            return {}
+        ct, txt = self.embed_valid()
+        scale = self.module.logit_scale.value
+        bs = self.cfg["teacher"]["batch_size"]
+        losses = [float(info_nce(ct[i : i + bs], txt[i : i + bs], scale)) for i in range(0, len(ct) - bs + 1, bs)]
+        prompts = self.module.text_projection(torch.from_numpy(self.prompt_feats).to(env.device)).float().cpu()
+        labels = np.stack([s.labels for s in self.valid])
+        out = {"valid_loss": float(np.mean(losses)) if losses else float("nan"),
+               "zero_shot_auroc": zero_shot_auroc(ct, prompts, labels, scale)}
+        out.update({f"text2ct_{k}": v for k, v in recall_at_k(txt, ct).items()})
+        return out
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"config": self.cfg, "n_train": self.n_train, "n_valid": len(self.valid)}
+
+    def save_final(self, folder: str | Path, summary: dict[str, Any]) -> Path:
+        """``model.safetensors`` (CT encoder, text projection, logit scale) + ``model.json``."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        tmp = folder / f".{MODEL_FILE}.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        tmp.replace(folder / MODEL_FILE)
+        meta = {"kind": "teacher", "config": self.cfg, "preprocess": self.spec.to_dict(),
+                "ct_encoder": self.module.ct.config.to_dict(), "text": self.text.manifest_entry(),
+                "logit_scale": self.module.logit_scale.value, "weights_sha256": C.state_hash(state),
+                "n_train": self.n_train, "n_valid": len(self.valid), "summary": summary,
+                "prep_seconds": round(self.prep_seconds, 1)}
+        (folder / MODEL_JSON).write_text(json.dumps(meta, indent=1, default=str))
+        return folder / MODEL_FILE
+
+
+@dataclass
+class FrozenTeacher:
+    """A trained teacher loaded from its run folder, for the student, the export and evaluation."""
+
+    model: TeacherModel
+    text: Any  # TextTower
+    spec: PreprocessSpec
+    meta: dict[str, Any]
+    weights_hash: str
+
+    @property
+    def logit_scale(self) -> float:
+        return self.model.logit_scale.value
+
+
+def load_teacher(folder: str | Path, device: str | torch.device = "cpu") -> FrozenTeacher:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / MODEL_FILE).is_file() or not (folder / MODEL_JSON).is_file():
+        raise DataError("no trained teacher here (run speechct-train teacher first)", folder)
+    meta = json.loads((folder / MODEL_JSON).read_text())
+    cfg = meta["config"]
+    model, text = build_teacher(cfg)
+    state = load_file(str(folder / MODEL_FILE))
+    model.load_state_dict(state)
+    model.requires_grad_(False).eval().to(device)
+    text.to(device).eval()
+    return FrozenTeacher(model, text, PreprocessSpec.from_dict(meta["preprocess"]), meta, C.state_hash(state))
+
+
+# --------------------------------------------------------------------------- student
+
+
+def _whisper_lower(student: SpeechStudent, path: Path, backbone_sha: str, cache: C.FrozenCache):
+    """Cached ``{"hidden": [sum frames, D] fp16, "frames": [windows] int32}`` of one dictation."""
+    from engine import audio as A
+
+    cfg = student.config
+    key = C.whisper_lower_key(path, backbone_sha, student.split, cfg.window_frames, cfg.overlap_frames)
+    hit = cache.get_many("whisper_lower", key)
+    if hit is not None:
+        return key
+    mel = A.log_mel(A.load_audio(path))
+    windows = [w for w, _ in A.split_windows(mel, cfg.window_frames, cfg.overlap_frames)]
+    mel_b, lengths = collate_windows(windows)
+    dev = next(student.parameters()).device
+    hidden, frames = student.encode_lower(mel_b.to(dev), lengths.to(dev))
+    parts = [hidden[i, : int(frames[i])].to(torch.float16).cpu().numpy() for i in range(len(windows))]
+    cache.put_many("whisper_lower", key, {"hidden": np.concatenate(parts),
+                                          "frames": frames.cpu().numpy().astype(np.int32)})
+    return key
+
+
+class StudentModel(nn.Module):
+    def __init__(self, speech: SpeechStudent):
+        super().__init__()
+        self.speech = speech
+
+
+class StudentRecipe:
+    """Whisper student: InfoNCE(speech, teacher CT) + λ·(1 − cos(speech, teacher text))."""
+
+    stage = "student"
+
+    def __init__(self, cfg: dict, data: str | Path, teacher_dir: str | Path, *, env: DistEnv,
+                 distill_weight: float | None = None, progress: bool = True,
+                 limit: dict[str, int] | None = None, student: SpeechStudent | None = None):
+        self.cfg = cfg
+        self.env = env
+        self.distill_weight = float(cfg["student"].get("distill_weight", 1.0) if distill_weight is None
+                                    else distill_weight)
+        self.cache = C.FrozenCache(Path(data) / "cache")
+        t0 = time.perf_counter()
+        self.teacher = load_teacher(teacher_dir, env.device)
+        self.spec = self.teacher.spec
+        torch.manual_seed(int(cfg.get("seed", 0)) + 1)
+        self.speech = student if student is not None else SpeechStudent.from_backbone(_speech_config(cfg))
+        self.speech.to(env.device)
+        self.module = StudentModel(self.speech)
+        self.backbone_sha = getattr(self.speech.backbone, "sha256", None) or C.state_hash(self.speech.encoder)
+        limit = limit or cfg.get("limit") or {}
+        show = progress and env.is_main
+        self.train = read_studies(data, "train", audio=True, limit=limit.get("train"))
+        self.valid = read_studies(data, "valid", audio=True, limit=limit.get("valid"))
+        self.train_ct, self.train_txt, self.train_lower = self._prepare(self.train, show)
+        self.valid_ct, self.valid_txt, self.valid_lower = self._prepare(self.valid, show)
+        self.prep_seconds = time.perf_counter() - t0
+
+    def _prepare(self, studies: list[Study], show: bool):
+        t = self.teacher
+        ct_keys = prepare_ct_cache(studies, self.spec, self.cache, show)
+        ct_emb = []
+        for start in range(0, len(studies), 8):
+            keys = ct_keys[start : start + 8]
+            ek = [C.embedding_key(k, t.weights_hash, "teacher_ct") for k in keys]
+            got = [self.cache.get("teacher_ct", k) for k in ek]
+            if any(g is None for g in got):
+                with torch.no_grad():
+                    emb = t.model.ct(_ct_batch(keys, self.cache, self.env.device)).float().cpu().numpy()
+                got = [self.cache.put("teacher_ct", k, e, dtype=np.float32) for k, e in zip(ek, emb)]
+            ct_emb.extend(got)
+        feat_keys, feats = text_features([s.spoken for s in studies], t.text, self.cache, text_backbone_hash(t.text))
+        txt = []
+        for fk, f in zip(feat_keys, feats):
+            k = C.embedding_key(fk, t.weights_hash, "teacher_text")
+            txt.append(self.cache.get_or_compute(
+                "teacher_text", k,
+                lambda f=f: t.model.text_projection(torch.from_numpy(f).to(self.env.device)).float().cpu().numpy(),
+                dtype=np.float32))
+        lower = []
+        it = studies
+        if show:
+            from tqdm import tqdm
+
+            it = tqdm(studies, desc="whisper lower layers", unit="wav", dynamic_ncols=True)
+        for s in it:
+            if s.audio_path is None:
+                raise DataError(f"volume {s.volume_name} has no spoken report", s.volume_path)
+            lower.append(_whisper_lower(self.speech, s.audio_path, self.backbone_sha, self.cache))
+        return (torch.from_numpy(np.stack(ct_emb)).float(), torch.from_numpy(np.stack(txt)).float(), lower)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)
+
+    def head_parameters(self) -> set[int]:
+        return {id(p) for p in self.speech.projection.parameters()}
+
+    def embed(self, lower_keys: list[str]) -> torch.Tensor:
+        """Student embeddings ``[n, latent]`` from cached lower-layer outputs (with gradients)."""
+        hidden, frames, owner = [], [], []
+        for u, key in enumerate(lower_keys):
+            entry = self.cache.get_many("whisper_lower", key)
+            if entry is None:
+                raise DataError("a cached Whisper lower-layer output vanished during training", self.cache.root)
+            start = 0
+            for f in entry["frames"].tolist():
+                hidden.append(torch.from_numpy(entry["hidden"][start : start + f].astype(np.float32)))
+                frames.append(f)
+                owner.append(u)
+                start += f
+        dev = self.env.device
+        width = max(frames)
+        batch = torch.zeros(len(hidden), width, hidden[0].shape[-1])
+        for i, h in enumerate(hidden):
+            batch[i, : h.shape[0]] = h
+        frames_t = torch.tensor(frames, dtype=torch.long, device=dev)
+        pooled = self.speech.forward_upper(batch.to(dev), frames_t)
+        utt = pool_frames(pooled.unsqueeze(1), torch.ones_like(frames_t), torch.tensor(owner, device=dev))
+        return self.speech.projection(utt)
+
+    def loss(self, rows: list[int], offset: int, env: DistEnv):
+        speech = self.embed([self.train_lower[i] for i in rows])
+        ct = self.train_ct[rows].to(env.device)
+        txt = self.train_txt[rows].to(env.device)
+        all_speech, all_ct = gather_with_grad(speech, env), gather_with_grad(ct, env)
+        loss, parts = student_loss(speech, ct, txt, self.teacher.logit_scale, self.distill_weight,
+                                   all_speech=all_speech, all_ct=all_ct, offset=offset, return_parts=True)
+        return loss, {k: float(v) for k, v in parts.items()}
+
+    def embed_all(self, keys: list[str], batch: int = 8) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self.embed(keys[i : i + batch]).float().cpu() for i in range(0, len(keys), batch)])
+
+    def validate(self, env: DistEnv) -> dict[str, float]:
+        if not env.is_main:
+            return {}
+        speech = self.embed_all(self.valid_lower)
+        ct, txt = self.valid_ct, self.valid_txt
+        scale = self.teacher.logit_scale
+        bs = self.cfg["student"]["batch_size"]
+        losses = [float(student_loss(speech[i : i + bs], ct[i : i + bs], txt[i : i + bs], scale, self.distill_weight))
+                  for i in range(0, len(speech) - bs + 1, bs)]
+        prompts = self.teacher.text.encode(prompt_texts()).float().cpu()
+        labels = np.stack([s.labels for s in self.valid])
+        out = {"valid_loss": float(np.mean(losses)) if losses else float("nan"),
+               "cos_to_teacher_text": float(F.cosine_similarity(speech, txt).mean()),
+               "speech_zero_shot_auroc": zero_shot_auroc(speech, prompts, labels, scale)}
+        out.update({f"speech2ct_{k}": v for k, v in recall_at_k(speech, ct).items()})
+        return out
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"config": self.cfg, "distill_weight": self.distill_weight, "teacher_sha256": self.teacher.weights_hash}
+
+    def save_final(self, folder: str | Path, summary: dict[str, Any]) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.speech.trainable_state_dict().items()}
+        tmp = folder / f".{MODEL_FILE}.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        tmp.replace(folder / MODEL_FILE)
+        meta = {"kind": "student", "config": self.cfg, "speech": self.speech.config.to_dict(),
+                "backbone": self.speech.config.backbone, "backbone_sha256": self.backbone_sha,
+                "distill_weight": self.distill_weight, "teacher_sha256": self.teacher.weights_hash,
+                "weights_sha256": C.state_hash(state), "n_train": self.n_train, "n_valid": len(self.valid),
+                "summary": summary, "prep_seconds": round(self.prep_seconds, 1)}
+        (folder / MODEL_JSON).write_text(json.dumps(meta, indent=1, default=str))
+        return folder / MODEL_FILE
+
+
+def load_student(folder: str | Path, device: str | torch.device = "cpu",
+                 student: SpeechStudent | None = None) -> tuple[SpeechStudent, dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / MODEL_FILE).is_file() or not (folder / MODEL_JSON).is_file():
+        raise DataError("no trained student here (run speechct-train student first)", folder)
+    meta = json.loads((folder / MODEL_JSON).read_text())
+    speech = student if student is not None else SpeechStudent.from_backbone(SpeechStudentConfig.from_dict(meta["speech"]))
+    speech.load_trainable_state_dict(load_file(str(folder / MODEL_FILE)))
+    speech.requires_grad_(False)
+    return speech.to(device).eval(), meta
+
+
+# --------------------------------------------------------------------------- dictation head
+
+
+def train_dictation_head(recipe: StudentRecipe, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Fit the 3-way-per-finding head on the frozen student's embeddings (train split), report the
+    valid macro F1 per class, save ``head.safetensors`` + ``head.json`` in ``out``."""
+    from safetensors.torch import save_file
+    from sklearn.metrics import f1_score
+
+    hc = dict(recipe.cfg.get("dictation", {}))
+    seed = int(recipe.cfg.get("seed", 0)) + 2
+    t0 = time.perf_counter()
+    recipe.speech.eval()
+    x_train = recipe.embed_all(recipe.train_lower)
+    x_valid = recipe.embed_all(recipe.valid_lower)
+    y_train = torch.from_numpy(np.stack([s.mentions for s in recipe.train]))
+    y_valid = torch.from_numpy(np.stack([s.mentions for s in recipe.valid]))
+    torch.manual_seed(seed)
+    head = DictationHead(DictationHeadConfig(dim=x_train.shape[1], hidden=int(hc.get("hidden", 256)),
+                                             dropout=float(hc.get("dropout", 0.1))))
+    opt = torch.optim.Adam(head.parameters(), lr=float(hc.get("lr", 1e-3)),
+                           weight_decay=float(hc.get("weight_decay", 1e-4)))
+    epochs, bs = int(hc.get("epochs", 300)), int(hc.get("batch_size", 32))
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(epochs):
+        head.train()
+        order = torch.randperm(len(x_train), generator=gen)
+        total = 0.0
+        for i in range(0, len(order), bs):
+            idx = order[i : i + bs]
+            loss = dictation_loss(head(x_train[idx]), y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        if (epoch + 1) % max(1, epochs // 10) == 0 or epoch == epochs - 1:
+            history.append({"epoch": epoch + 1, "train_loss": total / len(x_train)})
+    head.eval()
+    with torch.no_grad():
+        valid_loss = float(dictation_loss(head(x_valid), y_valid))
+        pred = head(x_valid).argmax(-1).reshape(-1).numpy()
+    truth = mention_to_class(y_valid).reshape(-1).numpy()
+    per_class = f1_score(truth, pred, labels=[0, 1, 2], average=None, zero_division=0)
+    summary = {"valid_loss": valid_loss, "valid_macro_f1": float(np.mean(per_class)),
+               "valid_f1_per_class": dict(zip(("present", "absent", "not mentioned"), map(float, per_class))),
+               "valid_accuracy": float((pred == truth).mean()), "epochs": epochs,
+               "seconds": round(time.perf_counter() - t0, 1), "history": history, "config": head.config.to_dict()}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / "head.safetensors"),
+              metadata={"format": "pt"})
+    (out / "head.json").write_text(json.dumps(summary, indent=1))
+    if progress:
+        print(f"dictation head: valid macro F1 {summary['valid_macro_f1']:.3f} "
+              f"(present/absent/not mentioned {per_class.round(3).tolist()}), {summary['seconds']} s")
+    return summary
