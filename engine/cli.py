@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)`` (which
 registers the subcommand and sets ``func``); this module only wires them and turns
-engine errors into one-line messages with exit code 2.
+engine errors into one-line messages with exit code 2. Command modules import heavy
+dependencies (torch, transformers) inside ``func``, so that every command starts fast.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SpeechCTError as exc:
-        print(f"speechct: error: {exc}", file=sys.stderr)
+        # One line whatever the message holds (library texts can carry newlines).
+        print("speechct: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("speechct: interrupted", file=sys.stderr)

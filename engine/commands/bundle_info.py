@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.weights.bundle import Bundle, load_bundle, tensor_shapes
+if TYPE_CHECKING:  # torch is imported only when the command runs: `speechct info` must start fast
+    from engine.weights.bundle import Bundle
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -58,6 +59,8 @@ def bundle_summary(bundle: Bundle, backbone_checked: bool = True) -> dict[str, A
     m = bundle.manifest
     files = {}
     for name, entry in m["files"].items():
+        from engine.weights.bundle import tensor_shapes
+
         shapes = tensor_shapes(bundle.path / name)
         params = 0
         for _, shape in shapes.values():
@@ -168,6 +171,8 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.weights.bundle import load_bundle
+
     bundle = load_bundle(args.path, check_hashes=not args.no_hashes, check_backbone=not args.no_backbone)
     summary = bundle_summary(bundle, backbone_checked=not args.no_backbone)
     if args.json:
