@@ -1,0 +1,73 @@
+"""Regenerate assets/samples/: three synthetic chest CT studies as DICOM series, with known findings.
+
+    python scripts/make_samples.py [--out assets/samples]
+
+Every study comes from :func:`train.synth.phantom.make_phantom` (the one generator behind all
+synthetic data) at the ``small`` size (64 × 128 × 128 voxels, 5.0 × 2.8 × 2.8 mm, the CPU
+spec's own grid), so the folder stays a few MB; ``README.md`` lists each study's findings.
+Same code → same bytes (fixed seeds and UIDs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.io import write_dicom_series  # noqa: E402
+from train.synth.phantom import SIZES, make_phantom  # noqa: E402
+from train.synth.reports import write_report  # noqa: E402
+
+STUDIES = {
+    "study-001": (101, ["Pleural effusion", "Lung nodule", "Arterial wall calcification"],
+                  {"Pleural effusion": {"side": "right", "severity": "moderate"}}),
+    "study-002": (202, ["Cardiomegaly", "Pericardial effusion", "Consolidation", "Medical material"],
+                  {"Medical material": {"kind": "pacemaker"}, "Consolidation": {"severity": "moderate"}}),
+    "study-003": (303, ["Emphysema", "Bronchiectasis", "Coronary artery wall calcification", "Lymphadenopathy"],
+                  {"Emphysema": {"kind": "centrilobular", "severity": "moderate"}}),
+}
+
+
+def _describe(d: dict) -> str:
+    parts = [d.get("severity"), d.get("kind"), d.get("side")]
+    where = ", ".join(d.get("lobes") or []) or d.get("location") or ""
+    size = f"{d['size_mm']} mm" if d.get("size_mm") is not None else ""
+    return " ".join(str(p) for p in (*parts, size) if p) + (f" — {where}" if where else "")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "assets" / "samples")
+    args = p.parse_args(argv)
+    lines = ["# Sample studies", "",
+             "Synthetic chest CT phantoms made by `scripts/make_samples.py` with `train.synth.phantom.make_phantom`",
+             f"(size `small`: {SIZES['small'].shape} voxels (z, y, x) at {SIZES['small'].spacing} mm, LPS, HU).",
+             "Each `dicom/` folder is one CT series, one file per slice. Findings are known by construction;",
+             "`findings.json` holds the full instance details and `report.txt` a matching synthetic report.", ""]
+    for name, (seed, labels, overrides) in STUDIES.items():
+        ph = make_phantom(seed, labels, size="small", overrides=overrides)
+        folder = args.out / name
+        dicom = folder / "dicom"
+        if dicom.exists():
+            shutil.rmtree(dicom)
+        write_dicom_series(ph.volume, dicom, series_description=f"SYNTHETIC CHEST {name}", seed=seed)
+        rep = write_report(ph.findings, phrase_set="A", seed=seed, contrast=ph.patient["contrast"],
+                           slice_mm=ph.volume.spacing[0])
+        (folder / "findings.json").write_text(json.dumps({"seed": seed, "patient": ph.patient,
+                                                          "findings": ph.findings}, indent=1, sort_keys=True) + "\n")
+        (folder / "report.txt").write_text(f"FINDINGS: {rep.findings}\n\nIMPRESSION: {rep.impressions}\n")
+        lines.append(f"## {name} (seed {seed}; {ph.patient['sex']}, {ph.patient['age']} y, "
+                     f"{'contrast' if ph.patient['contrast'] else 'non-contrast'})")
+        lines += [f"- **{lab}**: {_describe(d)}" for lab, d in ph.findings.items()]
+        lines.append("")
+        print(name, list(ph.findings))
+    (args.out / "README.md").write_text("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
