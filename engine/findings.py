@@ -49,8 +49,9 @@ RAD_CHESTCT_DROP = ("Mosaic attenuation pattern",)
 RAD_CHESTCT_MERGE = {"Calcification": ("Arterial wall calcification", "Coronary artery wall calcification")}
 
 
-#: Classes of the dictation head, in its output order (what a radiologist said about a finding).
-DICTATION_CLASSES = ("present", "absent", "not_mentioned")
+#: Classes of the dictation head, in its output order (what a radiologist said about a finding);
+#: the same tuple as ``engine.models.dictation.CLASSES``.
+DICTATION_CLASSES = ("present", "absent", "not mentioned")
 #: The mentions CSV's codes: 1 reported present, 0 reported absent, -1 not mentioned.
 MENTION_CODES = (1, 0, -1)
 #: Threshold used when a bundle gives none for a label.
@@ -330,7 +331,7 @@ def discrepancies(
         kind = None
         if f.positive and d.status == "absent":
             kind = "negated"
-        elif f.positive and d.status == "not_mentioned":
+        elif f.positive and d.status == "not mentioned":
             kind = "omitted"
         elif not f.positive and d.status == "present":
             kind = "unsupported"

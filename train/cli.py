@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "train.commands.teacher",
     "train.commands.student",
     "train.commands.export",
+    "train.commands.evaluate",
 )
 
 

@@ -462,11 +462,11 @@ def dictation_f1(predicted: np.ndarray, target: np.ndarray, classes: Sequence[st
 def report_zero_shot_auroc(query_emb: np.ndarray, present: np.ndarray, absent: np.ndarray, logit_scale: float,
                            labels: np.ndarray, names: Sequence[str] = LABELS) -> dict:
     """How well a *report* embedding (speech or text) carries its findings: the zero-shot protocol
-    applied to the report instead of the CT; per-finding and macro AUROC against ``labels``."""
+    applied to the report instead of the CT; per-finding and macro AUROC against ``labels``
+    (rank form, equal to ``roc_auc_score``; NaN for a finding with one class)."""
     scores = zero_shot_probabilities(np.asarray(query_emb, np.float32), present, absent, logit_scale)
-    y = (np.asarray(labels) > 0).astype(int)
-    per = {}
-    for j, name in enumerate(names):
-        per[name] = float(roc_auc_score(y[:, j], scores[:, j])) if 0 < y[:, j].sum() < y.shape[0] else float("nan")
-    vals = [v for v in per.values() if np.isfinite(v)]
-    return {"macro_auroc": float(np.mean(vals)) if vals else float("nan"), "per_finding": per}
+    y = (np.asarray(labels) > 0).astype(np.int64)
+    aucs = _auroc_rows(np.asarray(scores, np.float64).T, y.T)
+    per = {name: float(a) for name, a in zip(names, aucs)}
+    vals = aucs[np.isfinite(aucs)]
+    return {"macro_auroc": float(vals.mean()) if vals.size else float("nan"), "per_finding": per}

@@ -134,7 +134,7 @@ def test_dictation_findings_and_mentions_coding():
     logits[2:, 2] = 1.0  # not mentioned
     out = dictation_findings(logits)
     assert [d.label for d in out] == list(LABELS)
-    assert (out[0].status, out[1].status, out[2].status) == ("present", "absent", "not_mentioned")
+    assert (out[0].status, out[1].status, out[2].status) == ("present", "absent", "not mentioned")
     assert out[0].confidence == pytest.approx(math.exp(5) / (math.exp(5) + 2 * math.exp(-5)), rel=1e-5)
     assert sum(out[1].probabilities.values()) == pytest.approx(1.0)
     assert tuple(out[0].probabilities) == DICTATION_CLASSES
@@ -159,8 +159,8 @@ def test_discrepancies_kinds_and_order():
     def d(label, status, conf=0.9):
         return DictationFinding(label, status, conf, {})
 
-    dic = [d("A", "absent"), d("B", "not_mentioned"), d("C", "present"), d("D", "present"),
-           d("E", "absent"), d("F", "not_mentioned"), d("G", "absent", 0.4)]
+    dic = [d("A", "absent"), d("B", "not mentioned"), d("C", "present"), d("D", "present"),
+           d("E", "absent"), d("F", "not mentioned"), d("G", "absent", 0.4)]
     out = discrepancies(f, dic)
     assert [(x.label, x.kind) for x in out] == [("G", "negated"), ("A", "negated"), ("B", "omitted"),
                                                 ("F", "omitted"), ("C", "unsupported")]

@@ -170,3 +170,16 @@ def test_dictation_f1():
     assert out["macro_f1"] == pytest.approx(ref.mean())
     assert out["support"] == {"present": 2, "absent": 2, "not mentioned": 5}
     assert set(out["per_finding_macro_f1"]) == set(LABELS[:3])
+
+
+def test_report_zero_shot_auroc_equals_sklearn():
+    rng = np.random.default_rng(12)
+    y = (rng.random((40, 3)) < 0.4).astype(int)
+    y[0], y[1] = 1, 0
+    present, absent = rng.normal(size=(3, 6)), rng.normal(size=(3, 6))
+    q = (2 * y - 1) @ (present - absent) + rng.normal(size=(40, 6))
+    out = M.report_zero_shot_auroc(q, present, absent, 5.0, y, LABELS[:3])
+    scores = M.zero_shot_probabilities(q.astype(np.float32), present, absent, 5.0)
+    for j in range(3):
+        assert out["per_finding"][LABELS[j]] == pytest.approx(roc_auc_score(y[:, j], scores[:, j]))
+    assert out["macro_auroc"] > 0.6

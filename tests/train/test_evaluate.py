@@ -1,0 +1,210 @@
+"""train.evaluate end to end on a tiny hand-built CT-RATE + Speech-RATE tree with stand-in models.
+
+The stand-ins make the expected outcome known: study i's volume is a constant HU that encodes i,
+each WAV a constant sample value that encodes its study (or prompt); embeddings are built from
+the labels through a fixed random map A, so the teacher and the distilled student separate the
+findings well, the naive student (more noise) worse, and the perfect dictation head scores F1 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine.findings import LABELS, prompt_pair
+from engine.preprocess import PreprocessSpec
+from train import evaluate as E
+from train.cascade import run_cascade
+
+N, D = 48, 32
+SPEC = PreprocessSpec("tiny", (5.0, 5.0, 5.0), (4, 8, 8), (-1000.0, 1000.0), 1000.0, -1.0)
+VOICES = ("us-f2", "mb-us3")  # a training voice and a held-out voice of train.synth.voices
+
+
+def _csv(path: Path, header, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _wav(path: Path, code: int):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.full(1600, code / 10000.0, np.float32), 16000, subtype="PCM_16")
+
+
+def _code(wave: np.ndarray) -> int:
+    return int(round(float(np.median(wave)) * 10000))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    rng = np.random.default_rng(0)
+    labels = (rng.random((N, 18)) < 0.35).astype(int)
+    labels[0], labels[1] = 1, 0
+    mentions = np.where(labels == 1, 1, np.where(rng.random((N, 18)) < 0.5, 0, -1))
+    A = rng.normal(size=(D, 18))
+    ct = (2 * labels - 1) @ A.T + 0.8 * rng.normal(size=(N, D)) * np.sqrt(18)
+    names = [f"valid_{i + 1}_a_1.nii.gz" for i in range(N)]
+    findings = [f"Findings of study {i}." for i in range(N)]
+    ds = root / "ct-rate" / "dataset"
+    for i, name in enumerate(names):
+        folder = ds / "valid_fixed" / f"valid_{i + 1}" / f"valid_{i + 1}_a"
+        folder.mkdir(parents=True)
+        hu = np.full((8, 8, 4), -900 + 20 * i, np.int16)  # NIfTI (i, j, k); constant, orientation moot
+        nib.save(nib.Nifti1Image(hu, np.diag([5.0, 5.0, 5.0, 1.0])), str(folder / name))
+    _csv(ds / "radiology_text_reports" / "validation_reports.csv",
+         ["VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN"],
+         [[n, "", "", f, ""] for n, f in zip(names, findings)])
+    _csv(ds / "multi_abnormality_labels" / "valid_predicted_labels.csv", ["VolumeName", *LABELS],
+         [[n, *row] for n, row in zip(names, labels)])
+    _csv(ds / "multi_abnormality_labels" / "valid_mentions.csv", ["VolumeName", *LABELS],
+         [[n, *row] for n, row in zip(names, mentions)])
+    sroot = root / "speech-rate"
+    rows = []
+    for i, name in enumerate(names):
+        stem = name.removesuffix(".nii.gz")
+        rel = f"dataset/valid/valid_{i + 1}/valid_{i + 1}_a/{stem}_findings.wav"
+        _wav(sroot / rel, 1 + i)
+        rows.append([name, rel, VOICES[i % 2], "espeak", 160, 50, "none", 0.1])
+    _csv(sroot / "dataset" / "valid_manifest.csv",
+         ["volume", "path", "voice", "engine", "rate", "pitch", "augmentation", "duration"], rows)
+    prompt_rows = []
+    for voice in VOICES:
+        for j, label in enumerate(LABELS):
+            for pol, k in (("present", 0), ("absent", 1)):
+                rel = f"{voice}/{j}_{pol}.wav"
+                _wav(sroot / "prompts" / rel, 1000 + 2 * j + k)
+                prompt_rows.append([label, pol, voice, rel])
+    _csv(sroot / "prompts" / "manifest.csv", ["label", "polarity", "voice", "path"], prompt_rows)
+    return dict(root=root, labels=labels, mentions=mentions, A=A, ct=ct, findings=findings, rng=rng)
+
+
+def _models(w, naive_noise=3.0):
+    rng = np.random.default_rng(1)
+    A, ct = w["A"], w["ct"]
+    text_of = {f: ct[i] + 0.3 * rng.normal(size=D) for i, f in enumerate(w["findings"])}
+    for j, label in enumerate(LABELS):
+        p, a = prompt_pair(label)
+        text_of[p], text_of[a] = A[:, j], -A[:, j]
+
+    def embed_ct(volumes):
+        idx = [int(round((float(np.mean(v)) * 1000 + 900) / 20)) for v in volumes]
+        return ct[idx]
+
+    def speech(noise, seed):
+        r = np.random.default_rng(seed)
+        table = {}
+
+        def embed(waves):
+            out = []
+            for wv in waves:
+                c = _code(wv)
+                if c not in table:
+                    base = ct[c - 1] if c < 1000 else (1 - 2 * ((c - 1000) % 2)) * A[:, (c - 1000) // 2]
+                    table[c] = base + noise * r.normal(size=D) * np.linalg.norm(base) / np.sqrt(D)
+                out.append(table[c])
+            return np.stack(out)
+
+        return embed, table
+
+    distilled, dtable = speech(0.2, 2)
+    naive, _ = speech(naive_noise, 3)
+
+    def head(emb):  # a perfect head: find the study, return its mentions one-hot
+        codes = [next(c for c, v in dtable.items() if np.allclose(v, e)) for e in emb]
+        cls = np.stack([np.select([w["mentions"][c - 1] == 1, w["mentions"][c - 1] == 0], [0, 1], 2) for c in codes])
+        return np.eye(3)[cls] * 10
+
+    return E.EvalModels(spec=SPEC, logit_scale=20.0, embed_ct=embed_ct,
+                        embed_text=lambda texts: np.stack([text_of[t] for t in texts]),
+                        speech={"distilled": distilled, "naive": naive}, dictation={"distilled": head})
+
+
+def _transcribe(w):
+    def transcribe(wave):
+        c = _code(wave)
+        if c < 1000:
+            return w["findings"][c - 1]
+        j, k = divmod(c - 1000, 2)
+        return prompt_pair(LABELS[j])[k]
+
+    return transcribe
+
+
+def test_evaluate_end_to_end(world, tmp_path):
+    cfg = E.EvalConfig(n_boot=100, seed=0, cascade_n=10)
+    res = E.evaluate_bundle(_models(world), world["root"] / "ct-rate", world["root"] / "speech-rate", "valid",
+                            config=cfg, out_dir=tmp_path, transcribe=_transcribe(world), progress=False)
+    assert set(res["groups"]) == {E.GROUP_TRAIN, E.GROUP_HELDOUT}
+    assert sum(g["n"] for g in res["groups"].values()) == N
+    g = res["groups"][E.GROUP_HELDOUT]
+    assert g["voices"] == ["mb-us3"] and g["prompt_voices"] == ["mb-us3"]
+    sy = g["systems"]
+    assert set(sy) == set(E.SYSTEMS)
+    auc = {k: v["zero_shot"]["macro"]["auroc"]["value"] for k, v in sy.items()}
+    assert auc["text teacher"] > 0.85 and auc["distilled student"] > 0.85
+    assert auc["distilled student"] > auc["naive student"] + 0.05
+    for s in sy.values():
+        lo, hi = s["zero_shot"]["macro"]["auroc"]["ci"]
+        assert lo < hi
+    assert sy["distilled student"]["prompts"] == "spoken"
+    assert sy["distilled student"]["dictation"]["macro_f1"] == 1.0
+    r = sy["distilled student"]["retrieval"]["query_to_ct"]
+    assert r["k"][1]["recall"] > 0.8 and r["k"][1]["random"] == pytest.approx(1 / g["n"])
+    casc = sy["ASR cascade"]
+    assert casc["n"] == 10 and casc["seconds_per_report"] > 0 and casc["prompts"] == "spoken, transcribed"
+    assert casc["retrieval"]["query_to_ct"]["k"][1]["random"] == pytest.approx(0.1)
+    assert set(casc["same_subset_retrieval"]) == {"text teacher", "naive student", "distilled student"}
+    # the cascade transcribes perfectly here, so its scores equal the teacher's on that subset
+    assert casc["report_zero_shot"]["macro_auroc"] > 0.8
+    assert "distilled − naive" in g["paired"] and g["paired"]["distilled − naive"]["auroc"]["diff"] > 0
+    assert res["ct_to_ct"]["gallery"] == N - int((world["labels"].sum(1) == 0).sum())
+    on_disk = json.loads((tmp_path / "evaluation.json").read_text())
+    assert on_disk["groups"][E.GROUP_HELDOUT]["n"] == g["n"]
+    md = (tmp_path / "evaluation.md").read_text()
+    assert "| distilled student | spoken |" in md and "R@100" in md and "paired bootstrap" in md
+
+    thresholds, summary = E.bundle_thresholds(tmp_path, evaluation=tmp_path / "evaluation.json")
+    assert set(thresholds["values"]) == set(LABELS) and "ROC-corner" in thresholds["method"]
+    assert summary["groups"][E.GROUP_HELDOUT]["systems"]["distilled student"]["dictation_macro_f1"] == 1.0
+
+
+def test_sixteen_labels_calibration_and_no_speech(world):
+    cfg = E.EvalConfig(n_boot=20, labels_mode=16, threshold_on="calibration", cascade_n=0)
+    res = E.evaluate_bundle(_models(world), world["root"] / "ct-rate", None, "valid", config=cfg, progress=False)
+    assert list(res["groups"]) == ["all studies"]
+    zs = res["groups"]["all studies"]["systems"]["text teacher"]["zero_shot"]
+    assert len(zs["per_finding"]) == 16 and zs["threshold_on"] == "calibration"
+    assert zs["n_studies"] == N - round(0.3 * N)
+    assert any("no spoken reports" in n for n in res["notes"])
+
+
+def test_run_cascade_times_and_embeds(world):
+    waves = [np.full(1600, (1 + i) / 10000.0, np.float32) for i in range(3)]
+    out = run_cascade(waves, lambda texts: np.ones((len(texts), 4)), _transcribe(world), batch=2)
+    assert out.transcripts == world["findings"][:3]
+    assert out.embeddings.shape == (3, 4) and len(out.asr_seconds) == 3
+    assert out.timing()["n"] == 3 and out.seconds_per_report >= 0
+
+
+def test_cli_registered_and_errors_are_one_line(tmp_path, capsys):
+    from train.cli import build_parser, main
+
+    args = build_parser().parse_args(["evaluate", "--bundle", str(tmp_path), "--data", str(tmp_path),
+                                      "--labels", "16", "--threshold-on", "calibration", "--bootstrap", "10"])
+    assert args.labels == 16 and args.threshold_on == "calibration" and args.cascade_n == 100
+    assert main(["evaluate", "--bundle", str(tmp_path / "nope"), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ct-rate" in err[0]
+    (tmp_path / "ct-rate" / "dataset").mkdir(parents=True)
+    assert main(["evaluate", "--bundle", str(tmp_path / "nope"), "--data", str(tmp_path)]) == 2
+    assert "neither a bundle" in capsys.readouterr().err

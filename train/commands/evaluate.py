@@ -1,0 +1,73 @@
+"""``speechct-train evaluate``: the paper's protocol (done right) on a CT-RATE-layout split.
+
+Rows: text teacher, ASR cascade (faster-whisper + the teacher's text tower), naive student,
+distilled student; per voice group (training voices, held-out voices, recordings): zero-shot
+AUROC / F1 / Acc / Prec with 95 % bootstrap CIs, speech→CT Recall@k beside the random baseline,
+dictation-head macro F1, paired bootstrap distilled − naive. Writes ``evaluation.json`` and
+``evaluation.md`` into ``--out``.
+
+``--bundle`` is a bundle folder (its speech student is the distilled row) or a training run
+folder (``teacher/``, ``student/``, ``student-naive/``, ``dictation/``). ``--data`` holds
+``ct-rate/`` and ``speech-rate/`` (``speechct-train synth``'s layout); ``--speech`` adds more
+Speech-RATE-layout roots (other voices, your own recordings).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from engine.errors import DataError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a bundle or run: zero-shot, retrieval, dictation, ASR cascade",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", required=True, type=Path, help="bundle folder or training run folder")
+    p.add_argument("--data", required=True, type=Path, help="data folder with ct-rate/ (and speech-rate/)")
+    p.add_argument("--split", default="valid", choices=("train", "valid"))
+    p.add_argument("--out", type=Path, default=None, help="where evaluation.json/.md go (default: BUNDLE/evaluation)")
+    p.add_argument("--speech", type=Path, action="append", default=None,
+                   help="a Speech-RATE-layout root (repeatable; default DATA/speech-rate)")
+    p.add_argument("--naive", type=Path, default=None,
+                   help="naive student: a student-naive run folder or a bundle (a run folder finds its own)")
+    p.add_argument("--prompts", type=Path, default=None, help="spoken prompt folder (manifest.csv)")
+    p.add_argument("--no-prompt-synthesis", action="store_true",
+                   help="do not synthesise missing spoken prompts (students then use the text prompts)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over studies (0: no CIs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold-on", choices=("eval", "calibration"), default="eval",
+                   help="choose thresholds on the evaluated studies (CT-CLIP) or on a held-apart calibration subset")
+    p.add_argument("--calibration-fraction", type=float, default=0.3)
+    p.add_argument("--labels", type=int, choices=(18, 16), default=18, help="16: RAD-ChestCT style")
+    p.add_argument("--cascade-n", type=int, default=100, help="reports per voice group for the ASR cascade (0: skip)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N studies (by volume name)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from train.evaluate import EvalConfig, evaluate_bundle, to_markdown
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    ct_root = args.data / "ct-rate"
+    if not ct_root.is_dir():
+        raise DataError("no ct-rate/ folder in the data folder", args.data)
+    speech = args.speech
+    if speech is None:
+        default = args.data / "speech-rate"
+        speech = [default] if default.is_dir() else None
+    out = args.out or (args.bundle / "evaluation")
+    cfg = EvalConfig(n_boot=args.bootstrap, seed=args.seed, threshold_on=args.threshold_on,
+                     calibration_fraction=args.calibration_fraction, labels_mode=args.labels,
+                     cascade_n=args.cascade_n, limit=args.limit)
+    result = evaluate_bundle(args.bundle, ct_root, speech, args.split, config=cfg, prompts=args.prompts,
+                             synthesize_missing_prompts=not args.no_prompt_synthesis, out_dir=out,
+                             naive=args.naive, progress=not args.quiet)
+    print(to_markdown(result))
+    print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.md'}")
+    return 0

@@ -1,0 +1,711 @@
+"""Evaluation of a model set on a CT-RATE-layout split with its spoken reports (DESIGN.md §3).
+
+Rows (systems), each scored per voice group:
+
+* ``text teacher``: CT embeddings vs the teacher's text prompts; retrieval query = the teacher's
+  text embedding of the Findings (what was read aloud);
+* ``naive student`` / ``distilled student``: CT embeddings vs *spoken* prompts ("{finding} is
+  present." read by the group's voices, embedded by that student, voices averaged per prompt);
+  retrieval query = the student's embedding of the spoken report; the dictation head's F1;
+* ``ASR cascade``: every spoken report and prompt transcribed by faster-whisper (packaged
+  Whisper-base), embedded by the teacher's text tower, scored the same way
+  (:mod:`train.cascade`), on a fixed subset (the first ``cascade_n`` studies by volume name).
+
+For every row: zero-shot AUROC / weighted F1 / accuracy / precision with bootstrap CIs
+(:mod:`train.metrics`, CT-CLIP's protocol done right), the same protocol applied to the report
+embedding itself (``report_zero_shot``: does the dictation's embedding carry its findings),
+query→CT and CT→query Recall@k beside the random baseline; the dictation head's macro F1 per
+class; a paired bootstrap of distilled − naive and distilled − teacher. CT→CT label-overlap
+MAP@k on the CT embeddings once per split.
+
+Voice groups: the spoken reports of every given Speech-RATE root are pooled and split by the
+manifest's ``voice`` column into ``training voices`` (voices that read the *train* split, from the
+roots' ``train_manifest.csv``, else :func:`train.synth.voices.train_voices`), ``held-out voices``
+(any other named voice) and ``recordings`` (no voice column: a user's own dictations in the
+Speech-RATE layout).
+
+The model-facing part is a few callables (:class:`EvalModels`): ``embed_ct(volumes)`` on prepared
+volumes, ``embed_text(texts)``, ``speech[name](waveforms)`` and ``dictation[name](speech_emb)``,
+so trained modules, a run folder (:func:`models_from_run`) or a bundle (:func:`models_from_bundle`)
+plug in the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import DataError
+from engine.findings import DICTATION_CLASSES, LABELS, PromptBank, mentions_to_classes, prompt_pair
+from train import metrics as M
+
+SYSTEMS = ("text teacher", "ASR cascade", "naive student", "distilled student")
+GROUP_TRAIN, GROUP_HELDOUT, GROUP_RECORDINGS = "training voices", "held-out voices", "recordings"
+
+
+# --------------------------------------------------------------------------- model-facing callables
+
+
+@dataclass
+class EvalModels:
+    """What evaluation needs from the models, as plain callables returning numpy ``[N, D]``.
+
+    ``embed_ct``: prepared volumes (each ``engine.preprocess.prepare_ct`` output for ``spec``,
+    ``(Z, Y, X)`` float) → CT embeddings. ``embed_text``: texts → the teacher's text embeddings.
+    ``speech``: student name (``"distilled"``, ``"naive"``) → 16 kHz mono waveforms → embeddings.
+    ``dictation``: student name → speech embeddings ``[N, D]`` → head logits ``[N, L, 3]``.
+    ``text_prompts``: the teacher's text prompt bank (else made with ``embed_text``).
+    """
+
+    spec: Any  # engine.preprocess.PreprocessSpec
+    logit_scale: float
+    embed_ct: Callable[[list[np.ndarray]], np.ndarray]
+    embed_text: Callable[[list[str]], np.ndarray] | None = None
+    speech: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = field(default_factory=dict)
+    dictation: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+    text_prompts: PromptBank | None = None
+    labels: tuple[str, ...] = LABELS
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def _numpy(fn):
+    import torch
+
+    def wrapped(*args):
+        with torch.no_grad():
+            out = fn(*args)
+        return out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out, np.float32)
+
+    return wrapped
+
+
+def ct_embedder(ct_encoder, batch: int = 2) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """``embed_ct`` for an ``engine.models.ct.CTEncoder``: volumes ``(Z, Y, X)`` → ``[N, latent]``."""
+    import torch
+
+    ct_encoder.eval()
+    device = next(ct_encoder.parameters()).device
+
+    def embed(volumes: list[np.ndarray]) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(volumes), batch):
+                x = torch.stack([torch.as_tensor(np.asarray(v, np.float32)) for v in volumes[i : i + batch]])
+                out.append(ct_encoder(x[:, None].to(device)).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    return embed
+
+
+def speech_embedder(student) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """``speech[name]`` for an ``engine.models.speech.SpeechStudent`` (eval mode)."""
+    student.eval()
+    return _numpy(lambda waveforms: student.embed_waveforms(list(waveforms)))
+
+
+def head_logits(head) -> Callable[[np.ndarray], np.ndarray]:
+    """``dictation[name]`` for an ``engine.models.dictation.DictationHead``."""
+    import torch
+
+    head.eval()
+    return _numpy(lambda emb: head(torch.as_tensor(np.asarray(emb, np.float32))))
+
+
+def text_embedder(tower) -> Callable[[list[str]], np.ndarray]:
+    tower.eval()
+    return _numpy(lambda texts: tower.encode(list(texts)))
+
+
+def models_from_bundle(bundle_dir: str | Path, *, naive: str | Path | None = None) -> EvalModels:
+    """Callables from a bundle (DESIGN.md §2; groups as ``train.export`` writes them): its CT encoder,
+    text tower, speech student (as ``distilled``), dictation head and text prompts; ``naive`` = a
+    student run folder (``student-naive/``) or a second bundle whose speech student is the naive one."""
+    from engine.models.ct import CTEncoder, CTEncoderConfig
+    from engine.models.speech import SpeechStudent, SpeechStudentConfig
+    from engine.models.text import TextTower, TextTowerConfig
+    from engine.preprocess import PreprocessSpec
+    from engine.weights.bundle import load_bundle
+    from engine.weights.whisper import load_whisper_encoder
+
+    b = load_bundle(bundle_dir)
+    m = b.manifest
+    ct = CTEncoder(CTEncoderConfig.from_dict(m["ct_encoder"]))
+    b.load_into(ct, "ct_encoder")
+    models = EvalModels(spec=PreprocessSpec.from_dict(m["preprocess"]), logit_scale=float(m["space"]["logit_scale"]),
+                        embed_ct=ct_embedder(ct), labels=tuple(m["labels"]),
+                        provenance={"bundle": str(b.path), "bundle_hash": b.hash})
+    if "text" in m:
+        tower = TextTower(TextTowerConfig.from_dict(m["text"]["config"]))
+        tower.load_trainable_state_dict(b.tensors["text_head"])
+        models.embed_text = text_embedder(tower)
+    if "prompts" in m:
+        models.text_prompts = PromptBank.from_rows(m["prompts"]["texts"], b.tensors[m["prompts"]["group"]]["embeddings"],
+                                                   models.labels, kind=m["prompts"]["kind"])
+    if "speech" in m:
+        student = SpeechStudent(SpeechStudentConfig.from_dict(m["speech"]["config"]),
+                                load_whisper_encoder(b.speech_backbone), b.speech_backbone)
+        student.load_trainable_state_dict(b.tensors["speech_head"])
+        models.speech["distilled"] = speech_embedder(student)
+    if "dictation_head" in m:
+        from engine.models.dictation import DictationHead, DictationHeadConfig
+
+        head = DictationHead(DictationHeadConfig.from_dict(m["dictation_head"]["config"]))
+        b.load_into(head, m["dictation_head"]["group"])
+        models.dictation["distilled"] = head_logits(head)
+    if naive is not None:
+        naive = Path(naive)
+        if (naive / "bundle.json").is_file():
+            other = models_from_bundle(naive)
+            models.speech["naive"] = other.speech["distilled"]
+            if "distilled" in other.dictation:
+                models.dictation["naive"] = other.dictation["distilled"]
+        else:
+            from train.recipes import load_student
+
+            models.speech["naive"] = speech_embedder(load_student(naive)[0])
+    return models
+
+
+def models_from_run(run: str | Path) -> EvalModels:
+    """Callables from a training run folder (``teacher/``, ``student/``, ``student-naive/``,
+    ``dictation/``) through ``train.recipes``' loaders."""
+    from train.recipes import load_student, load_teacher, prompt_texts
+
+    run = Path(run)
+    teacher = load_teacher(run / "teacher")
+    embed_text = text_embedder(teacher.text)
+    models = EvalModels(spec=teacher.spec, logit_scale=float(teacher.logit_scale),
+                        embed_ct=ct_embedder(teacher.model.ct), embed_text=embed_text,
+                        provenance={"run": str(run), "teacher_sha256": teacher.weights_hash})
+    texts = prompt_texts()
+    models.text_prompts = PromptBank.from_rows(texts, embed_text(texts), LABELS, kind="text")
+    for name, folder in (("distilled", run / "student"), ("naive", run / "student-naive")):
+        if (folder / "model.safetensors").is_file():
+            models.speech[name] = speech_embedder(load_student(folder)[0])
+    head_file = run / "dictation" / "head.safetensors"
+    if head_file.is_file() and "distilled" in models.speech:
+        from safetensors.torch import load_file
+
+        from engine.models.dictation import DictationHead, DictationHeadConfig
+
+        meta = json.loads((run / "dictation" / "head.json").read_text())
+        head = DictationHead(DictationHeadConfig.from_dict(meta["config"]))
+        head.load_state_dict(load_file(str(head_file)))
+        models.dictation["distilled"] = head_logits(head)
+    return models
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Spoken:
+    """One spoken report of the split: which study, which file, which voice (None: a recording)."""
+
+    volume_name: str
+    path: Path
+    voice: str | None
+    root: Path
+
+
+def training_voices(speech_roots: Sequence[Path]) -> set[str]:
+    """Voices that read the train split: from each root's ``train_manifest.csv``, else our synthetic set."""
+    from train.data import speech_rate_manifest_path
+
+    voices: set[str] = set()
+    for root in speech_roots:
+        manifest = speech_rate_manifest_path(root, "train")
+        if manifest.is_file():
+            with open(manifest, newline="", encoding="utf-8") as fh:
+                voices |= {row["voice"] for row in csv.DictReader(fh) if row.get("voice")}
+    if not voices:
+        from train.synth.voices import train_voices
+
+        voices = {v.id for v in train_voices()}
+    return voices
+
+
+def voice_group(voice: str | None, train_set: set[str]) -> str:
+    if not voice:
+        return GROUP_RECORDINGS
+    return GROUP_TRAIN if voice in train_set else GROUP_HELDOUT
+
+
+def spoken_reports(speech_roots: Sequence[Path], split: str) -> list[Spoken]:
+    from train.data import SpeechRateIndex
+
+    out = []
+    for root in speech_roots:
+        for r in SpeechRateIndex(root, split, missing="skip"):
+            out.append(Spoken(r.volume_name, r.path, r.voice, Path(root)))
+    return out
+
+
+@dataclass
+class PromptRecording:
+    label: str
+    polarity: str  # "present" | "absent"
+    voice: str
+    path: Path
+
+
+def find_prompt_manifest(candidates: Sequence[Path]) -> Path | None:
+    for c in candidates:
+        for p in (c / "manifest.csv", c / "prompts" / "manifest.csv"):
+            if p.is_file():
+                return p
+    return None
+
+
+def read_prompt_manifest(path: Path, labels: Sequence[str] = LABELS) -> list[PromptRecording]:
+    """Spoken prompts as :func:`train.synth.speechrate.synthesize_prompts` writes them."""
+    from train.data import read_csv_rows
+
+    rows = read_csv_rows(path, ("label", "polarity", "voice", "path"), "spoken prompt manifest")
+    out = []
+    for row in rows:
+        if row["label"] not in labels:
+            continue
+        if row["polarity"] not in ("present", "absent"):
+            raise DataError(f"polarity {row['polarity']!r} is not present/absent", path)
+        wav = Path(row["path"])
+        out.append(PromptRecording(row["label"], row["polarity"], row["voice"],
+                                   wav if wav.is_absolute() else path.parent / wav))
+    return out
+
+
+def _prompt_text(rec: PromptRecording) -> str:
+    present, absent = prompt_pair(rec.label)
+    return present if rec.polarity == "present" else absent
+
+
+def prompts_for_group(recordings: list[PromptRecording], group: str, train_set: set[str]) -> list[PromptRecording]:
+    """The prompt recordings read by the group's kind of voice (all of them if none match)."""
+    if group == GROUP_RECORDINGS:
+        return recordings
+    chosen = [r for r in recordings if voice_group(r.voice, train_set) == group]
+    return chosen or recordings
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class EvalConfig:
+    """Protocol settings (see :class:`train.metrics.ZeroShotConfig`) and workload limits."""
+
+    n_boot: int = 1000
+    seed: int = 0
+    threshold_on: str = "eval"
+    calibration_fraction: float = 0.3
+    labels_mode: int = 18
+    recall_ks: tuple[int, ...] = M.RECALL_KS
+    map_ks: tuple[int, ...] = M.MAP_KS
+    cascade_n: int = 100
+    limit: int | None = None
+
+    def zero_shot(self) -> M.ZeroShotConfig:
+        return M.ZeroShotConfig(n_boot=self.n_boot, seed=self.seed, threshold_on=self.threshold_on,
+                                calibration_fraction=self.calibration_fraction, labels_mode=self.labels_mode)
+
+
+def score_system(ct_emb: np.ndarray, query_emb: np.ndarray | None, bank: PromptBank, logit_scale: float,
+                 labels: np.ndarray, cfg: EvalConfig, *, mentions: np.ndarray | None = None,
+                 dictation_logits: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """All metrics of one system on one set of studies; returns (JSON-ready dict, P(present) ``[N, L]``)."""
+    scores = bank.probabilities(np.asarray(ct_emb, np.float32), logit_scale)
+    out: dict[str, Any] = {"n": int(len(labels)), "prompts": bank.kind,
+                           "zero_shot": M.zero_shot_metrics(scores, labels, bank.labels, cfg.zero_shot())}
+    if query_emb is not None:
+        out["report_zero_shot"] = M.report_zero_shot_auroc(query_emb, bank.present, bank.absent, logit_scale,
+                                                           labels, bank.labels)
+        out["retrieval"] = {
+            "query_to_ct": M.recall_at_k(query_emb, ct_emb, cfg.recall_ks, n_boot=cfg.n_boot, seed=cfg.seed),
+            "ct_to_query": M.recall_at_k(ct_emb, query_emb, cfg.recall_ks, n_boot=cfg.n_boot, seed=cfg.seed),
+        }
+    if dictation_logits is not None and mentions is not None:
+        pred = np.asarray(dictation_logits).argmax(axis=-1)
+        out["dictation"] = M.dictation_f1(pred, mentions_to_classes(mentions), DICTATION_CLASSES, bank.labels)
+    return out, scores
+
+
+def _paired(scores_a, scores_b, labels, names, res_a, res_b, cfg: EvalConfig) -> dict:
+    sa, y, names16 = M.select_labels(scores_a, labels, names, cfg.labels_mode)
+    sb, _, _ = M.select_labels(scores_b, labels, names, cfg.labels_mode)
+    ta = np.array([res_a["zero_shot"]["thresholds"][n] for n in names16])
+    tb = np.array([res_b["zero_shot"]["thresholds"][n] for n in names16])
+    if cfg.threshold_on == "calibration":
+        _, ev = M.calibration_split(len(y), cfg.calibration_fraction, cfg.seed)
+        sa, sb, y = sa[ev], sb[ev], y[ev]
+    return M.paired_bootstrap_difference(sa, sb, y, ta, tb, n_boot=cfg.n_boot, seed=cfg.seed)
+
+
+# --------------------------------------------------------------------------- the evaluation
+
+
+class _Embeddings:
+    """Per-path caches so a waveform or volume is embedded once per model."""
+
+    def __init__(self):
+        self.store: dict[tuple[str, str], np.ndarray] = {}
+
+    def get(self, model: str, keys: list[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+        todo = [k for k in dict.fromkeys(keys) if (model, k) not in self.store]
+        if todo:
+            for k, row in zip(todo, compute(todo)):
+                self.store[(model, k)] = np.asarray(row, np.float32)
+        return np.stack([self.store[(model, k)] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+
+
+def _batched(fn: Callable[[list], np.ndarray], batch: int) -> Callable[[list], np.ndarray]:
+    def run(items: list) -> np.ndarray:
+        if not items:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate([np.asarray(fn(items[i : i + batch]), np.float32) for i in range(0, len(items), batch)])
+
+    return run
+
+
+def evaluate_bundle(
+    bundle_or_models: EvalModels | str | Path,
+    ctrate_root: str | Path,
+    speechrate_root: str | Path | Sequence[str | Path] | None,
+    split: str = "valid",
+    *,
+    config: EvalConfig | None = None,
+    prompts: str | Path | None = None,
+    synthesize_missing_prompts: bool = True,
+    out_dir: str | Path | None = None,
+    transcribe: Callable[[np.ndarray], str] | None = None,
+    naive: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a model set (see the module docstring); returns the JSON-ready result.
+
+    ``bundle_or_models``: :class:`EvalModels`, a bundle folder or a run folder. ``speechrate_root``:
+    one or more Speech-RATE-layout roots read for ``split``. ``prompts``: a spoken-prompt folder
+    (``manifest.csv`` as ``synthesize_prompts`` writes); by default looked for in the speech roots
+    and, when absent and espeak-ng works, synthesised into ``out_dir/prompts``. ``transcribe``
+    replaces faster-whisper in the cascade (tests). With ``out_dir``, writes ``evaluation.json``
+    and ``evaluation.md`` there.
+    """
+    from engine.preprocess import prepare_ct
+    from train.data import CTRateIndex, load_record_volume
+
+    cfg = config or EvalConfig()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    models = _as_models(bundle_or_models, naive)
+    names = list(models.labels)
+    say = print if progress else (lambda *a, **k: None)
+
+    index = CTRateIndex(ctrate_root, split, missing="skip")
+    records = sorted(index.records, key=lambda r: r.volume_name)
+    if cfg.limit:
+        records = records[: cfg.limit]
+    by_name = {r.volume_name: r for r in records}
+    roots = [] if speechrate_root is None else (
+        [Path(speechrate_root)] if isinstance(speechrate_root, (str, Path)) else [Path(r) for r in speechrate_root])
+
+    # CT embeddings (one CT encoder for every row: the teacher's, frozen while students train)
+    t0 = time.perf_counter()
+    say(f"embedding {len(records)} CT volumes ...")
+    ct_emb = _batched(lambda recs: models.embed_ct([prepare_ct(load_record_volume(r), models.spec) for r in recs]),
+                      4)(records)
+    timings["ct_embed_s_per_volume"] = (time.perf_counter() - t0) / max(1, len(records))
+    row_of = {r.volume_name: i for i, r in enumerate(records)}
+    labels_all = np.stack([r.labels for r in records]).astype(np.int64)
+    mentions_all = np.stack([r.mentions for r in records]) if index.has_mentions else None
+    if not index.has_mentions:
+        notes.append("no mentions CSV (real CT-RATE): dictation-head F1 not computed")
+
+    result: dict[str, Any] = {
+        "split": split, "n_studies": len(records), "labels": names, "labels_mode": cfg.labels_mode,
+        "threshold_on": cfg.threshold_on, "n_boot": cfg.n_boot, "seed": cfg.seed,
+        "logit_scale": models.logit_scale, "provenance": models.provenance,
+        "ct_to_ct": M.label_overlap_map_at_k(ct_emb, labels_all, cfg.map_ks),
+        "groups": {},
+    }
+
+    text_bank = models.text_prompts
+    if text_bank is None and models.embed_text is not None:
+        texts = [t for lab in names for t in prompt_pair(lab)]
+        text_bank = PromptBank.from_rows(texts, models.embed_text(texts), names, kind="text")
+    if text_bank is None:
+        raise DataError("the model set has neither text prompts nor a text tower: nothing to score CT against")
+
+    spoken = [s for s in spoken_reports(roots, split) if s.volume_name in by_name]
+    train_set = training_voices(roots)
+    groups: dict[str, list[Spoken]] = {}
+    seen: set[tuple[str, str]] = set()
+    for s in spoken:  # one spoken report per study and group (the first root's)
+        name = voice_group(s.voice, train_set)
+        if (name, s.volume_name) not in seen:
+            seen.add((name, s.volume_name))
+            groups.setdefault(name, []).append(s)
+    if not spoken:
+        notes.append("no spoken reports for this split: only the text teacher is scored")
+        groups = {"all studies": []}
+
+    recordings = _spoken_prompts(prompts, roots, out_dir, synthesize_missing_prompts, notes, say)
+    cache = _Embeddings()
+    transcriber = transcribe
+    for group_name, items in groups.items():
+        items = sorted(items, key=lambda s: s.volume_name)
+        rows = np.array([row_of[s.volume_name] for s in items], dtype=int) if items else np.arange(len(records))
+        y, ct = labels_all[rows], ct_emb[rows]
+        mentions = mentions_all[rows] if mentions_all is not None else None
+        voices = sorted({s.voice for s in items if s.voice})
+        say(f"[{group_name}] {len(rows)} studies, voices: {', '.join(voices) or '-'}")
+        g: dict[str, Any] = {"n": int(len(rows)), "voices": voices, "systems": {}, "paired": {}}
+        raw: dict[str, np.ndarray] = {}
+
+        text_query = None
+        if models.embed_text is not None:
+            findings = [records[i].findings for i in rows]
+            text_query = _batched(models.embed_text, 16)(findings)
+        res, raw["text teacher"] = score_system(ct, text_query, text_bank, models.logit_scale, y, cfg)
+        g["systems"]["text teacher"] = res
+
+        group_prompts = prompts_for_group(recordings, group_name, train_set) if recordings else []
+        if items and group_prompts:
+            g["prompt_voices"] = sorted({r.voice for r in group_prompts})
+        for student in ("naive", "distilled"):
+            embed = models.speech.get(student)
+            if embed is None or not items:
+                continue
+            t0 = time.perf_counter()
+            paths = [str(s.path) for s in items]
+            query = cache.get(student, paths, lambda ps, e=embed: _batched(lambda b: e(load(b)), 8)(ps))
+            spent = time.perf_counter() - t0
+            bank = text_bank
+            if group_prompts:
+                ppaths = [str(r.path) for r in group_prompts]
+                pemb = cache.get(student, ppaths, lambda ps, e=embed: _batched(lambda b: e(load(b)), 8)(ps))
+                bank = PromptBank.from_rows([_prompt_text(r) for r in group_prompts], pemb, names, kind="spoken")
+            else:
+                notes.append(f"{group_name}: no spoken prompts, {student} student scored with the text prompts")
+            logits = None
+            if student in models.dictation and mentions is not None:
+                logits = models.dictation[student](query)
+            res, raw[f"{student} student"] = score_system(ct, query, bank, models.logit_scale, y, cfg,
+                                                          mentions=mentions, dictation_logits=logits)
+            res["seconds_per_report"] = spent / max(1, len(items)) if spent > 0 else None
+            g["systems"][f"{student} student"] = res
+
+        if items and models.embed_text is not None and cfg.cascade_n > 0:
+            from train.cascade import Transcriber, run_cascade
+
+            if transcriber is None:
+                transcriber = Transcriber().transcribe
+            subset = items[: cfg.cascade_n]
+            sub_rows = np.array([row_of[s.volume_name] for s in subset], dtype=int)
+            say(f"[{group_name}] ASR cascade on {len(subset)} reports ...")
+            casc = run_cascade(load([str(s.path) for s in subset]), models.embed_text, transcriber)
+            bank = text_bank
+            if group_prompts:
+                pc = run_cascade(load([str(r.path) for r in group_prompts]), models.embed_text, transcriber)
+                bank = PromptBank.from_rows([_prompt_text(r) for r in group_prompts], pc.embeddings, names,
+                                            kind="spoken, transcribed")
+            res, _ = score_system(ct_emb[sub_rows], casc.embeddings, bank, models.logit_scale, labels_all[sub_rows], cfg)
+            res["seconds_per_report"] = casc.seconds_per_report
+            res["timing"] = casc.timing()
+            res["subset"] = f"first {len(subset)} studies by volume name"
+            res["transcripts"] = {s.volume_name: t for s, t in zip(subset[:5], casc.transcripts[:5])}
+            # the other rows' retrieval on the same subset, for a like-for-like comparison
+            same = {}
+            pos = [int(np.flatnonzero(rows == r)[0]) for r in sub_rows]
+            for name in ("text teacher", "naive student", "distilled student"):
+                if name == "text teacher":
+                    q = text_query[pos] if text_query is not None else None
+                else:
+                    emb = models.speech.get(name.split()[0])
+                    q = cache.get(name.split()[0], [str(s.path) for s in subset], None) if emb is not None else None
+                if q is not None:
+                    same[name] = M.recall_at_k(q, ct_emb[sub_rows], cfg.recall_ks)
+            res["same_subset_retrieval"] = same
+            g["systems"]["ASR cascade"] = res
+
+        if "distilled student" in raw and "naive student" in raw:
+            g["paired"]["distilled − naive"] = _paired(raw["distilled student"], raw["naive student"], y, names,
+                                                        g["systems"]["distilled student"], g["systems"]["naive student"], cfg)
+        if "distilled student" in raw:
+            g["paired"]["distilled − text teacher"] = _paired(raw["distilled student"], raw["text teacher"], y, names,
+                                                               g["systems"]["distilled student"],
+                                                               g["systems"]["text teacher"], cfg)
+        result["groups"][group_name] = g
+
+    timings["total_s"] = time.perf_counter() - t_start
+    result["timings"] = timings
+    result["notes"] = notes
+    if out_dir is not None:
+        write_outputs(result, out_dir)
+    return result
+
+
+def load(paths: list[str]) -> list[np.ndarray]:
+    """16 kHz mono waveforms of the given files (read when needed, not kept: a split is GBs of audio)."""
+    from train.data import read_audio
+
+    return [read_audio(Path(p)) for p in paths]
+
+
+def _as_models(obj, naive) -> EvalModels:
+    if isinstance(obj, EvalModels):
+        return obj
+    path = Path(obj)
+    if (path / "bundle.json").is_file():
+        return models_from_bundle(path, naive=naive)
+    if (path / "teacher").is_dir():
+        return models_from_run(path)
+    raise DataError("neither a bundle (bundle.json) nor a run folder (teacher/)", path)
+
+
+def _spoken_prompts(prompts, roots, out_dir, synthesize, notes, say) -> list[PromptRecording]:
+    candidates = [Path(prompts)] if prompts is not None else [*roots, *(r.parent for r in roots)]
+    manifest = find_prompt_manifest(candidates)
+    if manifest is None and prompts is not None:
+        raise DataError("no spoken prompt manifest.csv here", prompts)
+    if manifest is None and synthesize and out_dir is not None:
+        try:
+            from train.synth.speechrate import synthesize_prompts
+
+            say("synthesising spoken prompts (espeak-ng) ...")
+            manifest = synthesize_prompts(Path(out_dir), progress=False)
+            notes.append(f"spoken prompts synthesised into {manifest.parent}")
+        except Exception as exc:  # TTS missing: the students fall back to text prompts, said in the notes
+            notes.append(f"spoken prompts unavailable ({str(exc).splitlines()[0]})")
+            return []
+    return read_prompt_manifest(manifest) if manifest is not None else []
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _fmt_ci(entry: dict) -> str:
+    lo, hi = entry["ci"]
+    if not np.isfinite(entry["value"]):
+        return "–"
+    return f"{entry['value']:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else f"{entry['value']:.3f}"
+
+
+def to_markdown(result: dict) -> str:
+    """The summary tables: one per voice group, rows in :data:`SYSTEMS` order."""
+    lines = [f"# Evaluation on {result['split']} ({result['n_studies']} studies)", "",
+             f"Zero-shot: CT-CLIP's prompt pair softmax; thresholds chosen on `{result['threshold_on']}`; "
+             f"{result['n_boot']} bootstrap draws over studies (seed {result['seed']}), 95 % CIs; "
+             f"{result['labels_mode']} labels.", ""]
+    ks = None
+    for gname, g in result["groups"].items():
+        lines += [f"## {gname} (n = {g['n']}; voices: {', '.join(g['voices']) or '–'})", ""]
+        systems = g["systems"]
+        any_ret = next((s["retrieval"]["query_to_ct"] for s in systems.values() if "retrieval" in s), None)
+        ks = list(any_ret["k"]) if any_ret else []
+        head = ["system", "prompts", "AUROC", "F1", "Acc", "Prec"] + [f"R@{k}" for k in ks] + ["dictation F1", "s/report"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name in SYSTEMS:
+            s = systems.get(name)
+            if s is None:
+                continue
+            z = s["zero_shot"]["macro"]
+            cells = [name + (f" (n={s['n']})" if s["n"] != g["n"] else ""), s["prompts"]]
+            cells += [_fmt_ci(z[m]) for m in M.METRICS]
+            ret = s.get("retrieval", {}).get("query_to_ct")
+            for k in ks:
+                kk = ret["k"].get(k) if ret else None
+                cells.append(f"{kk['recall']:.3f} ({kk['random']:.3f})" if kk else "–")
+            d = s.get("dictation")
+            cells.append(f"{d['macro_f1']:.3f}" if d else "–")
+            sp = s.get("seconds_per_report")
+            cells.append(f"{sp:.2f}" if sp else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("R@k: speech (or text) → CT, random baseline k/N in brackets.")
+        for pname, p in g.get("paired", {}).items():
+            parts = [f"{m} {p[m]['diff']:+.3f} [{p[m]['ci'][0]:+.3f}, {p[m]['ci'][1]:+.3f}]"
+                     + (" *" if p[m]["excludes_zero"] else "") for m in ("auroc", "f1")]
+            lines.append(f"- paired bootstrap {pname}: " + "; ".join(parts) + " (* = 95 % CI excludes 0)")
+        lines.append("")
+    c = result.get("ct_to_ct")
+    if c:
+        lines.append("CT→CT label-overlap MAP@k (no self-match): "
+                     + ", ".join(f"@{k} {v:.3f}" for k, v in c["k"].items()) + f" (random {c['random']:.3f})")
+    for note in result.get("notes", []):
+        lines.append(f"- note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def write_outputs(result: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = out / "evaluation.json", out / "evaluation.md"
+    jpath.write_text(json.dumps(result, indent=1, default=_json_default, allow_nan=True) + "\n")
+    mpath.write_text(to_markdown(result))
+    return jpath, mpath
+
+
+def summary_for_bundle(result: dict) -> dict:
+    """The compact table a bundle's ``evaluation`` section holds (macro values and CIs, R@k)."""
+    out: dict[str, Any] = {"split": result["split"], "n_studies": result["n_studies"],
+                           "threshold_on": result["threshold_on"], "n_boot": result["n_boot"], "groups": {}}
+    for gname, g in result["groups"].items():
+        rows = {}
+        for name, s in g["systems"].items():
+            row = {m: {"value": s["zero_shot"]["macro"][m]["value"], "ci": s["zero_shot"]["macro"][m]["ci"]}
+                   for m in M.METRICS}
+            if "retrieval" in s:
+                row["recall"] = {str(k): [v["recall"], v["random"]] for k, v in s["retrieval"]["query_to_ct"]["k"].items()}
+            if "dictation" in s:
+                row["dictation_macro_f1"] = s["dictation"]["macro_f1"]
+            row["n"] = s["n"]
+            rows[name] = row
+        out["groups"][gname] = {"n": g["n"], "systems": rows,
+                                "paired": {k: {m: v[m] for m in ("auroc", "f1")} for k, v in g["paired"].items()}}
+    return out
+
+
+def bundle_thresholds(run: str | Path, bundle_tensors: dict | None = None, manifest: dict | None = None, *,
+                      data: str | Path | None = None, evaluation: str | Path | None = None) -> tuple[dict | None, dict | None]:
+    """``(thresholds section, evaluation section)`` for ``train.export``.
+
+    Uses ``evaluation`` (an ``evaluation.json``) or ``<run>/evaluation/evaluation.json`` when present:
+    thresholds = the text teacher's ROC-corner thresholds (the bundle's prompts are the teacher's
+    text prompts) from its first voice group. Otherwise, with ``data`` (a folder with ``ct-rate/``),
+    chooses them on the valid split with the run's teacher and its text prompts, without the
+    speech rows. Returns ``(None, None)`` when neither is available.
+    """
+    run = Path(run)
+    path = Path(evaluation) if evaluation is not None else run / "evaluation" / "evaluation.json"
+    if path.is_file():
+        result = json.loads(path.read_text())
+    elif data is not None and (Path(data) / "ct-rate").is_dir():
+        models = models_from_run(run)
+        models.speech, models.dictation = {}, {}
+        result = evaluate_bundle(models, Path(data) / "ct-rate", None, "valid",
+                                 config=EvalConfig(n_boot=200, cascade_n=0), progress=False)
+    else:
+        return None, None
+    first = next(iter(result["groups"].values()))
+    zs = first["systems"]["text teacher"]["zero_shot"]
+    if int(result.get("labels_mode", 18)) != 18:
+        return None, summary_for_bundle(result)
+    thresholds = {"method": f"ROC-corner point of a 100-step grid on [0, 1] (CT-CLIP), chosen on "
+                            f"{result['split']} ({zs['threshold_on']}, {zs['n_studies']} studies), text prompts",
+                  "values": {k: float(v) for k, v in zs["thresholds"].items()}}
+    return thresholds, summary_for_bundle(result)
