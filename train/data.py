@@ -611,3 +611,58 @@ class CTRateDataset:
             audio=audio,
             record=record,
         )
+
+
+# --------------------------------------------------------------------------- spoken prompts
+
+
+@dataclass(frozen=True)
+class SpokenPrompt:
+    """One recording of a zero-shot prompt (``"{label} is present."`` / ``"... is not present."``)."""
+
+    label: str  # one of engine.findings.LABELS
+    polarity: str  # "present" | "absent"
+    voice: str
+    path: Path
+    text: str
+
+
+def read_spoken_prompts(root: str | Path) -> list[SpokenPrompt]:
+    """The spoken prompt set written by ``train.synth.speechrate.synthesize_prompts``.
+
+    ``root`` is the Speech-RATE root (holding ``prompts/manifest.csv``) or the manifest itself.
+    Ordered by label (CT-RATE order), polarity (present first), voice; every voice must have
+    read both prompts of all 18 findings, so the set stacks into ``[18, voices]`` per polarity.
+    """
+    root = Path(root)
+    manifest = root if root.suffix == ".csv" else root / "prompts" / "manifest.csv"
+    rows = read_csv_rows(manifest, ("label", "polarity", "voice", "path"), "spoken prompt manifest")
+    prompts, seen = [], set()
+    for i, row in enumerate(rows):
+        label, polarity, voice = row["label"], row["polarity"], row["voice"]
+        if label not in LABELS or polarity not in ("present", "absent"):
+            raise DataError(
+                f"spoken prompt manifest row {i + 2}: unknown label/polarity {label!r}/{polarity!r}", manifest
+            )
+        key = (label, polarity, voice)
+        if key in seen:
+            raise DataError(f"spoken prompt manifest lists {label!r} {polarity} by {voice!r} twice", manifest)
+        seen.add(key)
+        path = manifest.parent / row["path"]
+        if not path.is_file():
+            raise DataError(f"spoken prompt WAV is missing ({label}, {polarity}, {voice})", path)
+        text = row.get("text") or ""
+        prompts.append(SpokenPrompt(label, polarity, voice, path, text))
+    voices = sorted({p.voice for p in prompts})
+    lacking = [
+        f"{lab}/{pol}/{v}"
+        for lab in LABELS
+        for pol in ("present", "absent")
+        for v in voices
+        if (lab, pol, v) not in seen
+    ]
+    if lacking or not prompts:
+        shown = ", ".join(lacking[:3]) + (f" … ({len(lacking)} in all)" if len(lacking) > 3 else "")
+        raise DataError(f"spoken prompt set is incomplete: {shown or 'no rows'}", manifest)
+    order = {lab: k for k, lab in enumerate(LABELS)}
+    return sorted(prompts, key=lambda p: (order[p.label], p.polarity != "present", p.voice))

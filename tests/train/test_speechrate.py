@@ -11,7 +11,7 @@ import soundfile as sf
 
 from engine.errors import DataError
 from engine.findings import LABELS
-from train.data import MANIFEST_COLUMNS
+from train.data import MANIFEST_COLUMNS, read_spoken_prompts
 from train.synth import augment as A
 from train.synth.augment import AugmentChoice, AugmentSpec
 from train.synth.speechrate import (
@@ -201,9 +201,25 @@ def test_spoken_prompts_cover_every_finding_and_polarity(tmp_path):
     assert row["text"] == "Cardiomegaly is not present."
     audio, rate = sf.read(str(manifest.parent / row["path"]))
     assert rate == SAMPLE_RATE and 0.8 < audio.size / rate < 3.5
+    prompts = read_spoken_prompts(tmp_path)
+    assert [(p.label, p.polarity, p.voice) for p in prompts[:4]] == [
+        ("Medical material", "present", "mb-us3"),
+        ("Medical material", "present", "us-f2"),
+        ("Medical material", "absent", "mb-us3"),
+        ("Medical material", "absent", "us-f2"),
+    ]
+    assert prompts[0].text == "Medical material is present." and prompts[0].path.is_file()
     stamp = (manifest.parent / row["path"]).stat().st_mtime_ns
     assert synthesize_prompts(tmp_path, voices=["us-f2", "mb-us3"], seed=0) == manifest
     assert (manifest.parent / row["path"]).stat().st_mtime_ns == stamp  # resumed, not remade
+    (manifest.parent / row["path"]).unlink()
+    with pytest.raises(DataError, match=r"spoken prompt WAV is missing \(Cardiomegaly, absent, "):
+        read_spoken_prompts(manifest)
+    with open(manifest) as f:
+        lines = f.readlines()
+    manifest.write_text("".join(line for line in lines if "Cardiomegaly is not present" not in line))
+    with pytest.raises(DataError, match="spoken prompt set is incomplete: Cardiomegaly/absent/mb-us3"):
+        read_spoken_prompts(manifest)
 
 
 # --------------------------------------------------------------------------- augmentation
