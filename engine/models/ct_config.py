@@ -2,6 +2,18 @@
 
 Axis order everywhere: the input volume is ``(z, y, x)`` = (slices, rows, columns);
 tokens are laid out ``(t, h, w)`` = (slice blocks, row blocks, column blocks).
+
+Named configs (``engine/configs/ct/*.json``):
+
+* ``ctclip-paper``: CT-CLIP's CTViT (240x480x480, tubelets 10x20x20 -> 24x24x24 tokens,
+  dim 512, 4+4 layers, 8 heads x 32, codebook 8192, CT-CLIP pooling to 512); 178.6 M
+  weights (681 MiB fp32), 151 M of them in the pooling projection. Imported weights need it.
+* ``cpu-small``: for training on a CPU (the "cpu-128" preprocess, 64x128x128, tubelets
+  8x16x16 -> 8x8x8 tokens, dim 256, 2+2 layers, no codebook, latent 512); 4.17 M weights
+  (15.9 MiB). It uses attention pooling because CT-CLIP's flatten-and-project head alone
+  would need 8*8*256*512 = 8.4 M weights (46 MiB in total, over the ~20 MB bundle budget);
+  it has no codebook because a codebook is only meaningful when imported from a trained
+  VQ-VAE, and its temporal PEG uses the true token grid ("grid"), as nothing forces the quirk.
 """
 
 from __future__ import annotations
