@@ -82,7 +82,10 @@ class FolderScan:
 
 
 def list_files(path: str | Path) -> list[str]:
-    """All files under ``path`` (recursive, sorted), or ``[path]`` for a file."""
+    """All regular files under ``path`` (recursive, sorted), or ``[path]`` for a file.
+
+    Pipes, sockets and devices are left out: opening a FIFO blocks forever.
+    """
     path = Path(path)
     if path.is_file():
         return [str(path)]
@@ -91,7 +94,9 @@ def list_files(path: str | Path) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames.sort()
-        found.extend(os.path.join(dirpath, name) for name in sorted(filenames))
+        found.extend(
+            full for full in (os.path.join(dirpath, name) for name in sorted(filenames)) if os.path.isfile(full)
+        )
     return found
 
 

@@ -510,3 +510,13 @@ def test_metadata_is_safe_and_informative(tmp_path):
     assert got.metadata["source"] == str(tmp_path)
     assert "ANONYMOUS" not in repr(got.metadata)
     assert os.fspath(paths[0]) in list_dicom_series(tmp_path)[0].files
+
+
+def test_named_pipe_inside_a_dicom_folder_is_skipped_not_waited_on(tmp_path):
+    import os
+
+    from engine.io.dicom_scan import list_files
+
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    os.mkfifo(tmp_path / "pipe.dcm")
+    assert list_files(tmp_path) == [str(tmp_path / "a.dcm")]
