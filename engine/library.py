@@ -1,0 +1,707 @@
+"""The study library: studies already seen, with their embeddings, searchable by similarity.
+
+One folder (default ``platformdirs.user_data_dir("speechct")/library``) holding ``library.sqlite``
+(see :mod:`engine.library_store` for the schema and why vectors are SQLite BLOBs). The library takes
+*embeddings*, never models: callers (``engine.runtime.Engine``, the CLI, the app) encode and pass
+vectors, or pass an encoder callable to :meth:`Library.import_tree` / :meth:`Library.rebuild`.
+
+Vectors are in the model's shared space, unit-normalised here, and compared by cosine. A query is
+one vector or a dict of named vectors; each query kind is compared with these library kinds
+(:data:`QUERY_TARGETS`):
+
+======================  =========================  =======================================
+query kind              compared with               why
+======================  =========================  =======================================
+``"ct"``                CT embeddings               image-to-image similarity
+``"dictation"``         CT and dictation embeddings  speech→CT is what the model was trained
+                                                    for; dictation→dictation adds the report
+``"speech"`` (spoken)   CT embeddings               a free-form phrase is not a report: it
+``"text"`` (typed)      CT embeddings               is matched to images, as in zero-shot
+======================  =========================  =======================================
+
+**Score.** With one query vector against one library kind (the common case) the score is the
+cosine. With several (query, library-kind) pairs the cosines live on different scales (CT·CT
+cosines sit near 1, speech·CT ones far lower: the modality gap), so each pair's cosines are first
+standardised over the library (z = (cos − mean) / std), the pairs of one query kind are averaged
+over those the study has (a study without a dictation is not penalised), and the query kinds are
+combined by a weighted mean (``weights``: query kind → weight, default equal). ``Hit.cosines`` keeps
+every raw cosine.
+
+**Never the query itself.** ``exclude_uids`` drops every row whose uid, SeriesInstanceUID,
+StudyInstanceUID or path matches, so all series of the query's study are left out; pass
+:func:`query_uids` of the query volume.
+
+**Bundle hash.** The library records the bundle its vectors came from. Opened with another bundle
+it says so (a :class:`SpeechCTWarning`, ``needs_rebuild``, ``rebuild_message``), refuses to add or
+search, and :meth:`Library.rebuild` re-embeds every study from its stored path, one transaction per
+study (resumable).
+
+**Backends.** ``"numpy"``: exact search over one contiguous matrix (float32 or float16, see
+:mod:`engine.vector_index`). ``"faiss"``: a FAISS index over the same rows (flat = exact up to
+``IVF_MIN_ROWS`` rows per kind, IVF above), whose candidates are re-scored exactly; combined
+queries then rank the union of each pair's top candidates. ``"auto"``: FAISS when it is installed
+and the library holds ≥ :data:`AUTO_FAISS_MIN_ROWS` studies, numpy otherwise. Both keep the numpy
+matrix (for exact re-scoring), so FAISS doubles the memory of the vectors.
+
+Thread-safe: one lock serialises calls of one ``Library``; several processes may open the same
+folder (SQLite WAL); a process sees another's commits at its next search.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import DataError, SpeechCTError, SpeechCTWarning
+from engine.library_store import (
+    DB_NAME,
+    VECTOR_KINDS,
+    StudyRecord,
+    connect,
+    decode_vectors,
+    insert_study,
+    put_vector,
+    select_records,
+    study_key,
+    update_study,
+    utc_now,
+)
+from engine.vector_index import ExactIndex, FaissIndex, check_dtype, faiss_available, top_k
+from engine.volume import Volume
+
+__all__ = [
+    "AUTO_FAISS_MIN_ROWS",
+    "QUERY_KINDS",
+    "QUERY_TARGETS",
+    "Hit",
+    "ImportReport",
+    "Library",
+    "RebuildReport",
+    "StudyRecord",
+    "default_library_dir",
+    "query_uids",
+    "study_key",
+]
+
+QUERY_TARGETS: dict[str, tuple[str, ...]] = {
+    "ct": ("ct",),
+    "dictation": ("ct", "dictation"),
+    "speech": ("ct",),
+    "text": ("ct",),
+}
+QUERY_KINDS = tuple(QUERY_TARGETS)
+AUTO_FAISS_MIN_ROWS = 200_000
+BACKENDS = ("numpy", "faiss", "auto")
+
+
+def default_library_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("speechct")) / "library"
+
+
+def query_uids(volume: Volume, series: str | None = None) -> set[str]:
+    """Every identifier under which ``volume`` (a query study) may sit in a library: pass as ``exclude_uids``."""
+    ids = {study_key(volume, series)}
+    for key in ("series_uid", "study_uid", "source"):
+        if volume.metadata.get(key):
+            ids.add(str(volume.metadata[key]))
+    if volume.metadata.get("source"):
+        ids.add(str(Path(volume.metadata["source"]).resolve()))
+    return ids
+
+
+@dataclass(frozen=True)
+class Hit:
+    record: StudyRecord
+    score: float  # cosine for a single (query, kind) pair, else a weighted mean of z-scores (module doc)
+    cosines: dict[str, float]  # "<query kind>→<library kind>" → cosine, for the pairs this study has
+
+    def to_json(self) -> dict:
+        return {"score": self.score, "cosines": dict(self.cosines), "study": self.record.to_json()}
+
+
+@dataclass
+class ImportReport:
+    added: list[str] = field(default_factory=list)  # uids added by this run
+    already: list[str] = field(default_factory=list)  # uids (or NIfTI paths) found in the library and skipped
+    skipped: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (path, reason): readable but not a CT to add
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason): unreadable
+    warnings: list[str] = field(default_factory=list)  # reader warnings about studies that were added
+    ignored_files: int = 0  # files whose names and bytes say they are not images (CSV, JSON, ...)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.added)} added, {len(self.already)} already in the library, "
+            f"{len(self.skipped)} skipped, {len(self.failed)} unreadable"
+        )
+
+
+@dataclass
+class RebuildReport:
+    re_embedded: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (uid, reason): still stale, not searched
+    dictations_dropped: list[str] = field(default_factory=list)  # uids whose dictation vector was removed
+
+
+class Library:
+    """A folder of studies and their embeddings; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        bundle_hash: str,
+        dim: int,
+        backend: str = "auto",
+        dtype: str = "float32",
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "faiss" and not faiss_available():
+            raise DataError("the FAISS backend needs the faiss-cpu package (pip install faiss-cpu)")
+        if not bundle_hash:
+            raise ValueError("bundle_hash must be a non-empty string")
+        self.folder = Path(path) if path is not None else default_library_dir()
+        self.bundle_hash = str(bundle_hash)
+        self.dim = int(dim)
+        self.dtype = check_dtype(dtype)
+        self.backend = backend
+        self._lock = threading.RLock()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._conn = connect(self.folder / DB_NAME)
+        except (OSError, SpeechCTError) as exc:
+            raise DataError(f"cannot open the study library ({exc})", self.folder) from exc
+        except Exception as exc:  # sqlite3.DatabaseError: not a database, locked, ...
+            raise DataError(f"cannot open the study library ({exc})", self.folder / DB_NAME) from exc
+        self._indexes: dict[str, ExactIndex] | None = None
+        self._faiss: dict[str, FaissIndex] = {}
+        self._data_version = None
+        self._init_meta()
+        if self.needs_rebuild:
+            warnings.warn(self.rebuild_message, SpeechCTWarning, stacklevel=2)
+
+    # ------------------------------------------------------------------ metadata and bundle hash
+    def _meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_meta(self, **values) -> None:
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(k, str(v)) for k, v in values.items()]
+        )
+
+    def _init_meta(self) -> None:
+        with self._lock, self._transaction():
+            built_with = self._meta("bundle_hash")
+            n = self._conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
+            if built_with is None or (built_with != self.bundle_hash and n == 0):
+                self._set_meta(bundle_hash=self.bundle_hash, dim=self.dim)
+                if self._meta("created_at") is None:
+                    self._set_meta(created_at=utc_now())
+            elif built_with == self.bundle_hash and int(self._meta("dim") or self.dim) != self.dim:
+                raise DataError(
+                    f"library vectors have dim {self._meta('dim')} but the bundle's space has dim {self.dim}",
+                    self.folder,
+                )
+
+    @property
+    def built_with(self) -> str:
+        """Bundle hash the library's vectors were made with (the last completed rebuild's)."""
+        with self._lock:
+            return self._meta("bundle_hash") or self.bundle_hash
+
+    @property
+    def stale_count(self) -> int:
+        """Studies whose vectors come from another bundle (not searched until re-embedded)."""
+        with self._lock:
+            q = "SELECT COUNT(*) FROM studies WHERE bundle_hash != ?"
+            return int(self._conn.execute(q, (self.bundle_hash,)).fetchone()[0])
+
+    @property
+    def needs_rebuild(self) -> bool:
+        return self.built_with != self.bundle_hash or self.stale_count > 0
+
+    @property
+    def rebuild_message(self) -> str:
+        stale = self.stale_count
+        if not self.needs_rebuild:
+            return f"{self.folder}: library is up to date with bundle {self.bundle_hash[:12]}"
+        if self.built_with != self.bundle_hash:
+            return (
+                f"{self.folder}: library was built with model bundle {self.built_with[:12]}, this engine uses "
+                f"{self.bundle_hash[:12]}; {stale} studies must be re-embedded (speechct index rebuild)"
+            )
+        return (
+            f"{self.folder}: {stale} studies still hold vectors from another model bundle and are left out of "
+            "searches (their files could not be re-read; speechct index rebuild retries them)"
+        )
+
+    def _require_current(self) -> None:
+        if self.built_with != self.bundle_hash:
+            raise DataError(self.rebuild_message)
+
+    # ------------------------------------------------------------------ transactions
+    class _Txn:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def __enter__(self):
+            self.conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb):
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            return False
+
+    def _transaction(self) -> Library._Txn:
+        return Library._Txn(self._conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ records
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0])
+
+    def list(self) -> list[StudyRecord]:
+        """Every study, in the order they were added."""
+        with self._lock:
+            return [rec for _, rec in select_records(self._conn)]
+
+    def _find(self, ident: str) -> tuple[int, StudyRecord] | None:
+        """By uid, else SeriesInstanceUID, else stored path (the first match, in that order)."""
+        ident = str(ident)
+        for where in ("WHERE s.uid = ?", "WHERE s.series_uid = ?", "WHERE s.path = ?"):
+            found = select_records(self._conn, where, (ident,))
+            if found:
+                return found[0]
+        if Path(ident).exists():
+            found = select_records(self._conn, "WHERE s.path = ?", (str(Path(ident).resolve()),))
+            if found:
+                return found[0]
+        return None
+
+    def get(self, uid: str) -> StudyRecord | None:
+        """The study with this uid (or SeriesInstanceUID, or path), None when absent."""
+        with self._lock:
+            found = self._find(uid)
+            return found[1] if found else None
+
+    def __contains__(self, uid: str) -> bool:
+        return self.get(uid) is not None
+
+    def has_path(self, path: str | Path) -> bool:
+        with self._lock:
+            q = "SELECT 1 FROM studies WHERE path = ? LIMIT 1"
+            return self._conn.execute(q, (str(Path(path).resolve()),)).fetchone() is not None
+
+    def remove(self, uid: str) -> StudyRecord:
+        """Remove one study and its vectors (one transaction); DataError when it is not there."""
+        with self._lock:
+            found = self._find(uid)
+            if found is None:
+                raise DataError(f"no study {uid!r} in the library", self.folder)
+            sid, rec = found
+            with self._transaction():
+                self._conn.execute("DELETE FROM studies WHERE id = ?", (sid,))  # vectors cascade
+            self._forget([sid])
+            return rec
+
+    # ------------------------------------------------------------------ adding
+    def _unit(self, vector, what: str) -> np.ndarray:
+        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if v.shape != (self.dim,):
+            raise ValueError(f"{what} has {v.size} values; the library's space has dim {self.dim}")
+        norm = float(np.linalg.norm(v))
+        if not np.isfinite(norm) or norm == 0.0:
+            raise ValueError(f"{what} is zero or not finite")
+        return v / norm
+
+    def add_study(
+        self,
+        volume_or_path: Volume | str | Path,
+        embedding,
+        *,
+        dictation_path: str | Path | None = None,
+        dictation_embedding=None,
+        series: str | None = None,
+    ) -> StudyRecord:
+        """Add (or update) one CT series with its CT embedding and optional dictation; one transaction.
+
+        ``volume_or_path``: a loaded Volume, or a path that :func:`engine.io.load_volume` reads (with
+        ``series``). The key is :func:`study_key`: adding a series already present replaces its CT
+        vector and metadata (a dictation given now replaces the old one; none keeps the old one).
+        ``embedding``/``dictation_embedding``: ``[dim]`` vectors in the bundle's space (normalised here).
+        """
+        if isinstance(volume_or_path, Volume):
+            volume = volume_or_path
+        else:
+            from engine.io import load_volume
+
+            volume = load_volume(volume_or_path, series)
+        ct = self._unit(embedding, "CT embedding")
+        dictation = (
+            None if dictation_embedding is None else self._unit(dictation_embedding, "dictation embedding")
+        )
+        rec = self._record_for(volume, series, dictation_path)
+        with self._lock:
+            self._require_current()
+            with self._transaction():
+                old = self._conn.execute(
+                    "SELECT id, added_at FROM studies WHERE uid = ?", (rec.uid,)
+                ).fetchone()
+                if old is None:
+                    sid = insert_study(self._conn, rec)
+                else:  # same series again: new vectors and metadata, same row id and added_at
+                    sid = old[0]
+                    keep_dictation = dictation is None
+                    rec = _replace(rec, added_at=old[1])
+                    update_study(self._conn, sid, rec, keep_dictation_path=keep_dictation)
+                    if keep_dictation:
+                        dictation = self._dictation_vector_of(sid)
+                        rec = _replace(
+                            rec,
+                            dictation_path=self._conn.execute(
+                                "SELECT dictation_path FROM studies WHERE id = ?", (sid,)
+                            ).fetchone()[0],
+                        )
+                put_vector(self._conn, sid, "ct", ct.astype(self.dtype))
+                if dictation is not None:
+                    put_vector(self._conn, sid, "dictation", np.asarray(dictation).astype(self.dtype))
+            if old is not None:
+                self._forget([sid])
+            self._remember(sid, ct, dictation)
+            return _replace(rec, has_dictation=dictation is not None)
+
+    def _dictation_vector_of(self, sid: int) -> np.ndarray | None:
+        row = self._conn.execute(
+            "SELECT dtype, vector FROM vectors WHERE study_id = ? AND kind = 'dictation'", (sid,)
+        ).fetchone()
+        return None if row is None else decode_vectors([row[1]], [row[0]], self.dim, np.float32)[0]
+
+    def _record_for(self, volume: Volume, series: str | None, dictation_path) -> StudyRecord:
+        meta = volume.metadata
+        source = meta.get("source")
+        fmt = meta.get("format")
+        if series is None and fmt != "nifti" and meta.get("series_uid"):
+            series = str(meta["series_uid"])
+        return StudyRecord(
+            uid=study_key(volume, series),
+            study_uid=meta.get("study_uid") or None,
+            series_uid=meta.get("series_uid") if fmt != "nifti" else None,
+            path=str(Path(source).resolve()) if source else None,
+            series=series if fmt != "nifti" else None,
+            date=meta.get("study_date") or None,
+            description=meta.get("series_description") or meta.get("study_description") or None,
+            modality=meta.get("modality") or None,
+            format=fmt,
+            n_slices=int(volume.shape[0]),
+            spacing=tuple(float(s) for s in volume.spacing),
+            bundle_hash=self.bundle_hash,
+            dictation_path=str(Path(dictation_path).resolve()) if dictation_path else None,
+            added_at=utc_now(),
+            has_dictation=False,
+        )
+
+    # ------------------------------------------------------------------ in-memory indexes
+    def _rows_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _ensure_loaded(self) -> dict[str, ExactIndex]:
+        """Load (or reload after another process committed) every current vector into memory."""
+        version = self._rows_version()
+        if self._indexes is not None and version == self._data_version:
+            return self._indexes
+        rows = self._conn.execute(
+            "SELECT v.study_id, v.kind, v.dtype, v.vector FROM vectors v JOIN studies s ON s.id = v.study_id "
+            "WHERE s.bundle_hash = ? ORDER BY v.study_id",
+            (self.bundle_hash,),
+        ).fetchall()
+        indexes = {}
+        for kind in VECTOR_KINDS:
+            mine = [r for r in rows if r[1] == kind]
+            index = ExactIndex(self.dim, str(self.dtype))
+            try:
+                mat = decode_vectors([r[3] for r in mine], [r[2] for r in mine], self.dim, self.dtype)
+            except ValueError as exc:
+                raise DataError(
+                    f"library vectors are corrupt ({exc}); rebuild the library", self.folder
+                ) from exc
+            index.reset(np.array([r[0] for r in mine], np.int64), mat)
+            indexes[kind] = index
+        self._indexes = indexes
+        self._data_version = version
+        self._faiss = {}
+        if self._use_faiss(len(indexes["ct"])):
+            for kind, index in indexes.items():
+                fi = FaissIndex(self.dim, str(self.dtype))
+                fi.build(index.ids, index.rows)
+                self._faiss[kind] = fi
+        return indexes
+
+    def _use_faiss(self, n: int) -> bool:
+        if self.backend == "faiss":
+            return True
+        return self.backend == "auto" and n >= AUTO_FAISS_MIN_ROWS and faiss_available()
+
+    @property
+    def backend_in_use(self) -> str:
+        with self._lock:
+            self._ensure_loaded()
+            return "faiss" if self._faiss else "numpy"
+
+    def _remember(self, sid: int, ct: np.ndarray, dictation: np.ndarray | None) -> None:
+        """Apply our own add to the loaded indexes (our commits do not change PRAGMA data_version)."""
+        if self._indexes is None:
+            return
+        for kind, vec in (("ct", ct), ("dictation", dictation)):
+            if vec is None:
+                continue
+            self._indexes[kind].add(np.array([sid]), vec[None])
+            if kind in self._faiss:
+                self._faiss[kind].add(np.array([sid]), vec[None])
+
+    def _forget(self, sids: list[int]) -> None:
+        if self._indexes is None:
+            return
+        for kind, index in self._indexes.items():
+            index.remove(np.asarray(sids))
+            if kind in self._faiss:
+                self._faiss[kind].remove(np.asarray(sids))
+
+    # ------------------------------------------------------------------ search
+    def _query_vectors(self, query) -> dict[str, np.ndarray]:
+        if not isinstance(query, Mapping):
+            query = {"ct": query}
+        out = {}
+        for kind, vec in query.items():
+            if kind not in QUERY_TARGETS:
+                raise ValueError(f"query kind {kind!r} is not one of {QUERY_KINDS}")
+            if vec is not None:
+                out[kind] = self._unit(vec, f"{kind} query")
+        if not out:
+            raise ValueError("empty query: give at least one vector")
+        return out
+
+    def _excluded_ids(self, exclude_uids: Iterable[str]) -> np.ndarray:
+        idents = sorted({str(u) for u in exclude_uids if u})
+        if not idents:
+            return np.empty(0, np.int64)
+        marks = ", ".join("?" * len(idents))
+        rows = self._conn.execute(
+            f"SELECT id FROM studies WHERE uid IN ({marks}) OR series_uid IN ({marks}) "
+            f"OR study_uid IN ({marks}) OR path IN ({marks})",
+            idents * 4,
+        ).fetchall()
+        return np.array([r[0] for r in rows], np.int64)
+
+    def search(
+        self,
+        query,
+        k: int = 10,
+        *,
+        exclude_uids: Iterable[str] = (),
+        weights: Mapping[str, float] | None = None,
+    ) -> list[Hit]:
+        """The ``k`` most similar studies, best first; see the module docstring for the score.
+
+        ``query``: a ``[dim]`` vector (taken as a CT query) or ``{kind: vector}`` with kinds from
+        :data:`QUERY_KINDS`. ``exclude_uids``: uids / series or study UIDs / paths never returned
+        (use :func:`query_uids` for the query study). ``weights``: query kind → weight (≥ 0).
+        """
+        queries = self._query_vectors(query)
+        weights = {kind: float((weights or {}).get(kind, 1.0)) for kind in queries}
+        if any(w < 0 or not np.isfinite(w) for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ValueError(f"weights must be finite, ≥ 0 and not all 0, got {weights}")
+        pairs = [(q, t) for q in queries for t in QUERY_TARGETS[q]]
+        with self._lock:
+            self._require_current()
+            indexes = self._ensure_loaded()
+            universe = indexes["ct"]  # every current study has a CT vector
+            if len(universe) == 0 or k <= 0:
+                return []
+            excluded = self._excluded_ids(exclude_uids)
+            if self._faiss:
+                cand = self._faiss_candidates(queries, pairs, k, len(excluded))
+            else:
+                cand = np.arange(len(universe))
+            cosines, zs = self._pair_scores(indexes, queries, pairs, cand, exact_stats=not self._faiss)
+            score = self._combine(queries, pairs, cosines, zs, weights)
+            score[np.isin(universe.ids[cand], excluded)] = -np.inf
+            best = top_k(score, k)
+            sids = universe.ids[cand[best]]
+            records = self._records_by_id(sids)
+            return [
+                Hit(
+                    record=records[int(sid)],
+                    score=float(score[b]),
+                    cosines={
+                        f"{q}→{t}": float(cosines[(q, t)][b])
+                        for q, t in pairs
+                        if np.isfinite(cosines[(q, t)][b])
+                    },
+                )
+                for b, sid in zip(best, sids)
+            ]
+
+    def _faiss_candidates(self, queries, pairs, k: int, n_excluded: int) -> np.ndarray:
+        """Positions (in the CT index) of the union of each pair's FAISS top candidates."""
+        depth = k + n_excluded if len(pairs) == 1 else max(4 * k, k + 64) + n_excluded
+        found = []
+        for q, t in pairs:
+            _, ids = self._faiss[t].search(queries[q][None], depth)
+            found.append(ids[0][ids[0] >= 0])
+        pos = self._indexes["ct"].positions(np.unique(np.concatenate(found)))
+        return pos[pos >= 0]
+
+    def _pair_scores(self, indexes, queries, pairs, cand: np.ndarray, *, exact_stats: bool):
+        """Per pair: cosines over ``cand`` (NaN where the study lacks that kind) and their z-scores."""
+        universe = indexes["ct"]
+        cand_ids = universe.ids[cand]
+        cosines, zs = {}, {}
+        for q, t in pairs:
+            index = indexes[t]
+            qv = queries[q][None]
+            cos = np.full(len(cand), np.nan, np.float32)
+            pos = np.arange(len(cand)) if t == "ct" and exact_stats else index.positions(cand_ids)
+            have = pos >= 0
+            if exact_stats:  # every row of this kind is scored: exact mean and std over the library
+                full = index.scores(qv)[:, 0]
+                cos[have] = full[pos[have]]
+                mean, std = (float(full.mean()), float(full.std())) if len(full) else (0.0, 0.0)
+            else:
+                if have.any():
+                    cos[have] = index.score_rows(pos[have], qv)[:, 0]
+                mu, second = index.moments()
+                qd = queries[q].astype(np.float64)
+                mean = float(qd @ mu)
+                std = float(np.sqrt(max(qd @ second @ qd - mean**2, 0.0)))
+            cosines[(q, t)] = cos
+            zs[(q, t)] = (cos - mean) / max(std, 1e-6)
+        return cosines, zs
+
+    @staticmethod
+    def _combine(queries, pairs, cosines, zs, weights) -> np.ndarray:
+        if len(pairs) == 1:
+            only = cosines[pairs[0]].astype(np.float64)
+            return np.where(np.isfinite(only), only, -np.inf)
+        total = np.zeros(len(next(iter(cosines.values()))))
+        weight_sum = np.zeros_like(total)
+        for q in queries:
+            mine = np.stack([zs[(q, t)] for t in QUERY_TARGETS[q]])
+            have = np.isfinite(mine)
+            n = have.sum(axis=0)
+            s_q = np.where(have, mine, 0.0).sum(axis=0) / np.maximum(n, 1)
+            total += np.where(n > 0, weights[q] * s_q, 0.0)
+            weight_sum += np.where(n > 0, weights[q], 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = total / weight_sum
+        return np.where(weight_sum > 0, score, -np.inf)
+
+    def _records_by_id(self, sids: np.ndarray) -> dict[int, StudyRecord]:
+        if len(sids) == 0:
+            return {}
+        marks = ", ".join("?" * len(sids))
+        return dict(select_records(self._conn, f"WHERE s.id IN ({marks})", tuple(int(s) for s in sids)))
+
+    # ------------------------------------------------------------------ bulk work
+    def import_tree(
+        self,
+        root: str | Path,
+        encode_ct: Callable[[Volume], np.ndarray],
+        *,
+        progress: bool = True,
+    ) -> ImportReport:
+        """Add every CT series under ``root`` (see :func:`engine.library_import.import_tree`)."""
+        from engine.library_import import import_tree
+
+        return import_tree(self, root, encode_ct, progress=progress)
+
+    def rebuild(
+        self,
+        encode_ct: Callable[[Volume], np.ndarray],
+        *,
+        encode_dictation: Callable[[Path], np.ndarray] | None = None,
+        progress: bool = True,
+    ) -> RebuildReport:
+        """Re-embed every study made with another bundle, from its stored path (one transaction each).
+
+        Killed half-way, the next call continues with the studies still stale. Dictation vectors
+        are re-embedded with ``encode_dictation(dictation_path)`` when given, else removed (they
+        would be from the old model). Studies whose files cannot be read stay stale, are left out
+        of searches and are listed in the report; the library then records the new bundle hash.
+        """
+        from engine.io import load_volume
+
+        report = RebuildReport()
+        with self._lock:
+            stale = select_records(self._conn, "WHERE s.bundle_hash != ?", (self.bundle_hash,))
+        for sid, rec in _progress(stale, progress, "re-embedding"):
+            try:
+                if not rec.path:
+                    raise DataError("no stored path to read the study from")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", SpeechCTWarning)  # already said when first added
+                    volume = load_volume(rec.path, rec.series)
+                ct = self._unit(encode_ct(volume), "CT embedding")
+                dictation = None
+                if rec.has_dictation and rec.dictation_path and encode_dictation is not None:
+                    dictation = self._unit(encode_dictation(Path(rec.dictation_path)), "dictation embedding")
+            except SpeechCTError as exc:
+                report.failed.append((rec.uid, str(exc)))
+                _note(progress, f"not re-embedded {rec.uid}: {exc}")
+                continue
+            with self._lock, self._transaction():
+                self._conn.execute("UPDATE studies SET bundle_hash = ? WHERE id = ?", (self.bundle_hash, sid))
+                put_vector(self._conn, sid, "ct", ct.astype(self.dtype))
+                if dictation is not None:
+                    put_vector(self._conn, sid, "dictation", dictation.astype(self.dtype))
+                elif rec.has_dictation:
+                    self._conn.execute(
+                        "DELETE FROM vectors WHERE study_id = ? AND kind = 'dictation'", (sid,)
+                    )
+                    report.dictations_dropped.append(rec.uid)
+            report.re_embedded.append(rec.uid)
+        with self._lock:
+            with self._transaction():
+                self._set_meta(bundle_hash=self.bundle_hash, dim=self.dim)
+            self._indexes = None  # vectors changed wholesale: reload at the next search
+        return report
+
+
+def _replace(rec: StudyRecord, **changes) -> StudyRecord:
+    import dataclasses
+
+    return dataclasses.replace(rec, **changes)
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="study")
+
+
+def _note(enabled: bool, line: str) -> None:
+    if enabled:
+        from tqdm import tqdm
+
+        tqdm.write(line)

@@ -1,0 +1,153 @@
+"""Importing a folder tree of studies into the library: find them, encode them, add them one by one.
+
+A *study unit* is either a folder that directly holds DICOM files (everything below it belongs to
+it: :func:`engine.io.list_series` reads it recursively, one unit may hold several series) or a
+NIfTI file in a folder without DICOM files. Each CT series of a unit is loaded, encoded by the
+caller's ``encode_ct`` and added in its own transaction, so a kill -9 at any point leaves every
+study either fully in the library (row + vectors) or absent; the next run skips what is there
+(DICOM by series uid, NIfTI by path, both before any pixel is read) and goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import DataError, SpeechCTError, SpeechCTWarning, StudyError
+from engine.io.sniff import one_line, sniff
+from engine.volume import Volume
+
+#: Names that claim to be images: failing to read one is reported; other files (CSV, JSON, ...) are ignored.
+_IMAGE_SUFFIXES = (".dcm", ".dicom", ".ima", ".nii", ".nii.gz", ".img")
+
+
+def _looks_like_image(name: str) -> bool:
+    lower = name.lower()
+    return lower.endswith(_IMAGE_SUFFIXES) or "." not in lower  # DICOM files often have no suffix
+
+
+def find_study_units(root: str | Path) -> tuple[list[Path], list[tuple[str, str]], int]:
+    """(units, unreadable (path, reason), ignored file count) under ``root``, in sorted walk order.
+
+    Hidden files and folders are skipped, as :func:`engine.io.sniff.scan_folder` does.
+    """
+    root = Path(root).resolve()
+    if not root.exists():
+        raise StudyError("does not exist", root)
+    if root.is_file():
+        return [root], [], 0
+    units: list[Path] = []
+    unreadable: list[tuple[str, str]] = []
+    ignored = 0
+
+    def walk_error(exc: OSError) -> None:
+        unreadable.append((str(exc.filename), f"cannot be listed ({one_line(exc.strerror or exc)})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=walk_error):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        niftis, bad = [], []
+        has_dicom = False
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            path = here / name
+            try:
+                kind = sniff(path)
+            except StudyError as exc:
+                if _looks_like_image(name):
+                    bad.append((str(path), exc.message))
+                else:
+                    ignored += 1
+                continue
+            except OSError as exc:
+                bad.append((str(path), f"cannot be read ({one_line(exc.strerror or exc)})"))
+                continue
+            if kind == "dicom":
+                has_dicom = True
+                break  # the folder is a DICOM unit; list_series reads the rest, and below
+            if kind == "nifti":
+                niftis.append(path)
+            else:  # NIfTI pairs (.hdr/.img) are not read by engine.io
+                bad.append((str(path), f"{kind} files are not supported"))
+        if has_dicom:
+            units.append(here)
+            dirnames[:] = []
+        else:
+            units.extend(niftis)
+            unreadable.extend(bad)
+    return units, unreadable, ignored
+
+
+def import_tree(
+    library, root: str | Path, encode_ct: Callable[[Volume], np.ndarray], *, progress: bool = True
+):
+    """Add every CT series under ``root`` to ``library``; returns an :class:`engine.library.ImportReport`.
+
+    Unreadable studies are skipped with a one-line reason each (printed above the progress bar
+    when ``progress``); non-CT series and localizers are skipped and named. ``encode_ct`` may raise
+    a :class:`SpeechCTError` for one study (it is then skipped); any other exception stops the import
+    (studies already added stay added).
+    """
+    from engine.io import list_series, load_volume
+    from engine.library import ImportReport
+
+    report = ImportReport()
+    units, unreadable, report.ignored_files = find_study_units(root)
+    for path, reason in unreadable:
+        _fail(report, progress, path, reason)
+    bar = _bar(units, progress)
+    for unit in bar:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SpeechCTWarning)  # said again by load_volume, and recorded
+                infos = list_series(unit)
+        except SpeechCTError as exc:
+            _fail(report, progress, str(unit), exc.message)
+            continue
+        for info in infos:
+            is_nifti = info.files == [info.uid]  # NIfTI: uid = the file's path; DICOM uids are never paths
+            where = info.uid if is_nifti else f"{unit} (series {info.uid})"
+            if info.modality != "CT":
+                report.skipped.append((where, f"modality {info.modality or 'unknown'}, not CT"))
+                continue
+            if "LOCALIZER" in info.image_type.upper():
+                report.skipped.append((where, "localizer (scout) image"))
+                continue
+            if library.has_path(info.uid) if is_nifti else (info.uid in library):
+                report.already.append(info.uid)
+                continue
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", SpeechCTWarning)
+                    volume = load_volume(unit, series=info.uid)
+                    embedding = encode_ct(volume)
+                record = library.add_study(volume, embedding, series=None if is_nifti else info.uid)
+            except SpeechCTError as exc:
+                if isinstance(exc, DataError) and library.built_with != library.bundle_hash:
+                    raise  # the library refuses every add: stop now, with its message
+                _fail(report, progress, where, exc.message if exc.path else str(exc))
+                continue
+            report.added.append(record.uid)
+            report.warnings.extend(str(w.message) for w in caught if issubclass(w.category, SpeechCTWarning))
+        if progress:
+            bar.set_postfix(added=len(report.added), skipped=len(report.skipped) + len(report.failed))
+    return report
+
+
+def _fail(report, progress: bool, path: str, reason: str) -> None:
+    report.failed.append((path, reason))
+    if progress:
+        from tqdm import tqdm
+
+        tqdm.write(f"skipped {path}: {reason}")
+
+
+def _bar(units, progress: bool):
+    if not progress:
+        return units
+    from tqdm import tqdm
+
+    return tqdm(units, desc="importing", unit="study")

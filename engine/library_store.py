@@ -1,0 +1,275 @@
+"""The study library's on-disk half: one SQLite file (WAL) holding study rows and their vectors.
+
+Why vectors live in SQLite BLOBs rather than a ``.npy`` sidecar: a study row and its vectors are
+written in *one* transaction, so a kill -9 at any instant leaves either both or neither (WAL +
+``ON DELETE CASCADE`` also make removal atomic). A sidecar would need a second store kept in step
+with the database (orphans after a crash between the two writes) and would be rewritten whole,
+O(n), for every added study. Reading 1e5 vectors back into one matrix takes well under a second
+(``bench/library_search.py`` measures it), which happens once per process.
+
+Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`)::
+
+    meta(key TEXT PRIMARY KEY, value TEXT)     -- bundle_hash, dim, dtype, created_at
+    studies(id INTEGER PRIMARY KEY,
+            uid TEXT UNIQUE NOT NULL,          -- dedupe key: series UID, or "sha256:…" of the voxels
+            study_uid, series_uid, path, series, date, description, modality, format TEXT,
+            n_slices INTEGER, spacing_z/y/x REAL (mm),
+            bundle_hash TEXT NOT NULL,         -- bundle whose encoders made this row's vectors
+            dictation_path TEXT, added_at TEXT NOT NULL)  -- ISO 8601 UTC
+    vectors(study_id → studies.id ON DELETE CASCADE, kind 'ct'|'dictation',
+            dtype 'float32'|'float16', vector BLOB (little-endian, dim values),
+            PRIMARY KEY (study_id, kind))
+
+No patient name, ID, birth date or other identifying field is ever stored (only the safe
+metadata of :data:`engine.volume.SAFE_METADATA_KEYS`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from engine.volume import Volume
+
+SCHEMA_VERSION = 1
+DB_NAME = "library.sqlite"
+VECTOR_KINDS = ("ct", "dictation")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies (
+    id INTEGER PRIMARY KEY,
+    uid TEXT NOT NULL UNIQUE,
+    study_uid TEXT,
+    series_uid TEXT,
+    path TEXT,
+    series TEXT,
+    date TEXT,
+    description TEXT,
+    modality TEXT,
+    format TEXT,
+    n_slices INTEGER,
+    spacing_z REAL,
+    spacing_y REAL,
+    spacing_x REAL,
+    bundle_hash TEXT NOT NULL,
+    dictation_path TEXT,
+    added_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS studies_series_uid ON studies(series_uid);
+CREATE INDEX IF NOT EXISTS studies_study_uid ON studies(study_uid);
+CREATE INDEX IF NOT EXISTS studies_path ON studies(path);
+CREATE TABLE IF NOT EXISTS vectors (
+    study_id INTEGER NOT NULL REFERENCES studies(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL CHECK (kind IN ('ct', 'dictation')),
+    dtype TEXT NOT NULL CHECK (dtype IN ('float32', 'float16')),
+    vector BLOB NOT NULL,
+    PRIMARY KEY (study_id, kind)
+);
+"""
+
+_STUDY_COLUMNS = (
+    "uid, study_uid, series_uid, path, series, date, description, modality, format, n_slices, "
+    "spacing_z, spacing_y, spacing_x, bundle_hash, dictation_path, added_at"
+)
+
+
+def connect(db_path: Path) -> sqlite3.Connection:
+    """Open (creating) the library database: WAL, foreign keys on, autocommit (explicit BEGINs)."""
+    conn = sqlite3.connect(str(db_path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode: a killed process never loses a committed transaction; only a power cut
+    # may drop the last few, and the file stays consistent either way.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.executescript(_SCHEMA)
+    if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return conn
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """One library entry (a CT series). ``uid`` is the key that ``get``/``remove`` accept."""
+
+    uid: str
+    study_uid: str | None
+    series_uid: str | None
+    path: str | None  # what load_volume reads again on rebuild (absolute)
+    series: str | None  # the ``series=`` selector for load_volume (None: the reader's default)
+    date: str | None  # StudyDate as written in the file (YYYYMMDD), when known
+    description: str | None
+    modality: str | None
+    format: str | None  # "dicom" | "dicom-enhanced" | "nifti"
+    n_slices: int | None
+    spacing: tuple[float, float, float] | None  # (z, y, x) mm
+    bundle_hash: str
+    dictation_path: str | None
+    added_at: str  # ISO 8601, UTC
+    has_dictation: bool = False
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["spacing"] = list(self.spacing) if self.spacing else None
+        return d
+
+
+def record_from_row(row: tuple, has_dictation: bool) -> StudyRecord:
+    (
+        uid,
+        study_uid,
+        series_uid,
+        path,
+        series,
+        date,
+        desc,
+        modality,
+        fmt,
+        n_slices,
+        sz,
+        sy,
+        sx,
+        bh,
+        dpath,
+        added,
+    ) = row
+    spacing = (sz, sy, sx) if sz is not None else None
+    return StudyRecord(
+        uid,
+        study_uid,
+        series_uid,
+        path,
+        series,
+        date,
+        desc,
+        modality,
+        fmt,
+        n_slices,
+        spacing,
+        bh,
+        dpath,
+        added,
+        has_dictation,
+    )
+
+
+def select_records(
+    conn: sqlite3.Connection, where: str = "", params: tuple = ()
+) -> list[tuple[int, StudyRecord]]:
+    """(row id, record) for the studies matching ``where`` (SQL over ``s``), ordered by row id."""
+    rows = conn.execute(
+        f"SELECT s.id, {', '.join('s.' + c.strip() for c in _STUDY_COLUMNS.split(','))}, "
+        "EXISTS (SELECT 1 FROM vectors v WHERE v.study_id = s.id AND v.kind = 'dictation') "
+        f"FROM studies s {where} ORDER BY s.id",
+        params,
+    ).fetchall()
+    return [(r[0], record_from_row(r[1:-1], bool(r[-1]))) for r in rows]
+
+
+def insert_study(conn: sqlite3.Connection, rec: StudyRecord) -> int:
+    values = (
+        rec.uid,
+        rec.study_uid,
+        rec.series_uid,
+        rec.path,
+        rec.series,
+        rec.date,
+        rec.description,
+        rec.modality,
+        rec.format,
+        rec.n_slices,
+        *(rec.spacing or (None, None, None)),
+        rec.bundle_hash,
+        rec.dictation_path,
+        rec.added_at,
+    )
+    cur = conn.execute(
+        f"INSERT INTO studies ({_STUDY_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values
+    )
+    return int(cur.lastrowid)
+
+
+def update_study(
+    conn: sqlite3.Connection, study_id: int, rec: StudyRecord, *, keep_dictation_path: bool
+) -> None:
+    columns = [c.strip() for c in _STUDY_COLUMNS.split(",")]
+    values = dict(
+        zip(
+            columns,
+            (
+                rec.uid,
+                rec.study_uid,
+                rec.series_uid,
+                rec.path,
+                rec.series,
+                rec.date,
+                rec.description,
+                rec.modality,
+                rec.format,
+                rec.n_slices,
+                *(rec.spacing or (None, None, None)),
+                rec.bundle_hash,
+                rec.dictation_path,
+                rec.added_at,
+            ),
+        )
+    )
+    if keep_dictation_path:
+        del values["dictation_path"]
+    sets = ", ".join(f"{c} = ?" for c in values)
+    conn.execute(f"UPDATE studies SET {sets} WHERE id = ?", (*values.values(), study_id))
+
+
+def put_vector(conn: sqlite3.Connection, study_id: int, kind: str, vector: np.ndarray) -> None:
+    vec = np.ascontiguousarray(vector).astype(vector.dtype.newbyteorder("<"), copy=False)
+    conn.execute(
+        "INSERT OR REPLACE INTO vectors (study_id, kind, dtype, vector) VALUES (?, ?, ?, ?)",
+        (study_id, kind, str(vector.dtype), vec.tobytes()),
+    )
+
+
+def decode_vectors(blobs: list[bytes], dtypes: list[str], dim: int, out_dtype: np.dtype) -> np.ndarray:
+    """Stack BLOBs (each ``dim`` little-endian values of its dtype) into one ``[n, dim]`` matrix.
+
+    Raises ValueError when a BLOB does not hold exactly ``dim`` values (a corrupt file).
+    """
+    out = np.empty((len(blobs), dim), out_dtype)
+    kinds = np.array(dtypes, dtype=object)
+    for dt in sorted(set(dtypes)):
+        idx = np.flatnonzero(kinds == dt)
+        raw = b"".join(blobs[i] for i in idx)
+        item = np.dtype(dt).newbyteorder("<")
+        if len(raw) != len(idx) * dim * item.itemsize:
+            raise ValueError(f"{dt} vectors do not hold {dim} values each")
+        out[idx] = np.frombuffer(raw, item).reshape(-1, dim)
+    return out
+
+
+def content_uid(volume: Volume) -> str:
+    """``"sha256:<hex>"`` of the voxels (dtype, shape, bytes) and spacing: the key of a series without a UID."""
+    digest = hashlib.sha256()
+    arr = np.ascontiguousarray(volume.array)
+    digest.update(f"{arr.dtype.str}|{arr.shape}|{tuple(round(s, 6) for s in volume.spacing)}|".encode())
+    digest.update(memoryview(arr).cast("B"))
+    return "sha256:" + digest.hexdigest()
+
+
+def study_key(volume: Volume, series: str | None = None) -> str:
+    """The dedupe key of ``volume``: ``series`` (a SeriesInfo uid) when given, else its SeriesInstanceUID,
+    else (NIfTI, or DICOM without a UID) a content hash of its voxels, so one image gets one row wherever
+    its file lives."""
+    if series and volume.metadata.get("format") != "nifti":
+        return series
+    uid = volume.metadata.get("series_uid")
+    if uid and volume.metadata.get("format") != "nifti":
+        return str(uid)
+    return content_uid(volume)
