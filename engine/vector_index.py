@@ -225,8 +225,7 @@ class FaissIndex:
             n_train = min(len(ids), 40 * nlist)
             index.train(rows[np.sort(rng.choice(len(ids), n_train, replace=False))])
             index.nprobe = min(self.nprobe, nlist)
-            index.own_fields = True
-            self._quantizer = quantizer  # keep the Python wrapper alive alongside the index
+            self._quantizer = quantizer  # the index points at it: keep it alive as long as the index
             self.kind = "ivf"
         else:
             index = self._flat()
