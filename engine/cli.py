@@ -18,6 +18,10 @@ from engine.errors import SpeechCTError
 COMMAND_MODULES = (
     "engine.commands.info",
     "engine.commands.bundle_info",
+    "engine.commands.rank",
+    "engine.commands.index",
+    "engine.commands.search",
+    "engine.commands.selftest",
 )
 
 

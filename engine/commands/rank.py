@@ -1,0 +1,136 @@
+"""``speechct rank --ct PATH [--audio WAV] [--json] [--series UID] [--similar K --library DIR]``.
+
+The main job: the 18 findings of one CT study ranked by P(present) (the bundle's zero-shot prompts,
+CT-CLIP's pair softmax) against the bundle's thresholds; with ``--audio`` also what the dictation
+says about each finding (the bundle's dictation head) and where image and dictation disagree;
+with ``--similar K`` the K most similar library studies (the query study never among them).
+Timings per stage are printed (model loading is reported apart from the encodings).
+
+``--json`` prints one object, :meth:`engine.runtime.Analysis.to_json` plus the inputs::
+
+    {
+      "schema": 1,
+      "inputs": {"ct": str, "series": str | null, "audio": str | null},
+      "bundle": {"name": str | null, "hash": str, "path": str},
+      "device": str,                                   # "cpu" | "cuda:0" ...
+      "study": {"uid": str, "path": str | null, "study_uid": str | null, "series_uid": str | null,
+                "format": str | null, "shape": [int, int, int], "spacing": [float, float, float],
+                "warnings": [str]},                    # shape (z, y, x) voxels, spacing (z, y, x) mm
+      "findings": [{"label": str, "probability": float, "threshold": float, "positive": bool}],
+                                                       # most probable first; positive = probability > threshold
+      "dictation": null | [{"label": str, "status": "present" | "absent" | "not mentioned",
+                            "confidence": float, "probabilities": {"present": float, "absent": float,
+                                                                   "not mentioned": float}}],  # label order
+      "discrepancies": null | [{"label": str, "kind": "negated" | "omitted" | "unsupported",
+                                "probability": float, "threshold": float, "margin": float,
+                                "dictation_status": str, "dictation_confidence": float}],  # most serious first
+      "similar": null | [{"uid": str, "score": float, "cosines": {str: float}, "study": {...}}],
+      "timings_ms": {"load_study": float, "load_models": float, "encode_ct": float, "encode_speech": float | null,
+                     "rank": float, "dictation": float | null, "similar": float | null, "total": float},
+      "cached": {"ct": bool}
+    }
+
+``dictation``/``discrepancies`` are null without ``--audio`` (and when the bundle has no
+dictation head); ``similar`` is null without ``--similar``. Discrepancy kinds: ``negated`` (image
+positive, dictation says absent), ``omitted`` (image positive, not mentioned), ``unsupported``
+(dictated present, image below threshold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from engine.commands.engine_options import add_engine_arguments, fmt_ms, make_engine, one_line_warnings
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "rank",
+        help="rank the 18 findings of a CT study; with --audio check the dictation against the image",
+        description="Rank the findings of a CT study; with a dictation, say what it reports and where it "
+        "disagrees with the image.",
+    )
+    parser.add_argument("--ct", required=True, metavar="PATH", help="DICOM folder/file or NIfTI file")
+    parser.add_argument("--series", metavar="UID", help="which series (see `speechct info PATH`)")
+    parser.add_argument("--audio", metavar="WAV", help="the spoken dictation of this study (any audio file)")
+    parser.add_argument("--similar", type=int, default=0, metavar="K",
+                        help="also list the K most similar studies of the library")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (schema in the module docstring)")
+    add_engine_arguments(parser, library=True)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _bar(p: float, width: int = 20) -> str:
+    n = int(round(p * width))
+    return "#" * n + "." * (width - n)
+
+
+def format_text(result: dict) -> str:
+    study, bundle = result["study"], result["bundle"]
+    shape = "x".join(str(s) for s in study["shape"])
+    spacing = " x ".join(f"{s:g}" for s in study["spacing"])
+    lines = [
+        f"study    {study['path'] or result['inputs']['ct']}  ({study['format'] or '?'}, {shape} voxels, {spacing} mm)",
+        f"bundle   {bundle['name'] or '-'} ({bundle['hash'][:12]}) on {result['device']}",
+    ]
+    lines += [f"warning  {w}" for w in study["warnings"]]
+    lines += ["", "Findings (P(present) vs threshold; * = positive)"]
+    width = max(len(f["label"]) for f in result["findings"])
+    for f in result["findings"]:
+        mark = "*" if f["positive"] else " "
+        lines.append(f"  {mark} {f['label']:<{width}}  {f['probability']:.3f}  {_bar(f['probability'])}  "
+                     f"thr {f['threshold']:.2f}")
+    if result["dictation"] is not None:
+        lines += ["", f"Dictation ({result['inputs']['audio']})"]
+        for status in ("present", "absent"):
+            said = [d["label"] for d in result["dictation"] if d["status"] == status]
+            lines.append(f"  {'reported ' + status + ':':<19} {', '.join(said) if said else '-'}")
+        lines += ["", "Discrepancies"]
+        if not result["discrepancies"]:
+            lines.append("  none: the dictation agrees with the image on every finding")
+        for d in result["discrepancies"]:
+            lines.append(f"  {d['kind']:<11} {d['label']:<{width}}  image P={d['probability']:.2f} "
+                         f"(thr {d['threshold']:.2f}), dictation: {d['dictation_status']} "
+                         f"({d['dictation_confidence']:.2f})")
+    elif result["inputs"]["audio"] is not None:
+        lines += ["", "Dictation: the bundle has no dictation head"]
+    if result["similar"] is not None:
+        lines += ["", "Similar studies"]
+        if not result["similar"]:
+            lines.append("  none (the library is empty)")
+        for hit in result["similar"]:
+            s = hit["study"]
+            lines.append(f"  {hit['score']:+.3f}  {s.get('path') or hit['uid']}  {s.get('description') or ''}".rstrip())
+    t = result["timings_ms"]
+    lines += ["", "Timings  " + ", ".join(
+        f"{name} {fmt_ms(t[key])}" for name, key in (
+            ("reading study", "load_study"), ("loading models", "load_models"), ("CT encoding", "encode_ct"), ("speech encoding", "encode_speech"),
+            ("ranking", "rank"), ("dictation", "dictation"), ("search", "similar"), ("total", "total"))
+        if t.get(key) is not None) + (" (CT embedding from cache)" if result["cached"]["ct"] else "")]
+    return "\n".join(lines)
+
+
+@one_line_warnings
+def run(args: argparse.Namespace) -> int:
+    from engine.audio import load_audio
+    from engine.errors import SpeechCTError
+
+    if args.similar < 0:
+        raise SpeechCTError(f"--similar must be >= 0, got {args.similar}")
+    waveform = load_audio(args.audio) if args.audio else None  # fail on a bad file before loading models
+    engine = make_engine(args)
+    analysis = engine.analyze(Path(args.ct), waveform, 16_000 if waveform is not None else None,
+                              series=args.series, similar_k=args.similar)
+    out = analysis.to_json()
+    result = {"schema": out.pop("schema"),
+              "inputs": {"ct": str(args.ct), "series": args.series, "audio": args.audio}, **out}
+    if args.json:
+        json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        print(format_text(result))
+    return 0

@@ -1,0 +1,574 @@
+"""``Engine``: the one object the CLI, the desktop app and scripts call to use a model bundle.
+
+What it does: loads a bundle (default ``assets/models/default``, or ``$SPEECHCT_BUNDLE``), picks
+the device (CUDA with bf16 — fp16 where bf16 is unsupported — autocast when present, else CPU;
+logged once), and offers the public calls:
+
+- ``encode_ct(volume) -> [D]``, ``encode_speech(waveform, sample_rate) -> [D]``,
+  ``encode_text(text) -> [D]``: float32 numpy, unit L2 norm, in the bundle's shared space;
+- ``rank(ct_emb)``, ``dictation(speech_emb)``, ``discrepancies(findings, dictation)`` (the
+  ``engine.findings`` implementations with this bundle's prompts, thresholds and head);
+- ``similar(ct=, speech=, text=, k=, exclude_uids=)``: nearest studies of the library;
+- ``analyze(volume, waveform, sample_rate) -> Analysis`` (all of the above, timed per stage).
+
+CT embeddings are cached by study key (the series UID for DICOM, a sha256 of the voxels for
+NIfTI or UID-less series; :func:`engine.library_store.study_key`) + bundle hash: in memory (LRU)
+and, unless ``cache_dir=False``, on disk under ``<platformdirs user cache>/speechct/embeddings``
+(``$SPEECHCT_EMBEDDING_CACHE`` overrides the folder).
+
+Threads: one GUI thread plus workers may call any method; model calls run one at a time under
+an ``RLock`` (torch already uses every core inside one call; ``threads=`` sets that count).
+No network: ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` are set before transformers can load,
+and every backbone is opened with ``local_files_only``.
+
+``Analysis.to_json()`` schema (``ANALYSIS_SCHEMA`` = 1)::
+
+    {
+      "schema": 1,
+      "bundle": {"name": str | null, "hash": str, "path": str},
+      "device": str,                              # "cpu" | "cuda:0" ...
+      "study": {"uid": str, "path": str | null, "study_uid": str | null, "series_uid": str | null,
+                "format": str | null, "shape": [int, int, int],        # (z, y, x) voxels
+                "spacing": [float, float, float],                      # (z, y, x) mm
+                "warnings": [str]},
+      "findings": [{"label": str, "probability": float,   # P(present), CT-CLIP pair softmax
+                    "threshold": float, "positive": bool}],  # most probable first
+      "dictation": null | [{"label": str, "status": "present" | "absent" | "not mentioned",
+                            "confidence": float,
+                            "probabilities": {"present": float, "absent": float, "not mentioned": float}}],
+      "discrepancies": null | [{"label": str, "kind": "negated" | "omitted" | "unsupported",
+                                "probability": float, "threshold": float,
+                                "margin": float,             # probability - threshold
+                                "dictation_status": str, "dictation_confidence": float}],
+      "similar": null | [{"uid": str, "score": float,         # cosine, or combined z-score (engine.library)
+                          "cosines": {"<query>→<library kind>": float},
+                          "study": {...}}],                  # engine.library_store.StudyRecord.to_json()
+      "timings_ms": {"load_study": float | null,             # reading the files (null: Volume given)
+                     "load_models": float, "encode_ct": float, "encode_speech": float | null,
+                     "rank": float, "dictation": float | null, "similar": float | null, "total": float},
+      "cached": {"ct": bool}                      # the CT embedding came from the cache
+    }
+
+``dictation`` and ``discrepancies`` are null without audio; ``similar`` is null when no library
+search was asked for. ``dictation`` keeps label order; ``discrepancies`` are most serious first.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything can import transformers / huggingface_hub: they read these once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import contextlib  # noqa: E402
+import hashlib  # noqa: E402
+import logging  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections import OrderedDict  # noqa: E402
+from collections.abc import Iterable  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from engine.errors import AudioError, BundleError, SpeechCTError  # noqa: E402
+from engine.findings import (  # noqa: E402
+    DictationFinding,
+    Discrepancy,
+    FindingScore,
+    dictation_findings,
+    rank_findings,
+)
+from engine.findings import discrepancies as find_discrepancies  # noqa: E402
+from engine.volume import Volume  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_SCHEMA = 1
+ENV_BUNDLE = "SPEECHCT_BUNDLE"
+ENV_EMBEDDING_CACHE = "SPEECHCT_EMBEDDING_CACHE"
+#: Repository-relative default bundle (the package sits next to ``assets/`` in a checkout).
+DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "assets" / "models" / "default"
+MEMORY_CACHE_SIZE = 256
+
+_device_logged: set[str] = set()
+_device_log_lock = threading.Lock()
+
+
+def default_bundle_path() -> Path:
+    """``$SPEECHCT_BUNDLE`` when set, else ``assets/models/default`` of this checkout."""
+    env = os.environ.get(ENV_BUNDLE)
+    return Path(env).expanduser() if env else DEFAULT_BUNDLE
+
+
+def default_embedding_cache() -> Path:
+    env = os.environ.get(ENV_EMBEDDING_CACHE)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("speechct")) / "embeddings"
+
+
+def choose_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto``: the first CUDA device when torch sees one, else the CPU. Anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SpeechCTError(f"device {device!r} was asked for but torch sees no CUDA device")
+    return dev
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA devices that support it, fp16 on older ones, None (float32) on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _unit(vector: torch.Tensor | np.ndarray) -> np.ndarray:
+    v = np.asarray(vector.detach().float().cpu().numpy() if isinstance(vector, torch.Tensor) else vector,
+                   dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(v))
+    if not np.isfinite(norm) or norm == 0.0:
+        raise SpeechCTError("the encoder produced a zero or non-finite embedding")
+    return v / norm
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
+
+
+@dataclass
+class Analysis:
+    """The result of :meth:`Engine.analyze`; :meth:`to_json` follows the module docstring's schema."""
+
+    bundle: dict[str, Any]
+    device: str
+    study: dict[str, Any]
+    findings: list[FindingScore]
+    dictation: list[DictationFinding] | None = None
+    discrepancies: list[Discrepancy] | None = None
+    similar: list[dict[str, Any]] | None = None
+    timings: dict[str, float | None] = field(default_factory=dict)  # ms per stage
+    cached: dict[str, bool] = field(default_factory=dict)
+    ct_embedding: np.ndarray | None = None
+    speech_embedding: np.ndarray | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": ANALYSIS_SCHEMA,
+            "bundle": dict(self.bundle),
+            "device": self.device,
+            "study": dict(self.study),
+            "findings": [asdict(f) for f in self.findings],
+            "dictation": None if self.dictation is None else [asdict(d) for d in self.dictation],
+            "discrepancies": None if self.discrepancies is None else [asdict(d) for d in self.discrepancies],
+            "similar": None if self.similar is None else [dict(s) for s in self.similar],
+            "timings_ms": dict(self.timings),
+            "cached": dict(self.cached),
+        }
+
+
+class _EmbeddingCache:
+    """LRU in memory + ``.npy`` files on disk (atomic writes), keyed by (bundle hash, study key)."""
+
+    def __init__(self, bundle_hash: str, folder: Path | None, size: int = MEMORY_CACHE_SIZE):
+        self.bundle_hash = bundle_hash
+        self.folder = None if folder is None else Path(folder) / bundle_hash[:16]
+        self.size = size
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _file(self, key: str) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder / (hashlib.sha256(key.encode("utf-8")).hexdigest()[:32] + ".npy")
+
+    def get(self, key: str) -> np.ndarray | None:
+        with self._lock:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                return self._memory[key].copy()
+        path = self._file(key)
+        if path is not None and path.is_file():
+            try:
+                vec = np.load(path, allow_pickle=False)
+            except (OSError, ValueError):
+                return None  # a damaged cache file is recomputed, never trusted
+            self._remember(key, vec)
+            return vec.copy()
+        return None
+
+    def put(self, key: str, vec: np.ndarray) -> None:
+        self._remember(key, vec)
+        path = self._file(key)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            with open(tmp, "wb") as fh:
+                np.save(fh, vec, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only cache folder costs speed, not correctness
+            log.warning("embedding cache not written (%s): %s", path.parent, exc)
+
+    def _remember(self, key: str, vec: np.ndarray) -> None:
+        with self._lock:
+            self._memory[key] = np.asarray(vec, dtype=np.float32).copy()
+            self._memory.move_to_end(key)
+            while len(self._memory) > self.size:
+                self._memory.popitem(last=False)
+
+
+class Engine:
+    """See the module docstring. Models load lazily, on first use, under the engine's lock.
+
+    ``bundle``: a bundle folder (default :func:`default_bundle_path`). ``device``: ``"auto"``,
+    ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... ``library``: a library folder for :meth:`similar`
+    (default: ``engine.library``'s own default under platformdirs' user data dir, opened on first
+    use). ``threads``: torch intra-op threads (None leaves torch's choice; process-wide).
+    ``cache_dir``: the on-disk CT embedding cache (None = default, False = memory only).
+    ``check_hashes``: verify every bundle file's sha256 on load.
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path | None = None,
+        *,
+        device: str | torch.device = "auto",
+        library: str | Path | None = None,
+        threads: int | None = None,
+        cache_dir: str | Path | bool | None = None,
+        check_hashes: bool = True,
+    ):
+        from engine.weights.bundle import load_bundle
+
+        started = time.perf_counter()
+        if threads is not None:
+            if threads < 1:
+                raise SpeechCTError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(int(threads))
+        self.bundle_path = Path(bundle).expanduser() if bundle is not None else default_bundle_path()
+        if not self.bundle_path.exists() and bundle is None:
+            raise BundleError(
+                f"no model bundle at the default location (set ${ENV_BUNDLE} or pass --bundle DIR)",
+                self.bundle_path,
+            )
+        self.bundle = load_bundle(self.bundle_path, check_hashes=check_hashes)
+        self.device = choose_device(device)
+        self.amp_dtype = autocast_dtype(self.device)
+        with _device_log_lock:
+            if str(self.device) not in _device_logged:
+                _device_logged.add(str(self.device))
+                extra = f" with {str(self.amp_dtype).replace('torch.', '')} autocast" if self.amp_dtype else ""
+                log.info("SpeechCT engine runs on %s%s", self.device, extra)
+        self.dim = int(self.bundle.manifest["space"]["dim"])
+        self.logit_scale = float(self.bundle.manifest["space"]["logit_scale"])
+        self.labels = tuple(self.bundle.labels)
+        self._lock = threading.RLock()
+        self._models: dict[str, Any] = {}
+        self.load_timings_ms: dict[str, float] = {"bundle": _ms(time.perf_counter() - started)}
+        if cache_dir is False:
+            folder = None
+        elif cache_dir is None or cache_dir is True:
+            folder = default_embedding_cache()
+        else:
+            folder = Path(cache_dir).expanduser()
+        self._ct_cache = _EmbeddingCache(self.bundle.hash, folder)
+        self._library_path = None if library is None else Path(library).expanduser()
+        self._library = None
+
+    # ----------------------------------------------------------------- bundle facts
+
+    @property
+    def bundle_hash(self) -> str:
+        return self.bundle.hash
+
+    @property
+    def bundle_name(self) -> str | None:
+        return self.bundle.manifest.get("name")
+
+    @property
+    def has_speech(self) -> bool:
+        return "speech" in self.bundle.manifest and "speech_head" in self.bundle.groups
+
+    @property
+    def has_text(self) -> bool:
+        return "text" in self.bundle.manifest and "text_head" in self.bundle.groups
+
+    @property
+    def has_dictation_head(self) -> bool:
+        return "dictation_head" in self.bundle.manifest
+
+    def describe(self) -> dict[str, Any]:
+        """``{"name", "hash", "path"}`` of the bundle (the ``bundle`` field of every JSON output)."""
+        return {"name": self.bundle_name, "hash": self.bundle_hash, "path": str(self.bundle.path)}
+
+    # ----------------------------------------------------------------- models
+
+    def _model(self, name: str):
+        """Build (once) and return one model: ``ct``, ``speech``, ``text``, ``dictation``, ``prompts``."""
+        with self._lock:
+            if name in self._models:
+                return self._models[name]
+            from engine import model_loading as ml
+
+            started = time.perf_counter()
+            builders = {
+                "ct": ml.build_ct_encoder,
+                "speech": ml.build_speech_student,
+                "text": ml.build_text_tower,
+                "dictation": ml.build_dictation_head,
+                "prompts": ml.build_prompt_bank,
+                "spec": ml.preprocess_spec,
+                "thresholds": ml.thresholds,
+            }
+            model = builders[name](self.bundle)
+            if isinstance(model, torch.nn.Module):
+                model = model.to(self.device).eval()
+            self._models[name] = model
+            self.load_timings_ms[name] = _ms(time.perf_counter() - started)
+            return model
+
+    def warm_up(self, *names: str) -> dict[str, float]:
+        """Load the named models now (default: CT encoder, prompts, speech student and dictation head
+        when the bundle has them), so that the first call is not the slow one. Returns load ms."""
+        names = names or tuple(n for n, ok in (("spec", True), ("ct", True), ("prompts", True),
+                                               ("thresholds", True), ("speech", self.has_speech),
+                                               ("dictation", self.has_dictation_head)) if ok)
+        for name in names:
+            self._model(name)
+        return dict(self.load_timings_ms)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ----------------------------------------------------------------- encoders
+
+    def study_key(self, volume: Volume) -> str:
+        """The cache / library key of a volume (series UID, or sha256 of the voxels)."""
+        from engine.library_store import study_key
+
+        return study_key(volume)
+
+    def encode_ct(self, volume: Volume | str | Path, *, series: str | None = None) -> np.ndarray:
+        """Unit-norm CT embedding ``[D]`` (float32) of a volume (or of the study at a path)."""
+        return self._encode_ct(volume, series)[0]
+
+    def _encode_ct(self, volume, series=None) -> tuple[np.ndarray, bool]:
+        if not isinstance(volume, Volume):
+            volume = self.load_study(volume, series)
+        key = self.study_key(volume)
+        cached = self._ct_cache.get(key)
+        if cached is not None:
+            return cached, True
+        from engine.preprocess import prepare_ct
+
+        prepared = prepare_ct(volume, self._model("spec"))
+        x = torch.from_numpy(np.ascontiguousarray(prepared, dtype=np.float32))[None, None]
+        with self._lock:
+            model = self._model("ct")
+            with torch.inference_mode(), self._autocast():
+                emb = model(x.to(self.device))
+        vec = _unit(emb[0])
+        self._ct_cache.put(key, vec)
+        return vec, False
+
+    def encode_speech(self, waveform: np.ndarray, sample_rate: int = 16_000) -> np.ndarray:
+        """Unit-norm speech embedding ``[D]`` of a mono (or ``[samples, channels]``) waveform."""
+        from engine.audio import MIN_SAMPLES, to_16k
+
+        if not self.has_speech:
+            raise BundleError("bundle has no speech encoder", self.bundle.path)
+        wav = to_16k(np.asarray(waveform), sample_rate)
+        if wav.size < MIN_SAMPLES:
+            raise AudioError(f"dictation too short: {wav.size / 16000 * 1000:.0f} ms (need at least 25 ms)")
+        if not np.isfinite(wav).all():
+            raise AudioError("dictation holds NaN or infinite samples")
+        with self._lock:
+            model = self._model("speech")
+            with torch.inference_mode(), self._autocast():
+                emb = model.embed_audio(wav)
+        return _unit(emb)
+
+    def encode_audio_file(self, path: str | Path) -> np.ndarray:
+        """:meth:`encode_speech` of an audio file (any libsndfile format and rate)."""
+        from engine.audio import load_audio
+
+        return self.encode_speech(load_audio(path), 16_000)
+
+    def encode_text(self, text: str) -> np.ndarray:
+        """Unit-norm text-tower embedding ``[D]`` of a typed query (needs the bundle's text tower)."""
+        if not isinstance(text, str) or not text.strip():
+            raise SpeechCTError("text query is empty")
+        if not self.has_text:
+            raise BundleError("bundle has no text tower: typed-text queries are not available", self.bundle.path)
+        with self._lock:
+            tower = self._model("text")
+            with torch.inference_mode():
+                emb = tower.encode([text.strip()])
+        return _unit(emb[0])
+
+    # ----------------------------------------------------------------- findings
+
+    def _check_dim(self, vec, what: str) -> np.ndarray:
+        v = np.asarray(vec, dtype=np.float32).reshape(-1)
+        if v.size != self.dim:
+            raise SpeechCTError(f"{what} embedding has {v.size} values, the bundle's space has {self.dim}")
+        return v
+
+    def rank(self, ct_emb) -> list[FindingScore]:
+        """The bundle's findings for one CT embedding, most probable first (zero-shot prompts, thresholds)."""
+        v = self._check_dim(ct_emb, "CT")
+        return rank_findings(v, self._model("prompts"), self.logit_scale, self._model("thresholds"))
+
+    def dictation(self, speech_emb) -> list[DictationFinding]:
+        """What the dictation says about each finding (the bundle's dictation head), label order."""
+        if not self.has_dictation_head:
+            raise BundleError("bundle has no dictation head", self.bundle.path)
+        v = self._check_dim(speech_emb, "speech")
+        head = self._model("dictation")
+        with self._lock, torch.inference_mode():
+            logits = head(torch.from_numpy(v)[None].to(next(head.parameters()).device))[0].float().cpu()
+        section = self.bundle.manifest["dictation_head"]
+        return dictation_findings(logits, labels=tuple(section["labels"]), classes=tuple(section["classes"]))
+
+    def discrepancies(self, findings, dictation, *, min_dictation_confidence: float = 0.0) -> list[Discrepancy]:
+        """Image vs dictation disagreements. ``findings``: :meth:`rank`'s list or a CT embedding;
+        ``dictation``: :meth:`dictation`'s list or a speech embedding."""
+        if not (isinstance(findings, list) and all(isinstance(f, FindingScore) for f in findings)):
+            findings = self.rank(findings)
+        if not (isinstance(dictation, list) and all(isinstance(d, DictationFinding) for d in dictation)):
+            dictation = self.dictation(dictation)
+        return find_discrepancies(findings, dictation, min_dictation_confidence=min_dictation_confidence)
+
+    # ----------------------------------------------------------------- library
+
+    @property
+    def library(self):
+        """The study library (opened on first use) for this bundle's hash and space."""
+        with self._lock:
+            if self._library is None:
+                from engine.library import Library
+
+                self._library = Library(self._library_path, bundle_hash=self.bundle_hash, dim=self.dim)
+            return self._library
+
+    def similar(
+        self,
+        ct=None,
+        speech=None,
+        text=None,
+        k: int = 10,
+        exclude_uids: Iterable[str] = (),
+        *,
+        dictation=None,
+        weights: dict[str, float] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Nearest library studies to the given query embeddings, best first.
+
+        ``ct``: a CT embedding (image to image); ``speech``: a spoken free-form query (matched to CT
+        vectors); ``dictation``: a spoken report (matched to CT and dictation vectors); ``text``: a
+        typed query, a string or its embedding. Several queries combine into one score by
+        ``engine.library``'s rule (z-scores, ``weights`` per kind). ``exclude_uids``: uids, series or
+        study UIDs or paths never returned (the query study's, see ``engine.library.query_uids``).
+        Returns ``{"uid", "score", "cosines", "study"}`` dicts (``engine.library.Hit.to_json``).
+        """
+        query = {}
+        for name, value in (("ct", ct), ("speech", speech), ("dictation", dictation), ("text", text)):
+            if value is None:
+                continue
+            if name == "text" and isinstance(value, str):
+                value = self.encode_text(value)
+            query[name] = self._check_dim(value, name)
+        if not query:
+            raise SpeechCTError("a similarity search needs at least one of ct, speech, dictation or text")
+        if k < 1:
+            raise SpeechCTError(f"k must be >= 1, got {k}")
+        hits = self.library.search(query, k=k, exclude_uids=tuple(exclude_uids), weights=weights)
+        return [{"uid": h.record.uid, **h.to_json()} for h in hits]
+
+    # ----------------------------------------------------------------- all at once
+
+    def load_study(self, path: str | Path, series: str | None = None) -> Volume:
+        from engine.io import load_volume
+
+        return load_volume(path, series)
+
+    def analyze(
+        self,
+        volume: Volume | str | Path,
+        waveform: np.ndarray | None = None,
+        sample_rate: int | None = None,
+        *,
+        series: str | None = None,
+        similar_k: int = 0,
+    ) -> Analysis:
+        """Findings, and with a waveform the dictation and discrepancies; ``similar_k > 0`` also
+        searches the library (the query study excluded). Timings in ms per stage."""
+        t_all = time.perf_counter()
+        timings: dict[str, float | None] = {"load_study": None, "encode_speech": None, "dictation": None,
+                                            "similar": None}
+        if not isinstance(volume, Volume):
+            volume = self.load_study(volume, series)
+            timings["load_study"] = _ms(time.perf_counter() - t_all)
+        t = time.perf_counter()
+        self.warm_up(*(("spec", "ct", "prompts", "thresholds")
+                       + (("speech",) if waveform is not None else ())
+                       + (("dictation",) if waveform is not None and self.has_dictation_head else ())))
+        timings["load_models"] = _ms(time.perf_counter() - t)
+        t = time.perf_counter()
+        ct_emb, was_cached = self._encode_ct(volume)
+        timings["encode_ct"] = _ms(time.perf_counter() - t)
+        t = time.perf_counter()
+        findings = self.rank(ct_emb)
+        timings["rank"] = _ms(time.perf_counter() - t)
+        dictation = discrepancies = speech_emb = None
+        if waveform is not None:
+            if sample_rate is None:
+                raise AudioError("a waveform needs its sample_rate")
+            t = time.perf_counter()
+            speech_emb = self.encode_speech(waveform, sample_rate)
+            timings["encode_speech"] = _ms(time.perf_counter() - t)
+            if self.has_dictation_head:
+                t = time.perf_counter()
+                dictation = self.dictation(speech_emb)
+                discrepancies = self.discrepancies(findings, dictation)
+                timings["dictation"] = _ms(time.perf_counter() - t)
+        uid = self.study_key(volume)
+        hits = None
+        if similar_k > 0:
+            t = time.perf_counter()
+            from engine.library import query_uids
+
+            hits = self.similar(ct=ct_emb, dictation=speech_emb, k=similar_k, exclude_uids=query_uids(volume, series))
+            timings["similar"] = _ms(time.perf_counter() - t)
+        timings["total"] = _ms(time.perf_counter() - t_all)
+        md = volume.metadata
+        study = {
+            "uid": uid,
+            "path": md.get("source"),
+            "study_uid": md.get("study_uid"),
+            "series_uid": md.get("series_uid"),
+            "format": md.get("format"),
+            "shape": [int(s) for s in volume.shape],
+            "spacing": [float(s) for s in volume.spacing],
+            "warnings": list(volume.warnings),
+        }
+        return Analysis(
+            bundle=self.describe(), device=str(self.device), study=study, findings=findings,
+            dictation=dictation, discrepancies=discrepancies, similar=hits,
+            timings={k: timings[k] for k in ("load_study", "load_models", "encode_ct", "encode_speech", "rank", "dictation",
+                                             "similar", "total")},
+            cached={"ct": was_cached}, ct_embedding=ct_emb, speech_embedding=speech_emb,
+        )
+

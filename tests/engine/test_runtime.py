@@ -1,0 +1,169 @@
+"""engine.runtime.Engine on the tiny bundle: ranking, dictation, discrepancies on controlled
+embeddings; CT caching (memory and disk, per bundle); speech; analyze()'s JSON schema; threads."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from engine.errors import AudioError, BundleError, SpeechCTError
+from engine.findings import LABELS
+from engine.runtime import ANALYSIS_SCHEMA, Engine, choose_device
+from engine.volume import Volume
+
+from .tiny_bundle import DIM, N, embedding, tiny_bundle_path
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    return Engine(tiny_bundle_path(), cache_dir=tmp_path_factory.mktemp("emb"), device="cpu")
+
+
+def phantom(seed: int, uid: str | None = None) -> Volume:
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (20, 40, 40)), indexing="ij")
+    hu = np.where(y**2 + x**2 < 0.8, 40.0, -1000.0) + rng.normal(0, 20, (20, 40, 40))
+    meta = {"format": "dicom", "series_uid": uid} if uid else {"format": "nifti"}
+    return Volume(hu.astype(np.float32), spacing=(16.0, 9.0, 9.0), metadata=meta)
+
+
+def test_offline_is_set_before_transformers_loads():
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+def test_device_choice():
+    import torch
+
+    assert choose_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert choose_device("auto").type == "cpu"
+        with pytest.raises(SpeechCTError, match="no CUDA"):
+            choose_device("cuda")
+
+
+def test_missing_bundle_is_one_line(tmp_path):
+    with pytest.raises(BundleError, match="does not exist") as err:
+        Engine(tmp_path / "nope")
+    assert "\n" not in str(err.value)
+
+
+def test_rank_order_and_bundle_thresholds(engine):
+    v = embedding(present=("Lung nodule", "Pleural effusion"))
+    v[LABELS.index("Cardiomegaly")] = 0.02  # P ≈ sigmoid(2·10·0.02/|v|) ≈ 0.6: above 0.5, below its 0.7
+    found = engine.rank(v)
+    assert [f.label for f in found][:2] in (["Lung nodule", "Pleural effusion"], ["Pleural effusion", "Lung nodule"])
+    probs = [f.probability for f in found]
+    assert probs == sorted(probs, reverse=True) and len(found) == N
+    by = {f.label: f for f in found}
+    assert by["Lung nodule"].positive and by["Pleural effusion"].positive
+    card = by["Cardiomegaly"]
+    assert 0.5 < card.probability < 0.7 and card.threshold == 0.7 and not card.positive
+    assert sum(f.positive for f in found) == 2
+    with pytest.raises(SpeechCTError, match="64"):
+        engine.rank(np.ones(DIM + 1))
+
+
+def test_dictation_and_discrepancies_on_controlled_embeddings(engine):
+    ct = embedding(present=("Lung nodule", "Consolidation", "Pleural effusion"))
+    speech = embedding(present=("Pleural effusion", "Emphysema"), absent=("Lung nodule",))
+    said = {d.label: d.status for d in engine.dictation(speech)}
+    assert said["Pleural effusion"] == "present" and said["Emphysema"] == "present"
+    assert said["Lung nodule"] == "absent" and said["Consolidation"] == "not mentioned"
+    assert [d.label for d in engine.dictation(speech)] == list(LABELS)  # label order kept
+    found = engine.discrepancies(engine.rank(ct), engine.dictation(speech))
+    assert [(d.kind, d.label) for d in found] == [
+        ("negated", "Lung nodule"), ("omitted", "Consolidation"), ("unsupported", "Emphysema")]
+    # embeddings are accepted in place of the lists
+    assert engine.discrepancies(ct, speech) == found
+    # a dictation that says exactly what the image shows: no discrepancy
+    agree = embedding(present=("Lung nodule", "Consolidation", "Pleural effusion"))
+    assert engine.discrepancies(ct, agree) == []
+
+
+def test_encode_ct_unit_norm_and_cached(engine, tmp_path):
+    vol = phantom(1, uid="1.2.3.4")
+    first = engine.encode_ct(vol)
+    assert first.shape == (DIM,) and first.dtype == np.float32
+    assert abs(np.linalg.norm(first) - 1) < 1e-5
+    again = engine.analyze(vol)
+    assert again.cached == {"ct": True}
+    np.testing.assert_array_equal(again.ct_embedding, first)
+    # NIfTI volumes (no UID) are keyed by content: different voxels, different embedding
+    a, b = engine.encode_ct(phantom(2)), engine.encode_ct(phantom(3))
+    assert not np.allclose(a, b)
+    # another process (a fresh engine) finds the disk cache; memory-only engines do not
+    fresh = Engine(tiny_bundle_path(), cache_dir=engine._ct_cache.folder.parent, device="cpu")
+    assert fresh.analyze(vol).cached == {"ct": True}
+    assert Engine(tiny_bundle_path(), cache_dir=False).analyze(vol).cached == {"ct": False}
+
+
+def test_encode_speech(engine):
+    t = np.arange(8000 * 2) / 8000
+    wav = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    vec = engine.encode_speech(wav, 8000)  # resampled to 16 kHz inside
+    assert vec.shape == (DIM,) and abs(np.linalg.norm(vec) - 1) < 1e-5
+    np.testing.assert_allclose(engine.encode_speech(wav, 8000), vec, atol=1e-6)
+    with pytest.raises(AudioError, match="too short"):
+        engine.encode_speech(np.zeros(100, np.float32), 16000)
+
+
+def test_analyze_json_schema(engine):
+    t = np.arange(16000) / 16000
+    wav = (0.2 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    result = engine.analyze(phantom(4, uid="9.8.7"), wav, 16000).to_json()
+    json.dumps(result)  # JSON-clean
+    assert set(result) == {"schema", "bundle", "device", "study", "findings", "dictation", "discrepancies",
+                           "similar", "timings_ms", "cached"}
+    assert result["schema"] == ANALYSIS_SCHEMA and result["device"] == "cpu"
+    assert set(result["bundle"]) == {"name", "hash", "path"} and len(result["bundle"]["hash"]) == 64
+    assert set(result["study"]) == {"uid", "path", "study_uid", "series_uid", "format", "shape", "spacing",
+                                    "warnings"}
+    assert result["study"]["uid"] == "9.8.7" and result["study"]["shape"] == [20, 40, 40]
+    assert [set(f) for f in result["findings"]] == [{"label", "probability", "threshold", "positive"}] * N
+    assert len(result["dictation"]) == N
+    assert set(result["dictation"][0]) == {"label", "status", "confidence", "probabilities"}
+    assert set(result["dictation"][0]["probabilities"]) == {"present", "absent", "not mentioned"}
+    assert isinstance(result["discrepancies"], list) and result["similar"] is None
+    assert set(result["timings_ms"]) == {"load_study", "load_models", "encode_ct", "encode_speech", "rank",
+                                         "dictation", "similar", "total"}
+    assert result["timings_ms"]["load_study"] is None and result["timings_ms"]["encode_speech"] > 0
+    no_audio = engine.analyze(phantom(4, uid="9.8.7")).to_json()
+    assert no_audio["dictation"] is None and no_audio["discrepancies"] is None
+
+
+def test_threads_share_one_engine(engine):
+    engine_mem = Engine(tiny_bundle_path(), cache_dir=False, device="cpu")
+    vols = [phantom(10 + i) for i in range(4)]
+    expected = [engine_mem.encode_ct(v) for v in vols]
+    engine_mem._ct_cache._memory.clear()
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(i):
+        try:
+            results[i] = engine_mem.encode_ct(vols[i])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(4):
+        np.testing.assert_allclose(results[i], expected[i], atol=1e-6)
+
+
+def test_text_query_embedding(engine):
+    vec = engine.encode_text("right lower lobe consolidation")
+    assert vec.shape == (DIM,) and abs(np.linalg.norm(vec) - 1) < 1e-5
+    with pytest.raises(SpeechCTError, match="empty"):
+        engine.encode_text("  ")
