@@ -39,8 +39,9 @@ study (resumable).
 **Backends.** ``"numpy"``: exact search over one contiguous matrix (float32 or float16, see
 :mod:`engine.vector_index`). ``"faiss"``: a FAISS index over the same rows (flat = exact up to
 ``IVF_MIN_ROWS`` rows per kind, IVF above), whose candidates are re-scored exactly; combined
-queries then rank the union of each pair's top candidates. ``"auto"``: FAISS when it is installed
-and the library holds ≥ :data:`AUTO_FAISS_MIN_ROWS` studies, numpy otherwise. Both keep the numpy
+queries then rank the union of each pair's top candidates. ``"auto"``: FAISS (IVF) when it is
+installed and the library holds ≥ :data:`AUTO_FAISS_MIN_ROWS` studies (1e6), numpy otherwise: on this
+CPU FAISS's flat search is slower than numpy's matrix-vector product (``bench/library_search.py``). Both keep the numpy
 matrix (for exact re-scoring), so FAISS doubles the memory of the vectors.
 
 Thread-safe: one lock serialises calls of one ``Library``; several processes may open the same
@@ -71,7 +72,7 @@ from engine.library_store import (
     update_study,
     utc_now,
 )
-from engine.vector_index import ExactIndex, FaissIndex, check_dtype, faiss_available, top_k
+from engine.vector_index import IVF_MIN_ROWS, ExactIndex, FaissIndex, check_dtype, faiss_available, top_k
 from engine.volume import Volume
 
 __all__ = [
@@ -95,7 +96,9 @@ QUERY_TARGETS: dict[str, tuple[str, ...]] = {
     "text": ("ct",),
 }
 QUERY_KINDS = tuple(QUERY_TARGETS)
-AUTO_FAISS_MIN_ROWS = 200_000
+#: "auto" uses FAISS from this many studies on: below it FAISS's flat index is no faster than numpy here
+#: (bench/library_search.py), at it FAISS switches to IVF.
+AUTO_FAISS_MIN_ROWS = IVF_MIN_ROWS
 BACKENDS = ("numpy", "faiss", "auto")
 
 
@@ -544,7 +547,11 @@ class Library:
                 cand = np.arange(len(universe))
             cosines, zs = self._pair_scores(indexes, queries, pairs, cand, exact_stats=not self._faiss)
             score = self._combine(queries, pairs, cosines, zs, weights)
-            score[np.isin(universe.ids[cand], excluded)] = -np.inf
+            if len(excluded) and self._faiss:
+                score[np.isin(universe.ids[cand], excluded)] = -np.inf
+            elif len(excluded):  # cand is every row: positions are binary searches
+                drop = universe.positions(excluded)
+                score[drop[drop >= 0]] = -np.inf
             best = top_k(score, k)
             sids = universe.ids[cand[best]]
             records = self._records_by_id(sids)
@@ -584,8 +591,14 @@ class Library:
             have = pos >= 0
             if exact_stats:  # every row of this kind is scored: exact mean and std over the library
                 full = index.scores(qv)[:, 0]
-                cos[have] = full[pos[have]]
-                mean, std = (float(full.mean()), float(full.std())) if len(full) else (0.0, 0.0)
+                if t == "ct":
+                    cos = full
+                else:
+                    cos[have] = full[pos[have]]
+                if len(pairs) == 1:  # a lone cosine is the score itself: no statistics needed
+                    mean, std = 0.0, 1.0
+                else:
+                    mean, std = (float(full.mean()), float(full.std())) if len(full) else (0.0, 0.0)
             else:
                 if have.any():
                     cos[have] = index.score_rows(pos[have], qv)[:, 0]
@@ -600,8 +613,9 @@ class Library:
     @staticmethod
     def _combine(queries, pairs, cosines, zs, weights) -> np.ndarray:
         if len(pairs) == 1:
-            only = cosines[pairs[0]].astype(np.float64)
-            return np.where(np.isfinite(only), only, -np.inf)
+            only = cosines[pairs[0]]
+            only[~np.isfinite(only)] = -np.inf
+            return only
         total = np.zeros(len(next(iter(cosines.values()))))
         weight_sum = np.zeros_like(total)
         for q in queries:

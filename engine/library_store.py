@@ -242,6 +242,12 @@ def decode_vectors(blobs: list[bytes], dtypes: list[str], dim: int, out_dtype: n
 
     Raises ValueError when a BLOB does not hold exactly ``dim`` values (a corrupt file).
     """
+    if len(set(dtypes)) == 1:  # the usual case: one join, one cast/copy into a writable matrix
+        item = np.dtype(dtypes[0]).newbyteorder("<")
+        raw = b"".join(blobs)
+        if len(raw) != len(blobs) * dim * item.itemsize:
+            raise ValueError(f"{dtypes[0]} vectors do not hold {dim} values each")
+        return np.frombuffer(raw, item).reshape(-1, dim).astype(out_dtype)
     out = np.empty((len(blobs), dim), out_dtype)
     kinds = np.array(dtypes, dtype=object)
     for dt in sorted(set(dtypes)):

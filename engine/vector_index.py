@@ -63,10 +63,13 @@ class ExactIndex:
 
     def reset(self, ids: np.ndarray, rows: np.ndarray) -> None:
         """Replace the contents (ids need not be sorted)."""
-        ids = np.asarray(ids, np.int64)
-        order = np.argsort(ids, kind="stable")
-        self._ids = ids[order].copy()
-        self._buf = np.ascontiguousarray(np.asarray(rows)[order], dtype=self.dtype).reshape(-1, self.dim)
+        ids = np.array(ids, np.int64)
+        rows = np.asarray(rows)
+        if len(ids) > 1 and not np.all(ids[1:] > ids[:-1]):  # already sorted (SQL ORDER BY): no copy
+            order = np.argsort(ids, kind="stable")
+            ids, rows = ids[order], rows[order]
+        self._ids = ids
+        self._buf = np.ascontiguousarray(rows, dtype=self.dtype).reshape(-1, self.dim)
         self._n = len(self._ids)
         self._moments = None
 

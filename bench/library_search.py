@@ -1,0 +1,207 @@
+"""Similar-study search speed: exact numpy (float32, float16) at 1e5 and FAISS (flat, IVF) at 1e6.
+
+    .venv/bin/python bench/library_search.py [--n 100000] [--n-large 1000000] [--dim 512]
+                                             [--queries 50] [--threads 2] [--skip-large]
+
+Random unit vectors at the bundle's dim (512) stand in for CT embeddings. Each row is one top-10
+query (one vector): the median wall time over ``--queries`` queries after one warm-up, and the
+median process-CPU time (all threads; steadier than wall on a shared machine).
+
+- ``numpy f32`` / ``numpy f16``: :class:`engine.vector_index.ExactIndex` (matrix @ q, then
+  argpartition); float16 rows are scored by torch's float16 kernel on the same memory.
+- ``library f32``: :meth:`engine.library.Library.search` end to end on a 1e5-study SQLite library
+  (scores + exclusion + fetching the 10 records), and the one-off load of its vectors from SQLite.
+- ``faiss flat``: ``IndexFlatIP`` (exact). ``faiss ivf nprobe=p``: ``IndexIVFFlat`` with √n lists,
+  recall@10 against the exact top 10. Random vectors have no cluster structure, the worst case
+  for IVF: real embeddings cluster and reach a given recall with fewer probes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from engine.vector_index import ExactIndex, FaissIndex, faiss_available, top_k  # noqa: E402
+
+K = 10
+
+
+def unit_rows(n: int, dim: int, seed: int, chunk: int = 100_000) -> np.ndarray:
+    """``[n, dim]`` float32 unit rows, generated in chunks (1e6 × 512 is 2 GB; no float64 copy)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, dim), np.float32)
+    for s in range(0, n, chunk):
+        block = rng.standard_normal((min(chunk, n - s), dim), dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        out[s : s + len(block)] = block
+    return out
+
+
+def timed(fn, queries: np.ndarray) -> tuple[float, float, list]:
+    """(median wall ms, median CPU ms, results) of ``fn(q)`` over the queries after a warm-up."""
+    fn(queries[0])
+    walls, cpus, results = [], [], []
+    for q in queries:
+        w, c = time.perf_counter(), time.process_time()
+        results.append(fn(q))
+        walls.append((time.perf_counter() - w) * 1e3)
+        cpus.append((time.process_time() - c) * 1e3)
+    return statistics.median(walls), statistics.median(cpus), results
+
+
+def exact_top(index: ExactIndex):
+    def run(q):
+        return index.ids[top_k(index.scores(q[None])[:, 0], K)]
+
+    return run
+
+
+def faiss_top(index: FaissIndex):
+    def run(q):
+        return index.search(q[None], K)[1][0]
+
+    return run
+
+
+def recall(got: list, truth: list) -> float:
+    return float(np.mean([len(set(map(int, g)) & set(map(int, t))) / K for g, t in zip(got, truth)]))
+
+
+def bench_library(rows: np.ndarray, queries: np.ndarray) -> tuple[float, float, float]:
+    """(load s, median wall ms, median CPU ms) of Library.search on a library holding ``rows``."""
+    from engine.library import Library
+    from engine.library_store import StudyRecord, insert_study, put_vector, utc_now
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = Library(tmp, bundle_hash="bench", dim=rows.shape[1], backend="numpy")
+        with lib._transaction():  # bulk fill in one transaction (add_study commits one study at a time)
+            now = utc_now()
+            for i, row in enumerate(rows):
+                rec = StudyRecord(
+                    f"1.2.{i}",
+                    "9",
+                    f"1.2.{i}",
+                    None,
+                    None,
+                    None,
+                    None,
+                    "CT",
+                    "dicom",
+                    1,
+                    None,
+                    "bench",
+                    None,
+                    now,
+                )
+                put_vector(lib._conn, insert_study(lib._conn, rec), "ct", row)
+        lib.close()
+        lib = Library(tmp, bundle_hash="bench", dim=rows.shape[1], backend="numpy")
+        t = time.perf_counter()
+        lib.search(queries[0], k=K)  # first search loads every vector from SQLite
+        load = time.perf_counter() - t
+        wall, cpu, _ = timed(lambda q: lib.search(q, k=K, exclude_uids=["1.2.0"]), queries)
+        lib.close()
+    return load, wall, cpu
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--n-large", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 32, 128])
+    ap.add_argument("--skip-large", action="store_true", help="only the 1e5 rows")
+    args = ap.parse_args(argv)
+
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if faiss_available():
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
+
+    table: list[tuple[str, int, float, float, str]] = []
+    queries = unit_rows(args.queries, args.dim, seed=1)
+    rows = unit_rows(args.n, args.dim, seed=0)
+    truth: list = []
+    for dtype in ("float32", "float16"):
+        index = ExactIndex(args.dim, dtype)
+        index.reset(np.arange(args.n), rows)
+        wall, cpu, got = timed(exact_top(index), queries)
+        note = ""
+        if dtype == "float16":
+            note = f"recall@10 vs f32 {recall(got, truth):.3f}"
+        else:
+            truth = got
+        table.append((f"numpy f{dtype[5:]}", args.n, wall, cpu, note))
+        del index
+    load, wall, cpu = bench_library(rows, queries)
+    table.append(("library f32 (search)", args.n, wall, cpu, f"load from SQLite {load:.2f} s"))
+    if faiss_available():
+        flat = FaissIndex(args.dim)
+        flat.build(np.arange(args.n), rows)
+        wall, cpu, got = timed(faiss_top(flat), queries)
+        table.append(("faiss flat", args.n, wall, cpu, f"recall@10 {recall(got, truth):.3f}"))
+        del flat
+    del rows
+
+    if not args.skip_large and faiss_available():
+        n = args.n_large
+        rows = unit_rows(n, args.dim, seed=2)
+        index = ExactIndex(args.dim)
+        index.reset(np.arange(n), rows)
+        wall, cpu, truth = timed(exact_top(index), queries)
+        table.append(("numpy f32", n, wall, cpu, "exact"))
+        del index
+        flat = FaissIndex(args.dim)
+        t = time.perf_counter()
+        flat.build(np.arange(n), rows)
+        built = time.perf_counter() - t
+        wall, cpu, got = timed(faiss_top(flat), queries)
+        table.append(("faiss flat", n, wall, cpu, f"recall@10 {recall(got, truth):.3f}, build {built:.1f} s"))
+        del flat
+        ivf = FaissIndex(args.dim, ivf_min_rows=1, nprobe=max(args.nprobe))
+        t = time.perf_counter()
+        ivf.build(np.arange(n), rows)
+        built = time.perf_counter() - t
+        nlist = ivf._index.nlist
+        for p in args.nprobe:
+            ivf._index.nprobe = p
+            wall, cpu, got = timed(faiss_top(ivf), queries)
+            table.append(
+                (
+                    f"faiss ivf nlist={nlist} nprobe={p}",
+                    n,
+                    wall,
+                    cpu,
+                    f"recall@10 {recall(got, truth):.3f}, build {built:.1f} s",
+                )
+            )
+
+    print(
+        f"\ntop-{K} query, dim {args.dim}, {args.queries} queries, {args.threads} threads "
+        "(wall times depend on what else runs on the machine)"
+    )
+    print(f"{'index':34s} {'rows':>9s} {'wall ms':>9s} {'cpu ms':>9s}  note")
+    for name, n, wall, cpu, note in table:
+        print(f"{name:34s} {n:9d} {wall:9.2f} {cpu:9.2f}  {note}")
+
+
+if __name__ == "__main__":
+    main()
