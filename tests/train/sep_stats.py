@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from engine.preprocess import CPU_SPEC, prepare_ct
-from train.synth.lesions import lymph_stations
+from train.synth.lesions import hernia_centre, lymph_stations
 
 
 def _prep_mask(phantom, mask: np.ndarray) -> np.ndarray:
@@ -53,14 +53,15 @@ def finding_stat(label: str, phantom) -> float:
         return float((img[shell] > 0.3).sum())
     if label == "Hiatal hernia":
         lm = phantom.landmarks
-        region = _prep_mask(phantom, _sphere_mask(phantom, lm.esophagus_hiatus + (25, 0, 0), 45.0)) & lung
-        return float((img[region] > -0.5).mean()) if region.any() else 0.0
+        region = _prep_mask(phantom, _sphere_mask(phantom, hernia_centre(lm, 20.0), 30.0) & ~m["lung"]
+                            & ~m["airway"])
+        return float((img[region] < -0.5).sum())  # gas where the mediastinum has none
     if label == "Lymphadenopathy":
         lm = phantom.landmarks
         fractions = []
         for side in (-1, 1):
             for c in lymph_stations(lm, side).values():
-                region = _prep_mask(phantom, _sphere_mask(phantom, c, 14.0))
+                region = _prep_mask(phantom, _sphere_mask(phantom, c, 22.0) & ~m["lung"])
                 v = img[region]
                 fractions.append(float(((v > -0.02) & (v < 0.1)).mean()) if v.size else 0.0)
         return max(fractions)
@@ -73,11 +74,23 @@ def finding_stat(label: str, phantom) -> float:
         for hil in phantom.landmarks.hila.values():
             far &= ~_sphere_mask(phantom, hil, 50.0)
         region = core & _prep_mask(phantom, far)
-        return float((img[region] > -0.25).sum())
+        # an in-plane opening keeps blobs of >= 2 x 2 voxels (5.6 mm) and drops thin vessels
+        blobs = ndimage.binary_opening((img > -0.35) & region, structure=np.ones((1, 2, 2), bool))
+        lab, n = ndimage.label(blobs)
+        count = 0
+        for sl in ndimage.find_objects(lab):
+            ext = [s.stop - s.start for s in sl]
+            if ext[0] <= 4 and max(ext[1:]) <= 7:  # compact: not a vessel running through slices
+                count += 1
+        return float(count)
     if label == "Lung opacity":
-        return float(((lv > -0.75) & (lv < -0.35)).mean())
+        return float(((lv > -0.7) & (lv < -0.4)).mean())
     if label == "Pulmonary fibrotic sequela":
-        return float(((lv > -0.6) & (lv < -0.1)).mean())
+        far = np.ones(phantom.volume.shape, bool)
+        for hil in phantom.landmarks.hila.values():
+            far &= ~_sphere_mask(phantom, hil, 50.0)
+        v = img[core & _prep_mask(phantom, far)]
+        return float(((v > -0.6) & (v < 0.1)).mean())
     if label == "Pleural effusion":
         return float(((lv > -0.05) & (lv < 0.1)).mean())
     if label == "Mosaic attenuation pattern":

@@ -20,15 +20,15 @@ TINY = Size((24, 48, 48), (14.0, 7.5, 7.5))
 
 @pytest.fixture(scope="module")
 def studies():
-    """(findings details, contrast) of 26 cohort patients, drawn on a tiny grid."""
+    """(findings details, contrast) of 17 cohort patients, drawn on a tiny grid."""
     out = []
-    for i, patient in enumerate(sample_cohort(26, seed=3)):
+    for i, patient in enumerate(sample_cohort(17, seed=3)):
         ph = make_phantom(500 + i, patient.present, size=TINY)
         out.append((ph.findings, ph.patient["contrast"], ph.labels))
     return out
 
 
-def _reports(studies, phrase_set, seeds=(0, 1, 2, 3)):
+def _reports(studies, phrase_set, seeds=(0, 1, 2, 3, 4, 5)):
     for findings, contrast, labels in studies:
         for s in seeds:
             yield write_report(findings, phrase_set=phrase_set, seed=s, contrast=contrast), labels

@@ -167,7 +167,7 @@ def build_anatomy(canvas: Canvas, an: Anatomy, rng: np.random.Generator) -> Land
     del maps
     body = depth > 0
     post = np.clip(Y2 / an.half_depth_post, 0, 1)
-    muscle_t = (an.muscle + 22.0 * post ** 2 * (np.abs(X2) < 70))[None]  # paraspinal muscles
+    muscle_t = (an.muscle + 24.0 * post ** 2 * np.exp(-(X2 / 60.0) ** 2))[None]  # paraspinal muscles
     rib_band = 11.0
     wall_in = (an.fat + muscle_t).astype(np.float32)
     cavity = depth > wall_in + rib_band
@@ -258,12 +258,15 @@ def build_anatomy(canvas: Canvas, an: Anatomy, rng: np.random.Generator) -> Land
     x_ap = np.where(X < 0, -0.5 * cav_hw, 0.5 * cav_hw)
     z_apex = an.apex - 70.0 * (((X - x_ap) ** 2 + (Y - 15.0) ** 2) / (0.55 * cav_hw) ** 2)
     hscale = an.heart_size * an.heart_scale
-    heart_r = np.array([46.0, 50.0, 62.0]) * hscale * (an.half_width / 155.0) ** 0.3
+    heart_r = np.array([44.0, 40.0, 58.0]) * hscale * (an.half_width / 155.0) ** 0.3
     heart_c = np.array([an.dome_left + heart_r[0] * 0.78, -0.30 * bc_ant + 8 * (hscale - 1) * 0,
                         22.0 + 30.0 * (hscale - 1.0)])
     heart_rot = rotation_matrix((1, 0, 0), np.deg2rad(an.heart_yaw_deg)) @ rotation_matrix((0, 0, 1),
                                                                                                np.deg2rad(-18))
-    med_w = np.where(Z > 40 * hs, 19.0, np.where(Z > 0, 27.0, 17.0))
+    # the mediastinum narrows anteriorly (the lungs nearly meet behind the sternum) and
+    # widens around the aortic arch; smooth in z so that its outline is not a box
+    med_base = 17.0 + 10.0 * np.exp(-((Z - 20.0 * hs) / 22.0) ** 2)
+    med_w = med_base * (0.45 + 0.55 * np.clip((Y + 0.6 * an.half_depth_ant) / (0.6 * an.half_depth_ant + vy), 0, 1))
     mediast = (np.abs(X - 3.0) < med_w) & (Y < vy + 5)
     cavity_lung = cavity & (Z > zd) & (Z < z_apex) & ~notch & ~mediast
     # heart with its pericardium and fat keeps the lung away
@@ -535,10 +538,10 @@ def build_anatomy(canvas: Canvas, an: Anatomy, rng: np.random.Generator) -> Land
     # ---- small peripheral vessels: zero-set intersections of two smooth fields -------------
     f1 = smooth_field(shape, canvas.spacing, 11.0, rng)[lung]
     f2 = smooth_field(shape, canvas.spacing, 11.0, rng)[lung]
-    tubes = np.exp(-(f1 ** 2 + f2 ** 2) * np.float32(1 / (2 * 0.14 ** 2)))
+    tubes = np.exp(-(f1 ** 2 + f2 ** 2) * np.float32(1 / (2 * 0.1 ** 2)))
     del f1, f2
     vals = hu[lung]
-    hu[lung] = vals + 0.75 * tubes * (blood - vals)
+    hu[lung] = vals + 0.65 * tubes * (blood - vals)
     del tubes, vals
 
     # ---- patient table --------------------------------------------------------------------

@@ -289,7 +289,7 @@ def draw_fibrotic(ctx: Context, d: dict) -> None:
             pts = [a + direction * t + rng.normal(0, 2.0, 3) * (t > 0) for t in np.linspace(0, length, 5)]
             paint_polyline(c, pts, rng.uniform(2.0, 3.2), rng.uniform(-100, 20), where=lung)
         # coarse reticulation around the bands
-        r = 36.0
+        r = 45.0
         hit = c.box(centre - r, centre + r)
         if hit is not None:
             sl, (gz, gy, gx) = hit
@@ -560,20 +560,26 @@ def draw_coronary_calcification(ctx: Context, d: dict) -> None:
     d["count"] = len(names)
 
 
+def hernia_centre(lm: Landmarks, r: float) -> np.ndarray:
+    """Where a hiatal hernia of radius ``r`` sits: above the hiatus, in front of the descending aorta."""
+    h = lm.esophagus_hiatus
+    aorta_front = lm.vertebra_y - 16 - lm.aorta_radii[-1]
+    return np.array([h[0] + r * 0.6, aorta_front - r * 0.9 - 3, 10.0])
+
+
 def draw_hiatal_hernia(ctx: Context, d: dict) -> None:
     c, rng, lm = ctx.canvas, ctx.rng, ctx.lm
     d["severity"] = d["severity"] or _severity(rng, (0.5, 0.35, 0.15))
     r = {"mild": 14.0, "moderate": 21.0, "severe": 30.0}[d["severity"]] * rng.uniform(0.9, 1.1)
-    h = lm.esophagus_hiatus
-    centre = np.array([h[0] + r * 0.9, h[1] + 4, h[2] + 4])
+    centre = hernia_centre(lm, r)
     radii = np.array([r * 1.1, r * 0.9, r])
     paint_ellipsoid(c, centre, radii + 3.5, HU["stomach_wall"])
     paint_ellipsoid(c, centre, radii, 15.0)
-    if rng.random() < 0.7:  # gas cap (supine: anterior)
+    if rng.random() < 0.9:  # gas cap (supine: anterior), the usual giveaway of a herniated stomach
         hit = c.box(centre - radii, centre + radii)
         sl, (gz, gy, gx) = hit
         inside = ellipsoid_distance((gz, gy, gx), centre, radii) < -1
-        gas = inside & (gy < centre[1] - 0.3 * radii[1])
+        gas = inside & (gy < centre[1] + 0.1 * radii[1])
         c.hu[sl][gas] = -990.0
     d["size_mm"] = int(round(2 * r))
 
@@ -599,10 +605,21 @@ def draw_lymphadenopathy(ctx: Context, d: dict) -> None:
     n = {"mild": 1, "moderate": int(rng.integers(2, 4)), "severe": int(rng.integers(3, 6))}[d["severity"]]
     names = list(rng.choice(list(stations), size=n, replace=False, p=[0.22, 0.22, 0.12, 0.12, 0.12, 0.1, 0.1]))
     items = []
+    hu = c.hu
     for name in names:
         short = {"mild": rng.uniform(13, 16), "moderate": rng.uniform(16, 21), "severe": rng.uniform(21, 30)}[
             d["severity"]]
-        p = np.asarray(stations[name], float)
+        # nodes grow in the fat between vessels: of a few candidates near the station, take the fattiest
+        best, best_score = np.asarray(stations[name], float), -1.0
+        for cand in np.asarray(stations[name], float) + rng.normal(0, 9, (10, 3)):
+            hit = c.box(cand - short / 2, cand + short / 2)
+            if hit is None:
+                continue
+            sl, _ = hit
+            score = float(((hu[sl] > -160) & (hu[sl] < -40)).mean())
+            if score > best_score:
+                best, best_score = cand, score
+        p = best
         radii = (short * 0.75, short * 0.5, short * 0.55)
         paint_ellipsoid(c, p, radii, rng.uniform(30, 50), rotation=rotation_matrix((1, 0, 0), rng.uniform(0, 3)),
                         where=~c.masks["aorta"])
