@@ -25,7 +25,7 @@ SAMPLE_RATE = 16_000
 class Transcriber:
     """faster-whisper on the packaged Whisper-base (or any CTranslate2 Whisper folder).
 
-    ``transcribe(waveform_16k) -> str``; the model loads on first use (~1 s).
+    ``transcribe(waveform_16k) -> str``; the model loads on first use or on :meth:`load` (~1 s).
     """
 
     model_dir: str | None = None
@@ -35,7 +35,7 @@ class Transcriber:
     language: str = "en"
     _model: object = field(default=None, init=False, repr=False)
 
-    def _load(self):
+    def load(self):
         if self._model is None:
             try:
                 from faster_whisper import WhisperModel
@@ -51,7 +51,7 @@ class Transcriber:
         return self._model
 
     def transcribe(self, waveform_16k: np.ndarray) -> str:
-        model = self._load()
+        model = self.load()
         segments, _ = model.transcribe(np.asarray(waveform_16k, dtype=np.float32), language=self.language,
                                        beam_size=self.beam_size)
         return " ".join(s.text.strip() for s in segments).strip()

@@ -385,6 +385,7 @@ def evaluate_bundle(
     out_dir: str | Path | None = None,
     transcribe: Callable[[np.ndarray], str] | None = None,
     naive: str | Path | None = None,
+    ct_cache: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluate a model set (see the module docstring); returns the JSON-ready result.
@@ -393,11 +394,12 @@ def evaluate_bundle(
     one or more Speech-RATE-layout roots read for ``split``. ``prompts``: a spoken-prompt folder
     (``manifest.csv`` as ``synthesize_prompts`` writes); by default looked for in the speech roots
     and, when absent and espeak-ng works, synthesised into ``out_dir/prompts``. ``transcribe``
-    replaces faster-whisper in the cascade (tests). With ``out_dir``, writes ``evaluation.json``
-    and ``evaluation.md`` there.
+    replaces faster-whisper in the cascade (tests). ``ct_cache``: a ``train.cache.FrozenCache``
+    folder (e.g. ``<data>/cache``) holding prepared volumes under the training keys, so volumes the
+    trainer prepared are not prepared again. With ``out_dir``, writes ``evaluation.json`` and
+    ``evaluation.md`` there.
     """
-    from engine.preprocess import prepare_ct
-    from train.data import CTRateIndex, load_record_volume
+    from train.data import CTRateIndex
 
     cfg = config or EvalConfig()
     t_start = time.perf_counter()
@@ -418,8 +420,8 @@ def evaluate_bundle(
     # CT embeddings (one CT encoder for every row: the teacher's, frozen while students train)
     t0 = time.perf_counter()
     say(f"embedding {len(records)} CT volumes ...")
-    ct_emb = _batched(lambda recs: models.embed_ct([prepare_ct(load_record_volume(r), models.spec) for r in recs]),
-                      4)(records)
+    prepare = _ct_preparer(models.spec, ct_cache)
+    ct_emb = _batched(lambda recs: models.embed_ct([prepare(r) for r in recs]), 4)(records)
     timings["ct_embed_s_per_volume"] = (time.perf_counter() - t0) / max(1, len(records))
     row_of = {r.volume_name: i for i, r in enumerate(records)}
     labels_all = np.stack([r.labels for r in records]).astype(np.int64)
@@ -441,6 +443,9 @@ def evaluate_bundle(
         text_bank = PromptBank.from_rows(texts, models.embed_text(texts), names, kind="text")
     if text_bank is None:
         raise DataError("the model set has neither text prompts nor a text tower: nothing to score CT against")
+
+    all_text = _batched(models.embed_text, 16)([r.findings for r in records]) if models.embed_text else None
+    result["text_teacher_all"], _ = score_system(ct_emb, all_text, text_bank, models.logit_scale, labels_all, cfg)
 
     spoken = [s for s in spoken_reports(roots, split) if s.volume_name in by_name]
     train_set = training_voices(roots)
@@ -492,7 +497,9 @@ def evaluate_bundle(
                 pemb = cache.get(student, ppaths, lambda ps, e=embed: _batched(lambda b: e(load(b)), 8)(ps))
                 bank = PromptBank.from_rows([_prompt_text(r) for r in group_prompts], pemb, names, kind="spoken")
             else:
-                notes.append(f"{group_name}: no spoken prompts, {student} student scored with the text prompts")
+                note = f"{group_name}: no spoken prompts, the students are scored with the teacher's text prompts"
+                if note not in notes:
+                    notes.append(note)
             logits = None
             if student in models.dictation and mentions is not None:
                 logits = models.dictation[student](query)
@@ -505,7 +512,11 @@ def evaluate_bundle(
             from train.cascade import Transcriber, run_cascade
 
             if transcriber is None:
-                transcriber = Transcriber().transcribe
+                t0 = time.perf_counter()
+                asr = Transcriber()
+                asr.load()  # model loading is set-up, not per-report time
+                transcriber = asr.transcribe
+                timings["asr_load_s"] = time.perf_counter() - t0
             subset = items[: cfg.cascade_n]
             sub_rows = np.array([row_of[s.volume_name] for s in subset], dtype=int)
             say(f"[{group_name}] ASR cascade on {len(subset)} reports ...")
@@ -551,6 +562,31 @@ def evaluate_bundle(
     return result
 
 
+def _ct_preparer(spec, ct_cache) -> Callable[[Any], np.ndarray]:
+    """record → prepared volume ``(Z, Y, X)`` float32, through the trainer's cache when given."""
+    from engine.preprocess import prepare_ct
+    from train.data import load_record_volume
+
+    def compute(record):
+        return prepare_ct(load_record_volume(record), spec)
+
+    if ct_cache is None:
+        return compute
+    from train import cache as C
+
+    cache = C.FrozenCache(ct_cache)
+
+    def cached(record):
+        overrides = {}
+        if not record.fixed and record.meta is not None:  # the same overrides train.recipes keys with
+            overrides = {"slope": record.meta.slope, "intercept": record.meta.intercept,
+                         "spacing": list(record.meta.spacing)}
+        key = C.ct_key(record.path, overrides, spec.to_json())
+        return cache.get_or_compute("ct", key, lambda: compute(record)).astype(np.float32)
+
+    return cached
+
+
 def load(paths: list[str]) -> list[np.ndarray]:
     """16 kHz mono waveforms of the given files (read when needed, not kept: a split is GBs of audio)."""
     from train.data import read_audio
@@ -565,7 +601,14 @@ def _as_models(obj, naive) -> EvalModels:
     if (path / "bundle.json").is_file():
         return models_from_bundle(path, naive=naive)
     if (path / "teacher").is_dir():
-        return models_from_run(path)
+        models = models_from_run(path)
+        if naive is not None:  # an explicit naive student replaces the run's own student-naive/
+            from train.recipes import load_student
+
+            models.speech["naive"] = (models_from_bundle(naive).speech["distilled"]
+                                      if (Path(naive) / "bundle.json").is_file()
+                                      else speech_embedder(load_student(naive)[0]))
+        return models
     raise DataError("neither a bundle (bundle.json) nor a run folder (teacher/)", path)
 
 
@@ -634,6 +677,10 @@ def to_markdown(result: dict) -> str:
                      + (" *" if p[m]["excludes_zero"] else "") for m in ("auroc", "f1")]
             lines.append(f"- paired bootstrap {pname}: " + "; ".join(parts) + " (* = 95 % CI excludes 0)")
         lines.append("")
+    t = result.get("text_teacher_all")
+    if t:
+        z = t["zero_shot"]["macro"]
+        lines.append(f"Text teacher on all {t['n']} studies: " + ", ".join(f"{m} {_fmt_ci(z[m])}" for m in M.METRICS))
     c = result.get("ct_to_ct")
     if c:
         lines.append("CT→CT label-overlap MAP@k (no self-match): "
@@ -685,8 +732,8 @@ def bundle_thresholds(run: str | Path, bundle_tensors: dict | None = None, manif
     """``(thresholds section, evaluation section)`` for ``train.export``.
 
     Uses ``evaluation`` (an ``evaluation.json``) or ``<run>/evaluation/evaluation.json`` when present:
-    thresholds = the text teacher's ROC-corner thresholds (the bundle's prompts are the teacher's
-    text prompts) from its first voice group. Otherwise, with ``data`` (a folder with ``ct-rate/``),
+    thresholds = the text teacher's ROC-corner thresholds on the whole split (the bundle's prompts
+    are the teacher's text prompts; the CT encoder is the teacher's). Otherwise, with ``data`` (a folder with ``ct-rate/``),
     chooses them on the valid split with the run's teacher and its text prompts, without the
     speech rows. Returns ``(None, None)`` when neither is available.
     """
@@ -701,8 +748,7 @@ def bundle_thresholds(run: str | Path, bundle_tensors: dict | None = None, manif
                                  config=EvalConfig(n_boot=200, cascade_n=0), progress=False)
     else:
         return None, None
-    first = next(iter(result["groups"].values()))
-    zs = first["systems"]["text teacher"]["zero_shot"]
+    zs = result["text_teacher_all"]["zero_shot"]
     if int(result.get("labels_mode", 18)) != 18:
         return None, summary_for_bundle(result)
     thresholds = {"method": f"ROC-corner point of a 100-step grid on [0, 1] (CT-CLIP), chosen on "

@@ -183,6 +183,16 @@ def _draw_metrics(scores, labels, thresholds, idx) -> tuple[dict[str, np.ndarray
     return out, skipped
 
 
+def _nanmean_rows(x: np.ndarray) -> np.ndarray:
+    """Mean over the last axis ignoring NaN (skipped findings); NaN for an all-NaN row, silently."""
+    if x.size == 0:
+        return np.zeros(x.shape[:-1])
+    count = (~np.isnan(x)).sum(axis=-1)
+    total = np.nansum(x, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def _ci(values: np.ndarray, level: float) -> tuple[float, float]:
     v = values[~np.isnan(values)]
     if v.size == 0:
@@ -278,8 +288,7 @@ def zero_shot_metrics(
 
     idx = bootstrap_indices(s.shape[0], cfg.n_boot, cfg.seed) if cfg.n_boot > 0 else np.zeros((0, s.shape[0]), int)
     draws, skipped = _draw_metrics(s, y, thresholds, idx)
-    with np.errstate(all="ignore"):
-        macro_draws = {m: np.nanmean(draws[m], axis=1) if cfg.n_boot else np.zeros(0) for m in METRICS}
+    macro_draws = {m: _nanmean_rows(draws[m]) for m in METRICS}
     skipped_counts = skipped.sum(axis=0)
     if skipped_counts.any():
         notes.append("bootstrap draws with no positive (or no negative) study for a finding skip that finding: "
@@ -341,11 +350,11 @@ def paired_bootstrap_difference(
     out = {}
     with np.errstate(all="ignore"):
         for m in METRICS:
-            diff = np.nanmean(da[m], axis=1) - np.nanmean(db[m], axis=1)
+            diff = _nanmean_rows(da[m]) - _nanmean_rows(db[m])
             lo, hi = _ci(diff, level)
             d = diff[~np.isnan(diff)]
             out[m] = {
-                "diff": float(np.nanmean(point_a[m]) - np.nanmean(point_b[m])),
+                "diff": float(_nanmean_rows(point_a[m])[0] - _nanmean_rows(point_b[m])[0]),
                 "ci": [lo, hi],
                 "p_le_0": float((d <= 0).mean()) if d.size else float("nan"),
                 "excludes_zero": bool(lo > 0 or hi < 0),

@@ -208,3 +208,119 @@ def test_cli_registered_and_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "ct-rate" / "dataset").mkdir(parents=True)
     assert main(["evaluate", "--bundle", str(tmp_path / "nope"), "--data", str(tmp_path)]) == 2
     assert "neither a bundle" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_modules_random_init_with_real_asr(tmp_path):
+    """Real engine modules (random-init smoke CTViT, MiniLM text tower, tiny Whisper student,
+    dictation head) and the real faster-whisper cascade on W2a's tiny tree: every row, every
+    block, timings; then a bundle-style thresholds section from the written evaluation."""
+    import torch
+
+    from engine.models.dictation import DictationHead, DictationHeadConfig
+    from tests.train.training_fixtures import make_tiny_data, tiny_student
+    from train.recipes import build_teacher, load_run_config, prompt_texts
+
+    torch.set_num_threads(1)
+    data = make_tiny_data(tmp_path / "data", n_train=4, n_valid=6)
+    cfg = load_run_config("smoke")
+    model, text = build_teacher(cfg)
+    embed_text = E.text_embedder(text)
+    models = E.EvalModels(spec=PreprocessSpec.from_dict(cfg["preprocess"]), logit_scale=model.logit_scale.value,
+                          embed_ct=E.ct_embedder(model.ct), embed_text=embed_text,
+                          speech={"distilled": E.speech_embedder(tiny_student(0)),
+                                  "naive": E.speech_embedder(tiny_student(1))},
+                          dictation={"distilled": E.head_logits(DictationHead(DictationHeadConfig(dim=64, hidden=0)))})
+    from engine.findings import PromptBank
+
+    models.text_prompts = PromptBank.from_rows(prompt_texts(), embed_text(prompt_texts()), LABELS)
+    out = tmp_path / "run" / "evaluation"
+    res = E.evaluate_bundle(models, data / "ct-rate", data / "speech-rate", "valid",
+                            config=E.EvalConfig(n_boot=50, cascade_n=2), out_dir=out,
+                            synthesize_missing_prompts=False, progress=False)
+    g = res["groups"][E.GROUP_TRAIN]  # the tree's voice "tone" read the train split too
+    assert set(g["systems"]) == set(E.SYSTEMS) and g["n"] == 6
+    casc = g["systems"]["ASR cascade"]
+    assert casc["n"] == 2 and casc["timing"]["asr_s_per_report"] > 0 and res["timings"]["asr_load_s"] > 0
+    assert all(isinstance(t, str) for t in casc["transcripts"].values())
+    assert g["systems"]["distilled student"]["dictation"]["support"]["not mentioned"] == 6 * 16
+    thresholds, summary = E.bundle_thresholds(tmp_path / "run")
+    assert set(thresholds["values"]) == set(LABELS)
+
+
+@pytest.mark.slow
+def test_transcriber_understands_a_spoken_finding():
+    from train.cascade import Transcriber
+    from train.synth.voices import get_voice, speak
+
+    audio = speak("The heart is enlarged. There is no pleural effusion.", get_voice("us-m3"), 150, 50)
+    text = Transcriber().transcribe(audio).lower()
+    assert "heart" in text and "enlarged" in text
+
+
+def test_voice_groups_and_training_voices(tmp_path):
+    from train.synth.voices import train_voices
+
+    assert E.training_voices([tmp_path]) == {v.id for v in train_voices()}  # no train manifest: ours
+    (tmp_path / "dataset").mkdir()
+    _csv(tmp_path / "dataset" / "train_manifest.csv", ["volume", "path", "voice"],
+         [["train_1_a_1.nii.gz", "x.wav", "alice"], ["train_2_a_1.nii.gz", "y.wav", "bob"]])
+    train = E.training_voices([tmp_path])
+    assert train == {"alice", "bob"}
+    assert E.voice_group("alice", train) == E.GROUP_TRAIN
+    assert E.voice_group("carol", train) == E.GROUP_HELDOUT
+    assert E.voice_group(None, train) == E.GROUP_RECORDINGS
+    # a walked tree (no manifest: real recordings) has no voices
+    _wav(tmp_path / "rec" / "dataset" / "valid" / "valid_3" / "valid_3_a" / "valid_3_a_1_findings.wav", 5)
+    spoken = E.spoken_reports([tmp_path / "rec"], "valid")
+    assert [(s.volume_name, s.voice) for s in spoken] == [("valid_3_a_1.nii.gz", None)]
+    recs = [E.PromptRecording("A", "present", v, Path("x")) for v in ("alice", "carol", "dave")]
+    assert [r.voice for r in E.prompts_for_group(recs, E.GROUP_HELDOUT, train)] == ["carol", "dave"]
+    assert len(E.prompts_for_group(recs, E.GROUP_RECORDINGS, train)) == 3
+
+
+@pytest.mark.slow
+def test_models_from_bundle_with_whisper_base(tmp_path):
+    """A bundle written with engine.weights.bundle (random-init smoke CT encoder, MiniLM projection,
+    whisper-base top-2 student, dictation head, text prompts) opens as EvalModels whose callables run."""
+    import torch
+
+    from engine.models.ct import CTEncoder, CTEncoderConfig
+    from engine.models.dictation import CLASSES, DictationHead, DictationHeadConfig
+    from engine.models.speech import SpeechStudent, load_speech_config
+    from engine.models.text import create_text_tower
+    from engine.weights.bundle import save_bundle, speech_entry
+    from train.recipes import load_run_config, prompt_texts
+
+    torch.set_num_threads(1)
+    cfg = load_run_config("smoke")
+    ct = CTEncoder(CTEncoderConfig.from_dict(cfg["ct_encoder"]))
+    text = create_text_tower("minilm", latent_dim=64)
+    sc = load_speech_config("whisper-base-top2")
+    sc.latent_dim = 64
+    student = SpeechStudent.from_backbone(sc)
+    head = DictationHead(DictationHeadConfig(dim=64, hidden=0))
+    with torch.no_grad():
+        prompts = text.encode(prompt_texts())
+    manifest = {
+        "labels": list(LABELS), "preprocess": cfg["preprocess"], "ct_encoder": ct.config.to_dict(),
+        "speech": speech_entry(sc.to_dict(), student.backbone.sha256), "text": text.manifest_entry(),
+        "space": {"dim": 64, "logit_scale": 10.0},
+        "prompts": {"kind": "text", "texts": prompt_texts(), "group": "prompts"},
+        "dictation_head": {"labels": list(LABELS), "classes": list(CLASSES), "group": "dictation_head",
+                           "config": head.config.to_dict()},
+        "provenance": {"test": True},
+    }
+    save_bundle(tmp_path / "b", manifest=manifest, tensors={
+        "ct_encoder": ct.state_dict(), "speech_head": student.trainable_state_dict(),
+        "text_head": text.trainable_state_dict(), "dictation_head": head.state_dict(),
+        "prompts": {"embeddings": prompts}})
+    models = E.models_from_bundle(tmp_path / "b")
+    assert models.logit_scale == 10.0 and set(models.speech) == {"distilled"}
+    vol = np.zeros(tuple(cfg["preprocess"]["shape"]), np.float32)
+    assert models.embed_ct([vol, vol]).shape == (2, 64)
+    np.testing.assert_allclose(models.embed_text(["Emphysema is present."]), text.encode(["Emphysema is present."]).numpy(),
+                               atol=1e-5)
+    emb = models.speech["distilled"]([np.zeros(16000, np.float32)])
+    assert emb.shape == (1, 64) and models.dictation["distilled"](emb).shape == (1, 18, 3)
+    torch.testing.assert_close(models.text_prompts.present[0], prompts[0])

@@ -41,6 +41,8 @@ def add_parser(sub) -> None:
     p.add_argument("--calibration-fraction", type=float, default=0.3)
     p.add_argument("--labels", type=int, choices=(18, 16), default=18, help="16: RAD-ChestCT style")
     p.add_argument("--cascade-n", type=int, default=100, help="reports per voice group for the ASR cascade (0: skip)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="prepared-volume cache of the trainer (default DATA/cache when it exists)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N studies (by volume name)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
@@ -67,7 +69,8 @@ def run(args) -> int:
                      cascade_n=args.cascade_n, limit=args.limit)
     result = evaluate_bundle(args.bundle, ct_root, speech, args.split, config=cfg, prompts=args.prompts,
                              synthesize_missing_prompts=not args.no_prompt_synthesis, out_dir=out,
-                             naive=args.naive, progress=not args.quiet)
+                             naive=args.naive, progress=not args.quiet,
+                             ct_cache=args.cache or ((args.data / "cache") if (args.data / "cache").is_dir() else None))
     print(to_markdown(result))
     print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.md'}")
     return 0
