@@ -323,3 +323,29 @@ def test_default_location_is_user_data_dir(tmp_path, monkeypatch):
     assert {r[1] for r in lib._conn.execute("PRAGMA table_info(studies)")}.isdisjoint(
         {"patient_name", "patient_id", "birth_date"}
     )
+
+
+def test_rebuild_interrupted_resumes(tmp_path):
+    tree = tmp_path / "tree"
+    write_tree(tree, 4, 0, bad=False)
+    lib = _lib(tmp_path)
+    lib.import_tree(tree, FakeEncoder(), progress=False)
+    lib.close()
+
+    class Interrupting(FakeEncoder):
+        def __call__(self, volume):
+            if self.calls == 2:
+                raise KeyboardInterrupt  # as if the user hit Ctrl-C during the third study
+            return super().__call__(volume)
+
+    with pytest.warns(SpeechCTWarning):
+        lib = _lib(tmp_path, bundle_hash="bundle-b")
+    with pytest.raises(KeyboardInterrupt):
+        lib.rebuild(Interrupting(seed=5), progress=False)
+    assert lib.built_with == "bundle-a" and lib.stale_count == 2  # two done, committed one by one
+    with pytest.raises(DataError):
+        lib.search(random_unit(1, DIM, 0)[0])
+    enc = FakeEncoder(seed=5)
+    report = lib.rebuild(enc, progress=False)
+    assert len(report.re_embedded) == 2 and enc.calls == 2 and not lib.needs_rebuild
+    assert len(lib.search(random_unit(1, DIM, 0)[0], k=10)) == 4
