@@ -85,6 +85,8 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
         "text_head": teacher.text.trainable_state_dict(),
         "prompts": {"embeddings": prompts},
     }
+    if not tensors["speech_head"]:
+        raise DataError("the student has no trained tensors to export", student_dir)
     head_meta = _read_json(dictation_dir / "head.json")
     if (dictation_dir / "head.safetensors").is_file():
         from safetensors.torch import load_file

@@ -393,6 +393,39 @@ def _whisper_lower(student: SpeechStudent, path: Path, backbone_sha: str, cache:
     return key
 
 
+def speech_backbone_sha(speech: SpeechStudent) -> str:
+    return getattr(speech.backbone, "sha256", None) or C.state_hash(speech.encoder)
+
+
+def cache_whisper_lower(speech: SpeechStudent, studies: list[Study], cache: C.FrozenCache, backbone_sha: str,
+                        progress: bool = False) -> list[str]:
+    """Cache keys of the frozen lower Whisper layers' outputs of each study's dictation (computed once)."""
+    it = studies
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(studies, desc="whisper lower layers", unit="wav", dynamic_ncols=True)
+    keys = []
+    for s in it:
+        if s.audio_path is None:
+            raise DataError(f"volume {s.volume_name} has no spoken report", s.volume_path)
+        keys.append(_whisper_lower(speech, s.audio_path, backbone_sha, cache))
+    return keys
+
+
+def prepare_student_audio(cfg: dict, data: str | Path, *, progress: bool = True,
+                          limit: dict[str, int] | None = None) -> dict[str, int]:
+    """Fill the Whisper lower-layer cache for both splits without a teacher (runs beside the teacher)."""
+    speech = SpeechStudent.from_backbone(_speech_config(cfg))
+    cache = C.FrozenCache(Path(data) / "cache")
+    limit = limit or cfg.get("student_limit") or cfg.get("limit") or {}
+    counts = {}
+    for split in ("train", "valid"):
+        studies = read_studies(data, split, audio=True, limit=limit.get(split))
+        counts[split] = len(cache_whisper_lower(speech, studies, cache, speech_backbone_sha(speech), progress))
+    return counts
+
+
 class StudentModel(nn.Module):
     def __init__(self, speech: SpeechStudent):
         super().__init__()
@@ -419,8 +452,8 @@ class StudentRecipe:
         self.speech = student if student is not None else SpeechStudent.from_backbone(_speech_config(cfg))
         self.speech.to(env.device)
         self.module = StudentModel(self.speech)
-        self.backbone_sha = getattr(self.speech.backbone, "sha256", None) or C.state_hash(self.speech.encoder)
-        limit = limit or cfg.get("limit") or {}
+        self.backbone_sha = speech_backbone_sha(self.speech)
+        limit = limit or cfg.get("student_limit") or cfg.get("limit") or {}
         show = progress and env.is_main
         self.train = read_studies(data, "train", audio=True, limit=limit.get("train"))
         self.valid = read_studies(data, "valid", audio=True, limit=limit.get("valid"))
@@ -449,16 +482,7 @@ class StudentRecipe:
                 "teacher_text", k,
                 lambda f=f: t.model.text_projection(torch.from_numpy(f).to(self.env.device)).float().cpu().numpy(),
                 dtype=np.float32))
-        lower = []
-        it = studies
-        if show:
-            from tqdm import tqdm
-
-            it = tqdm(studies, desc="whisper lower layers", unit="wav", dynamic_ncols=True)
-        for s in it:
-            if s.audio_path is None:
-                raise DataError(f"volume {s.volume_name} has no spoken report", s.volume_path)
-            lower.append(_whisper_lower(self.speech, s.audio_path, self.backbone_sha, self.cache))
+        lower = cache_whisper_lower(self.speech, studies, self.cache, self.backbone_sha, show)
         return (torch.from_numpy(np.stack(ct_emb)).float(), torch.from_numpy(np.stack(txt)).float(), lower)
 
     @property
@@ -551,7 +575,7 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu",
     meta = json.loads((folder / MODEL_JSON).read_text())
     speech = student if student is not None else SpeechStudent.from_backbone(SpeechStudentConfig.from_dict(meta["speech"]))
     speech.load_trainable_state_dict(load_file(str(folder / MODEL_FILE)))
-    speech.requires_grad_(False)
+    # requires_grad stays as the student set it: trainable_state_dict() selects by it
     return speech.to(device).eval(), meta
 
 

@@ -52,7 +52,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, ct: bool) -> None:
         shutdown()
 
 
-@pytest.mark.parametrize("ct", [True, False], ids=["ctvit", "linear"])
+@pytest.mark.parametrize("ct", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["ctvit", "linear"])
 def test_two_gloo_processes_equal_one(tmp_path, ct):
     torch.set_num_threads(1)
     single = _one_step(DistEnv(), str(tmp_path / "single"), ct)

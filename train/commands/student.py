@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--teacher", type=Path, default=None, help="trained teacher folder (default: OUT/teacher)")
     p.add_argument("--no-head", action="store_true", help="skip the dictation head")
     p.add_argument("--head-only", action="store_true", help="only (re)fit the dictation head")
+    p.add_argument("--prepare-audio-only", action="store_true",
+                   help="only fill the Whisper lower-layer cache (needs no teacher: run it beside the teacher)")
     p.set_defaults(func=run)
 
 
@@ -32,7 +34,14 @@ def run(args) -> int:
     import torch
 
     from train.distributed import init_distributed, shutdown
-    from train.recipes import StudentRecipe, load_run_config, load_student, stage_dir, train_dictation_head
+    from train.recipes import (
+        StudentRecipe,
+        load_run_config,
+        load_student,
+        prepare_student_audio,
+        stage_dir,
+        train_dictation_head,
+    )
     from train.trainer import OptimConfig, Trainer
 
     if args.threads:
@@ -42,6 +51,11 @@ def run(args) -> int:
     lam = float(cfg["student"].get("distill_weight", 1.0) if args.distill_weight is None else args.distill_weight)
     folder = stage_dir(args.out, "student", lam)
     head_folder = args.out / ("dictation-naive" if lam == 0 else "dictation")
+    if args.prepare_audio_only:
+        counts = prepare_student_audio(cfg, args.data, progress=not args.quiet)
+        record_timing(args.out, "student_audio_cache", time.perf_counter() - t0, counts)
+        print(f"Whisper lower layers cached for {counts}")
+        return 0
     if not args.head_only:
         check_fresh(folder, args.resume)
     env = init_distributed(args.device)
