@@ -302,3 +302,28 @@ def test_spec_draws_within_ranges_and_validates():
         AugmentSpec(noise_kinds=("brown",))
     with pytest.raises(ValueError, match="range is reversed"):
         AugmentSpec(snr_db=(30, 10))
+
+
+def test_long_findings_are_read_faster_to_fit_one_whisper_window(tmp_path):
+    from train.synth.speechrate import fit_rate
+
+    long_text = (
+        "The heart is normal in size. No pericardial effusion. No pleural effusion. There is no consolidation. "
+        "A 12 mm nodule is seen in the right upper lobe. Mild emphysema in both upper lobes. The trachea and "
+        "both main bronchi are open. No enlarged lymph nodes are seen. No fibrotic changes. The liver and "
+        "spleen appear normal. No hiatal hernia."
+    )  # 59 words, as H6's reports: many short sentences, each ending in a pause
+    assert fit_rate("Mild emphysema.", 142, 29.0) == 142  # short reports keep the drawn rate
+    assert fit_rate(long_text, 142, None) == 142
+    assert fit_rate(long_text, 142, 29.0) > 150
+    assert fit_rate(long_text * 3, 142, 29.0) == 190  # never beyond the natural range
+    reports = {"train": [], "valid": [(f"valid_{i}_a_1.nii.gz", long_text) for i in range(1, 7)]}
+    write_reports(tmp_path / "ct", reports)
+    summary = synthesize_speech_rate(
+        tmp_path / "ct", tmp_path / "sr", seed=0, splits=("valid",), progress=False
+    )
+    assert summary.over_window == 0 and 22.0 < summary.longest_s <= 30.0
+    kept = synthesize_speech_rate(
+        tmp_path / "ct", tmp_path / "slow", seed=0, splits=("valid",), fit_window_s=None, progress=False
+    )
+    assert kept.longest_s > summary.longest_s

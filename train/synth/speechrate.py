@@ -46,6 +46,7 @@ from train.synth.voices import (
     Voice,
     check_voice,
     get_voice,
+    normalize_for_speech,
     resolve_voices,
     speak,
 )
@@ -106,6 +107,21 @@ def _draw_reading(rng: np.random.Generator, voices: list[Voice]) -> tuple[Voice,
     rate = int(rng.integers(RATE_RANGE_WPM[0], RATE_RANGE_WPM[1] + 1))
     pitch = int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))
     return voice, rate, pitch
+
+
+#: espeak reads reports slower than its nominal words per minute (a pause at every full stop):
+#: measured 1.07–1.28× the nominal duration on train.synth's Findings (MBROLA 0.91–1.05×); 1.3
+#: is the margin.
+SLOWDOWN = 1.3
+
+
+def fit_rate(text: str, rate_wpm: int, window_s: float | None) -> int:
+    """The drawn rate, raised (at most to the range's top) so the reading should fit ``window_s``."""
+    if window_s is None:
+        return rate_wpm
+    words = len(normalize_for_speech(text).split())
+    needed = int(np.ceil(words * 60.0 * SLOWDOWN / window_s))
+    return int(min(max(rate_wpm, needed), RATE_RANGE_WPM[1]))
 
 
 def _write_wav_atomic(path: Path, audio: np.ndarray) -> None:
@@ -239,12 +255,15 @@ def synthesize_speech_rate(
     voices: list[str] | None = None,
     augment: AugmentSpec | None = None,
     progress: bool = True,
+    fit_window_s: float | None = WINDOW_S - 1.0,
 ) -> SpeechRateSummary:
     """Read every split's Findings_EN aloud into a Speech-RATE tree under ``out_root``.
 
     ``voices`` (ids from :data:`train.synth.voices.VOICES`) overrides the per-split default
     (train voices for train, the held-out validation voices for valid). ``augment`` adds noise,
-    reverb and gain per :class:`AugmentSpec`; ``None`` writes clean speech.
+    reverb and gain per :class:`AugmentSpec`; ``None`` writes clean speech. ``fit_window_s``
+    raises the drawn rate of long reports (up to 190 wpm) so that they fit one Whisper window;
+    ``None`` keeps every drawn rate. The summary counts what still runs over 30 s.
     """
     start = time.perf_counter()
     out_root = Path(out_root)
@@ -262,6 +281,7 @@ def synthesize_speech_rate(
                 continue
             rng = _rng(seed, split, name)
             voice, rate, pitch = _draw_reading(rng, split_voices)
+            rate = fit_rate(text, rate, fit_window_s)
             choice = augment.draw(rng) if augment is not None else None
             wav = speech_rate_wav_path(out_root, name)
             row = {
