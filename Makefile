@@ -30,7 +30,14 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/speechct info $(SAMPLE)
+	@lib=$$(mktemp -d) && trap 'rm -rf "$$lib"' EXIT && set -e && \
+	echo "== speechct index add assets/samples (a temporary library)" && \
+	$(VENV)/bin/speechct index add assets/samples --library "$$lib" && \
+	echo && echo "== speechct rank: study-002 with its dictation (which omits the consolidation)" && \
+	$(VENV)/bin/speechct rank --ct assets/samples/study-002/dicom --audio assets/samples/study-002/dictation.wav \
+		--similar 2 --library "$$lib" && \
+	echo && echo "== speechct search by a spoken report (study-001's dictation)" && \
+	$(VENV)/bin/speechct search --audio assets/samples/study-001/dictation.wav -k 3 --library "$$lib"
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
