@@ -24,7 +24,8 @@ from train.synth.reports import write_report  # noqa: E402
 
 STUDIES = {
     "study-001": (101, ["Pleural effusion", "Lung nodule", "Arterial wall calcification"],
-                  {"Pleural effusion": {"side": "right", "severity": "moderate"}}),
+                  {"Pleural effusion": {"side": "right", "severity": "moderate"},
+                   "Lung nodule": {"count": 1, "lobes": ["right upper lobe"], "size_mm": 10, "kind": "solid"}}),
     "study-002": (202, ["Cardiomegaly", "Pericardial effusion", "Consolidation", "Medical material"],
                   {"Medical material": {"kind": "pacemaker"}, "Consolidation": {"severity": "moderate"}}),
     "study-003": (303, ["Emphysema", "Bronchiectasis", "Coronary artery wall calcification", "Lymphadenopathy"],

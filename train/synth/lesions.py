@@ -78,6 +78,19 @@ def _lung_points(ctx: Context, codes, n: int, step: int = 2) -> np.ndarray:
     return np.stack([c.z[kz * step], c.y[ky * step], c.x[kx * step]], axis=1).astype(float)
 
 
+def _peripheral_point(ctx: Context, codes, max_depth_mm: float = 25.0, tries: int = 40) -> np.ndarray:
+    """A random lung point within ``max_depth_mm`` of the costal pleura (most nodules and scars
+    are peripheral); falls back to any point of the lobes."""
+    c = ctx.canvas
+    depth, inner = c.masks["wall_depth"], c.masks["wall_inner"]
+    pts = _lung_points(ctx, codes, tries)
+    for p in pts:
+        k, j, i = (int(round((p[a] - (c.z, c.y, c.x)[a][0]) / c.spacing[a])) for a in range(3))
+        if depth[k, j, i] - inner[0, j, i] < max_depth_mm:
+            return p
+    return pts[0]
+
+
 def _lung_index(ctx: Context, codes=None):
     """Flat indices and (z, y, x) coordinates of lung voxels (optionally in some lobes)."""
     lobes = ctx.canvas.masks["lobes"]
@@ -277,7 +290,7 @@ def draw_fibrotic(ctx: Context, d: dict) -> None:
     lung = c.masks["lung"]
     hu = c.hu
     for code in codes:
-        centre = _lung_points(ctx, [code], 1)[0]
+        centre = _peripheral_point(ctx, [code], 20.0)  # scars are mostly subpleural
         hil = ctx.lm.hila["right" if code in RIGHT_LOBES else "left"]
         for _ in range(int(rng.integers(6, 11))):
             a = centre + rng.normal(0, 12, 3)
@@ -337,18 +350,28 @@ def draw_opacity(ctx: Context, d: dict) -> None:
 
 
 def draw_nodules(ctx: Context, d: dict) -> None:
+    """1–4 nodules; ``count``, ``lobes``, ``size_mm`` and ``kind`` given in the details (overrides)
+    fix the number and the first (largest) nodule."""
     c, rng = ctx.canvas, ctx.rng
-    n = int(rng.choice([1, 1, 1, 2, 2, 3, 4]))
+    preset_codes = [code for code, name in LOBES.items() if name in (d.get("lobes") or [])]
+    preset_size, preset_kind = d.get("size_mm"), d.get("kind")
+    n = int(d.get("count") or rng.choice([1, 1, 1, 2, 2, 3, 4]))
     lung = c.masks["lung"]
     items = []
-    for _ in range(n):
+    for k in range(n):
         kind = str(rng.choice(["solid", "part-solid", "ground-glass", "calcified"], p=[0.68, 0.1, 0.12, 0.1]))
+        if k == 0 and preset_kind:
+            kind = preset_kind
         lo = {"solid": 6.0, "part-solid": 9.0, "ground-glass": 10.0, "calcified": 5.0}[kind]
         size = float(np.clip(np.exp(rng.normal(np.log(9), 0.55)), lo, 30.0))
         if kind == "calcified":
             size = min(size, 8.0)
+        if k == 0 and preset_size:
+            size = float(preset_size)
         code = int(rng.choice([1, 2, 3, 4, 5], p=[0.28, 0.08, 0.24, 0.24, 0.16]))
-        p = _lung_points(ctx, [code], 1)[0]
+        if k == 0 and preset_codes:
+            code = preset_codes[0]
+        p = _peripheral_point(ctx, [code], 30.0) if rng.random() < 0.75 else _lung_points(ctx, [code], 1)[0]
         r = size / 2
         hu_val = {"solid": rng.uniform(15, 50), "part-solid": -350.0, "ground-glass": -560.0,
                   "calcified": rng.uniform(350, 700)}[kind]
@@ -363,7 +386,9 @@ def draw_nodules(ctx: Context, d: dict) -> None:
                 v /= np.linalg.norm(v)
                 paint_capsule(c, p + v * r * 0.7, p + v * r * rng.uniform(1.3, 1.8), 0.9, 20.0, where=lung)
         items.append({"size_mm": int(round(size)), "lobe": LOBES[code], "kind": kind, "code": code})
-    items.sort(key=lambda it: -it["size_mm"])
+    items[1:] = sorted(items[1:], key=lambda it: -it["size_mm"])
+    if not preset_size:
+        items.sort(key=lambda it: -it["size_mm"])
     d["items"] = items
     d["count"] = n
     d["size_mm"] = items[0]["size_mm"]
