@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
                    help="default: 130x256x256 at 2.5x1.4x1.4 mm; small: 64x128x128 at 5x2.8x2.8 mm")
     p.add_argument("--ctrate-version", type=int, choices=(1, 2), default=1,
                    help="1: raw int16 + slope/intercept in the metadata CSV; 2: HU in *_fixed folders")
-    p.add_argument("--voices", nargs="+", default=None, help="voice names for the dictations (default: all)")
+    p.add_argument("--voices", nargs="+", default=None, help="voice ids for every split (default: each split its own voices, held-out voices for valid only; naming all voices puts validation voices into train too)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
     p.add_argument("--no-audio", action="store_true", help="skip the Speech-RATE dictations")
     p.add_argument("--prompts", action="store_true", help="also speak the zero-shot prompt pairs")
