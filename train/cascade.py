@@ -78,22 +78,44 @@ class CascadeResult:
 
 
 def run_cascade(
-    waveforms: Sequence[np.ndarray],
+    waveforms: Sequence[np.ndarray] | Callable[[int], np.ndarray],
     embed_text: Callable[[list[str]], np.ndarray],
     transcribe: Callable[[np.ndarray], str] | None = None,
     *,
     batch: int = 16,
+    keys: Sequence[str] | None = None,
+    memo: dict[str, list] | None = None,
+    progress: bool = False,
 ) -> CascadeResult:
     """Transcribe each 16 kHz waveform, then embed all transcripts with ``embed_text`` (in batches).
 
-    ``transcribe`` defaults to a :class:`Transcriber` on the packaged Whisper-base.
+    ``waveforms``: a sequence, or (with ``keys``) a function index → waveform so audio is read only
+    when it must be transcribed. ``transcribe`` defaults to a :class:`Transcriber` on the packaged
+    Whisper-base. ``memo`` (with ``keys``) maps key → [transcript, seconds] of earlier runs: those
+    items are not transcribed again and keep their measured time.
     """
     transcribe = transcribe or Transcriber().transcribe
+    n = len(keys) if keys is not None else len(waveforms)
+    get = waveforms if callable(waveforms) else waveforms.__getitem__
     transcripts, asr = [], []
-    for wav in waveforms:
-        t0 = time.perf_counter()
-        transcripts.append(transcribe(wav))
-        asr.append(time.perf_counter() - t0)
+    items = range(n)
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc="ASR", unit="report", dynamic_ncols=True)
+    for i in items:
+        key = keys[i] if keys is not None else None
+        if memo is not None and key is not None and key in memo:
+            text, seconds = memo[key]
+        else:
+            wav = get(i)
+            t0 = time.perf_counter()
+            text = transcribe(wav)
+            seconds = time.perf_counter() - t0
+            if memo is not None and key is not None:
+                memo[key] = [text, seconds]
+        transcripts.append(text)
+        asr.append(seconds)
     t0 = time.perf_counter()
     chunks = [np.asarray(embed_text(transcripts[i : i + batch]), dtype=np.float32)
               for i in range(0, len(transcripts), batch)]

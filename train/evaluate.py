@@ -386,6 +386,7 @@ def evaluate_bundle(
     transcribe: Callable[[np.ndarray], str] | None = None,
     naive: str | Path | None = None,
     ct_cache: str | Path | None = None,
+    train_voice_copy: bool = False,
     progress: bool = True,
 ) -> dict:
     """Evaluate a model set (see the module docstring); returns the JSON-ready result.
@@ -396,8 +397,10 @@ def evaluate_bundle(
     and, when absent and espeak-ng works, synthesised into ``out_dir/prompts``. ``transcribe``
     replaces faster-whisper in the cascade (tests). ``ct_cache``: a ``train.cache.FrozenCache``
     folder (e.g. ``<data>/cache``) holding prepared volumes under the training keys, so volumes the
-    trainer prepared are not prepared again. With ``out_dir``, writes ``evaluation.json`` and
-    ``evaluation.md`` there.
+    trainer prepared are not prepared again. ``train_voice_copy``: also read the split aloud with
+    the *training* voices (``train.synth.speechrate``, into ``out_dir/speech-rate-train-voices``,
+    resumable) so that training and held-out voices are scored on the same studies. With
+    ``out_dir``, writes ``evaluation.json`` and ``evaluation.md`` there.
     """
     from train.data import CTRateIndex
 
@@ -416,6 +419,11 @@ def evaluate_bundle(
     by_name = {r.volume_name: r for r in records}
     roots = [] if speechrate_root is None else (
         [Path(speechrate_root)] if isinstance(speechrate_root, (str, Path)) else [Path(r) for r in speechrate_root])
+
+    if train_voice_copy:
+        if out_dir is None:
+            raise DataError("train_voice_copy needs an out_dir to write the extra Speech-RATE tree into")
+        roots.append(_train_voice_copy(ctrate_root, Path(out_dir), split, cfg.seed, say))
 
     # CT embeddings (one CT encoder for every row: the teacher's, frozen while students train)
     t0 = time.perf_counter()
@@ -463,6 +471,7 @@ def evaluate_bundle(
     recordings = _spoken_prompts(prompts, roots, out_dir, synthesize_missing_prompts, notes, say)
     cache = _Embeddings()
     transcriber = transcribe
+    memo = _load_memo(out_dir) if transcribe is None else {}
     for group_name, items in groups.items():
         items = sorted(items, key=lambda s: s.volume_name)
         rows = np.array([row_of[s.volume_name] for s in items], dtype=int) if items else np.arange(len(records))
@@ -520,10 +529,17 @@ def evaluate_bundle(
             subset = items[: cfg.cascade_n]
             sub_rows = np.array([row_of[s.volume_name] for s in subset], dtype=int)
             say(f"[{group_name}] ASR cascade on {len(subset)} reports ...")
-            casc = run_cascade(load([str(s.path) for s in subset]), models.embed_text, transcriber)
+            rpaths = [str(s.path) for s in subset]
+            casc = run_cascade(lambda i, ps=rpaths: load([ps[i]])[0], models.embed_text, transcriber,
+                               keys=[_file_key(p) for p in rpaths], memo=memo, progress=progress)
+            _save_memo(memo, out_dir)
             bank = text_bank
             if group_prompts:
-                pc = run_cascade(load([str(r.path) for r in group_prompts]), models.embed_text, transcriber)
+                ppaths = [str(r.path) for r in group_prompts]
+                say(f"[{group_name}] ASR cascade on {len(ppaths)} spoken prompts ...")
+                pc = run_cascade(lambda i, ps=ppaths: load([ps[i]])[0], models.embed_text, transcriber,
+                                 keys=[_file_key(p) for p in ppaths], memo=memo, progress=progress)
+                _save_memo(memo, out_dir)
                 bank = PromptBank.from_rows([_prompt_text(r) for r in group_prompts], pc.embeddings, names,
                                             kind="spoken, transcribed")
             res, _ = score_system(ct_emb[sub_rows], casc.embeddings, bank, models.logit_scale, labels_all[sub_rows], cfg)
@@ -560,6 +576,49 @@ def evaluate_bundle(
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
+
+
+def _train_voice_copy(ctrate_root, out_dir: Path, split: str, seed: int, say) -> Path:
+    """The split's Findings read by the training voices (a second Speech-RATE root)."""
+    import os
+
+    from train.synth.speechrate import synthesize_speech_rate
+    from train.synth.voices import train_voices
+
+    root = out_dir / "speech-rate-train-voices"
+    say(f"reading the {split} Findings with the training voices into {root} ...")
+    synthesize_speech_rate(ctrate_root, root, splits=(split,), seed=seed + 1, workers=os.cpu_count() or 1,
+                           voices=[v.id for v in train_voices()], progress=False)
+    return root
+
+
+MEMO_NAME = "asr_transcripts.json"
+
+
+def _file_key(path: str) -> str:
+    st = Path(path).stat()
+    return f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _load_memo(out_dir) -> dict[str, list]:
+    """Transcripts of an earlier run in ``out_dir`` (ASR is the slow part; reruns reuse it)."""
+    path = Path(out_dir) / MEMO_NAME if out_dir is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_memo(memo: dict, out_dir) -> None:
+    if out_dir is None or not memo:
+        return
+    path = Path(out_dir) / MEMO_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(memo))
+    tmp.replace(path)
 
 
 def _ct_preparer(spec, ct_cache) -> Callable[[Any], np.ndarray]:
