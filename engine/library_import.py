@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.errors import DataError, SpeechCTError, SpeechCTWarning, StudyError
 from engine.io.sniff import one_line, sniff
+from engine.library_store import study_key
 from engine.volume import Volume
 
 #: Names that claim to be images: failing to read one is reported; other files (CSV, JSON, ...) are ignored.
@@ -123,6 +124,9 @@ def import_tree(
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", SpeechCTWarning)
                     volume = load_volume(unit, series=info.uid)
+                    if is_nifti and study_key(volume) in library:  # the same voxels under another path
+                        report.already.append(info.uid)
+                        continue
                     embedding = encode_ct(volume)
                 record = library.add_study(volume, embedding, series=None if is_nifti else info.uid)
             except SpeechCTError as exc:

@@ -299,6 +299,12 @@ def test_import_tree_reports_and_resumes(tmp_path):
     assert report.ignored_files == 1
     again = lib.import_tree(tree, enc, progress=False)
     assert again.added == [] and len(again.already) == 5 and enc.calls == 5
+    # a copy of a NIfTI file elsewhere is the same study (content hash): not added, not re-encoded
+    import shutil
+
+    shutil.copy(tree / "patient_001" / "scan_1.nii.gz", tree / "patient_002" / "copy.nii.gz")
+    third = lib.import_tree(tree, enc, progress=False)
+    assert third.added == [] and len(third.already) == 6 and enc.calls == 5 and len(lib) == 5
     recs = {r.format for r in lib.list()}
     assert recs == {"nifti", "dicom"}
     # the imported study's own embedding finds it first, and excluding it finds the others
