@@ -1,0 +1,112 @@
+"""A QVTKRenderWindowInteractor whose Qt events we handle ourselves (VTK's interactor styles are
+bypassed so every gesture goes through ``ViewerState`` and stays testable without pixels)."""
+
+from __future__ import annotations
+
+import numpy as np
+import vtkmodules.vtkRenderingFreeType  # noqa: F401  (text actors)
+import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (registers the OpenGL render window)
+import vtkmodules.vtkRenderingVolumeOpenGL2  # noqa: F401  (volume mappers)
+from PySide6.QtCore import Qt, QTimer, Signal
+from vtkmodules.qt.QVTKRenderWindowInteractor import QVTKRenderWindowInteractor
+from vtkmodules.vtkRenderingCore import vtkRenderer
+
+from .vtk_image import render_window_rgb
+
+CLICK_SLOP_PX = 3
+
+
+class RenderView(QVTKRenderWindowInteractor):
+    maximiseToggled = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.renderer = vtkRenderer()
+        self.renderer.SetBackground(0.0, 0.0, 0.0)
+        self.GetRenderWindow().AddRenderer(self.renderer)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setMinimumSize(120, 120)
+        self._initialised = False
+        self._render_pending = False
+        self._press_button = None
+        self._press_pos = None
+        self._last_pos = None
+        self._moved = 0.0
+
+    # ---------------------------------------------------------------- rendering
+    def ensure_initialised(self) -> None:
+        if not self._initialised:
+            self._initialised = True
+            self.Initialize()
+
+    def showEvent(self, event):  # noqa: N802 (Qt name)
+        self.ensure_initialised()
+        super().showEvent(event)
+
+    def schedule_render(self) -> None:
+        """Coalesce many state changes in one event-loop turn into one render."""
+        if not self._render_pending:
+            self._render_pending = True
+            QTimer.singleShot(0, self._render_now)
+
+    def _render_now(self) -> None:
+        self._render_pending = False
+        if self.isVisible():
+            self.render_now()
+
+    def render_now(self) -> None:
+        self.ensure_initialised()
+        self.update_scene()
+        self.GetRenderWindow().Render()
+
+    def update_scene(self) -> None:  # subclasses move cameras/actors here
+        pass
+
+    def snapshot(self) -> np.ndarray:
+        """Render and return the view's pixels, (rows, cols, 3) uint8."""
+        self.render_now()
+        return render_window_rgb(self.GetRenderWindow())
+
+    def pixels_per_mm(self) -> float:
+        cam = self.renderer.GetActiveCamera()
+        h = max(self.height(), 1)
+        return h / (2.0 * cam.GetParallelScale())
+
+    # ---------------------------------------------------------------- mouse plumbing
+    def mousePressEvent(self, ev):  # noqa: N802
+        self.setFocus()
+        self._press_button = ev.button()
+        self._press_pos = self._last_pos = ev.position()
+        self._moved = 0.0
+
+    def mouseMoveEvent(self, ev):  # noqa: N802
+        if self._press_button is None:
+            return
+        pos = ev.position()
+        dx, dy = pos.x() - self._last_pos.x(), pos.y() - self._last_pos.y()
+        self._last_pos = pos
+        self._moved += abs(dx) + abs(dy)
+        self.on_drag(self._press_button, dx, dy, ev.modifiers())
+
+    def mouseReleaseEvent(self, ev):  # noqa: N802
+        if self._press_button is not None and self._moved <= CLICK_SLOP_PX:
+            self.on_click(self._press_button, ev.position().x(), ev.position().y())
+        self._press_button = None
+
+    def mouseDoubleClickEvent(self, ev):  # noqa: N802
+        self.maximiseToggled.emit()
+
+    def enterEvent(self, ev):  # noqa: N802
+        pass
+
+    def leaveEvent(self, ev):  # noqa: N802
+        pass
+
+    def keyReleaseEvent(self, ev):  # noqa: N802
+        ev.ignore()
+
+    def on_drag(self, button, dx: float, dy: float, modifiers) -> None:
+        pass
+
+    def on_click(self, button, x: float, y: float) -> None:
+        pass

@@ -1,0 +1,53 @@
+"""The study viewer: axial, coronal, sagittal and 3D in a 2×2 grid; double-click one to maximise it,
+double-click again to return to four-up."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtWidgets import QGridLayout, QWidget
+
+from engine.volume import Volume
+
+from .geometry import VIEWS, Geometry
+from .mpr import SliceView
+from .state import ViewerState
+from .volume3d import VolumeView
+from .vtk_image import image_data, placement
+
+GRID = {"axial": (0, 0), "sagittal": (0, 1), "coronal": (1, 0), "3d": (1, 1)}
+
+
+class StudyViewer(QWidget):
+    def __init__(self, volume: Volume, parent=None, *, with_3d: bool = True):
+        super().__init__(parent)
+        self.volume = volume
+        self.geometry = Geometry.of(volume)
+        self.state = ViewerState(self.geometry, self)
+        image, place = image_data(volume), placement(self.geometry)
+        self.views: dict[str, QWidget] = {v: SliceView(v, self.state, image, place, self) for v in VIEWS}
+        if with_3d:
+            self.views["3d"] = VolumeView(volume, self.geometry, self)
+        self.maximised: str | None = None
+        self._grid = QGridLayout(self)
+        self._grid.setContentsMargins(0, 0, 0, 0)
+        self._grid.setSpacing(2)
+        for name, view in self.views.items():
+            self._grid.addWidget(view, *GRID[name])
+            view.maximiseToggled.connect(lambda n=name: self.toggle_maximise(n))
+
+    def toggle_maximise(self, name: str) -> None:
+        self.maximised = None if self.maximised == name else name
+        for n, view in self.views.items():
+            view.setVisible(self.maximised is None or n == self.maximised)
+        for view in self.views.values():
+            if view.isVisible():
+                view.schedule_render()
+
+    def snapshots(self) -> dict[str, np.ndarray]:
+        """Each visible view rendered to (rows, cols, 3) uint8 pixels."""
+        return {n: v.snapshot() for n, v in self.views.items() if v.isVisible()}
+
+    def close_views(self) -> None:
+        """Release the render windows (VTK needs this before the widgets die)."""
+        for view in self.views.values():
+            view.Finalize()

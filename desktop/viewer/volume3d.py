@@ -1,0 +1,97 @@
+"""3D view: CPU ray-cast volume rendering (bone and soft-tissue surfaces) of a subsampled copy.
+
+CPU ray casting (vtkFixedPointVolumeRayCastMapper) because it behaves the same under OSMesa,
+Xvfb and real GPUs; the copy is subsampled so its largest side is <= ``MAX_SIDE`` voxels.
+Gestures: left-drag rotates, right-drag / wheel zooms, middle-drag pans, `r` resets, double-click
+maximises.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import Qt
+from vtkmodules.vtkCommonDataModel import vtkPiecewiseFunction
+from vtkmodules.vtkRenderingCore import vtkColorTransferFunction, vtkVolume, vtkVolumeProperty
+from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper
+
+from engine.volume import Volume
+
+from .base_view import RenderView
+from .geometry import Geometry
+from .vtk_image import image_data, placement
+
+MAX_SIDE = 128
+# HU -> (opacity) and (r, g, b): faint soft tissue, opaque bone; air and lung transparent.
+OPACITY = ((-1024, 0.0), (-300, 0.0), (-100, 0.008), (100, 0.015), (200, 0.0), (250, 0.3), (1000, 0.9))
+COLOUR = ((-1024, (0.0, 0.0, 0.0)), (-100, (0.75, 0.45, 0.35)), (100, (0.9, 0.6, 0.5)),
+          (250, (0.95, 0.9, 0.8)), (1000, (1.0, 1.0, 0.95)))
+
+
+class VolumeView(RenderView):
+    def __init__(self, volume: Volume, geometry: Geometry, parent=None):
+        super().__init__(parent)
+        self.geometry = geometry
+        stride = max(1, int(np.ceil(max(volume.shape) / MAX_SIDE)))
+        self.mapper = vtkFixedPointVolumeRayCastMapper()
+        self.mapper.SetInputData(image_data(volume, stride))
+        prop = vtkVolumeProperty()
+        opacity, colour = vtkPiecewiseFunction(), vtkColorTransferFunction()
+        for hu, a in OPACITY:
+            opacity.AddPoint(hu, a)
+        for hu, rgb in COLOUR:
+            colour.AddRGBPoint(hu, *rgb)
+        prop.SetScalarOpacity(opacity)
+        prop.SetColor(colour)
+        prop.SetInterpolationTypeToLinear()
+        prop.ShadeOn()
+        self.actor = vtkVolume()
+        self.actor.SetMapper(self.mapper)
+        self.actor.SetProperty(prop)
+        self.actor.SetUserMatrix(placement(geometry))
+        self.renderer.AddVolume(self.actor)
+        self.renderer.SetBackground(0.05, 0.05, 0.08)
+        self.reset_camera()
+
+    def reset_camera(self) -> None:
+        """Anterior view, head up (the patient faces the reader)."""
+        g = self.geometry
+        cam = self.renderer.GetActiveCamera()
+        centre = g.centre
+        size = float(np.max(g.bounds_max - g.bounds_min))
+        cam.SetFocalPoint(*centre)
+        cam.SetPosition(*(centre - np.array([0.0, 1.0, 0.0]) * size * 3.0))
+        cam.SetViewUp(0.0, 0.0, 1.0)
+        self.renderer.ResetCamera()
+        self.schedule_render()
+
+    def on_drag(self, button, dx, dy, modifiers) -> None:
+        cam = self.renderer.GetActiveCamera()
+        if button == Qt.MouseButton.LeftButton:
+            cam.Azimuth(-dx * 0.5)
+            cam.Elevation(dy * 0.5)
+            cam.OrthogonalizeViewUp()
+            self.renderer.ResetCameraClippingRange()
+        elif button == Qt.MouseButton.RightButton:
+            cam.Dolly(float(np.exp(-dy / 100.0)))
+            self.renderer.ResetCameraClippingRange()
+        elif button == Qt.MouseButton.MiddleButton:
+            fp, pos = np.array(cam.GetFocalPoint()), np.array(cam.GetPosition())
+            up = np.array(cam.GetViewUp())
+            right = np.cross(fp - pos, up)
+            right /= np.linalg.norm(right) or 1.0
+            mm = np.linalg.norm(fp - pos) * 0.002
+            shift = (-right * dx + up * dy) * mm
+            cam.SetFocalPoint(*(fp + shift))
+            cam.SetPosition(*(pos + shift))
+        self.schedule_render()
+
+    def wheelEvent(self, ev):  # noqa: N802
+        self.renderer.GetActiveCamera().Dolly(1.1 ** (ev.angleDelta().y() / 120.0))
+        self.renderer.ResetCameraClippingRange()
+        self.schedule_render()
+
+    def keyPressEvent(self, ev):  # noqa: N802
+        if ev.key() == Qt.Key.Key_R:
+            self.reset_camera()
+        else:
+            ev.ignore()
