@@ -155,10 +155,23 @@ def test_axial_screenshot_structure_lung_preset(viewer):
     assert len(samples["lung"]) > 20 and len(samples["body"]) > 20
     # lung parenchyma (about -850 HU) maps to ~85/255 in the lung window, soft tissue to ~235
     assert np.median(samples["lung"]) < 120 and np.median(samples["body"]) > 180
-    assert len(samples["air"]) > 5 and np.median(samples["air"]) < 30
+    # air (-1000 HU) is ~60/255 in a 1500/-600 window: darker than lung, not black
+    assert len(samples["air"]) > 5 and np.median(samples["air"]) < np.median(samples["lung"]) - 10
+    # in the mediastinal window the lungs go black and the body wall stays bright
+    st.apply_preset(MEDIASTINUM)
+    img2 = _grey(view.snapshot())
+    lung_px = [img2[y, x] for y in range(h // 8, h - h // 8, 12) for x in range(w // 8, w - w // 8, 12)
+               if _voxel_is(view, vol, k, x, y, lung_mask)]
+    assert len(lung_px) > 20 and np.median(lung_px) < 15
     # radiological left/right: the screen's left half holds voxels of the patient's right (low x = R in LPS)
     left_pt, right_pt = view.world_at(w * 0.25, h / 2), view.world_at(w * 0.75, h / 2)
     assert left_pt[0] < right_pt[0]
+
+
+def _voxel_is(view, vol, k, x, y, mask) -> bool:
+    ijk = np.linalg.solve(vol.affine_lps(), np.r_[view.world_at(x, y), 1.0])[:3]
+    i, j = int(round(ijk[0])), int(round(ijk[1]))
+    return 0 <= i < mask.shape[1] and 0 <= j < mask.shape[0] and bool(mask[j, i])
 
 
 def test_coronal_screenshot_head_up(viewer):
