@@ -182,4 +182,5 @@ def test_coronal_screenshot_head_up(viewer):
     top, bottom = view.world_at(w / 2, h * 0.2), view.world_at(w / 2, h * 0.8)
     assert top[2] > bottom[2]
     lung_band = img[int(h * 0.3):int(h * 0.45), int(w * 0.2):int(w * 0.35)]
-    assert lung_band.mean() < 90
+    abdomen_band = img[int(h * 0.8):int(h * 0.88), int(w * 0.3):int(w * 0.7)]
+    assert np.median(lung_band) < 110 and np.median(abdomen_band) > 170
