@@ -1,5 +1,5 @@
-"""Where the CT-CLIP golden fixture lives: ``shared/fixtures/ctclip-tiny`` beside the checkout
-(``SPEECHCT_SHARED`` overrides the shared folder)."""
+"""Where the CT-CLIP golden fixture lives: ``tests/fixtures/ctclip-tiny`` (a copy committed so
+that CI on a clean clone runs the golden tests; ``SPEECHCT_SHARED`` points at another shared folder)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from engine.models.ct import CTEncoderConfig
 
-_SHARED = Path(os.environ.get("SPEECHCT_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
+_SHARED = Path(os.environ.get("SPEECHCT_SHARED", Path(__file__).resolve().parents[1]))
 FIXTURES = _SHARED / "fixtures" / "ctclip-tiny"
 needs_fixture = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"{FIXTURES} not present")
 
