@@ -7,9 +7,10 @@ top Whisper layers, final norm and projection: ``SpeechStudent.trainable_state_d
 the 18 labels in order, "{finding} is present." then "{finding} is not present.", embedded by the
 teacher's text tower, kind ``text``).
 
-Thresholds: from ``train.evaluate`` when that module offers ``bundle_thresholds`` (the ROC-corner
-threshold per label on the validation set); otherwise the bundle has no ``thresholds`` section
-and the provenance says so.
+Thresholds: from ``train.evaluate.bundle_thresholds`` (the ROC-corner threshold per label of the
+text teacher, from the run's ``evaluation/evaluation.json`` or chosen on the valid split of
+``data``); when that is unavailable the bundle has no ``thresholds`` section and the provenance
+says why.
 """
 
 from __future__ import annotations
@@ -45,20 +46,26 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def evaluation_hook(run: Path, bundle_tensors: dict, manifest: dict) -> tuple[dict | None, dict | None]:
-    """``(thresholds, evaluation)`` from ``train.evaluate.bundle_thresholds(run, ...)`` when it exists.
+def evaluation_hook(run: Path, bundle_tensors: dict, manifest: dict,
+                    data: str | None = None) -> tuple[dict | None, dict | None, str]:
+    """``(thresholds, evaluation, how)`` from ``train.evaluate.bundle_thresholds`` (W2b's protocol).
 
-    W2b's ``train.evaluate`` owns the protocol; until it offers that function the export writes
-    no thresholds and an evaluation section holding the training monitors only.
+    It reads ``<run>/evaluation/evaluation.json`` when ``speechct-train evaluate`` has run, else
+    chooses the thresholds on the valid split of ``data``. When it is unavailable or fails, the
+    bundle gets no thresholds and ``how`` says why (the export itself still succeeds).
     """
     try:
         evaluate = importlib.import_module("train.evaluate")
-    except ImportError:
-        return None, None
-    fn = getattr(evaluate, "bundle_thresholds", None)
-    if fn is None:
-        return None, None
-    return fn(run, bundle_tensors, manifest)
+        fn = evaluate.bundle_thresholds
+    except (ImportError, AttributeError) as exc:
+        return None, None, f"none: train.evaluate not available ({exc})"
+    try:
+        thresholds, evaluation = fn(run, bundle_tensors, manifest, data=data)
+    except Exception as exc:  # noqa: BLE001 - an evaluation bug must not lose a trained bundle
+        return None, None, f"none: train.evaluate.bundle_thresholds failed: {type(exc).__name__}: {exc}"
+    if thresholds is None:
+        return None, evaluation, "none: no evaluation.json in the run and no data folder given"
+    return thresholds, evaluation, "train.evaluate.bundle_thresholds"
 
 
 def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Path | None = None,
@@ -112,7 +119,7 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
         manifest["dictation_head"] = {"labels": list(LABELS), "classes": list(CLASSES), "group": "dictation_head",
                                       "config": head_meta["config"],
                                       "input": "speech embedding (L2-normalised inside the head)"}
-    thresholds, evaluation = evaluation_hook(run, tensors, manifest)
+    thresholds, evaluation, thresholds_how = evaluation_hook(run, tensors, manifest, data)
     if thresholds is not None:
         manifest["thresholds"] = thresholds
     monitors = {
@@ -122,7 +129,7 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
         "dictation_head": {k: head_meta[k] for k in ("valid_macro_f1", "valid_f1_per_class", "valid_accuracy")
                            if k in head_meta},
     }
-    manifest["evaluation"] = evaluation if evaluation is not None else {"monitors": monitors}
+    manifest["evaluation"] = {**(evaluation or {}), "monitors": monitors}
     cfg = tmeta["config"]
     manifest["provenance"] = {
         "data": data or cfg.get("data"),
@@ -140,7 +147,7 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
         "timings_s": {"teacher_prep": tmeta.get("prep_seconds"), "teacher_train": tmeta.get("summary", {}).get("seconds"),
                       "student_prep": smeta.get("prep_seconds"), "student_train": smeta.get("summary", {}).get("seconds"),
                       "dictation_head": head_meta.get("seconds")},
-        "thresholds": "from train.evaluate" if thresholds is not None else "none: train.evaluate not available at export",
+        "thresholds": thresholds_how,
         **(extra_provenance or {}),
     }
     path = save_bundle(bundle, manifest=manifest, tensors=tensors, overwrite=overwrite)
