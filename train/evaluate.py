@@ -505,9 +505,7 @@ def evaluate_bundle(
             spent = time.perf_counter() - t0
             bank = text_bank
             if group_prompts:
-                keep = sorted({r.voice for r in group_prompts})[: max(1, cfg.cascade_prompt_voices)]
-                cascade_prompts = [r for r in group_prompts if r.voice in keep]
-                ppaths = [str(r.path) for r in cascade_prompts]
+                ppaths = [str(r.path) for r in group_prompts]
                 pemb = cache.get(student, ppaths, lambda ps, e=embed: _batched(lambda b: e(load(b)), 8)(ps))
                 bank = PromptBank.from_rows([_prompt_text(r) for r in group_prompts], pemb, names, kind="spoken")
             else:

@@ -78,7 +78,7 @@ def world(tmp_path_factory):
     _csv(sroot / "dataset" / "valid_manifest.csv",
          ["volume", "path", "voice", "engine", "rate", "pitch", "augmentation", "duration"], rows)
     prompt_rows = []
-    for voice in VOICES:
+    for voice in (*VOICES, "mb-en1"):  # two held-out prompt voices
         for j, label in enumerate(LABELS):
             for pol, k in (("present", 0), ("absent", 1)):
                 rel = f"{voice}/{j}_{pol}.wav"
@@ -141,13 +141,13 @@ def _transcribe(w):
 
 
 def test_evaluate_end_to_end(world, tmp_path):
-    cfg = E.EvalConfig(n_boot=100, seed=0, cascade_n=10)
+    cfg = E.EvalConfig(n_boot=100, seed=0, cascade_n=10, cascade_prompt_voices=1)
     res = E.evaluate_bundle(_models(world), world["root"] / "ct-rate", world["root"] / "speech-rate", "valid",
                             config=cfg, out_dir=tmp_path, transcribe=_transcribe(world), progress=False)
     assert set(res["groups"]) == {E.GROUP_TRAIN, E.GROUP_HELDOUT}
     assert sum(g["n"] for g in res["groups"].values()) == N
     g = res["groups"][E.GROUP_HELDOUT]
-    assert g["voices"] == ["mb-us3"] and g["prompt_voices"] == ["mb-us3"]
+    assert g["voices"] == ["mb-us3"] and g["prompt_voices"] == ["mb-en1", "mb-us3"]
     sy = g["systems"]
     assert set(sy) == set(E.SYSTEMS)
     auc = {k: v["zero_shot"]["macro"]["auroc"]["value"] for k, v in sy.items()}
@@ -162,6 +162,7 @@ def test_evaluate_end_to_end(world, tmp_path):
     assert r["k"][1]["recall"] > 0.8 and r["k"][1]["random"] == pytest.approx(1 / g["n"])
     casc = sy["ASR cascade"]
     assert casc["n"] == 10 and casc["seconds_per_report"] > 0 and casc["prompts"] == "spoken, transcribed"
+    assert casc["prompt_voices"] == ["mb-en1"]  # cascade_prompt_voices=1; the students use both
     assert casc["retrieval"]["query_to_ct"]["k"][1]["random"] == pytest.approx(0.1)
     assert set(casc["same_subset_retrieval"]) == {"text teacher", "naive student", "distilled student"}
     # the cascade transcribes perfectly here, so its scores equal the teacher's on that subset
