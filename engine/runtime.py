@@ -219,6 +219,10 @@ class _EmbeddingCache:
         except OSError as exc:  # a read-only cache folder costs speed, not correctness
             log.warning("embedding cache not written (%s): %s", path.parent, exc)
 
+    def clear_memory(self) -> None:
+        with self._lock:
+            self._memory.clear()
+
     def _remember(self, key: str, vec: np.ndarray) -> None:
         with self._lock:
             self._memory[key] = np.asarray(vec, dtype=np.float32).copy()
@@ -351,6 +355,10 @@ class Engine:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def clear_memory_cache(self) -> None:
+        """Forget the CT embeddings held in memory (the on-disk cache is kept)."""
+        self._ct_cache.clear_memory()
 
     # ----------------------------------------------------------------- encoders
 

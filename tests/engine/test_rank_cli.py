@@ -148,5 +148,8 @@ def test_selftest_passes_on_the_bundle(capsys):
 
 
 def test_selftest_fails_with_exit_1(capsys, tmp_path):
-    code, out, _ = run(capsys, "selftest", "--ct", tmp_path / "missing")
-    assert code == 1 and "FAIL  ct" in out and "selftest FAILED" in out
+    bundle = tmp_path / "broken"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text("{not json")
+    code, out, _ = run(capsys, "selftest", "--bundle", bundle)
+    assert code == 1 and "FAIL  bundle" in out and "not valid JSON" in out and "selftest FAILED" in out

@@ -75,14 +75,21 @@ def embedding(present: tuple[str, ...] = (), absent: tuple[str, ...] = ()) -> np
     return v / np.linalg.norm(v)
 
 
-def write_tiny_bundle(folder: Path, seed: int = 0) -> Path:
-    """Write the bundle to ``folder`` (replaced if present) and return it."""
+def write_tiny_bundle(folder: Path, seed: int = 0, *, ct_config: dict | None = None,
+                      preprocess: dict | None = None) -> Path:
+    """Write the bundle to ``folder`` (replaced if present) and return it.
+
+    ``ct_config``/``preprocess`` replace the smoke CT encoder and spec (e.g. a benchmark times the
+    pilot bundle's encoder with random weights); the CT latent is always forced to :data:`DIM`.
+    """
+    ct_config = {**(ct_config or SMOKE_CT), "latent_dim": DIM}
+    preprocess = preprocess or SMOKE_SPEC
     from engine.models.speech import SpeechStudentConfig
     from engine.models.text import TextTowerConfig
     from engine.weights.whisper import resolve_whisper_backbone
 
     torch.manual_seed(seed)
-    ct = CTEncoder(CTEncoderConfig.from_dict(SMOKE_CT))
+    ct = CTEncoder(CTEncoderConfig.from_dict(ct_config))
     backbone = resolve_whisper_backbone("whisper-base")
     speech_cfg = SpeechStudentConfig(backbone="whisper-base", trainable_layers=0, latent_dim=DIM)
     # a linear probe's only tensor, named as SpeechStudent.trainable_state_dict() names it
@@ -95,8 +102,8 @@ def write_tiny_bundle(folder: Path, seed: int = 0) -> Path:
     manifest = {
         "name": "tiny-test",
         "labels": list(LABELS),
-        "preprocess": SMOKE_SPEC,
-        "ct_encoder": SMOKE_CT,
+        "preprocess": preprocess,
+        "ct_encoder": ct_config,
         "speech": speech_entry(speech_cfg.to_dict(), backbone.sha256),
         "text": {"backbone": text_cfg.backbone, "frozen": True, "pooling": "mean", "config": text_cfg_dict},
         "space": {"dim": DIM, "logit_scale": LOGIT_SCALE},
