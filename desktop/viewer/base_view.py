@@ -43,6 +43,18 @@ class RenderView(QVTKRenderWindowInteractor):
         self.ensure_initialised()
         super().showEvent(event)
 
+    def resizeEvent(self, ev):  # noqa: N802
+        # QVTKRenderWindowInteractor calls the *base* vtkRenderWindow.SetSize, which never resizes an
+        # OSMesa window's buffer: the next render writes past it (segfault). Dispatch virtually.
+        scale = self._getPixelRatio()
+        w, h = int(round(scale * self.width())), int(round(scale * self.height()))
+        rw = self.GetRenderWindow()
+        rw.SetDPI(int(round(72 * scale)))
+        rw.SetSize(w, h)
+        self._Iren.SetSize(w, h)
+        self._Iren.ConfigureEvent()
+        self.update()
+
     def schedule_render(self) -> None:
         """Coalesce many state changes in one event-loop turn into one render."""
         if not self._render_pending:

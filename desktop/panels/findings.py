@@ -1,0 +1,97 @@
+"""The findings panel: the 18 findings, most probable first, each with a probability bar, its
+threshold mark, what the dictation said, and discrepancies highlighted."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QColor, QPainter, QPen
+from PySide6.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+
+DISCREPANCY_COLOUR = QColor(255, 214, 102)  # amber row: image and dictation disagree
+POSITIVE_COLOUR = QColor(214, 69, 65)
+NEGATIVE_COLOUR = QColor(90, 140, 200)
+DICTATION_TEXT = {"present": "dictated", "absent": "dictated absent", "not mentioned": "not mentioned"}
+KIND_TEXT = {"omitted": "omitted in dictation", "negated": "dictated absent", "unsupported": "not seen on CT"}
+
+
+class ProbabilityBar(QWidget):
+    """A horizontal bar of P(present) with a tick at the threshold (both 0..1)."""
+
+    def __init__(self, probability: float, threshold: float, positive: bool, parent=None):
+        super().__init__(parent)
+        self.probability, self.threshold, self.positive = probability, threshold, positive
+        self.setMinimumWidth(120)
+        self.setToolTip(f"P(present) {probability:.2f}, threshold {threshold:.2f}")
+
+    def paintEvent(self, event):  # noqa: N802
+        p = QPainter(self)
+        r = QRectF(self.rect()).adjusted(2, 5, -2, -5)
+        p.fillRect(r, QColor(60, 60, 60))
+        bar = QRectF(r.left(), r.top(), r.width() * self.probability, r.height())
+        p.fillRect(bar, POSITIVE_COLOUR if self.positive else NEGATIVE_COLOUR)
+        x = r.left() + r.width() * self.threshold
+        p.setPen(QPen(QColor(255, 255, 255), 2))
+        p.drawLine(int(x), int(r.top()) - 3, int(x), int(r.bottom()) + 3)
+        p.setPen(QColor(255, 255, 255))
+        p.drawText(r.adjusted(4, 0, -4, 0), Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight,
+                   f"{self.probability:.2f}")
+        p.end()
+
+
+class FindingsPanel(QWidget):
+    COLUMNS = ("Finding", "P(present) | threshold", "Dictation")
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.header = QLabel("No study analysed yet")
+        self.table = QTableWidget(0, len(self.COLUMNS))
+        self.table.setHorizontalHeaderLabels(self.COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setSelectionMode(QTableWidget.SelectionMode.NoSelection)
+        hh = self.table.horizontalHeader()
+        hh.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        hh.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        hh.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.header)
+        layout.addWidget(self.table)
+        self.findings, self.dictation, self.discrepancies = [], None, None
+
+    def show_pending(self, text: str) -> None:
+        self.header.setText(text)
+
+    def show_results(self, findings, dictation=None, discrepancies=None, title: str = "") -> None:
+        """``findings``: FindingScores, most probable first; ``dictation``: DictationFindings;
+        ``discrepancies``: Discrepancy list (rows highlighted)."""
+        self.findings, self.dictation, self.discrepancies = list(findings), dictation, discrepancies
+        said = {d.label: d for d in dictation or []}
+        wrong = {d.label: d for d in discrepancies or []}
+        self.table.setRowCount(len(self.findings))
+        for row, f in enumerate(self.findings):
+            name = QTableWidgetItem(("⚠ " if f.label in wrong else "") + f.label)
+            if f.positive:
+                font = name.font()
+                font.setBold(True)
+                name.setFont(font)
+            self.table.setItem(row, 0, name)
+            self.table.setCellWidget(row, 1, ProbabilityBar(f.probability, f.threshold, f.positive))
+            d = said.get(f.label)
+            text = "" if d is None else DICTATION_TEXT.get(d.status, d.status)
+            if f.label in wrong:
+                text = KIND_TEXT.get(wrong[f.label].kind, wrong[f.label].kind)
+            item = QTableWidgetItem(text)
+            self.table.setItem(row, 2, item)
+            for col in (0, 2):
+                cell = self.table.item(row, col)
+                if f.label in wrong:
+                    cell.setBackground(DISCREPANCY_COLOUR)
+                    cell.setForeground(QColor(0, 0, 0))
+                    cell.setToolTip(f"discrepancy: {wrong[f.label].kind} (margin {wrong[f.label].margin:+.2f})")
+        positives = sum(f.positive for f in self.findings)
+        extra = f", {len(wrong)} discrepancies" if discrepancies is not None else ""
+        self.header.setText(f"{title}{positives} of {len(self.findings)} findings above threshold{extra}")
+
+    def highlighted_labels(self) -> list[str]:
+        return [d.label for d in self.discrepancies or []]
