@@ -92,7 +92,7 @@ class MainWindow(QMainWindow):
 
         # left: studies
         self.studies = StudiesPanel()
-        self._dock("Studies", self.studies, Qt.DockWidgetArea.LeftDockWidgetArea)
+        left_dock = self._dock("Studies", self.studies, Qt.DockWidgetArea.LeftDockWidgetArea)
         # right: findings, dictation, similar
         self.findings = FindingsPanel()
         self.dictation = DictationWidget(self.settings.recordings(), source_factory or self._microphone,
@@ -108,7 +108,8 @@ class MainWindow(QMainWindow):
             lay.addWidget(w)
             right.addWidget(box)
         right.setSizes([520, 130, 200])
-        self._dock("Results", right, Qt.DockWidgetArea.RightDockWidgetArea)
+        right_dock = self._dock("Results", right, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.resizeDocks([left_dock, right_dock], [230, 560], Qt.Orientation.Horizontal)
 
         # status bar
         self.device_label, self.bundle_label, self.library_label = QLabel("device: …"), QLabel("bundle: …"), \
@@ -327,6 +328,7 @@ class MainWindow(QMainWindow):
         self.analysis = a
         self.findings.show_results(a.findings, a.dictation, a.discrepancies, title="Dictation checked: ")
         n = len(a.discrepancies or [])
+        self._status(f"Dictation analysed in {a.timings.get('total', 0):.0f} ms")
         self.dictation.set_done(f"Dictation analysed: {n} discrepanc{'y' if n == 1 else 'ies'}"
                                 if a.dictation is not None else "Dictation encoded (this bundle has no dictation head)")
         if a.similar is not None:

@@ -1,0 +1,88 @@
+"""The main window on the tiny bundle: findings appear off the GUI thread, a dictation from a file
+source produces dictation findings, discrepancies and similar studies; clicking a similar study
+opens it beside the current one."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QTimer
+
+from desktop.dictation.sources import FileSource
+from desktop.main_window import MainWindow
+from desktop.panels.studies import sample_studies
+from desktop.settings import Settings
+from tests.engine.tiny_bundle import tiny_bundle_path
+
+TIMEOUT_MS = 240_000
+
+
+@pytest.fixture
+def window(qtbot, tmp_path):
+    samples = sample_studies()
+    wav = samples[0].parent / "dictation.wav"
+    settings = Settings(bundle=str(tiny_bundle_path()), library=str(tmp_path / "lib"),
+                        recordings_dir=str(tmp_path / "rec"))
+    w = MainWindow(settings, source_factory=lambda: FileSource(wav), cache_dir=False, save_settings=False)
+    qtbot.addWidget(w)
+    w.resize(1200, 800)
+    w.show()
+    yield w
+    w.close()
+
+
+def test_study_opens_and_findings_come_from_a_worker_while_the_gui_keeps_running(qtbot, window):
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    ran_on = []
+    original = window.service.engine
+
+    def spy():
+        ran_on.append(threading.get_ident())
+        return original()
+
+    window.service.engine = spy
+    timer.start()
+    with qtbot.waitSignal(window.findingsShown, timeout=TIMEOUT_MS) as blocker:
+        window.open_study(str(sample_studies()[0]))
+    timer.stop()
+    analysis = blocker.args[0]
+    assert len(analysis.findings) == 18 and window.findings.table.rowCount() == 18
+    assert ran_on and threading.get_ident() not in ran_on  # every engine call ran off the GUI thread
+    assert len(ticks) > 5  # and the GUI thread kept serving its timer meanwhile
+    assert window.viewer is not None and window.viewer.volume.shape == (64, 128, 128)
+
+
+@pytest.mark.slow  # loads the Whisper backbone (~40 s on this shared CPU)
+def test_dictation_from_a_file_gives_results_and_similar_opens_beside(qtbot, window, tmp_path):
+    samples = sample_studies()
+    with qtbot.waitSignal(window.libraryIndexed, timeout=TIMEOUT_MS):
+        window.index_studies(samples[1:])
+    with qtbot.waitSignal(window.findingsShown, timeout=TIMEOUT_MS):
+        window.open_study(str(samples[0]))
+    assert window.dictation.begin()
+    source = window.dictation.recorder.source
+    qtbot.waitUntil(source.finished.is_set, timeout=30_000)
+    with qtbot.waitSignal(window.dictationShown, timeout=TIMEOUT_MS) as blocker:
+        window.dictation.end()
+    result = blocker.args[0]
+    a = result.analysis
+    assert len(a.dictation) == 18 and a.discrepancies is not None
+    assert {h["uid"] for h in a.similar} and len(a.similar) == len(samples) - 1
+    # the recording on disk is the file that was fed
+    import soundfile as sf
+
+    data, sr = sf.read(result.audio_path, dtype="float32")
+    assert sr == 16_000 and abs(len(data) - len(source.waveform)) == 0
+    assert np.max(np.abs(data - source.waveform)) < 1e-3  # 16-bit PCM rounding only
+    # discrepancies highlighted in the table, similar studies listed
+    assert window.findings.highlighted_labels() == [d.label for d in a.discrepancies]
+    assert window.similar.list.count() == len(a.similar)
+    window.similar._activated(window.similar.list.item(0))
+    qtbot.waitUntil(lambda: window.compare is not None, timeout=60_000)
+    assert window.compare.volume.metadata["source"] == a.similar[0]["study"]["path"]
