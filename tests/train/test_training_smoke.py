@@ -61,11 +61,14 @@ def test_teacher_cli_learns_and_writes_its_run(run):
     assert (out / "timings.jsonl").is_file()
 
 
-def test_teacher_resume_after_the_end_changes_nothing(run):
+def test_teacher_cli_refuses_to_overwrite_and_resumes_with_a_larger_budget(run):
     data, out = run
-    rc = train_main(["teacher", "--config", str(SMOKE_CONFIG), "--data", str(data), "--out", str(out),
-                     "--max-steps", "16", "--quiet"])
-    assert rc == 2  # refuses to overwrite without --resume
+    args = ["teacher", "--config", str(SMOKE_CONFIG), "--data", str(data), "--out", str(out), "--quiet"]
+    assert train_main([*args, "--max-steps", "16"]) == 2  # a run is there: needs --resume
+    assert train_main([*args, "--max-steps", "18", "--resume"]) == 0
+    rows = [json.loads(line) for line in (stage_dir(out, "teacher") / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r and r.get("kind") != "valid"]
+    assert steps == list(range(1, 19))
 
 
 @pytest.mark.parametrize("lam", [1.0, 0.0], ids=["distilled", "naive"])
