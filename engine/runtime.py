@@ -99,6 +99,31 @@ _device_logged: set[str] = set()
 _device_log_lock = threading.Lock()
 
 
+class _SharedModels:
+    """Models built from one bundle on one device, shared by every Engine of this process that uses
+    them (a GUI and its scripts load the weights once), with the one lock their calls run under."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.models: dict[str, Any] = {}
+
+
+_shared: dict[tuple[str, str], _SharedModels] = {}
+_shared_lock = threading.Lock()
+
+
+def _shared_models(bundle_hash: str, device: torch.device) -> _SharedModels:
+    with _shared_lock:
+        return _shared.setdefault((bundle_hash, str(device)), _SharedModels())
+
+
+def release_models() -> None:
+    """Forget the shared models: Engines created afterwards build their own; existing ones keep theirs
+    (their memory is freed once those Engines are gone)."""
+    with _shared_lock:
+        _shared.clear()
+
+
 def default_bundle_path() -> Path:
     """``$SPEECHCT_BUNDLE`` when set, else ``assets/models/default`` of this checkout."""
     env = os.environ.get(ENV_BUNDLE)
@@ -232,7 +257,8 @@ class _EmbeddingCache:
 
 
 class Engine:
-    """See the module docstring. Models load lazily, on first use, under the engine's lock.
+    """See the module docstring. Models load lazily, on first use, under the engine's lock; Engines of
+    one process that use the same bundle on the same device share the built models and that lock.
 
     ``bundle``: a bundle folder (default :func:`default_bundle_path`). ``device``: ``"auto"``,
     ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ... ``library``: a library folder for :meth:`similar`
@@ -276,8 +302,9 @@ class Engine:
         self.dim = int(self.bundle.manifest["space"]["dim"])
         self.logit_scale = float(self.bundle.manifest["space"]["logit_scale"])
         self.labels = tuple(self.bundle.labels)
-        self._lock = threading.RLock()
-        self._models: dict[str, Any] = {}
+        shared = _shared_models(self.bundle.hash, self.device)
+        self._lock = shared.lock  # one lock per (bundle, device): shared models run one call at a time
+        self._models = shared.models
         self.load_timings_ms: dict[str, float] = {"bundle": _ms(time.perf_counter() - started)}
         if cache_dir is False:
             folder = None
@@ -321,6 +348,7 @@ class Engine:
         """Build (once) and return one model: ``ct``, ``speech``, ``text``, ``dictation``, ``prompts``."""
         with self._lock:
             if name in self._models:
+                self.load_timings_ms.setdefault(name, 0.0)  # built earlier, by this or another Engine
                 return self._models[name]
             from engine import model_loading as ml
 
