@@ -1,13 +1,14 @@
 """The app's side of ``engine.Engine``: built lazily in a worker, every call through ``TaskRunner``.
 
-Torch's intra-op threads are set to ``cores - 1`` (at least 1) so one core stays free for the GUI
-thread while a CT is encoded (the Engine's ``threads=``; it is process-wide, and only workers run
-torch here).
+Torch's intra-op threads are set to ``cores - 1`` (at least 1) in every worker before it runs,
+so one core stays free for the GUI thread while a CT is encoded (OpenMP keeps that count per
+calling thread, so setting it once in the Engine is not enough).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,13 @@ class EngineService(QObject):
     # ---------------------------------------------------------------- calls (GUI side)
     def _run(self, what: str, fn, *args, on_result=None, **kwargs):
         self.busy.emit(what)
+        threads = worker_threads()
+
+        def in_worker(*a, **kw):
+            # OpenMP's thread count is per calling thread: set it in every pool thread, not once.
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(threads)
+            return fn(*a, **kw)
 
         def done(value):
             self.idle.emit()
@@ -81,7 +89,7 @@ class EngineService(QObject):
             self.idle.emit()
             self.failed.emit(msg)
 
-        return self.runner.run_task(fn, *args, on_result=done, on_error=error, name=what, **kwargs)
+        return self.runner.run_task(in_worker, *args, on_result=done, on_error=error, name=what, **kwargs)
 
     def start(self):
         return self._run("Loading model bundle…", self.describe, on_result=self.ready.emit)
