@@ -290,9 +290,10 @@ def zero_shot_metrics(
     draws, skipped = _draw_metrics(s, y, thresholds, idx)
     macro_draws = {m: _nanmean_rows(draws[m]) for m in METRICS}
     skipped_counts = skipped.sum(axis=0)
-    if skipped_counts.any():
+    partly = [j for j, c in enumerate(skipped_counts) if c and names[j] not in one_class]
+    if partly:
         notes.append("bootstrap draws with no positive (or no negative) study for a finding skip that finding: "
-                     + ", ".join(f"{names[j]} {int(c)}" for j, c in enumerate(skipped_counts) if c))
+                     + ", ".join(f"{names[j]} {int(skipped_counts[j])} of {cfg.n_boot}" for j in partly))
 
     macro = {}
     for m in METRICS:
