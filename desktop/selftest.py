@@ -17,8 +17,9 @@ from .panels.studies import sample_studies
 from .viewer.presets import LUNG
 
 
-def wait_for(signal, timeout_s: float, app):
-    """Run the event loop until ``signal`` fires (returns its args) or the timeout (returns None)."""
+def wait_for(signal, timeout_s: float, app, fail_signal=None):
+    """Run the event loop until ``signal`` fires (returns its args), ``fail_signal`` fires or the
+    timeout passes (both return None)."""
     got = []
     loop = QEventLoop()
 
@@ -27,9 +28,13 @@ def wait_for(signal, timeout_s: float, app):
         loop.quit()
 
     signal.connect(hit)
+    if fail_signal is not None:
+        fail_signal.connect(loop.quit)
     QTimer.singleShot(int(timeout_s * 1000), loop.quit)
     loop.exec()
     signal.disconnect(hit)
+    if fail_signal is not None:
+        fail_signal.disconnect(loop.quit)
     return got[0] if got else None
 
 
@@ -80,14 +85,16 @@ def run_selftest(window, app, out_dir: Path | None, timeout_s: float = 600.0) ->
         print("FAIL no sample studies under assets/samples", flush=True)
         return 1
     # 1. a library holding the other samples, so similar studies can appear
-    if window.engine_info is None and wait_for(window.service.ready, timeout_s, app) is None:
+    if window.engine_info is None and window.last_error is None:
+        wait_for(window.service.ready, timeout_s, app, fail_signal=window.errorShown)
+    if window.engine_info is None:
         print(f"FAIL engine: {window.last_error}", flush=True)
         return 1
     window.index_studies([p for p in samples[1:]])
-    check(wait_for(window.libraryIndexed, timeout_s, app) is not None, f"indexed {len(samples) - 1} sample studies")
+    check(wait_for(window.libraryIndexed, timeout_s, app, window.errorShown) is not None, f"indexed {len(samples) - 1} sample studies")
     # 2. the sample study and its findings
     window.open_study(str(samples[0]))
-    got = wait_for(window.findingsShown, timeout_s, app)
+    got = wait_for(window.findingsShown, timeout_s, app, window.errorShown)
     check(got is not None, f"findings shown for {samples[0].parent.name} ({window.last_error or 'no error'})")
     if got is None:
         return 1
@@ -111,7 +118,7 @@ def run_selftest(window, app, out_dir: Path | None, timeout_s: float = 600.0) ->
         app.processEvents()
         time.sleep(0.01)
     window.dictation.end()
-    got = wait_for(window.dictationShown, timeout_s, app)
+    got = wait_for(window.dictationShown, timeout_s, app, window.errorShown)
     check(got is not None, f"dictation {wav.name} processed ({window.last_error or 'no error'})")
     if got is not None:
         a = got[0].analysis

@@ -34,6 +34,11 @@ class VolumeView(RenderView):
         stride = max(1, int(np.ceil(max(volume.shape) / MAX_SIDE)))
         self.mapper = vtkFixedPointVolumeRayCastMapper()
         self.mapper.SetInputData(image_data(volume, stride))
+        # Half a voxel between samples (the default 1 mm oversamples 2.8 mm voxels ~3×) and a ray
+        # every 1.5 pixels: same picture on CPU in about half the time.
+        self.mapper.SetSampleDistance(min(volume.spacing) * stride / 2.0)
+        self.mapper.SetImageSampleDistance(1.5)
+        self.mapper.AutoAdjustSampleDistancesOff()
         prop = vtkVolumeProperty()
         opacity, colour = vtkPiecewiseFunction(), vtkColorTransferFunction()
         for hu, a in OPACITY:
@@ -62,6 +67,7 @@ class VolumeView(RenderView):
         cam.SetPosition(*(centre - np.array([0.0, 1.0, 0.0]) * size * 3.0))
         cam.SetViewUp(0.0, 0.0, 1.0)
         self.renderer.ResetCamera()
+        cam.Zoom(1.3)  # ResetCamera frames the bounding sphere; the chest fills more of the view
         self.schedule_render()
 
     def on_drag(self, button, dx, dy, modifiers) -> None:
