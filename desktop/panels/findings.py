@@ -20,7 +20,7 @@ class ProbabilityBar(QWidget):
     def __init__(self, probability: float, threshold: float, positive: bool, parent=None):
         super().__init__(parent)
         self.probability, self.threshold, self.positive = probability, threshold, positive
-        self.setMinimumWidth(120)
+        self.setMinimumWidth(90)
         self.setToolTip(f"P(present) {probability:.2f}, threshold {threshold:.2f}")
 
     def paintEvent(self, event):  # noqa: N802
@@ -50,7 +50,8 @@ class FindingsPanel(QWidget):
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setSelectionMode(QTableWidget.SelectionMode.NoSelection)
         hh = self.table.horizontalHeader()
-        hh.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        hh.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        self.table.setColumnWidth(0, 215)
         hh.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         hh.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
         layout = QVBoxLayout(self)
@@ -76,7 +77,13 @@ class FindingsPanel(QWidget):
                 font.setBold(True)
                 name.setFont(font)
             self.table.setItem(row, 0, name)
-            self.table.setCellWidget(row, 1, ProbabilityBar(f.probability, f.threshold, f.positive))
+            bar = self.table.cellWidget(row, 1)
+            if isinstance(bar, ProbabilityBar):  # reuse: replacing cell widgets leaves stale ones painted
+                bar.probability, bar.threshold, bar.positive = f.probability, f.threshold, f.positive
+                bar.setToolTip(f"P(present) {f.probability:.2f}, threshold {f.threshold:.2f}")
+                bar.update()
+            else:
+                self.table.setCellWidget(row, 1, ProbabilityBar(f.probability, f.threshold, f.positive))
             d = said.get(f.label)
             text = "" if d is None else DICTATION_TEXT.get(d.status, d.status)
             if f.label in wrong:

@@ -184,3 +184,23 @@ def test_coronal_screenshot_head_up(viewer):
     lung_band = img[int(h * 0.3):int(h * 0.45), int(w * 0.2):int(w * 0.35)]
     abdomen_band = img[int(h * 0.8):int(h * 0.88), int(w * 0.3):int(w * 0.7)]
     assert np.median(lung_band) < 110 and np.median(abdomen_band) > 170
+
+
+def test_findings_panel_bars_and_highlights(qtbot):
+    from desktop.panels.findings import DISCREPANCY_COLOUR, FindingsPanel, ProbabilityBar
+    from engine.findings import DictationFinding, Discrepancy, FindingScore
+
+    panel = FindingsPanel()
+    qtbot.addWidget(panel)
+    findings = [FindingScore("Emphysema", 0.9, 0.5, True), FindingScore("Cardiomegaly", 0.2, 0.7, False)]
+    panel.show_results(findings)
+    assert panel.table.rowCount() == 2 and isinstance(panel.table.cellWidget(0, 1), ProbabilityBar)
+    dictation = [DictationFinding("Emphysema", "not mentioned", 0.9, {}), DictationFinding("Cardiomegaly", "absent", 0.9, {})]
+    panel.show_results(findings, dictation, [Discrepancy("Emphysema", "omitted", 0.9, 0.5, 0.4, "not mentioned", 0.9)])
+    assert panel.highlighted_labels() == ["Emphysema"]
+    assert panel.table.item(0, 0).background().color() == DISCREPANCY_COLOUR
+    assert panel.table.item(1, 0).background().color() != DISCREPANCY_COLOUR
+    assert panel.table.item(0, 2).text() == "omitted in dictation" and panel.table.item(1, 2).text() == "dictated absent"
+    bar = panel.table.cellWidget(1, 1)
+    assert (bar.probability, bar.threshold, bar.positive) == (0.2, 0.7, False)
+    assert "2 findings" in panel.header.text() and "1 discrepancies" in panel.header.text()
