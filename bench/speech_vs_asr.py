@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
+    parser.add_argument("--rank-only", action="store_true", help="skip the speech-vs-ASR table")
     args = parser.parse_args(argv)
 
     import torch
@@ -92,10 +93,20 @@ def main(argv: list[str] | None = None) -> int:
         note = " (random weights, the default bundle being absent; CT encoder and spec of train/configs/cpu-pilot)"
     engine = Engine(bundle, device="cpu", cache_dir=False, threads=args.threads)
     engine.warm_up()
+    print(f"bundle {bundle}{note}; {args.threads} threads, median of {args.runs} runs after a warm-up")
+    rows = {} if args.rank_only else speech_vs_asr(engine, Transcriber, args)
+    rank = rank_latency(engine, args.runs)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"bundle": str(bundle), "random_weights": bool(note),
+                                               "threads": args.threads, "speech_vs_asr": rows, "rank_ms": rank},
+                                              indent=2))
+    return 0
+
+
+def speech_vs_asr(engine, Transcriber, args) -> dict:
     engine.encode_text("warm up the text tower")
     asr = Transcriber(cpu_threads=args.threads)
     asr.load()
-    print(f"bundle {bundle}{note}; {args.threads} threads, median of {args.runs} runs after a warm-up")
     print(f"{'dictation':>9}  {'ours wall':>10} {'ours cpu':>9}  {'cascade wall':>12} {'asr':>8} {'text':>6} "
           f"{'cascade cpu':>11}  {'ratio wall':>10} {'ratio cpu':>9}")
     rows = {}
@@ -114,25 +125,24 @@ def main(argv: list[str] | None = None) -> int:
                          "ratio_cpu": cas_cpu / ours_cpu, "transcript_words": len(transcript["text"].split())}
         print(f"{seconds:>7} s  {ours_wall:>8.0f}ms {ours_cpu:>7.0f}ms  {cas_wall:>10.0f}ms {asr_wall:>6.0f}ms "
               f"{text_wall:>4.0f}ms {cas_cpu:>9.0f}ms  {cas_wall / ours_wall:>9.1f}x {cas_cpu / ours_cpu:>8.1f}x")
+    return rows
 
+
+def rank_latency(engine, n_runs: int) -> dict:
     from engine.audio import load_audio
 
     study, wav_path = SAMPLES / "study-002" / "dicom", SAMPLES / "study-002" / "dictation.wav"
     waveform = load_audio(wav_path)
     stages = ("load_study", "encode_ct", "encode_speech", "rank", "dictation", "total")
     runs = []
-    for _ in range(args.runs + 1):
+    for _ in range(n_runs + 1):
         engine.clear_memory_cache()  # time the CT encoder, not the cache
         runs.append(engine.analyze(study, waveform, SR).timings)
     runs = runs[1:]
     rank = {k: statistics.median(r[k] for r in runs) for k in stages}
     print(f"\nspeechct rank on {study.relative_to(REPO)} + its {waveform.size / SR:.1f} s dictation "
           f"(models loaded, no cache, ms): " + ", ".join(f"{k} {v:.0f}" for k, v in rank.items()))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"bundle": str(bundle), "random_weights": bool(note),
-                                               "threads": args.threads, "speech_vs_asr": rows, "rank_ms": rank},
-                                              indent=2))
-    return 0
+    return rank
 
 
 if __name__ == "__main__":
