@@ -58,6 +58,22 @@ def test_study_opens_and_findings_come_from_a_worker_while_the_gui_keeps_running
     assert window.viewer is not None and window.viewer.volume.shape == (64, 128, 128)
 
 
+def test_push_to_talk_key_holds_recording(qtbot, window):
+    from PySide6.QtCore import QEvent, Qt
+    from PySide6.QtGui import QKeyEvent
+    from PySide6.QtWidgets import QApplication
+
+    window.activateWindow()
+    target = window.studies.list  # wherever the focus is, the key reaches the dictation panel
+    QApplication.sendEvent(target, QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_F4, Qt.KeyboardModifier.NoModifier))
+    assert window.dictation.kind == "dictation"
+    QApplication.sendEvent(target, QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_F4, Qt.KeyboardModifier.NoModifier,
+                                             "", True))  # auto-repeat while held: ignored
+    assert window.dictation.kind == "dictation"
+    QApplication.sendEvent(target, QKeyEvent(QEvent.Type.KeyRelease, Qt.Key.Key_F4, Qt.KeyboardModifier.NoModifier))
+    assert window.dictation.kind is None
+
+
 @pytest.mark.slow  # loads the Whisper backbone (~40 s on this shared CPU)
 def test_dictation_from_a_file_gives_results_and_similar_opens_beside(qtbot, window, tmp_path):
     samples = sample_studies()
