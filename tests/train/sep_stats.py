@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from engine.preprocess import CPU_SPEC, prepare_ct
-from train.synth.lesions import hernia_centre, lymph_stations
+from train.synth.lesions import hernia_centre
 
 
 def _prep_mask(phantom, mask: np.ndarray) -> np.ndarray:
@@ -26,6 +26,38 @@ def _sphere_mask(phantom, centre, radius_mm: float) -> np.ndarray:
     zz, yy, xx = np.ogrid[: shape[0], : shape[1], : shape[2]]
     d2 = ((zz - c[0]) * sp[0]) ** 2 + ((yy - c[1]) * sp[1]) ** 2 + ((xx - c[2]) * sp[2]) ** 2
     return d2 <= radius_mm ** 2
+
+
+def _fat_local_mean(img: np.ndarray, fat: np.ndarray) -> np.ndarray:
+    """3 x 3 in-plane mean of ``img`` over the fat voxels only, so that single noisy voxels and
+    the neighbouring vessels do not count."""
+    f = fat.astype(np.float32)
+    return ndimage.uniform_filter(img * f, size=(1, 3, 3)) / np.maximum(ndimage.uniform_filter(f, (1, 3, 3)), 1e-3)
+
+
+def _blobness(img: np.ndarray, lung: np.ndarray, region: np.ndarray, sigmas_mm=(3.0, 4.5, 6.5, 9.0)) -> float:
+    """Strongest bright blob in the lungs: the scale-normalised Hessian's least negative eigenvalue
+    (negated), maximised over the lung voxels of ``region`` and over scales. A nodule is curved along all three axes;
+    vessels (tubes), fissures and the pleura (sheets) are flat along at least one, so they score ~0.
+    The chest wall and mediastinum are replaced by the median lung value first."""
+    fill = np.where(lung, img, np.float32(np.median(img[lung]))).astype(np.float32)
+    sp = np.asarray(CPU_SPEC.spacing, float)
+    inner = ndimage.binary_erosion(lung, iterations=1) & region
+    best = 0.0
+    for s_mm in sigmas_mm:
+        sig = s_mm / sp
+        h = np.empty((int(inner.sum()), 3, 3), np.float32)
+        for a in range(3):
+            for b in range(a, 3):
+                order = [0, 0, 0]
+                order[a] += 1
+                order[b] += 1
+                d = ndimage.gaussian_filter(fill, sig, order=order)[inner] * (s_mm ** 2 / (sp[a] * sp[b]))
+                h[:, a, b] = d
+                h[:, b, a] = d
+        top = np.linalg.eigvalsh(h)[:, -1]  # least negative eigenvalue
+        best = max(best, float(-top.min()))
+    return best
 
 
 def finding_stat(label: str, phantom) -> float:
@@ -52,33 +84,42 @@ def finding_stat(label: str, phantom) -> float:
             return float(img[ring].mean())
         return float((img[shell] > 0.3).sum())
     if label == "Hiatal hernia":
-        lm = phantom.landmarks
-        region = _prep_mask(phantom, _sphere_mask(phantom, hernia_centre(lm, 20.0), 30.0) & ~m["lung"]
-                            & ~m["airway"])
-        return float((img[region] < -0.5).sum())  # gas where the mediastinum has none
+        # behind the heart, above the hiatus: a herniated stomach puts gas and fluid/wall where the
+        # normal mediastinum has fat
+        fat = _prep_mask(phantom, m["mediastinal_fat"])
+        sphere = _prep_mask(phantom, _sphere_mask(phantom, hernia_centre(phantom.landmarks, 20.0), 35.0))
+        region = sphere & ndimage.binary_erosion(fat, iterations=1)
+        soft = float((_fat_local_mean(img, fat)[region] > -0.03).sum())
+        # gas outside the normal lungs and airways (one voxel in from them)
+        open_air = ndimage.binary_dilation(_prep_mask(phantom, m["lung"] | m["airway"]), iterations=1)
+        gas = float((img[sphere & ~open_air] < -0.5).sum())
+        return soft + gas
     if label == "Lymphadenopathy":
-        lm = phantom.landmarks
-        fractions = []
-        for side in (-1, 1):
-            for c in lymph_stations(lm, side).values():
-                region = _prep_mask(phantom, _sphere_mask(phantom, c, 22.0) & ~m["lung"])
-                v = img[region]
-                fractions.append(float(((v > -0.02) & (v < 0.1)).mean()) if v.size else 0.0)
-        return max(fractions)
+        # enlarged nodes replace the normal mediastinal fat: soft-tissue voxels well inside it
+        fat = _prep_mask(phantom, m["mediastinal_fat"])
+        inner = ndimage.binary_erosion(fat, iterations=1)
+        return float((_fat_local_mean(img, fat)[inner] > -0.03).sum())
     if label in ("Emphysema", "Bronchiectasis"):
         return float((lv < -0.95).mean())
     if label == "Atelectasis":
         return float((lv > -0.2).mean())
-    periphery = lung & (ndimage.distance_transform_edt(lung, sampling=(5.0, 2.8, 2.8)) <= 14.0)
     if label == "Lung nodule":
-        # the densest ~1.5 cm neighbourhood of the peripheral lung: a nodule fills it, vessels do not
-        dense = ((img > -0.2) & periphery).astype(np.float32)
-        return float(ndimage.uniform_filter(dense, size=(3, 5, 5)).max())
+        # the lung away from the hila (nodules are drawn >= 30 mm from the mediastinum)
+        away = ndimage.distance_transform_edt(~_prep_mask(phantom, m["mediastinum"]), sampling=CPU_SPEC.spacing) > 20
+        return _blobness(img, lung, away)
     if label == "Lung opacity":
         return float(((lv > -0.7) & (lv < -0.4)).mean())
     if label == "Pulmonary fibrotic sequela":
-        dense = ((img > -0.6) & periphery).astype(np.float32)
-        return float(ndimage.uniform_filter(dense, size=(3, 9, 9)).max())
+        # reticulation: intermediate densities in the subpleural band (along the costal pleura, away
+        # from the heart border and the diaphragm) of the worst lobe
+        inner = ndimage.binary_erosion(lung, iterations=1)
+        cavity = _prep_mask(phantom, m["cavity"])
+        band = inner & (ndimage.distance_transform_edt(cavity, sampling=CPU_SPEC.spacing) <= 15.0)
+        fractions = []
+        for code in (1, 3, 4, 5):  # the middle lobe's band is mostly fissure and heart border
+            v = img[band & _prep_mask(phantom, m["lobes"] == code)]
+            fractions.append(float(((v > -0.75) & (v < -0.1)).mean()) if v.size else 0.0)
+        return max(fractions)
     if label == "Pleural effusion":
         return float(((lv > -0.05) & (lv < 0.1)).mean())
     if label == "Mosaic attenuation pattern":

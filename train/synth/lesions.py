@@ -91,6 +91,37 @@ def _peripheral_point(ctx: Context, codes, max_depth_mm: float = 25.0, tries: in
     return pts[0]
 
 
+#: Nodules are drawn at least this far (mm) from the mediastinum: perihilar masses among the
+#: hilar vessels are read as hilar, not as lung nodules.
+NODULE_HILAR_CLEARANCE_MM = 30.0
+
+
+def _parenchymal_point(ctx: Context, code: int, peripheral: bool, tries: int = 40) -> np.ndarray:
+    """A point of lobe ``code`` at least ``NODULE_HILAR_CLEARANCE_MM`` from the mediastinum,
+    within 30 mm of the costal pleura when ``peripheral``; the best try when none qualifies."""
+    c = ctx.canvas
+    med = c.masks["mediastinum"]
+    pts = _lung_points(ctx, [code], tries)
+    r = NODULE_HILAR_CLEARANCE_MM
+    best, best_d = pts[0], -1.0
+    for p in pts:
+        if peripheral:
+            k, j, i = (int(round((p[a] - (c.z, c.y, c.x)[a][0]) / c.spacing[a])) for a in range(3))
+            if c.masks["wall_depth"][k, j, i] - c.masks["wall_inner"][0, j, i] >= 30.0:
+                continue
+        hit = c.box(p - r, p + r)
+        if hit is None:
+            continue
+        sl, (gz, gy, gx) = hit
+        near = med[sl] & ((gz - p[0]) ** 2 + (gy - p[1]) ** 2 + (gx - p[2]) ** 2 < r * r)
+        if not near.any():
+            return p
+        d = 0.0 if near.all() else float(np.mean(~near))
+        if d > best_d:
+            best, best_d = p, d
+    return best
+
+
 def _lung_index(ctx: Context, codes=None):
     """Flat indices and (z, y, x) coordinates of lung voxels (optionally in some lobes)."""
     lobes = ctx.canvas.masks["lobes"]
@@ -173,7 +204,28 @@ def prepare_peribronchial_thickening(an: Anatomy, rng, d: dict) -> None:
     d["location"] = "diffuse" if len(codes) == 5 else ("lower lobes" if codes == [3, 5] else "upper lobes")
 
 
+def prepare_fibrotic(an: Anatomy, rng, d: dict) -> None:
+    """Fibrotic sequelae: subpleural, mostly basal; the scarred lobes get traction bronchiectasis
+    (dilated bronchi out to the periphery) and, at the bases, volume loss (a raised hemidiaphragm)."""
+    d["severity"] = d["severity"] or _severity(rng, (0.5, 0.35, 0.15))
+    n_regions = {"mild": 1, "moderate": 2, "severe": 3}[d["severity"]]
+    # (not the small middle lobe: its scars are read with the fissure and the heart border)
+    codes = [int(c) for c in rng.choice([3, 5, 1, 4], size=n_regions, replace=False, p=[0.33, 0.33, 0.17, 0.17])]
+    gens = an.extra.setdefault("bronchi_max_gen", {})
+    for c in codes:
+        an.airway_dilation[c] = max(an.airway_dilation.get(c, 1.0), 1.6 * rng.uniform(0.95, 1.1))
+        an.airway_wall_scale[c] = max(an.airway_wall_scale.get(c, 1.0), 1.3)
+        gens[c] = max(gens.get(c, 4), 6)
+    for s in ("right", "left"):
+        if (3 if s == "right" else 5) in codes:
+            an.dome_shift[s] += {"mild": 4.0, "moderate": 7.0, "severe": 10.0}[d["severity"]] * rng.uniform(0.8, 1.2)
+    d["lobes"] = _lobe_names(codes)
+    d["side"] = _side_of_lobes(codes)
+    d["location"] = "subpleural, basal" if set(codes) & {3, 5} else "subpleural"
+
+
 PREPARE = {
+    "Pulmonary fibrotic sequela": prepare_fibrotic,
     "Cardiomegaly": prepare_cardiomegaly,
     "Pericardial effusion": prepare_pericardial_effusion,
     "Emphysema": prepare_emphysema,
@@ -282,36 +334,34 @@ def draw_septal(ctx: Context, d: dict) -> None:
 
 
 def draw_fibrotic(ctx: Context, d: dict) -> None:
+    """Subpleural reticulation in the lobes chosen by ``prepare_fibrotic`` (a band along the
+    costal pleura, thicker with severity), with a few fibrotic bands running to the hilum; the
+    traction bronchiectasis and volume loss were set up before the chest was drawn."""
     c, rng = ctx.canvas, ctx.rng
-    d["severity"] = d["severity"] or _severity(rng, (0.55, 0.35, 0.1))
-    n_regions = {"mild": 1, "moderate": 2, "severe": 3}[d["severity"]]
-    pool = [1, 4, 2, 3, 5]
-    codes = list(rng.choice(pool, size=n_regions, replace=False, p=[0.3, 0.3, 0.15, 0.12, 0.13]))
-    lung = c.masks["lung"]
-    hu = c.hu
+    codes = [code for code, name in LOBES.items() if name in d["lobes"]]
+    band = {"mild": 18.0, "moderate": 24.0, "severe": 30.0}[d["severity"]]
+    lobes, lung = c.masks["lobes"], c.masks["lung"]
+    pleural_depth = c.masks["wall_depth"] - c.masks["wall_inner"]  # mm below the costal pleura
     for code in codes:
-        centre = _peripheral_point(ctx, [code], 20.0)  # scars are mostly subpleural
+        m = lobes == code
+        if not m.any():
+            continue
+        sl = tuple(slice(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(m))
+        sub = m[sl] & (pleural_depth[sl] < band)
+        # coarse reticulation: the zero sets of a smooth field make a net of curved lines
+        f = smooth_field(sub.shape, c.spacing, 9.0, rng)
+        w = np.clip(1.0 - np.abs(f) / 0.35, 0, 1) * sub
+        # denser towards the pleura
+        w *= np.clip(1.2 - pleural_depth[sl] / band, 0.3, 1.0)
+        hu = c.hu[sl]
+        hu += (0.85 * w * (-120.0 - hu)).astype(np.float32)
         hil = ctx.lm.hila["right" if code in RIGHT_LOBES else "left"]
-        for _ in range(int(rng.integers(6, 11))):
-            a = centre + rng.normal(0, 12, 3)
-            towards = hil - a
-            towards /= np.linalg.norm(towards) or 1.0
-            direction = towards + rng.normal(0, 0.5, 3)
+        for _ in range(int(rng.integers(2, 5))):
+            a = _peripheral_point(ctx, [code], band)
+            direction = (hil - a) / (np.linalg.norm(hil - a) or 1.0) + rng.normal(0, 0.3, 3)
             direction /= np.linalg.norm(direction)
-            length = rng.uniform(25, 55)
-            pts = [a + direction * t + rng.normal(0, 2.0, 3) * (t > 0) for t in np.linspace(0, length, 5)]
-            paint_polyline(c, pts, rng.uniform(2.0, 3.2), rng.uniform(-100, 20), where=lung)
-        # coarse reticulation around the bands
-        r = 45.0
-        hit = c.box(centre - r, centre + r)
-        if hit is not None:
-            sl, (gz, gy, gx) = hit
-            f1 = smooth_field(tuple(s.stop - s.start for s in sl), c.spacing, 8.0, rng)
-            ball = np.sqrt((gz - centre[0]) ** 2 + (gy - centre[1]) ** 2 + (gx - centre[2]) ** 2) < r
-            w = np.clip(1 - np.abs(f1) / 0.2, 0, 1) * ball * lung[sl] * 0.7
-            hu[sl] += w * (-250.0 - hu[sl])
-    d["lobes"] = _lobe_names(codes)
-    d["side"] = _side_of_lobes(codes)
+            pts = [a + direction * t + rng.normal(0, 2.0, 3) * (t > 0) for t in np.linspace(0, rng.uniform(25, 45), 5)]
+            paint_polyline(c, pts, rng.uniform(1.6, 2.6), rng.uniform(-100, 20), where=lung)
     d["count"] = len(codes)
 
 
@@ -363,7 +413,7 @@ def draw_nodules(ctx: Context, d: dict) -> None:
         if k == 0 and preset_kind:
             kind = preset_kind
         lo = {"solid": 6.0, "part-solid": 9.0, "ground-glass": 10.0, "calcified": 5.0}[kind]
-        size = float(np.clip(np.exp(rng.normal(np.log(9), 0.55)), lo, 30.0))
+        size = float(np.clip(np.exp(rng.normal(np.log(11), 0.5)), lo, 30.0))
         if kind == "calcified":
             size = min(size, 8.0)
         if k == 0 and preset_size:
@@ -371,7 +421,7 @@ def draw_nodules(ctx: Context, d: dict) -> None:
         code = int(rng.choice([1, 2, 3, 4, 5], p=[0.28, 0.08, 0.24, 0.24, 0.16]))
         if k == 0 and preset_codes:
             code = preset_codes[0]
-        p = _peripheral_point(ctx, [code], 30.0) if rng.random() < 0.75 else _lung_points(ctx, [code], 1)[0]
+        p = _parenchymal_point(ctx, code, rng.random() < 0.75)
         r = size / 2
         hu_val = {"solid": rng.uniform(15, 50), "part-solid": -350.0, "ground-glass": -560.0,
                   "calcified": rng.uniform(350, 700)}[kind]
@@ -379,7 +429,7 @@ def draw_nodules(ctx: Context, d: dict) -> None:
         paint_ellipsoid(c, p, radii, hu_val, rotation=rotation_matrix(rng.normal(size=3), rng.uniform(0, 3)),
                         where=lung)
         if kind == "part-solid":
-            paint_ellipsoid(c, p, radii * 0.45, 30.0, where=lung)
+            paint_ellipsoid(c, p, radii * 0.6, 30.0, where=lung)
         if size >= 14 and kind == "solid":  # lobulation and spicules
             for _ in range(int(rng.integers(3, 7))):
                 v = rng.normal(size=3)
@@ -600,12 +650,13 @@ def draw_hiatal_hernia(ctx: Context, d: dict) -> None:
     radii = np.array([r * 1.1, r * 0.9, r])
     paint_ellipsoid(c, centre, radii + 3.5, HU["stomach_wall"])
     paint_ellipsoid(c, centre, radii, 15.0)
-    if rng.random() < 0.9:  # gas cap (supine: anterior), the usual giveaway of a herniated stomach
-        hit = c.box(centre - radii, centre + radii)
+    # gas cap over fluid (supine: the gas lies anterior), the usual giveaway of a herniated stomach
+    gas_level = rng.uniform(-0.1, 0.4)
+    hit = c.box(centre - radii, centre + radii)
+    if hit is not None:
         sl, (gz, gy, gx) = hit
         inside = ellipsoid_distance((gz, gy, gx), centre, radii) < -1
-        gas = inside & (gy < centre[1] + 0.1 * radii[1])
-        c.hu[sl][gas] = -990.0
+        c.hu[sl][inside & (gy < centre[1] + gas_level * radii[1])] = -990.0
     d["size_mm"] = int(round(2 * r))
 
 
@@ -623,33 +674,43 @@ def lymph_stations(lm: Landmarks, axillary_side: int = 1) -> dict[str, tuple]:
     }
 
 
+#: Mediastinal nodal stations: the largest enlarged node always sits in one of them.
+MEDIASTINAL_STATIONS = ("right paratracheal", "subcarinal", "prevascular", "aortopulmonary window")
+
+
 def draw_lymphadenopathy(ctx: Context, d: dict) -> None:
+    """Enlarged nodes (short axis 12–30 mm; normal mediastinal nodes are < 10 mm) in the fat of
+    their stations: the first and largest in a mediastinal station, more (hilar, axillary) with
+    severity."""
     c, rng, lm = ctx.canvas, ctx.rng, ctx.lm
     d["severity"] = d["severity"] or _severity(rng)
     stations = lymph_stations(lm, 1 if rng.random() < 0.5 else -1)
     n = {"mild": 1, "moderate": int(rng.integers(2, 4)), "severe": int(rng.integers(3, 6))}[d["severity"]]
-    names = list(rng.choice(list(stations), size=n, replace=False, p=[0.22, 0.22, 0.12, 0.12, 0.12, 0.1, 0.1]))
+    first = str(rng.choice(MEDIASTINAL_STATIONS, p=[0.32, 0.32, 0.18, 0.18]))
+    rest = [s for s in stations if s != first]
+    weights = np.array([{"right paratracheal": 0.2, "subcarinal": 0.2}.get(s, 0.12) for s in rest])
+    names = [first] + list(rng.choice(rest, size=n - 1, replace=False, p=weights / weights.sum()))
+    sizes = sorted((float({"mild": rng.uniform(12, 16), "moderate": rng.uniform(15, 21),
+                           "severe": rng.uniform(20, 30)}[d["severity"]]) for _ in names), reverse=True)
     items = []
     hu = c.hu
-    for name in names:
-        short = {"mild": rng.uniform(13, 16), "moderate": rng.uniform(16, 21), "severe": rng.uniform(21, 30)}[
-            d["severity"]]
+    fat = c.masks.get("mediastinal_fat")
+    for name, short in zip(names, sizes):
+        radii = np.array([short * 0.75, short * 0.5, short * 0.55])
         # nodes grow in the fat between vessels: of a few candidates near the station, take the fattiest
         best, best_score = np.asarray(stations[name], float), -1.0
-        for cand in np.asarray(stations[name], float) + rng.normal(0, 9, (10, 3)):
-            hit = c.box(cand - short / 2, cand + short / 2)
+        for cand in np.asarray(stations[name], float) + rng.normal(0, 8, (16, 3)):
+            hit = c.box(cand - radii, cand + radii)
             if hit is None:
                 continue
             sl, _ = hit
-            score = float(((hu[sl] > -160) & (hu[sl] < -40)).mean())
+            inside = (hu[sl] > -160) & (hu[sl] < -40) if fat is None else fat[sl]
+            score = float(inside.mean())
             if score > best_score:
                 best, best_score = cand, score
-        p = best
-        radii = (short * 0.75, short * 0.5, short * 0.55)
-        paint_ellipsoid(c, p, radii, rng.uniform(30, 50), rotation=rotation_matrix((1, 0, 0), rng.uniform(0, 3)),
-                        where=~c.masks["aorta"])
+        paint_ellipsoid(c, best, radii, rng.uniform(30, 50), rotation=rotation_matrix((1, 0, 0), rng.uniform(-0.3, 0.3)),
+                        where=~c.masks["aorta"] & ~c.masks["airway"])
         items.append({"station": name, "size_mm": int(round(short))})
-    items.sort(key=lambda it: -it["size_mm"])
     d["items"] = items
     d["size_mm"] = items[0]["size_mm"]
     d["count"] = n

@@ -133,6 +133,10 @@ def _make(seed, labels, sz: Size, overrides, with_masks, sex, age, kernel, recon
     z = (z_bottom + np.arange(nz) * sz_).astype(np.float32)
     canvas = Canvas(np.empty(sz.shape, np.float32), z, y, x, sz.spacing)
     lm = build_anatomy(canvas, an, rng_anat)
+    # the normal mediastinal fat (before any finding): where enlarged nodes and a herniated
+    # stomach show up as soft tissue or gas; an anatomical region, not a lesion mask
+    fat = canvas.hu
+    canvas.masks["mediastinal_fat"] = canvas.masks["mediastinum"] & (fat > -160) & (fat < -40)
 
     for lab in DRAW_ORDER:
         if lab in details:
@@ -157,7 +161,8 @@ def _make(seed, labels, sz: Size, overrides, with_masks, sex, age, kernel, recon
     present = {lab: _clean(details[lab]) for lab in LABELS if lab in details}
     masks = None
     if with_masks:
-        keep = ("body", "cavity", "lung", "lobes", "heart", "aorta", "airway", "trachea", "mediastinum")
+        keep = ("body", "cavity", "lung", "lobes", "heart", "aorta", "airway", "trachea", "mediastinum",
+                "mediastinal_fat")
         masks = {k: canvas.masks[k] for k in keep if k in canvas.masks}
     patient = an.summary() | {"noise_hu": round(an.noise_hu, 1)}
     return Phantom(volume, present, patient, masks, lm if with_masks else None,
