@@ -29,9 +29,9 @@ class SimilarPanel(QWidget):
             study = hit.get("study") or {}
             desc = study.get("description") or hit["uid"][:16]
             date = study.get("date") or ""
-            item = QListWidgetItem(f"{hit['score']:+.3f}   {desc}   {date}")
-            item.setData(Qt.ItemDataRole.UserRole, study)
             cos = ", ".join(f"{k} {v:.3f}" for k, v in (hit.get("cosines") or {}).items())
+            item = QListWidgetItem(f"{desc}   {date}\n    score {hit['score']:+.3f}   ({cos or 'no cosines'})")
+            item.setData(Qt.ItemDataRole.UserRole, study)
             item.setToolTip(f"{study.get('path')}\n{cos}")
             self.list.addItem(item)
         self.header.setText(f"{title}: {len(self.hits)} similar studies (click to open beside)" if self.hits
