@@ -155,3 +155,22 @@ def test_retention_and_settings_round_trip(tmp_path, monkeypatch):
     s.push_to_talk_mode, s.audio_retention_days, s.microphone = "toggle", 7, "USB mic"
     s.save()
     assert Settings.load() == s
+
+
+def test_settings_dialog_edits(qtbot):
+    from PySide6.QtGui import QKeySequence
+
+    from desktop.settings import SettingsDialog
+
+    base = Settings(bundle="/b", audio_retention_days=30)
+    dlg = SettingsDialog(base, [(3, "USB mic")])
+    qtbot.addWidget(dlg)
+    assert dlg.microphone.currentData() == "" and dlg.microphone.count() == 2
+    dlg.microphone.setCurrentIndex(1)
+    dlg.mode.setCurrentIndex(1)
+    dlg.key.setKeySequence(QKeySequence("F9"))
+    dlg.retention.setValue(3)
+    dlg.library.setText(" /lib ")
+    out = dlg.result_settings()
+    assert (out.microphone, out.push_to_talk_mode, out.push_to_talk_key, out.audio_retention_days, out.library,
+            out.bundle) == ("USB mic", "toggle", "F9", 3, "/lib", "/b")
