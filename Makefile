@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export QT_QPA_PLATFORM ?= offscreen
 export VTK_DEFAULT_OPENGL_WINDOW ?= vtkOSOpenGLRenderWindow
 
-.PHONY: all setup system-deps run test test-all lint clean
+.PHONY: all setup system-deps run demo app test test-all lint clean
 
 all: test
 
@@ -29,7 +29,16 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 
 setup: $(STAMP)
 
+# The app where a display is available; otherwise the headless demo of the same engine.
 run: $(STAMP)
+	@if [ -n "$${DISPLAY:-}$${WAYLAND_DISPLAY:-}" ]; then \
+		env -u QT_QPA_PLATFORM -u VTK_DEFAULT_OPENGL_WINDOW $(VENV)/bin/speechct-app; \
+	else \
+		$(MAKE) --no-print-directory demo && \
+		echo && echo "No display here: start the app with 'make app' on a desktop, or 'xvfb-run make app'."; \
+	fi
+
+demo: $(STAMP)
 	@lib=$$(mktemp -d) && trap 'rm -rf "$$lib"' EXIT && set -e && \
 	echo "== speechct index add assets/samples (a temporary library)" && \
 	$(VENV)/bin/speechct index add assets/samples --library "$$lib" && \
@@ -38,6 +47,9 @@ run: $(STAMP)
 		--similar 2 --library "$$lib" && \
 	echo && echo "== speechct search by a spoken report (study-001's dictation)" && \
 	$(VENV)/bin/speechct search --audio assets/samples/study-001/dictation.wav -k 3 --library "$$lib"
+
+app: $(STAMP)
+	env -u QT_QPA_PLATFORM -u VTK_DEFAULT_OPENGL_WINDOW $(VENV)/bin/speechct-app
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
