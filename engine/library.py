@@ -24,7 +24,9 @@ cosine. With several (query, library-kind) pairs the cosines live on different s
 cosines sit near 1, speech·CT ones far lower: the modality gap), so each pair's cosines are first
 standardised over the library (z = (cos − mean) / std), the pairs of one query kind are averaged
 over those the study has (a study without a dictation is not penalised), and the query kinds are
-combined by a weighted mean (``weights``: query kind → weight, default equal). ``Hit.cosines`` keeps
+combined by a weighted mean (``weights``: query kind → weight, default equal). Libraries with
+fewer than ``MIN_ROWS_FOR_STATS`` vectors of a kind combine raw cosines instead: statistics over a
+handful of studies are noise. ``Hit.cosines`` keeps
 every raw cosine.
 
 **Never the query itself.** ``exclude_uids`` drops every row whose uid, SeriesInstanceUID,
@@ -88,6 +90,9 @@ __all__ = [
     "query_uids",
     "study_key",
 ]
+
+#: Below this many vectors of a kind, combined scores use raw cosines (module doc).
+MIN_ROWS_FOR_STATS = 10
 
 QUERY_TARGETS: dict[str, tuple[str, ...]] = {
     "ct": ("ct",),
@@ -595,7 +600,9 @@ class Library:
                     cos = full
                 else:
                     cos[have] = full[pos[have]]
-                if len(pairs) == 1:  # a lone cosine is the score itself: no statistics needed
+                if len(pairs) == 1 or len(full) < MIN_ROWS_FOR_STATS:
+                    # A lone cosine is the score itself; and over a handful of studies a mean and
+                    # std are noise (two studies always get z = ±1, so combined scores tie at 0).
                     mean, std = 0.0, 1.0
                 else:
                     mean, std = (float(full.mean()), float(full.std())) if len(full) else (0.0, 0.0)

@@ -133,6 +133,21 @@ def test_combined_query_scores(tmp_path):
     del rng
 
 
+def test_tiny_library_combines_raw_cosines(tmp_path):
+    # Two studies: z-scores would be +-1 for every pair and combined scores could tie at 0.
+    lib = _lib(tmp_path)
+    ct = random_unit(2, DIM, 11)
+    dictated = random_unit(2, DIM, 12)
+    for i in range(2):
+        lib.add_study(_volume(i, f"6.{i}"), ct[i], dictation_embedding=dictated[i])
+    q_ct, q_d = random_unit(2, DIM, 13)
+    by_uid = {h.record.uid: h for h in lib.search({"ct": q_ct, "dictation": q_d}, k=2)}
+    for i in range(2):
+        expected = (ct[i] @ q_ct + (ct[i] @ q_d + dictated[i] @ q_d) / 2) / 2
+        assert by_uid[f"6.{i}"].score == pytest.approx(float(expected), abs=1e-5)
+    assert by_uid["6.0"].score != pytest.approx(by_uid["6.1"].score, abs=1e-3)
+
+
 def test_persistence_across_processes(tmp_path):
     lib = _lib(tmp_path)
     vecs = random_unit(6, DIM, 8)
