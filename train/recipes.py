@@ -38,7 +38,7 @@ from engine.errors import DataError
 from engine.findings import LABELS, prompt_pair
 from engine.models.ct import CTEncoder, load_ct_config
 from engine.models.dictation import DictationHead, DictationHeadConfig, dictation_loss, mention_to_class
-from engine.models.space import LogitScale, info_nce, similarity_logits, student_loss
+from engine.models.space import LogitScale, info_nce, student_loss
 from engine.models.speech import (
     SpeechStudent,
     SpeechStudentConfig,
@@ -213,8 +213,10 @@ def zero_shot_auroc(ct: torch.Tensor, prompts: torch.Tensor, labels: np.ndarray,
     """Training monitor: macro AUROC of CT-CLIP's prompt-pair softmax (train.evaluate is the real protocol)."""
     from sklearn.metrics import roc_auc_score
 
-    logits = similarity_logits(ct, prompts, scale).view(ct.shape[0], -1, 2)
-    p_present = logits.softmax(dim=-1)[..., 0].numpy()
+    from engine.findings import zero_shot_probabilities
+
+    # prompts are interleaved (present, not present) per label, as prompt_texts() orders them
+    p_present = zero_shot_probabilities(ct, prompts[0::2], prompts[1::2], scale).numpy()
     aucs = [roc_auc_score(labels[:, j], p_present[:, j]) for j in range(labels.shape[1])
             if 0 < labels[:, j].sum() < labels.shape[0]]
     return float(np.mean(aucs)) if aucs else float("nan")

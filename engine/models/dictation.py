@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.findings import LABELS
+from engine.findings import DICTATION_CLASSES, LABELS
 
 #: Class order of the head's last axis.
-CLASSES: tuple[str, ...] = ("present", "absent", "not mentioned")
+CLASSES: tuple[str, ...] = DICTATION_CLASSES  # one spelling, defined beside the findings
 #: mentions CSV value -> class index.
 _MENTION_TO_CLASS = {1: 0, 0: 1, -1: 2}
 
