@@ -4,3 +4,12 @@ Everything the desktop app can do, a script can do through this package.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `engine.Engine` without importing torch for commands that never need it (PEP 562).
+    if name == "Engine":
+        from engine.runtime import Engine
+
+        return Engine
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
