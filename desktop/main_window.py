@@ -380,6 +380,7 @@ class MainWindow(QMainWindow):
         if self.dictation.kind is not None:
             self.dictation.end()
         self.runner.wait(30_000)
+        self.studies.runner.wait(30_000)  # thumbnail reads: let them land before the panel goes
         for viewer in (self.viewer, self.compare):
             if viewer is not None:
                 viewer.close_views()

@@ -1,14 +1,19 @@
 """The study browser: sample studies, recent/open folder or file, library studies, series choice,
 each with a thumbnail (the middle axial slice in a mediastinal window). Patient names are never
-shown: only descriptions, dates and UIDs the engine keeps."""
+shown: only descriptions, dates and UIDs the engine keeps.
+
+Thumbnails are read from each entry's path in a worker (``desktop.workers.TaskRunner``): the entry
+shows a placeholder until its image arrives, or an error placeholder whose tooltip carries the
+reader's one-line message. Images are kept in a process-wide memory cache keyed by (path, series),
+so a study is read for its thumbnail at most once per session."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QIcon, QImage, QPixmap
+from PySide6.QtCore import QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QIcon, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -21,6 +26,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..workers import TaskRunner
+
 THUMB = 64
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "samples"
 
@@ -30,22 +37,67 @@ def sample_studies() -> list[Path]:
     return sorted(p / "dicom" for p in SAMPLES_DIR.glob("study-*") if (p / "dicom").is_dir())
 
 
-def thumbnail(volume, size: int = THUMB) -> QPixmap:
-    """Middle axial slice, window 350/50, as a square pixmap."""
+WINDOW_WIDTH, WINDOW_LEVEL = 350.0, 50.0  # HU: mediastinal window (lungs black, soft tissue grey)
+# (path, series) -> the thumbnail QImage; QImage (unlike QPixmap) may be built in a worker thread
+_THUMB_CACHE: dict[tuple[str, str | None], QImage] = {}
+STATE_ROLE = Qt.ItemDataRole.UserRole + 1  # "pending" | "ready" | "error"
+
+
+def thumbnail_image(volume, size: int = THUMB) -> QImage:
+    """Middle axial slice (array index z = nz // 2 of the (z, y, x) array), mediastinal window,
+    scaled to fit ``size`` x ``size`` pixels. Safe to call off the GUI thread."""
     sl = volume.array[volume.shape[0] // 2].astype(np.float32)
-    grey = np.clip((sl - (50 - 175)) / 350.0 * 255.0, 0, 255).astype(np.uint8)
-    grey = np.ascontiguousarray(grey)
-    img = QImage(grey.data, grey.shape[1], grey.shape[0], grey.shape[1], QImage.Format.Format_Grayscale8).copy()
-    return QPixmap.fromImage(img).scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio,
-                                         Qt.TransformationMode.SmoothTransformation)
+    lo = WINDOW_LEVEL - WINDOW_WIDTH / 2
+    grey = np.ascontiguousarray(np.clip((sl - lo) / WINDOW_WIDTH * 255.0, 0, 255).astype(np.uint8))
+    img = QImage(grey.data, grey.shape[1], grey.shape[0], grey.shape[1], QImage.Format.Format_Grayscale8)
+    return img.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
+
+
+def thumbnail(volume, size: int = THUMB) -> QPixmap:
+    """:func:`thumbnail_image` as a pixmap (GUI thread only)."""
+    return QPixmap.fromImage(thumbnail_image(volume, size))
+
+
+def read_thumbnail(path: str, series: str | None = None, size: int = THUMB) -> QImage:
+    """Read the study at ``path`` (engine.io.load_volume) and return its thumbnail image. Runs in a
+    worker; raises engine.errors.StudyError (one line) when the study cannot be read."""
+    from engine.io import load_volume
+
+    return thumbnail_image(load_volume(path, series), size)
+
+
+def placeholder_icon(kind: str, size: int = THUMB) -> QIcon:
+    """A flat square: "pending" (grey, an ellipsis) or "error" (dark red, an exclamation mark)."""
+    pix = QPixmap(size, size)
+    pix.fill(Qt.GlobalColor.transparent)
+    p = QPainter(pix)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    p.setPen(Qt.PenStyle.NoPen)
+    p.setBrush(QColor("#5a1e1e") if kind == "error" else QColor("#3a3f44"))
+    p.drawRoundedRect(QRectF(2, 2, size - 4, size - 4), 6, 6)
+    p.setPen(QColor("#ff8a80") if kind == "error" else QColor("#9aa3ab"))
+    font = QFont()
+    font.setPixelSize(size // 2)
+    font.setBold(True)
+    p.setFont(font)
+    p.drawText(QRectF(0, 0, size, size), Qt.AlignmentFlag.AlignCenter, "!" if kind == "error" else "…")
+    p.end()
+    return QIcon(pix)
 
 
 class StudiesPanel(QWidget):
     openRequested = Signal(str, object)  # path, series (None = the reader's default)
     seriesListRequested = Signal(str)  # path: the main window lists its series in a worker
 
-    def __init__(self, parent=None):
+    thumbnailReady = Signal(str)  # path: an entry's thumbnail (or its error placeholder) is shown
+
+    def __init__(self, parent=None, runner: TaskRunner | None = None):
         super().__init__(parent)
+        # one reader at a time: thumbnails must not starve the engine's own study loads
+        self.runner = runner or TaskRunner(self, max_threads=1)
+        self.thumbnail_threads: list[int] = []  # the thread each thumbnail read ran on (tests check it)
+        self._pending: dict[tuple[str, str | None], object] = {}
+        self._errors: dict[tuple[str, str | None], str] = {}
         self.list = QListWidget()
         self.list.setIconSize(QSize(THUMB, THUMB))
         self.series = QComboBox()
@@ -79,13 +131,66 @@ class StudiesPanel(QWidget):
         item.setData(Qt.ItemDataRole.UserRole, (path, series))
         item.setToolTip(path)
         self.list.addItem(item)
+        self._request_thumbnail(path, series)
         return item
 
-    def set_thumbnail(self, path: str, volume) -> None:
+    def _items(self, key: tuple[str, str | None]):
         for i in range(self.list.count()):
             it = self.list.item(i)
-            if it.data(Qt.ItemDataRole.UserRole)[0] == path:
-                it.setIcon(QIcon(thumbnail(volume)))
+            if it.data(Qt.ItemDataRole.UserRole) == key:
+                yield it
+
+    def _show(self, key: tuple[str, str | None]) -> None:
+        """Give every entry for ``key`` its thumbnail, error placeholder or pending placeholder."""
+        if key in _THUMB_CACHE:
+            icon, state, tip = QIcon(QPixmap.fromImage(_THUMB_CACHE[key])), "ready", key[0]
+        elif key in self._errors:
+            icon, state = placeholder_icon("error"), "error"
+            tip = f"{key[0]}\n⚠ cannot read: {self._errors[key]}"
+        else:
+            icon, state, tip = placeholder_icon("pending"), "pending", f"{key[0]}\n(reading thumbnail…)"
+        for it in self._items(key):
+            it.setIcon(icon)
+            it.setData(STATE_ROLE, state)
+            it.setToolTip(tip)
+
+    def _request_thumbnail(self, path: str, series: str | None) -> None:
+        key = (path, series)
+        self._show(key)
+        if key in _THUMB_CACHE or key in self._errors or key in self._pending:
+            return
+
+        def done(image: QImage) -> None:
+            _THUMB_CACHE[key] = image
+            self._finish(key)
+
+        def failed(msg: str) -> None:
+            self._errors[key] = msg.splitlines()[0] if msg else "unknown error"
+            self._finish(key)
+
+        self._pending[key] = self.runner.run_task(read_thumbnail, path, series, on_result=done,
+                                                  on_error=failed, name="thumbnail")
+
+    def _finish(self, key: tuple[str, str | None]) -> None:
+        task = self._pending.pop(key, None)
+        if task is not None and task.thread_id is not None:
+            self.thumbnail_threads.append(task.thread_id)
+        self._show(key)
+        self.thumbnailReady.emit(key[0])
+
+    @property
+    def thumbnails_pending(self) -> int:
+        return len(self._pending)
+
+    def set_thumbnail(self, path: str, volume) -> None:
+        """An opened study's thumbnail from its already loaded volume (a slice: cheap on any thread)."""
+        image = thumbnail_image(volume)
+        for i in range(self.list.count()):
+            key = self.list.item(i).data(Qt.ItemDataRole.UserRole)
+            if key[0] == path:
+                _THUMB_CACHE.setdefault(key, image)
+                self._errors.pop(key, None)
+                self._show(key)
 
     def set_library(self, records) -> None:
         for rec in records:
