@@ -12,10 +12,10 @@ from engine.findings import LABELS
 from tests.train.sep_stats import finding_stat
 from train.synth.phantom import SIZES, make_phantom
 
-#: Findings whose simple statistic does not reach AUROC 0.9 yet (left out of the slow test).
-#: Empty since hernia, lymphadenopathy, nodules and fibrotic sequelae got region-specific
-#: statistics and findings drawn where those regions look (see tests/train/sep_stats.py).
-WEAK: tuple[str, ...] = ()
+#: Findings whose simple statistic does not reach AUROC 0.9 yet at 20 vs 20 default-size phantoms
+#: (measured 2026-11-29: Cardiomegaly 0.820, Lung opacity 0.823). The slow test still runs them
+#: as strict xfails, so a fix shows up as a failure asking for this entry to go.
+WEAK: tuple[str, ...] = ("Cardiomegaly", "Lung opacity")
 
 
 def test_same_seed_same_voxels_and_details():
@@ -79,7 +79,11 @@ def test_separable_fast(label):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("label", [lab for lab in LABELS if lab not in WEAK])
+@pytest.mark.parametrize("label", [
+    pytest.param(lab, marks=pytest.mark.xfail(strict=True, reason="below 0.9 at 20 vs 20 (WEAK)")) if lab in WEAK
+    else lab
+    for lab in LABELS
+])
 def test_separable_at_cpu_spec(label):
     """20 default-size phantoms with and 20 without, preprocessed to the CPU spec."""
     assert _auroc(label, 20, "default") >= 0.9
