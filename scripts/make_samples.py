@@ -66,6 +66,13 @@ def main(argv=None) -> int:
         lines += [f"- **{lab}**: {_describe(d)}" for lab, d in ph.findings.items()]
         lines.append("")
         print(name, list(ph.findings))
+    lines += [
+        "## Dictations",
+        "`study-00N/dictation.wav` (16 kHz mono, ≤ 30 s) and `dictation.txt` (what was read) are made by",
+        "`scripts/make_sample_dictations.py` with the project's offline voices. study-002's dictation leaves out",
+        'its consolidation on purpose, so `make run` shows an "omitted" discrepancy.',
+        "",
+    ]
     (args.out / "README.md").write_text("\n".join(lines))
     return 0
 
