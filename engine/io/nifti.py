@@ -15,8 +15,10 @@ Which affine (qform or sform)
 -----------------------------
 The NIfTI-1 standard's order, as nibabel's ``get_best_affine``: the sform when
 ``sform_code > 0`` (it may hold any affine, incl. shears), else the qform when
-``qform_code > 0``, else nibabel's Analyze fallback (pixdim on the diagonal, x flipped)
-with a SpeechCTWarning, because then the orientation is unknown. Files we write carry
+``qform_code > 0``, else (orientation unknown: CT-RATE v1 headers are blank) the voxel axes are
+taken to be CT-RATE's order, i → patient left, j → posterior, k → superior (LPS, see
+docs/orientation.md), with pixdim as spacing and a SpeechCTWarning — so a v1 volume reaches
+``prepare_ct`` in the voxel order CT-CLIP was trained on, rather than flipped by an Analyze guess. Files we write carry
 the same affine in both, with code 1 (scanner anatomical).
 
 Intensities and CT-RATE
@@ -178,9 +180,10 @@ def _choose_affine(header, path: Path, volume_warnings: list[str] | None) -> np.
         _warn(
             volume_warnings,
             f"{path}: NIfTI header has neither sform nor qform (codes 0); orientation unknown, "
-            "using pixdim with nibabel's Analyze default (x flipped)",
+            "voxel axes taken as CT-RATE's (i left, j posterior, k superior) with pixdim spacing",
         )
-    return header.get_best_affine()
+    px, py, pz = (abs(float(v)) or 1.0 for v in header["pixdim"][1:4])
+    return np.diag([-px, -py, pz, 1.0])  # LPS identity, written as the RAS affine the caller expects
 
 
 def _geometry(affine_ras: np.ndarray, path: Path, volume_warnings: list[str] | None):

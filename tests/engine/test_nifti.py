@@ -105,6 +105,10 @@ def test_no_sform_no_qform_warns(tmp_path):
     with pytest.warns(SpeechCTWarning, match="neither sform nor qform"):
         v = read_nifti(path)
     assert any("neither sform nor qform" in w for w in v.warnings)
+    # CT-RATE v1 headers are blank: the voxel axes are taken in CT-RATE's order (i L, j P, k S),
+    # so the array reaches prepare_ct unflipped.
+    assert v.orientation_code() == "LPS"
+    assert np.array_equal(v.array, np.transpose(_data_ijk(), (2, 1, 0)))
 
 
 def test_four_d_with_one_volume_is_read(tmp_path):
