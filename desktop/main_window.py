@@ -30,6 +30,7 @@ from .dictation.recorder import purge_old_recordings
 from .dictation.sources import SoundDeviceSource, input_devices
 from .dictation.widget import DictationWidget
 from .engine_service import EngineService
+from .icons import app_icon
 from .panels.findings import FindingsPanel
 from .panels.similar import SimilarPanel
 from .panels.studies import StudiesPanel
@@ -73,6 +74,9 @@ class MainWindow(QMainWindow):
         self.settings = settings or Settings.load()
         self.save_settings = save_settings
         self.setWindowTitle("SpeechCT")
+        self.setWindowIcon(app_icon())
+        if QApplication.instance().windowIcon().isNull():  # dialogs and the task bar use the app's icon
+            QApplication.instance().setWindowIcon(self.windowIcon())
         self.runner = TaskRunner(self)
         self.service = EngineService(self.runner, bundle=self.settings.bundle or None,
                                      library=self.settings.library or None, cache_dir=cache_dir, parent=self)
