@@ -33,7 +33,7 @@ from .engine_service import EngineService
 from .icons import app_icon
 from .panels.findings import FindingsPanel
 from .panels.similar import SimilarPanel
-from .panels.studies import StudiesPanel
+from .panels.studies import StudiesPanel, default_thumbnail_dir
 from .settings import Settings, SettingsDialog
 from .viewer.fourup import StudyViewer
 from .viewer.presets import PRESET_KEYS
@@ -95,7 +95,10 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.splitter)
 
         # left: studies
-        self.studies = StudiesPanel()
+        # thumbnails persist beside the engine's embedding cache, or not at all when that is off
+        thumbs = None if cache_dir is False else (default_thumbnail_dir() if cache_dir in (None, True)
+                                                  else Path(cache_dir) / "thumbnails")
+        self.studies = StudiesPanel(thumbnail_dir=thumbs)
         left_dock = self._dock("Studies", self.studies, Qt.DockWidgetArea.LeftDockWidgetArea)
         # right: findings, dictation, similar
         self.findings = FindingsPanel()

@@ -5,10 +5,11 @@ shown: only descriptions, dates and UIDs the engine keeps.
 Thumbnails are read from each entry's path in a worker (``desktop.workers.TaskRunner``): the entry
 shows a placeholder until its image arrives, or an error placeholder whose tooltip carries the
 reader's one-line message. Images are kept in a process-wide memory cache keyed by (path, series),
-so a study is read for its thumbnail at most once per session."""
+so a study is read for its thumbnail at most once per session, and optionally as PNGs on disk."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +59,44 @@ def thumbnail(volume, size: int = THUMB) -> QPixmap:
     return QPixmap.fromImage(thumbnail_image(volume, size))
 
 
-def read_thumbnail(path: str, series: str | None = None, size: int = THUMB) -> QImage:
-    """Read the study at ``path`` (engine.io.load_volume) and return its thumbnail image. Runs in a
-    worker; raises engine.errors.StudyError (one line) when the study cannot be read."""
+def default_thumbnail_dir() -> Path:
+    """``<platformdirs user cache>/speechct/thumbnails``, beside the engine's embedding cache."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("speechct")) / "thumbnails"
+
+
+def _disk_name(path: str, series: str | None, size: int) -> str | None:
+    """A file name that changes when the study does (its path's mtime: a DICOM folder's changes when
+    files come or go); None when the path cannot be stat'ed, so nothing stale is ever served."""
+    try:
+        mtime = Path(path).stat().st_mtime_ns
+    except OSError:
+        return None
+    key = f"{Path(path).resolve()}|{series}|{size}|{mtime}|{WINDOW_WIDTH}/{WINDOW_LEVEL}"
+    return hashlib.sha1(key.encode()).hexdigest() + ".png"
+
+
+def read_thumbnail(path: str, series: str | None = None, size: int = THUMB,
+                   disk_dir: Path | None = None) -> QImage:
+    """Read the study at ``path`` (engine.io.load_volume) and return its thumbnail image, first
+    looking in (and afterwards writing to) ``disk_dir`` when given. Runs in a worker; raises
+    engine.errors.StudyError (one line) when the study cannot be read."""
     from engine.io import load_volume
 
-    return thumbnail_image(load_volume(path, series), size)
+    name = _disk_name(path, series, size) if disk_dir is not None else None
+    if name is not None:
+        cached = QImage(str(disk_dir / name))
+        if not cached.isNull():
+            return cached
+    image = thumbnail_image(load_volume(path, series), size)
+    if name is not None:
+        try:
+            disk_dir.mkdir(parents=True, exist_ok=True)
+            image.save(str(disk_dir / name))  # best effort: a read-only cache only costs a re-read
+        except OSError:
+            pass
+    return image
 
 
 def placeholder_icon(kind: str, size: int = THUMB) -> QIcon:
@@ -91,8 +124,10 @@ class StudiesPanel(QWidget):
 
     thumbnailReady = Signal(str)  # path: an entry's thumbnail (or its error placeholder) is shown
 
-    def __init__(self, parent=None, runner: TaskRunner | None = None):
+    def __init__(self, parent=None, runner: TaskRunner | None = None, thumbnail_dir: Path | None = None):
+        """``thumbnail_dir``: where thumbnails persist between sessions (None: memory only)."""
         super().__init__(parent)
+        self.thumbnail_dir = Path(thumbnail_dir) if thumbnail_dir is not None else None
         # one reader at a time: thumbnails must not starve the engine's own study loads
         self.runner = runner or TaskRunner(self, max_threads=1)
         self.thumbnail_threads: list[int] = []  # the thread each thumbnail read ran on (tests check it)
@@ -168,8 +203,8 @@ class StudiesPanel(QWidget):
             self._errors[key] = msg.splitlines()[0] if msg else "unknown error"
             self._finish(key)
 
-        self._pending[key] = self.runner.run_task(read_thumbnail, path, series, on_result=done,
-                                                  on_error=failed, name="thumbnail")
+        self._pending[key] = self.runner.run_task(read_thumbnail, path, series, THUMB, self.thumbnail_dir,
+                                                  on_result=done, on_error=failed, name="thumbnail")
 
     def _finish(self, key: tuple[str, str | None]) -> None:
         task = self._pending.pop(key, None)

@@ -89,3 +89,26 @@ def test_a_second_panel_reuses_cached_thumbnails_without_reading(qtbot):
     second = make_panel(qtbot)
     assert second.thumbnails_pending == 0 and second.thumbnail_threads == []
     assert {it.data(STATE_ROLE) for it in entries(second).values()} == {"ready"}
+
+
+def test_thumbnails_persist_on_disk_and_are_served_without_reading_the_study(qtbot, tmp_path, monkeypatch):
+    import engine.io
+
+    first = StudiesPanel(thumbnail_dir=tmp_path / "thumbs")
+    qtbot.addWidget(first)
+    qtbot.waitUntil(lambda: first.thumbnails_pending == 0, timeout=TIMEOUT_MS)
+    n = len(sample_studies())
+    assert len(list((tmp_path / "thumbs").glob("*.png"))) == n
+
+    def no_reading(*_args, **_kwargs):
+        raise AssertionError("the study was read although its thumbnail is on disk")
+
+    monkeypatch.setattr(engine.io, "load_volume", no_reading)
+    monkeypatch.setattr(studies, "_THUMB_CACHE", {})  # a new session: memory cache empty
+    second = StudiesPanel(thumbnail_dir=tmp_path / "thumbs")
+    qtbot.addWidget(second)
+    qtbot.waitUntil(lambda: second.thumbnails_pending == 0, timeout=TIMEOUT_MS)
+    assert len(second.thumbnail_threads) == n  # it did go to the worker, which found the PNGs
+    assert {it.data(STATE_ROLE) for it in entries(second).values()} == {"ready"}
+    a, b = (icon_grey(entries(p)[str(sample_studies()[0])]) for p in (first, second))
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
