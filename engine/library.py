@@ -38,8 +38,10 @@ it says so (a :class:`SpeechCTWarning`, ``needs_rebuild``, ``rebuild_message``),
 search, and :meth:`Library.rebuild` re-embeds every study from its stored path, one transaction per
 study (resumable).
 
-**Backends.** ``"numpy"``: exact search over one contiguous matrix (float32 or float16, see
-:mod:`engine.vector_index`). ``"faiss"``: a FAISS index over the same rows (flat = exact up to
+**Backends.** ``"numpy"``: exact search over one contiguous matrix (float16 by default, float32 on
+request, see :mod:`engine.vector_index`). A query reads every stored vector, so search time is memory
+bandwidth: float16 halves it (1e5 × 512 here: 7.8 ms vs 15.5 ms) for top-10 agreement 0.996 with
+float32 (the misses are ties below float16's resolution). ``"faiss"``: a FAISS index over the same rows (flat = exact up to
 ``IVF_MIN_ROWS`` rows per kind, IVF above), whose candidates are re-scored exactly; combined
 queries then rank the union of each pair's top candidates. ``"auto"``: FAISS (IVF) when it is
 installed and the library holds ≥ :data:`AUTO_FAISS_MIN_ROWS` studies (1e6), numpy otherwise: on this
@@ -169,7 +171,7 @@ class Library:
         bundle_hash: str,
         dim: int,
         backend: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "float16",
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

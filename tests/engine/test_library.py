@@ -32,6 +32,7 @@ def _lib(tmp_path, name="lib", **kw) -> Library:
     kw.setdefault("bundle_hash", "bundle-a")
     kw.setdefault("dim", DIM)
     kw.setdefault("backend", "numpy")
+    kw.setdefault("dtype", "float32")  # these tests compare scores with float32 arithmetic to 1e-4
     return Library(tmp_path / name, **kw)
 
 
