@@ -25,26 +25,34 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="speechct", description="SpeechCT engine: CT studies, dictations, findings.")
+def build_parser(
+    prog: str = "speechct",
+    description: str = "SpeechCT engine: CT studies, dictations, findings.",
+    modules: tuple[str, ...] | None = None,
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if modules is None else modules:
         importlib.import_module(name).add_parser(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None = None, *, interrupted: str = "interrupted") -> int:
+    """Parse, run ``func``, and turn engine errors into one line + exit 2 (shared with ``speechct-train``)."""
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except SpeechCTError as exc:
         # One line whatever the message holds (library texts can carry newlines).
-        print("speechct: error: " + " ".join(str(exc).split()), file=sys.stderr)
+        print(f"{parser.prog}: error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("speechct: interrupted", file=sys.stderr)
+        print(f"{parser.prog}: {interrupted}", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_parser(build_parser(), argv)
 
 
 if __name__ == "__main__":

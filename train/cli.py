@@ -10,10 +10,10 @@ line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from engine.errors import SpeechCTError
+from engine.cli import build_parser as _build_parser
+from engine.cli import run_parser
 
 #: Modules that each define ``add_parser(subparsers)``.
 COMMAND_MODULES = (
@@ -26,25 +26,12 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="speechct-train",
-                                     description="SpeechCT training: synthetic data, training, evaluation.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(sub)
-    return parser
+    return _build_parser("speechct-train", "SpeechCT training: synthetic data, training, evaluation.", COMMAND_MODULES)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except SpeechCTError as exc:
-        print(f"speechct-train: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("speechct-train: interrupted (finished volumes are kept; run again to resume)", file=sys.stderr)
-        return 130
+    return run_parser(build_parser(), argv,
+                      interrupted="interrupted (finished work is kept; run again to resume)")
 
 
 if __name__ == "__main__":
