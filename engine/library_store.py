@@ -175,8 +175,9 @@ def select_records(
     return [(r[0], record_from_row(r[1:-1], bool(r[-1]))) for r in rows]
 
 
-def insert_study(conn: sqlite3.Connection, rec: StudyRecord) -> int:
-    values = (
+def _study_values(rec: StudyRecord) -> tuple:
+    """The record's values in ``_STUDY_COLUMNS`` order."""
+    return (
         rec.uid,
         rec.study_uid,
         rec.series_uid,
@@ -192,6 +193,10 @@ def insert_study(conn: sqlite3.Connection, rec: StudyRecord) -> int:
         rec.dictation_path,
         rec.added_at,
     )
+
+
+def insert_study(conn: sqlite3.Connection, rec: StudyRecord) -> int:
+    values = _study_values(rec)
     cur = conn.execute(
         f"INSERT INTO studies ({_STUDY_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values
     )
@@ -202,27 +207,7 @@ def update_study(
     conn: sqlite3.Connection, study_id: int, rec: StudyRecord, *, keep_dictation_path: bool
 ) -> None:
     columns = [c.strip() for c in _STUDY_COLUMNS.split(",")]
-    values = dict(
-        zip(
-            columns,
-            (
-                rec.uid,
-                rec.study_uid,
-                rec.series_uid,
-                rec.path,
-                rec.series,
-                rec.date,
-                rec.description,
-                rec.modality,
-                rec.format,
-                rec.n_slices,
-                *(rec.spacing or (None, None, None)),
-                rec.bundle_hash,
-                rec.dictation_path,
-                rec.added_at,
-            ),
-        )
-    )
+    values = dict(zip(columns, _study_values(rec)))
     if keep_dictation_path:
         del values["dictation_path"]
     sets = ", ".join(f"{c} = ?" for c in values)
