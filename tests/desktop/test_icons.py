@@ -27,7 +27,10 @@ def test_committed_icons_are_what_the_script_draws(qapp, tmp_path):
         committed, fresh = QImage(str(ICONS_DIR / name)), QImage(str(tmp_path / name))
         assert committed.width() == committed.height() == size
         diff = np.abs(rgba(committed).astype(int) - rgba(fresh).astype(int))
-        assert diff.max() <= 2, name  # regenerate with `python scripts/make_icons.py` after editing it
+        # Qt's antialiasing is not bit-stable run to run at 32 px (a CI run saw one edge pixel off
+        # by 128), so compare the picture, not every pixel: regenerate with
+        # `python scripts/make_icons.py` after editing it.
+        assert diff.mean() <= 1.0 and np.percentile(diff, 99) <= 16, name
     assert (ICONS_DIR / "speechct.svg").read_text().lstrip().startswith("<?xml")
 
 
