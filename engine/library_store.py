@@ -124,42 +124,10 @@ class StudyRecord:
 
 
 def record_from_row(row: tuple, has_dictation: bool) -> StudyRecord:
-    (
-        uid,
-        study_uid,
-        series_uid,
-        path,
-        series,
-        date,
-        desc,
-        modality,
-        fmt,
-        n_slices,
-        sz,
-        sy,
-        sx,
-        bh,
-        dpath,
-        added,
-    ) = row
+    """A StudyRecord from the ``_STUDY_COLUMNS`` values (spacing stored as three columns)."""
+    sz, sy, sx = row[10:13]
     spacing = (sz, sy, sx) if sz is not None else None
-    return StudyRecord(
-        uid,
-        study_uid,
-        series_uid,
-        path,
-        series,
-        date,
-        desc,
-        modality,
-        fmt,
-        n_slices,
-        spacing,
-        bh,
-        dpath,
-        added,
-        has_dictation,
-    )
+    return StudyRecord(*row[:10], spacing, *row[13:], has_dictation=has_dictation)
 
 
 def select_records(
