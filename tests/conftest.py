@@ -9,8 +9,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkOSOpenGLRenderWindow")
-# Keep converted backbones and caches out of the user's real cache during tests only
-# when the caller asks; by default tests share the normal cache so conversions happen once.
 
 import pytest  # noqa: E402
 
