@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export QT_QPA_PLATFORM ?= offscreen
 export VTK_DEFAULT_OPENGL_WINDOW ?= vtkOSOpenGLRenderWindow
 
-.PHONY: all setup system-deps run demo app test test-all lint clean
+.PHONY: all setup system-deps run demo app test test-all lint package clean
 
 all: test
 
@@ -60,6 +60,12 @@ test-all: $(STAMP) lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine train desktop tests bench
 	$(VENV)/bin/lint-imports
+
+# One-folder app bundle (PyInstaller) -> dist/speechct-<version>-linux-<arch>.tar.gz, selftested offline
+# from the unpacked archive; fails when the selftest fails. PACKAGE_ARGS e.g. --first-window (packaging/README.md).
+package: $(STAMP)
+	@$(PY) -c "import PyInstaller" 2>/dev/null || $(PY) -m pip install -q 'pyinstaller==6.22.*'
+	nice -n 10 $(PY) packaging/build.py $(PACKAGE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
