@@ -47,6 +47,8 @@ from engine.findings import DICTATION_CLASSES, LABELS, PromptBank, mentions_to_c
 from train import metrics as M
 
 SYSTEMS = ("text teacher", "ASR cascade", "naive student", "distilled student")
+#: studies in the committed bundle's CI regression set (fresh default-size phantoms, few enough for CI)
+REGRESSION_N = 48
 GROUP_TRAIN, GROUP_HELDOUT, GROUP_RECORDINGS = "training voices", "held-out voices", "recordings"
 
 
@@ -313,6 +315,8 @@ class EvalConfig:
     #: ASR is its slow part, and transcripts of one prompt barely differ between voices.
     cascade_prompt_voices: int = 2
     limit: int | None = None
+    #: set size of the committed bundle's CI regression test (tests/train/test_default_bundle.py)
+    regression_n: int = REGRESSION_N
 
     def zero_shot(self) -> M.ZeroShotConfig:
         return M.ZeroShotConfig(n_boot=self.n_boot, seed=self.seed, threshold_on=self.threshold_on,
@@ -456,7 +460,12 @@ def evaluate_bundle(
         raise DataError("the model set has neither text prompts nor a text tower: nothing to score CT against")
 
     all_text = _batched(models.embed_text, 16)([r.findings for r in records]) if models.embed_text else None
-    result["text_teacher_all"], _ = score_system(ct_emb, all_text, text_bank, models.logit_scale, labels_all, cfg)
+    result["text_teacher_all"], teacher_scores = score_system(ct_emb, all_text, text_bank, models.logit_scale,
+                                                              labels_all, cfg)
+    if cfg.regression_n and len(records) > cfg.regression_n:
+        result["regression_reference"] = {
+            "system": "text teacher (the bundle's CT encoder and text prompts)",
+            **M.subset_macro_auroc_spread(teacher_scores, labels_all, cfg.regression_n, seed=cfg.seed)}
 
     spoken = [s for s in spoken_reports(roots, split) if s.volume_name in by_name]
     train_set = training_voices(roots)
@@ -778,6 +787,8 @@ def summary_for_bundle(result: dict) -> dict:
     """The compact table a bundle's ``evaluation`` section holds (macro values and CIs, R@k)."""
     out: dict[str, Any] = {"split": result["split"], "n_studies": result["n_studies"],
                            "threshold_on": result["threshold_on"], "n_boot": result["n_boot"], "groups": {}}
+    if "regression_reference" in result:
+        out["regression_reference"] = result["regression_reference"]
     for gname, g in result["groups"].items():
         rows = {}
         for name, s in g["systems"].items():

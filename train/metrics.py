@@ -324,6 +324,27 @@ def zero_shot_metrics(
     }
 
 
+def subset_macro_auroc_spread(scores: np.ndarray, labels: np.ndarray, n: int, draws: int = 1000,
+                              seed: int = 0) -> dict:
+    """How much macro AUROC moves when only ``n`` studies are evaluated: ``draws`` sets of ``n``
+    studies drawn with replacement from ``scores [N, L]`` / ``labels [N, L]``; findings with one
+    class in a draw are left out of that draw's macro mean (as in :func:`zero_shot_metrics`).
+
+    A regression test on a fresh set of ``n`` studies then asserts ``macro AUROC >= value - 3 * std``:
+    the bar a model of unchanged quality clears with ~99.9 % probability.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = (np.asarray(labels) > 0).astype(np.int64)
+    idx = np.random.default_rng(seed).integers(0, scores.shape[0], size=(draws, n))
+    per = np.stack([_auroc_rows(scores[idx, j], labels[idx, j]) for j in range(scores.shape[1])], axis=1)
+    macro = _nanmean_rows(per)
+    macro = macro[~np.isnan(macro)]
+    point = [_auroc_rows(scores[None, :, j], labels[None, :, j])[0] for j in range(scores.shape[1])]
+    return {"n": int(n), "draws": int(draws), "seed": int(seed), "value": float(np.nanmean(point)),
+            "mean": float(macro.mean()), "std": float(macro.std(ddof=1)),
+            "floor": float(np.nanmean(point) - 3 * macro.std(ddof=1))}
+
+
 def paired_bootstrap_difference(
     scores_a: np.ndarray,
     scores_b: np.ndarray,

@@ -192,11 +192,38 @@ def text_features(texts: list[str], tower, cache: C.FrozenCache, backbone_hash: 
     return keys, np.stack(out).astype(np.float32)
 
 
-def _ct_batch(keys: list[str], cache: C.FrozenCache, device) -> torch.Tensor:
+def _ct_batch(keys: list[str], cache: C.FrozenCache, device, augment: dict | None = None,
+              seed: int = 0) -> torch.Tensor:
     arrays = [cache.get("ct", k) for k in keys]
     if any(a is None for a in arrays):
         raise DataError("a prepared volume vanished from the cache during training", cache.root)
-    return torch.from_numpy(np.stack(arrays).astype(np.float32)).unsqueeze(1).to(device)
+    batch = np.stack(arrays).astype(np.float32)
+    if augment:
+        batch = augment_ct(batch, np.random.default_rng(seed), **augment)
+    return torch.from_numpy(batch).unsqueeze(1).to(device)
+
+
+def augment_ct(batch: np.ndarray, rng: np.random.Generator, shift: tuple[int, int, int] = (0, 0, 0),
+               noise: float = 0.0, scale: float = 0.0) -> np.ndarray:
+    """Training-time jitter of prepared volumes ``[B, z, y, x]`` (values in CT-CLIP's [-1, 1] HU/1000):
+    a random translation of up to ``shift`` voxels per axis (patient positioning; the edge is
+    padded with air, -1), additive Gaussian noise of SD ``noise`` (scanner noise) and a random
+    gain of up to ±``scale`` around -1 (calibration drift). No flips: reports name sides.
+
+    Only the training batches of the teacher get it, so that a small synthetic set teaches findings
+    rather than the exact voxels of each patient.
+    """
+    out = np.full_like(batch, -1.0)
+    for b in range(batch.shape[0]):
+        d = [int(rng.integers(-m, m + 1)) if m else 0 for m in shift]
+        src = tuple(slice(max(0, -k), n - max(0, k)) for k, n in zip(d, batch.shape[1:]))
+        dst = tuple(slice(max(0, k), n - max(0, -k)) for k, n in zip(d, batch.shape[1:]))
+        out[(b, *dst)] = batch[(b, *src)]
+        if scale:
+            out[b] = (out[b] + 1.0) * (1.0 + rng.uniform(-scale, scale)) - 1.0
+    if noise:
+        out += rng.normal(0.0, noise, size=out.shape).astype(np.float32)
+    return np.clip(out, -1.0, 1.0)
 
 
 # --------------------------------------------------------------------------- quick monitors
@@ -284,14 +311,17 @@ class TeacherRecipe:
     def head_parameters(self) -> set[int]:
         return {id(p) for p in self.module.text_projection.parameters()} | {id(self.module.logit_scale.log_scale)}
 
-    def _embed(self, keys: list[str], feats: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _embed(self, keys: list[str], feats: np.ndarray, augment: dict | None = None,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.env.device
-        ct = self.module.ct(_ct_batch(keys, self.cache, dev))
+        ct = self.module.ct(_ct_batch(keys, self.cache, dev, augment, seed))
         txt = self.module.text_projection(torch.from_numpy(feats).to(dev))
         return ct, txt
 
     def loss(self, rows: list[int], offset: int, env: DistEnv):
-        ct, txt = self._embed([self.train_keys[i] for i in rows], self.train_text[rows])
+        augment = self.cfg["teacher"].get("augment")
+        ct, txt = self._embed([self.train_keys[i] for i in rows], self.train_text[rows], augment=augment,
+                              seed=hash((int(self.cfg.get("seed", 0)), *map(int, rows))) & 0xFFFFFFFF)
         all_ct, all_txt = gather_with_grad(ct, env), gather_with_grad(txt, env)
         loss = info_nce(ct, txt, self.module.logit_scale, all_a=all_ct, all_b=all_txt, offset=offset)
         return loss, {"logit_scale": self.module.logit_scale.value}

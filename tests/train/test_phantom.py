@@ -12,10 +12,11 @@ from engine.findings import LABELS
 from tests.train.sep_stats import finding_stat
 from train.synth.phantom import SIZES, make_phantom
 
-#: Findings whose simple statistic does not reach AUROC 0.9 yet at 20 vs 20 default-size phantoms
-#: (measured 2026-11-29: Cardiomegaly 0.820, Lung opacity 0.823). The slow test still runs them
-#: as strict xfails, so a fix shows up as a failure asking for this entry to go.
-WEAK: tuple[str, ...] = ("Cardiomegaly", "Lung opacity")
+#: Findings whose simple statistic does not reach AUROC 0.9 yet at 20 vs 20 default-size phantoms.
+#: The slow test runs them as strict xfails, so a fix shows up as a failure asking for the entry to go.
+#: Empty since Cardiomegaly (contrast-aware heart density, 0.938) and Lung opacity (densest local
+#: ground-glass patch, 1.0) got statistics that look where the finding is (2026-11-29).
+WEAK: tuple[str, ...] = ()
 
 
 def test_same_seed_same_voxels_and_details():

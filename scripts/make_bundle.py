@@ -1,0 +1,173 @@
+"""Reproduce the default model bundle: synthesis, teacher, audio cache, both students, evaluation, export.
+
+``make bundle`` runs this. Every stage is its own ``speechct-train`` process and is resumable: a
+stage whose output exists is skipped, an interrupted teacher or student continues from its
+``last.pt``, synthesis and the caches skip finished items. So the pipeline can be run in pieces
+(``--stop-after teacher`` today, the rest tomorrow) and killed at any point without losing more
+than the last checkpoint interval.
+
+Wall time of every attempt goes to ``DATA/pipeline_timings.jsonl`` (also for interrupted ones), and
+the per-stage table (summed over attempts) is printed and written to ``DATA/pipeline_timings.md``;
+the README's table is that file.
+
+    python scripts/make_bundle.py --data /big/disk/speechct-default            # everything left to do
+    python scripts/make_bundle.py --data D --stop-after teacher                 # one session's worth
+    python scripts/make_bundle.py --data D --install                            # and copy the bundle to assets/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BUNDLE = ROOT / "assets" / "models" / "default"
+
+
+@dataclass
+class Stage:
+    name: str
+    args: Callable[[], list[str]]  # built lazily: --resume depends on what is on disk when it starts
+    done: Callable[[], bool]
+    what: str
+
+
+def stages(a: argparse.Namespace) -> list[Stage]:
+    data, run, bundle = a.data, a.data / "run", a.data / "bundle"
+    common = ["--config", a.config, "--data", str(data), "--out", str(run), "--threads", str(a.threads), "--quiet"]
+
+    def resume(folder: Path) -> list[str]:
+        return ["--resume"] if (folder / "last.pt").exists() else []
+
+    return [
+        Stage("synth", lambda: ["synth", "--out", str(data), "--n-train", str(a.n_train), "--n-valid",
+                                str(a.n_valid), "--seed", str(a.seed), "--size", a.size, "--workers",
+                                str(a.threads), "--prompts", "--quiet"],
+              lambda: (data / "synth_summary.json").exists(),
+              "CT-RATE-layout phantoms + Speech-RATE dictations + spoken prompts"),
+        Stage("teacher", lambda: ["teacher", *common, *resume(run / "teacher")],
+              lambda: (run / "teacher" / "model.safetensors").exists(),
+              "CT-text CLIP teacher (prepared-volume and text-feature caches first)"),
+        Stage("audio-cache", lambda: ["student", *common, "--prepare-audio-only"],
+              lambda: (data / "cache" / "pipeline-audio-cache.done").exists(),
+              "frozen lower Whisper layers for every dictation"),
+        Stage("student", lambda: ["student", *common, *resume(run / "student")],
+              lambda: (run / "dictation" / "head.safetensors").exists(),
+              "distilled speech student (lambda = 1) + dictation head"),
+        Stage("student-naive", lambda: ["student", *common, "--distill-weight", "0",
+                                        *resume(run / "student-naive")],
+              lambda: (run / "dictation-naive" / "head.safetensors").exists(),
+              "naive speech student (lambda = 0) + its dictation head"),
+        Stage("evaluate", lambda: ["evaluate", "--bundle", str(run), "--data", str(data), "--train-voice-copy",
+                                   "--cascade-n", str(a.cascade_n), "--out", str(run / "evaluation"),
+                                   "--threads", str(a.threads), "--quiet"],
+              lambda: (run / "evaluation" / "evaluation.json").exists(),
+              "zero-shot / retrieval / dictation, both voice groups, ASR cascade, paired bootstrap"),
+        Stage("export", lambda: ["export", "--data", str(data), "--out", str(run), "--bundle", str(bundle)],
+              lambda: (bundle / "bundle.json").exists(),
+              "bundle.json + safetensors with thresholds, prompts, evaluation, provenance"),
+    ]
+
+
+def log_attempt(data: Path, row: dict) -> None:
+    with open(data / "pipeline_timings.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def timing_table(data: Path, all_stages: list[Stage]) -> str:
+    rows: dict[str, list[dict]] = {}
+    path = data / "pipeline_timings.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            rows.setdefault(r["stage"], []).append(r)
+    lines = ["| stage | what | wall time | attempts | finished |", "|---|---|---:|---:|---|"]
+    total = 0.0
+    for s in all_stages:
+        attempts = rows.get(s.name, [])
+        secs = sum(r["seconds"] for r in attempts)
+        total += secs
+        ok = any(r["rc"] == 0 for r in attempts)
+        lines.append(f"| {s.name} | {s.what} | {secs / 60:.1f} min | {len(attempts)} | "
+                     f"{'yes' if ok else ('no' if attempts else '-')} |")
+    lines.append(f"| **total** | | **{total / 3600:.2f} h** | | |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="data + run folder (tens of GB at the default size)")
+    p.add_argument("--config", default="cpu-default", help="training config name or JSON path")
+    p.add_argument("--n-train", type=int, default=900, help="training patients (~1.4 volumes each)")
+    p.add_argument("--n-valid", type=int, default=225, help="validation patients")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="default", choices=["default", "small"])
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--cascade-n", type=int, default=100, help="reports per voice group for the ASR cascade")
+    p.add_argument("--stop-after", help="stop after this stage (e.g. teacher)")
+    p.add_argument("--install", action="store_true", help=f"copy the finished bundle to {DEFAULT_BUNDLE}")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    a.data = a.data.resolve()
+    a.data.mkdir(parents=True, exist_ok=True)
+    (a.data / "logs").mkdir(exist_ok=True)
+    all_stages = stages(a)
+    names = [s.name for s in all_stages]
+    if a.stop_after and a.stop_after not in names:
+        print(f"make_bundle: unknown stage {a.stop_after!r} (stages: {', '.join(names)})", file=sys.stderr)
+        return 2
+    for s in all_stages:
+        if s.done():
+            print(f"[{s.name}] done already")
+        else:
+            args = s.args()
+            log = a.data / "logs" / f"{s.name}.log"
+            print(f"[{s.name}] {s.what} -> {log}", flush=True)
+            t0 = time.time()
+            with open(log, "a") as fh:
+                fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} speechct-train {' '.join(args)}\n")
+                fh.flush()
+                rc = subprocess.call([sys.executable, "-m", "train.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
+                                     cwd=ROOT)
+            secs = time.time() - t0
+            log_attempt(a.data, {"stage": s.name, "seconds": round(secs, 1), "rc": rc,
+                                 "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+            if rc == 0 and s.name == "audio-cache":
+                (a.data / "cache" / "pipeline-audio-cache.done").touch()
+            if rc != 0:
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+                print(f"make_bundle: stage {s.name} failed (exit {rc}): {tail[0]} (log: {log})", file=sys.stderr)
+                return rc
+            print(f"[{s.name}] finished in {secs / 60:.1f} min", flush=True)
+        if s.name == a.stop_after:
+            break
+    table = timing_table(a.data, all_stages)
+    (a.data / "pipeline_timings.md").write_text(table)
+    print(table)
+    if a.install and all(s.done() for s in all_stages):
+        tmp = DEFAULT_BUNDLE.with_name(DEFAULT_BUNDLE.name + ".new")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(a.data / "bundle", tmp)
+        old = DEFAULT_BUNDLE.with_name(DEFAULT_BUNDLE.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if DEFAULT_BUNDLE.exists():
+            DEFAULT_BUNDLE.rename(old)
+        tmp.rename(DEFAULT_BUNDLE)
+        shutil.rmtree(old, ignore_errors=True)
+        print(f"installed {a.data / 'bundle'} -> {DEFAULT_BUNDLE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
