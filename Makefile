@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export QT_QPA_PLATFORM ?= offscreen
 export VTK_DEFAULT_OPENGL_WINDOW ?= vtkOSOpenGLRenderWindow
 
-.PHONY: all setup system-deps run demo app test test-all lint package clean
+.PHONY: all setup system-deps run demo app test test-all lint package bundle clean
 
 all: test
 
@@ -66,6 +66,13 @@ lint: $(STAMP)
 package: $(STAMP)
 	@$(PY) -c "import PyInstaller" 2>/dev/null || $(PY) -m pip install -q 'pyinstaller==6.22.*'
 	nice -n 10 $(PY) packaging/build.py $(PACKAGE_ARGS)
+
+# The default model bundle from scratch: synthesis, teacher, audio cache, naive + distilled students,
+# evaluation (with the ASR cascade), export; each stage resumable (scripts/make_bundle.py). ~20 GB under
+# BUNDLE_DATA; BUNDLE_ARGS e.g. --stop-after teacher, --install (copy to assets/models/default).
+BUNDLE_DATA ?= build/bundle-data
+bundle: $(STAMP)
+	$(PY) scripts/make_bundle.py --data $(BUNDLE_DATA) $(BUNDLE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

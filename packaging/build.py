@@ -45,6 +45,7 @@ import netguard  # noqa: E402
 APP_NAME = "speechct"
 MANIFEST = "MANIFEST.sha256"
 SELFTEST_TIMEOUT_S = 900
+STUDY_TIMEOUT_S = 60  # --first-window: how long to wait for the sample study after launch
 
 
 class BuildError(RuntimeError):
@@ -101,7 +102,10 @@ def run_pyinstaller(variant: str, dist: Path, work: Path) -> None:
     cmd = [sys.executable, "-m", "PyInstaller", str(HERE / "speechct.spec"), "--noconfirm", "--log-level", "WARN",
            "--distpath", str(dist), "--workpath", str(work / "pyinstaller"), "--", "--variant", variant]
     print("$ " + " ".join(cmd), flush=True)
-    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+    # collect_submodules("torch") imports every torch module in PyInstaller's helper processes: hundreds
+    # of deprecation notices that say nothing about the bundle
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning"}
+    if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
         raise BuildError("PyInstaller failed (its log is above)")
 
 
@@ -178,57 +182,82 @@ def run_logged(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -
     return code, out, elapsed
 
 
+def exe(folder: Path, name: str) -> Path:
+    return folder / (f"{name}.exe" if sys.platform == "win32" else name)
+
+
 def selftest_archive(archive: Path, work: Path) -> dict:
     """Unpack ``archive`` in a temporary folder and prove it works there, offline. Raises BuildError."""
-    result: dict = {"network": None, "checks": {}}
     tmp = Path(tempfile.mkdtemp(prefix="speechct-selftest-"))
     try:
         t = time.perf_counter()
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="tar")
-        result["unpack_s"] = round(time.perf_counter() - t, 1)
+        unpack_s = round(time.perf_counter() - t, 1)
         (folder,) = [p for p in tmp.iterdir() if p.is_dir()]
-        bad = verify_manifest(folder)
-        result["checks"]["manifest"] = not bad
-        if bad:
-            raise BuildError(f"unpacked files differ from {MANIFEST}: {', '.join(bad[:5])}")
-        prefix = netguard.unshare_prefix()
-        result["network"] = ("unshare -rn + socket guard" if prefix else "socket guard (unshare -rn not allowed)")
-        env = netguard.clean_env(tmp / "home")
-        problems = netguard.env_is_clean(env)
-        if problems:
-            raise BuildError(f"selftest environment is not clean: {problems}")
-
-        code, out, elapsed = run_logged([*prefix, str(folder / "speechct"), "selftest", "--json"], env,
-                                        work / "selftest-engine.log", SELFTEST_TIMEOUT_S)
-        result["engine_selftest_s"] = round(elapsed, 1)
-        try:
-            report = json.loads(out[out.index("{"):out.rindex("}") + 1])
-        except ValueError:
-            report = None
-        inside = report is not None and Path(report["bundle"]["path"]).resolve().is_relative_to(folder.resolve())
-        result["checks"]["engine"] = code == 0 and bool(report and report["ok"]) and inside
-        if report is not None:
-            result["engine_checks_ms"] = {c["name"]: c["ms"] for c in report["checks"]}
-        if not result["checks"]["engine"]:
-            why = "bundle loaded from outside the unpacked archive" if report and not inside else f"exit {code}"
-            raise BuildError(f"`speechct selftest` failed in the unpacked archive ({why}); "
-                             f"see {work / 'selftest-engine.log'}:\n{out[-3000:]}")
-
-        pngs = work / "selftest-png"
-        shutil.rmtree(pngs, ignore_errors=True)
-        code, out, elapsed = run_logged([*prefix, str(folder / "speechct-app"), "--selftest", "--selftest-out", str(pngs)],
-                                        env, work / "selftest-app.log", SELFTEST_TIMEOUT_S)
-        result["app_selftest_s"] = round(elapsed, 1)
-        passed = re.search(r"^PASS: selftest in ([\d.]+) s", out, re.MULTILINE)
-        result["checks"]["app"] = code == 0 and passed is not None
-        if not result["checks"]["app"]:
-            raise BuildError(f"`speechct-app --selftest` failed in the unpacked archive (exit {code}); "
-                             f"see {work / 'selftest-app.log'}:\n{out[-3000:]}")
-        result["app_checks"] = [line for line in out.splitlines() if line.startswith(("ok ", "FAIL", "PASS"))]
-        return result
+        return {"unpack_s": unpack_s, **selftest_folder(folder, work, tmp / "home")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def selftest_folder(folder: Path, work: Path, home: Path) -> dict:
+    """Manifest, ``speechct selftest --json`` and ``speechct-app --selftest`` run from ``folder`` in a
+    clean environment with the network cut off; then the converted Whisper encoder's sha256 against
+    the bundle's. Raises BuildError on the first failure (logs under ``work``)."""
+    result: dict = {"network": None, "checks": {}}
+    bad = verify_manifest(folder)
+    result["checks"]["manifest"] = not bad
+    if bad:
+        raise BuildError(f"unpacked files differ from {MANIFEST}: {', '.join(bad[:5])}")
+    prefix = netguard.unshare_prefix()
+    result["network"] = "unshare -rn + socket guard" if prefix else "socket guard (unshare -rn not allowed here)"
+    env = netguard.clean_env(home)
+    problems = netguard.env_is_clean(env)
+    if problems:
+        raise BuildError(f"selftest environment is not clean: {problems}")
+
+    code, out, elapsed = run_logged([*prefix, str(exe(folder, "speechct")), "selftest", "--json"], env,
+                                    work / "selftest-engine.log", SELFTEST_TIMEOUT_S)
+    result["engine_selftest_s"] = round(elapsed, 1)
+    try:
+        report = json.loads(out[out.index("{"):out.rindex("}") + 1])
+    except ValueError:
+        report = None
+    inside = report is not None and Path(report["bundle"]["path"]).resolve().is_relative_to(folder.resolve())
+    result["checks"]["engine"] = code == 0 and bool(report and report["ok"]) and inside
+    if report is not None:
+        result["engine_checks_ms"] = {c["name"]: c["ms"] for c in report["checks"]}
+    if not result["checks"]["engine"]:
+        why = "bundle loaded from outside the unpacked archive" if report and not inside else f"exit {code}"
+        raise BuildError(f"`speechct selftest` failed in the unpacked archive ({why}); "
+                         f"see {work / 'selftest-engine.log'}:\n{out[-3000:]}")
+
+    pngs = work / "selftest-png"
+    shutil.rmtree(pngs, ignore_errors=True)
+    code, out, elapsed = run_logged([*prefix, str(exe(folder, "speechct-app")), "--selftest", "--selftest-out", str(pngs)],
+                                    env, work / "selftest-app.log", SELFTEST_TIMEOUT_S)
+    result["app_selftest_s"] = round(elapsed, 1)
+    passed = re.search(r"^PASS: selftest in ([\d.]+) s", out, re.MULTILINE)
+    result["checks"]["app"] = code == 0 and passed is not None
+    if not result["checks"]["app"]:
+        raise BuildError(f"`speechct-app --selftest` failed in the unpacked archive (exit {code}); "
+                         f"see {work / 'selftest-app.log'}:\n{out[-3000:]}")
+    result["app_checks"] = [line for line in out.splitlines() if line.startswith(("ok ", "FAIL", "PASS"))]
+
+    if report is not None and report["bundle"]["path"]:
+        result["checks"]["backbone"] = backbone_matches_bundle(Path(report["bundle"]["path"]), home)
+        if not result["checks"]["backbone"]:
+            raise BuildError("the Whisper encoder the bundle converted differs from the one the model bundle "
+                             "was trained with (speech.backbone_sha256)")
+    return result
+
+
+def backbone_matches_bundle(bundle_dir: Path, home: Path) -> bool:
+    """The encoder converted during the selftest (under the clean HOME's cache) has the sha256 that the
+    model bundle's manifest names; the engine only warns on a mismatch, the build fails on one."""
+    want = json.loads((bundle_dir / "bundle.json").read_text())["speech"]["backbone_sha256"]
+    metas = list(home.rglob("backbones/whisper/*/meta.json"))
+    return bool(metas) and all(json.loads(m.read_text())["sha256"] == want for m in metas)
 
 
 def measure_first_window(archive: Path) -> dict:
@@ -240,7 +269,7 @@ def measure_first_window(archive: Path) -> dict:
         env = netguard.clean_env(tmp / "home", offscreen=False)
         runs = {}
         for label in ("first_run", "second_run"):
-            runs[label] = first_window.time_to_window([str(folder / "speechct-app")], env)
+            runs[label] = first_window.time_to_window([str(folder / "speechct-app")], env, timeout_s=STUDY_TIMEOUT_S)
         return runs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -311,8 +340,11 @@ def print_summary(report: dict, folder: Path) -> None:
               f"speechct selftest {st['engine_selftest_s']} s, speechct-app --selftest {st['app_selftest_s']} s")
     fw = report.get("first_window")
     if isinstance(fw, dict):
-        print("window   " + "; ".join(f"{k.replace('_', ' ')}: main window {v['window_s']} s, study shown "
-                                      f"{v['study_s']} s" for k, v in fw.items()))
+        def shown(v):
+            study = f"{v['study_s']} s" if v["study_s"] is not None else f"not within {STUDY_TIMEOUT_S} s"
+            return f"main window {v['window_s']} s, sample study shown {study}"
+
+        print("window   " + "; ".join(f"{k.replace('_', ' ')}: {shown(v)}" for k, v in fw.items()))
     elif fw:
         print(f"window   {fw}")
     steps = ", ".join(f"{k} {v} s" for k, v in report["steps_s"].items())

@@ -68,7 +68,8 @@ EXCLUDES = (
     "sentence_transformers", "SimpleITK", "einops", "beartype", "vector_quantize_pytorch",
     "pandas", "PIL", "cv2",                              # transformers' optional image/table paths
     "train", "bench", "tests", "scripts",                # our own non-app code
-    "torch.utils.tensorboard", "tensorboard", "torch.testing._internal", "torch.utils.benchmark",
+    # (not torch.testing._internal: torch.utils.checkpoint imports it while torch itself is imported)
+    "torch.utils.tensorboard", "tensorboard", "torch.utils.benchmark",
     "vtkmodules.vtkRenderingMatplotlib",
     # pulled in by optional paths of huggingface_hub/torch/transformers the app never takes
     # (Hub uploads and xet downloads, rich tracebacks, graph partitioning for torch.compile, protobuf
@@ -77,10 +78,12 @@ EXCLUDES = (
     "click", "setuptools", "distutils", "pkg_resources", "fsspec", "threadpoolctl", "pydoc_data",
 )
 
-#: PyInstaller's torch hook also ships torch's 44 MB of .py sources (for TorchScript, which needs them);
-#: the engine never scripts or compiles a model, so bytecode is enough. transformers keeps its sources:
-#: it reads a model module's source to decide which attention implementations it may select.
-MODULE_COLLECTION_MODE = (("torch", "pyz"),)
+#: Module collection modes that override the libraries' hooks. None: torch's hook ships its .py sources
+#: (44 MB) beside the bytecode, and they stay: torch reads them at run time (torch.library, torch._sources
+#: and the config modules call inspect on them); a bundle built with torch as bytecode only fails its
+#: selftest ("could not get source code" while loading the bundle). transformers reads a model
+#: module's source to decide which attention implementations it may select.
+MODULE_COLLECTION_MODE: tuple[tuple[str, str], ...] = ()
 
 #: transformers' model families the engine loads (Whisper encoder + features, BERT-type text towers);
 #: ``auto`` resolves names for other text backbones given by folder. Every other family stays out.

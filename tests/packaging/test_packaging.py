@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -138,6 +139,8 @@ def test_excludes_keep_what_the_app_imports():
     # faiss is an optional, lazily probed backend (engine.vector_index.faiss_available)
     clash = (imported & set(bundle_contents.EXCLUDES)) - {"faiss"}
     assert not clash
+    # imported by torch itself at `import torch` (torch.utils.checkpoint): a bundle without it cannot start
+    assert "torch.testing._internal" not in bundle_contents.EXCLUDES
 
 
 # --------------------------------------------------------------------------- build.py
@@ -229,30 +232,60 @@ def test_selftest_failure_fails_the_build(tmp_path):
         build.selftest_archive(archive, tmp_path)
 
 
-def test_selftest_runs_unpacked_clean_and_offline(tmp_path):
-    """Both selftests run from the unpacked copy, in a clean env with the network guard on."""
+FAKE_SPEECHCT = textwrap.dedent("""\
+    #!/bin/sh
+    # stands in for the frozen programs: records its environment, converts a "backbone" into HOME's cache
+    here=$(cd "$(dirname "$0")" && pwd)
+    env > "$HOME/env-$(basename "$0").txt"
+    if [ "$(basename "$0")" = speechct ]; then
+      mkdir -p "$HOME/.cache/speechct/backbones/whisper/whisper-base-x"
+      echo '{"sha256": "__SHA__"}' > "$HOME/.cache/speechct/backbones/whisper/whisper-base-x/meta.json"
+      echo "{\\"ok\\": true, \\"bundle\\": {\\"path\\": \\"$here/_internal/assets/models/default\\"}, \\"checks\\": []}"
+    else
+      echo 'PASS: selftest in 1.0 s'
+    fi
+""")
+
+
+def fake_bundle_archive(tmp_path: Path, converted_sha: str) -> Path:
     folder = tmp_path / "speechct-0.1.0"
-    folder.mkdir()
-    probe = textwrap.dedent("""\
-        #!/bin/sh
-        here=$(cd "$(dirname "$0")" && pwd)
-        env > "$here/../env-$(basename "$0").txt"
-        if [ "$(basename "$0")" = speechct ]; then
-          echo "{\\"ok\\": true, \\"bundle\\": {\\"path\\": \\"$here/_internal/assets/models/default\\"}, \\"checks\\": []}"
-        else
-          echo 'PASS: selftest in 1.0 s'
-        fi
-    """)
+    (folder / "_internal/assets/models/default").mkdir(parents=True)
+    (folder / "_internal/assets/models/default/bundle.json").write_text(
+        json.dumps({"speech": {"backbone_sha256": "ab" * 32}}))
     for exe in ("speechct", "speechct-app"):
-        (folder / exe).write_text(probe)
+        (folder / exe).write_text(FAKE_SPEECHCT.replace("__SHA__", converted_sha))
         (folder / exe).chmod(0o755)
     build.write_manifest(folder)
     archive = tmp_path / "a.tar.gz"
     build.make_archive(folder, archive, folder.name)
-    result = build.selftest_archive(archive, tmp_path)
-    assert result["checks"] == {"manifest": True, "engine": True, "app": True}
-    # the unpacked folder is removed afterwards, the env dumps went to its parent (also removed): re-run to read
-    assert (tmp_path / "selftest-engine.log").is_file() and (tmp_path / "selftest-app.log").is_file()
+    return archive
+
+
+def test_selftest_runs_unpacked_clean_and_offline(tmp_path, monkeypatch):
+    """Both selftests run from the unpacked copy, with HOME in a temporary folder, a clean env and the
+    network guard on; the converted backbone's sha256 is checked against the bundle's."""
+    seen = {}
+    real_selftest_folder = build.selftest_folder
+
+    def spy(folder, work, home):
+        out = real_selftest_folder(folder, work, home)
+        seen["folder"] = folder
+        seen["env"] = (home / "env-speechct-app.txt").read_text()
+        return out
+
+    monkeypatch.setattr(build, "selftest_folder", spy)
+    result = build.selftest_archive(fake_bundle_archive(tmp_path, "ab" * 32), tmp_path)
+    assert result["checks"] == {"manifest": True, "engine": True, "app": True, "backbone": True}
+    assert not seen["folder"].exists()  # unpacked into a temporary folder, removed afterwards
+    env = dict(line.split("=", 1) for line in seen["env"].splitlines() if "=" in line)
+    assert env["SPEECHCT_DENY_NETWORK"] == "1" and env["QT_QPA_PLATFORM"] == "offscreen"
+    assert "PYTHONPATH" not in env and ".venv" not in env["PATH"] and "VIRTUAL_ENV" not in env
+    assert env["HOME"].startswith(tempfile.gettempdir()) and env["HOME"] != os.environ.get("HOME")
+
+
+def test_selftest_fails_when_the_converted_backbone_differs(tmp_path):
+    with pytest.raises(build.BuildError, match="backbone_sha256"):
+        build.selftest_archive(fake_bundle_archive(tmp_path, "cd" * 32), tmp_path)
 
 
 # --------------------------------------------------------------------------- network guard
@@ -394,7 +427,7 @@ def test_make_package_builds_and_selftests(tmp_path):
                           "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=3600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     report = json.loads((tmp_path / "work" / "package-report.json").read_text())
-    assert report["selftest"]["checks"] == {"manifest": True, "engine": True, "app": True}
+    assert report["selftest"]["checks"] == {"manifest": True, "engine": True, "app": True, "backbone": True}
     assert Path(report["archive"]).is_file()
 
 
@@ -468,5 +501,19 @@ def test_transformers_excludes_keep_the_families_the_engine_loads():
     assert "transformers.models.llama" in excluded and "transformers.models.bert_generation" in excluded
 
 
-def test_torch_ships_without_sources_but_transformers_with():
-    assert dict(bundle_contents.MODULE_COLLECTION_MODE) == {"torch": "pyz"}
+def test_torch_and_transformers_keep_their_sources():
+    """Both read their own .py files at run time; bytecode-only torch fails the bundle selftest."""
+    modes = dict(bundle_contents.MODULE_COLLECTION_MODE)
+    assert modes.get("torch", "pyz+py") == "pyz+py" and modes.get("transformers", "pyz+py") == "pyz+py"
+
+
+def test_summary_names_sizes_checks_and_a_study_that_never_showed(capsys, tmp_path):
+    report = {"bundle_bytes": 3 * 2**20, "files": 7, "largest": {"torch": 2**20}, "archive": "a.tar.gz",
+              "archive_bytes": 2**20, "total_s": 9.5, "steps_s": {"pyinstaller": 5.0},
+              "selftest": {"network": "unshare -rn + socket guard", "engine_selftest_s": 1.0, "app_selftest_s": 2.0},
+              "first_window": {"first_run": {"window_s": 1.4, "study_s": None}}}
+    build.print_summary(report, tmp_path)
+    out = capsys.readouterr().out
+    assert "3 MiB in 7 files" in out and "archive  a.tar.gz: 1 MiB" in out
+    assert f"sample study shown not within {build.STUDY_TIMEOUT_S} s" in out
+    assert out.rstrip().splitlines()[-1] == "package: OK in 9.5 s (pyinstaller 5.0 s)"
