@@ -102,10 +102,7 @@ def run_pyinstaller(variant: str, dist: Path, work: Path) -> None:
     cmd = [sys.executable, "-m", "PyInstaller", str(HERE / "speechct.spec"), "--noconfirm", "--log-level", "WARN",
            "--distpath", str(dist), "--workpath", str(work / "pyinstaller"), "--", "--variant", variant]
     print("$ " + " ".join(cmd), flush=True)
-    # collect_submodules("torch") imports every torch module in PyInstaller's helper processes: hundreds
-    # of deprecation notices that say nothing about the bundle
-    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning"}
-    if subprocess.run(cmd, cwd=ROOT, env=env).returncode != 0:
+    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
         raise BuildError("PyInstaller failed (its log is above)")
 
 

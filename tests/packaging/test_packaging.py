@@ -54,6 +54,7 @@ def test_spec_parses_and_uses_the_shared_lists():
                 and getattr(node.func, "id", "") == "program" and node.args]
     assert programs == ["speechct-app", "speechct"]  # speechct-train is not part of the app
     assert 'os.symlink("speechct-app", link)' in source
+    assert 'link_cli(Path(DISTPATH) / "SpeechCT.app" / "Contents" / "MacOS")' in source
 
 
 @pytest.mark.parametrize("argv0, which", [
