@@ -393,6 +393,9 @@ def test_install_script_writes_absolute_paths(tmp_path):
     assert entry["Exec"] == f'"{folder}/speechct-app" %f'
     assert entry["Icon"] == f"{folder}/speechct.png"
     assert (tmp_path / "home/.local/share/icons/hicolor/256x256/apps/speechct.png").is_file()
+    if shutil.which("desktop-file-validate"):
+        check = subprocess.run(["desktop-file-validate", str(installed)], capture_output=True, text=True)
+        assert check.returncode == 0 and not check.stdout.strip(), check.stdout
     subprocess.run(["sh", str(folder / "install-desktop-entry.sh"), "--remove"], env=env, check=True,
                    capture_output=True)
     assert not installed.exists()
