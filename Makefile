@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the local CPU wheel. A bare "torch" would pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[desktop,train,faiss,dev,bench]'
+	$(PY) -m pip install -q -e '.[desktop,train,faiss,dev,bench,package]'
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 setup: $(STAMP)
@@ -64,7 +64,6 @@ lint: $(STAMP)
 # One-folder app bundle (PyInstaller) -> dist/speechct-<version>-linux-<arch>.tar.gz, selftested offline
 # from the unpacked archive; fails when the selftest fails. PACKAGE_ARGS e.g. --first-window (packaging/README.md).
 package: $(STAMP)
-	@$(PY) -c "import PyInstaller" 2>/dev/null || $(PY) -m pip install -q 'pyinstaller==6.22.*'
 	nice -n 10 $(PY) packaging/build.py $(PACKAGE_ARGS)
 
 # The default model bundle from scratch: synthesis, teacher, audio cache, naive + distilled students,
@@ -75,4 +74,4 @@ bundle: $(STAMP)
 	$(PY) scripts/make_bundle.py --data $(BUNDLE_DATA) $(BUNDLE_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info

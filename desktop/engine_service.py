@@ -76,7 +76,11 @@ class EngineService(QObject):
         def in_worker(*a, **kw):
             # OpenMP's thread count is per calling thread: set it in every pool thread, not once.
             if "torch" in sys.modules:
-                sys.modules["torch"].set_num_threads(threads)
+                # not sys.modules["torch"]: another worker may be half-way through importing it,
+                # and the import statement waits for that import to finish
+                import torch
+
+                torch.set_num_threads(threads)
             return fn(*a, **kw)
 
         def done(value):

@@ -2,14 +2,15 @@
 # Installs the Debian packages SpeechCT needs (idempotent). As root it installs them;
 # with passwordless sudo it uses sudo; otherwise it prints the exact command and fails.
 #   main:       espeak-ng (TTS), libportaudio2 (sounddevice), libosmesa6 (offscreen VTK),
-#               Qt offscreen runtime libraries, xvfb for a virtual display
+#               Qt offscreen runtime libraries, xvfb for a virtual display,
+#               desktop-file-utils (validates the installer's .desktop entry)
 #   non-free:   MBROLA voices (Debian contrib/non-free, enabled through a private
 #               sources list so the system's apt configuration is never edited)
 set -euo pipefail
 
 MAIN_PKGS=(espeak-ng libportaudio2 libosmesa6 libgl1 libegl1 libxkbcommon0 libxkbcommon-x11-0
            libfontconfig1 libdbus-1-3 xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-image0
-           libxcb-render-util0 libxcb-xinerama0 libxcb-cursor0 libxcb-shape0 libxcb-randr0)
+           libxcb-render-util0 libxcb-xinerama0 libxcb-cursor0 libxcb-shape0 libxcb-randr0 desktop-file-utils)
 MBROLA_PKGS=(mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1)
 
 missing=()
