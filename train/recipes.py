@@ -2,7 +2,9 @@
 
 - **teacher**: ``engine.models.ct.CTEncoder`` + ``engine.models.text.TextTower`` (frozen backbone,
   trainable bias-free projection) + a learnable logit scale, symmetric InfoNCE between each CT
-  volume and its ``Findings_EN`` (CT-CLIP's objective). The frozen text backbone's pooled features
+  volume and its ``Findings_EN`` (CT-CLIP's objective). Optionally (``teacher.aux_label_weight``)
+  plus a binary cross-entropy on CT-RATE's 18 labels through a linear head on the CT embedding,
+  for from-scratch runs on small synthetic sets where InfoNCE alone collapses. The frozen text backbone's pooled features
   and the prepared volumes come from the cache (``train.cache``).
 - **student**: ``engine.models.speech.SpeechStudent`` (Whisper-base, top layers tuned) trained with
   ``InfoNCE(speech, CT) + λ · (1 − cos(speech, teacher text))`` (``engine.models.space.student_loss``);
@@ -24,6 +26,7 @@ cache under ``<data>/cache/``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +41,7 @@ from engine.errors import DataError
 from engine.findings import LABELS, prompt_pair
 from engine.models.ct import CTEncoder, load_ct_config
 from engine.models.dictation import DictationHead, DictationHeadConfig, dictation_loss, mention_to_class
-from engine.models.space import LogitScale, info_nce, student_loss
+from engine.models.space import CTCLIP_LOG_SCALE_INIT, LogitScale, info_nce, student_loss
 from engine.models.speech import (
     SpeechStudent,
     SpeechStudentConfig,
@@ -258,13 +261,17 @@ def prompt_texts() -> list[str]:
 
 
 class TeacherModel(nn.Module):
-    """The trainable part of the teacher: CT encoder, text projection, logit scale."""
+    """The trainable part of the teacher: CT encoder, text projection, logit scale, and (when the
+    config asks for the auxiliary label loss) a linear finding classifier on the CT embedding that
+    only shapes training: bundles do not carry it."""
 
-    def __init__(self, ct: CTEncoder, text_projection: nn.Linear, logit_scale: LogitScale):
+    def __init__(self, ct: CTEncoder, text_projection: nn.Linear, logit_scale: LogitScale,
+                 label_head: nn.Linear | None = None):
         super().__init__()
         self.ct = ct
         self.text_projection = text_projection
         self.logit_scale = logit_scale
+        self.label_head = label_head
 
 
 def build_teacher(cfg: dict, *, pretrained_text: bool = True):
@@ -272,8 +279,12 @@ def build_teacher(cfg: dict, *, pretrained_text: bool = True):
     text = create_text_tower(_text_config(cfg)) if pretrained_text else None
     ct = CTEncoder(_ct_config(cfg))
     proj = text.projection if text is not None else nn.Linear(384, _ct_config(cfg).latent_dim, bias=False)
-    scale = LogitScale(max_scale=cfg.get("logit_scale_max", 100.0))
-    return TeacherModel(ct, proj, scale), text
+    # CT-CLIP starts the multiplier at e (log 1.0) and has 10^5 steps to raise it; a short run may
+    # start sharper (CLIP's 1/0.07), else its zero-shot probabilities stay squeezed around 0.5
+    init = cfg.get("logit_scale_init")
+    scale = LogitScale(math.log(init) if init else CTCLIP_LOG_SCALE_INIT, max_scale=cfg.get("logit_scale_max", 100.0))
+    head = nn.Linear(_ct_config(cfg).latent_dim, len(LABELS)) if cfg["teacher"].get("aux_label_weight") else None
+    return TeacherModel(ct, proj, scale, head), text
 
 
 class TeacherRecipe:
@@ -309,7 +320,10 @@ class TeacherRecipe:
         return len(self.train)
 
     def head_parameters(self) -> set[int]:
-        return {id(p) for p in self.module.text_projection.parameters()} | {id(self.module.logit_scale.log_scale)}
+        heads = {id(p) for p in self.module.text_projection.parameters()} | {id(self.module.logit_scale.log_scale)}
+        if self.module.label_head is not None:
+            heads |= {id(p) for p in self.module.label_head.parameters()}
+        return heads
 
     def _embed(self, keys: list[str], feats: np.ndarray, augment: dict | None = None,
                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,7 +338,18 @@ class TeacherRecipe:
                               seed=hash((int(self.cfg.get("seed", 0)), *map(int, rows))) & 0xFFFFFFFF)
         all_ct, all_txt = gather_with_grad(ct, env), gather_with_grad(txt, env)
         loss = info_nce(ct, txt, self.module.logit_scale, all_a=all_ct, all_b=all_txt, offset=offset)
-        return loss, {"logit_scale": self.module.logit_scale.value}
+        parts = {"logit_scale": self.module.logit_scale.value}
+        weight = float(self.cfg["teacher"].get("aux_label_weight") or 0.0)
+        if weight:
+            # Pure InfoNCE from scratch collapses on ~1k homogeneous synthetic chests (every CT and
+            # report embedding converges to one point, loss stuck at ln(batch)); the labels CT-RATE
+            # ships with the reports give the CT encoder a direct signal to separate studies by.
+            target = torch.from_numpy(np.stack([self.train[i].labels for i in rows])).to(ct.device)
+            bce = F.binary_cross_entropy_with_logits(self.module.label_head(ct.float()), target)
+            parts["info_nce"] = float(loss.detach())
+            parts["label_bce"] = float(bce.detach())
+            loss = loss + weight * bce
+        return loss, parts
 
     def embed_valid(self) -> tuple[torch.Tensor, torch.Tensor]:
         cts, txts = [], []

@@ -80,7 +80,8 @@ class CTEncoder(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.patch_embed = TubeletEmbedding(c.channels, c.patch_size, c.temporal_patch_size, c.dim)
+        self.patch_embed = TubeletEmbedding(c.channels, c.patch_size, c.temporal_patch_size, c.dim,
+                                           patch_norm=c.patch_norm)
         self.rel_pos_bias = ContinuousPositionBias(c.rel_pos_width, c.heads, c.rel_pos_layers)
         common = dict(dim=c.dim, heads=c.heads, dim_head=c.dim_head, scale=c.attn_scale, ff_inner=c.ff_inner)
         self.spatial = FactorisedTransformer("spatial", c.spatial_depth, **common)

@@ -71,6 +71,10 @@ class CTEncoderConfig:
     #: up the axes (needed to reproduce imported weights); "grid" uses the true token grid.
     temporal_peg_layout: str = "ctclip"
     grad_checkpointing: bool = False
+    #: CT-CLIP LayerNorms every flattened tubelet before embedding it, which removes the tubelet's
+    #: mean density and contrast. False embeds the raw voxels: a coarse encoder (45 mm tubelets at
+    #: the cpu-128 spec) otherwise cannot tell fluid or consolidation from aerated lung.
+    patch_norm: bool = True
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)

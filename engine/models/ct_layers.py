@@ -31,15 +31,16 @@ class TubeletEmbedding(nn.Module):
     """``(B, C, Z, Y, X)`` voxels -> ``(B, t, h, w, dim)`` tokens.
 
     Each tubelet is flattened in CT-CLIP's order ``(c, pt, p1, p2)`` (channel, slice, row,
-    column), then LayerNorm -> Linear -> LayerNorm. The volume is embedded a few slice
+    column), then LayerNorm (unless ``patch_norm`` is off) -> Linear -> LayerNorm. The volume is embedded a few slice
     blocks at a time so the flattened copy never holds the whole volume twice.
     """
 
-    def __init__(self, channels: int, patch: int, temporal_patch: int, dim: int, rows_per_chunk: int = 4096):
+    def __init__(self, channels: int, patch: int, temporal_patch: int, dim: int, rows_per_chunk: int = 4096,
+                 patch_norm: bool = True):
         super().__init__()
         self.patch, self.temporal_patch, self.channels = patch, temporal_patch, channels
         numel = channels * temporal_patch * patch * patch
-        self.norm_in = nn.LayerNorm(numel)
+        self.norm_in = nn.LayerNorm(numel) if patch_norm else nn.Identity()
         self.proj = nn.Linear(numel, dim)
         self.norm_out = nn.LayerNorm(dim)
         self.rows_per_chunk = rows_per_chunk

@@ -1,0 +1,51 @@
+"""Teacher options beyond CT-CLIP's defaults: unnormalised tubelets, the auxiliary label loss,
+a sharper initial logit scale (all off unless a config asks for them)."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from engine.models.ct_layers import TubeletEmbedding
+from train.distributed import DistEnv
+from train.recipes import TeacherRecipe, build_teacher, load_run_config
+
+from .training_fixtures import SMOKE_CONFIG, make_tiny_data
+
+
+def test_patch_norm_off_keeps_density():
+    torch.manual_seed(0)
+    fluid, lung = torch.full((1, 1, 4, 8, 8), 0.02), torch.full((1, 1, 4, 8, 8), -0.85)
+    with_norm = TubeletEmbedding(1, 8, 4, 16)
+    without = TubeletEmbedding(1, 8, 4, 16, patch_norm=False)
+    # CT-CLIP's per-tubelet LayerNorm maps every uniform tubelet to the same token
+    assert torch.allclose(with_norm(fluid), with_norm(lung), atol=1e-5)
+    assert not torch.allclose(without(fluid), without(lung), atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(1)
+    return make_tiny_data(tmp_path_factory.mktemp("teacher-options") / "data", n_train=8, n_valid=4)
+
+
+def test_aux_label_loss_adds_bce_to_info_nce(tiny):
+    cfg = copy.deepcopy(load_run_config(SMOKE_CONFIG))
+    cfg["teacher"]["aux_label_weight"] = 0.5
+    cfg["logit_scale_init"] = 10.0
+    recipe = TeacherRecipe(cfg, tiny, env=DistEnv(), progress=False)
+    assert recipe.module.label_head is not None
+    assert math.isclose(recipe.module.logit_scale.value, 10.0, rel_tol=1e-5)
+    assert {id(p) for p in recipe.module.label_head.parameters()} <= recipe.head_parameters()
+    loss, parts = recipe.loss(list(range(4)), 0, DistEnv())
+    assert float(loss.detach()) == pytest.approx(parts["info_nce"] + 0.5 * parts["label_bce"], rel=1e-5)
+    loss.backward()
+    assert recipe.module.label_head.weight.grad is not None and recipe.module.ct.pool.proj.weight.grad.abs().sum() > 0
+
+
+def test_defaults_stay_ctclip():
+    cfg = load_run_config(SMOKE_CONFIG)
+    model, _ = build_teacher(cfg, pretrained_text=False)
+    assert model.label_head is None and math.isclose(model.logit_scale.value, math.e, rel_tol=1e-6)
+    assert isinstance(model.ct.patch_embed.norm_in, torch.nn.LayerNorm)
