@@ -4,8 +4,8 @@
   trainable bias-free projection) + a learnable logit scale, symmetric InfoNCE between each CT
   volume and its ``Findings_EN`` (CT-CLIP's objective). Optionally (``teacher.aux_label_weight``)
   plus a binary cross-entropy on CT-RATE's 18 labels through a linear head on the CT embedding,
-  for from-scratch runs on small synthetic sets where InfoNCE alone collapses. The frozen text backbone's pooled features
-  and the prepared volumes come from the cache (``train.cache``).
+  for from-scratch runs on small synthetic sets. The frozen text backbone's pooled features and
+  the prepared volumes come from the cache (``train.cache``).
 - **student**: ``engine.models.speech.SpeechStudent`` (Whisper-base, top layers tuned) trained with
   ``InfoNCE(speech, CT) + λ · (1 − cos(speech, teacher text))`` (``engine.models.space.student_loss``);
   the teacher is frozen, its CT and text embeddings and the frozen lower Whisper layers' outputs
@@ -277,13 +277,14 @@ class TeacherModel(nn.Module):
 def build_teacher(cfg: dict, *, pretrained_text: bool = True):
     """(TeacherModel, TextTower) fresh from a config; the tower shares the model's projection."""
     text = create_text_tower(_text_config(cfg)) if pretrained_text else None
-    ct = CTEncoder(_ct_config(cfg))
-    proj = text.projection if text is not None else nn.Linear(384, _ct_config(cfg).latent_dim, bias=False)
+    ct_config = _ct_config(cfg)
+    ct = CTEncoder(ct_config)
+    proj = text.projection if text is not None else nn.Linear(384, ct_config.latent_dim, bias=False)
     # CT-CLIP starts the multiplier at e (log 1.0) and has 10^5 steps to raise it; a short run may
     # start sharper (CLIP's 1/0.07), else its zero-shot probabilities stay squeezed around 0.5
     init = cfg.get("logit_scale_init")
     scale = LogitScale(math.log(init) if init else CTCLIP_LOG_SCALE_INIT, max_scale=cfg.get("logit_scale_max", 100.0))
-    head = nn.Linear(_ct_config(cfg).latent_dim, len(LABELS)) if cfg["teacher"].get("aux_label_weight") else None
+    head = nn.Linear(ct_config.latent_dim, len(LABELS)) if cfg["teacher"].get("aux_label_weight") else None
     return TeacherModel(ct, proj, scale, head), text
 
 
@@ -341,9 +342,9 @@ class TeacherRecipe:
         parts = {"logit_scale": self.module.logit_scale.value}
         weight = float(self.cfg["teacher"].get("aux_label_weight") or 0.0)
         if weight:
-            # Pure InfoNCE from scratch collapses on ~1k homogeneous synthetic chests (every CT and
-            # report embedding converges to one point, loss stuck at ln(batch)); the labels CT-RATE
-            # ships with the reports give the CT encoder a direct signal to separate studies by.
+            # From scratch on ~1k homogeneous synthetic chests the contrastive signal alone is weak
+            # (with attention pooling every embedding converged to one point, loss stuck at ln(batch));
+            # the labels CT-RATE ships with the reports give the CT encoder a direct signal.
             target = torch.from_numpy(np.stack([self.train[i].labels for i in rows])).to(ct.device)
             bce = F.binary_cross_entropy_with_logits(self.module.label_head(ct.float()), target)
             parts["info_nce"] = float(loss.detach())
