@@ -100,3 +100,30 @@ def test_cached_frozen_work_is_reused(run):
                           student=tiny_student())
     # every prepared volume, teacher embedding, text feature and Whisper lower output was a hit
     assert again.cache.misses == 0 and again.cache.hits > 0
+
+
+def test_joint_dictation_loss_shapes_the_tuned_layers(run):
+    """``student.dictation_weight``: the mentions' cross-entropy joins the loss and its gradient
+    reaches the tuned Whisper layers (not only a head on frozen embeddings)."""
+    torch.set_num_threads(1)
+    data, out = run
+    cfg = load_run_config(SMOKE_CONFIG)
+    cfg["student"] = {**cfg["student"], "dictation_weight": 0.5}
+    recipe = StudentRecipe(cfg, data, stage_dir(out, "teacher"), env=DistEnv(), distill_weight=0.0,
+                           progress=False, student=tiny_student())
+    head = recipe.module.dictation
+    assert head is not None and {id(p) for p in head.parameters()} <= recipe.head_parameters()
+    loss, parts = recipe.loss(list(range(4)), 0, DistEnv())
+    assert float(loss.detach()) == pytest.approx(parts["info_nce"] + 0.5 * parts["dictation"], rel=1e-5)
+    # the dictation term alone moves the tuned layers
+    recipe.module.zero_grad()
+    speech = recipe.embed([recipe.train_lower[i] for i in range(4)])
+    from engine.models.dictation import dictation_loss
+
+    mentions = torch.from_numpy(np.stack([recipe.train[i].mentions for i in range(4)]))
+    dictation_loss(head(speech), mentions).backward()
+    tuned = [p for n, p in recipe.speech.named_parameters() if p.requires_grad and "projection" not in n]
+    assert tuned and any(p.grad is not None and p.grad.abs().sum() > 0 for p in tuned)
+    plain = StudentRecipe(load_run_config(SMOKE_CONFIG), data, stage_dir(out, "teacher"), env=DistEnv(),
+                          progress=False, student=tiny_student())
+    assert plain.module.dictation is None and plain.dictation_weight == 0.0
