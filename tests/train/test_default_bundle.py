@@ -1,0 +1,84 @@
+"""CI regression test of the committed default bundle on phantoms it has never seen.
+
+``speechct-train evaluate`` stores, in the bundle's ``evaluation.regression_reference``, the text
+teacher's macro AUROC on the validation split and its spread over random sets of ``n`` studies
+(:func:`train.metrics.subset_macro_auroc_spread`). Here ``n`` fresh studies are drawn from the
+same generator with a seed no training or validation study used, scored through the product path
+(``engine.Engine``: preprocessing, the bundle's CT encoder, its stored prompts and logit scale), and
+the macro AUROC must clear ``value - 3 * std``. A bundle that lost its skill, a preprocessing change
+that shifts the encoder's input, or a broken prompt bank fails it.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pytest
+
+from engine.findings import LABELS
+from engine.runtime import Engine, default_bundle_path
+from train.synth.ctrate import plan_dataset
+from train.synth.phantom import make_phantom
+
+#: not a seed of the bundle's data (make_bundle uses 0; samples and tests use small seeds)
+FRESH_SEED = 20261129
+
+
+def _reference() -> dict:
+    manifest = json.loads((default_bundle_path() / "bundle.json").read_text())
+    ref = manifest.get("evaluation", {}).get("regression_reference")
+    assert ref, "the committed default bundle has no evaluation.regression_reference (re-run evaluate + export)"
+    return ref
+
+
+def _render(plan):
+    kernel = "standard" if plan.recon == 1 else "sharp"
+    p = make_phantom(plan.seed, plan.labels, size="default", sex=plan.sex, age=plan.age, kernel=kernel,
+                     recon=plan.recon - 1)
+    return p.volume, np.array([int(p.labels[lab]) for lab in LABELS])
+
+
+def _auroc_macro(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    from sklearn.metrics import roc_auc_score
+
+    aucs = [roc_auc_score(labels[:, j], scores[:, j]) for j in range(labels.shape[1])
+            if 0 < labels[:, j].sum() < labels.shape[0]]
+    return float(np.mean(aucs)), len(aucs)
+
+
+def test_default_bundle_keeps_its_zero_shot_auroc_on_fresh_phantoms(tmp_path):
+    ref = _reference()
+    n = int(ref["n"])
+    plans = [p for p in plan_dataset(0, n, FRESH_SEED) if p.split == "valid"][:n]
+    assert len(plans) == n
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        studies = list(pool.map(_render, plans))
+    engine = Engine(device="cpu", cache_dir=False)
+    scores = np.array([[f.probability for f in sorted(engine.rank(engine.encode_ct(vol)),
+                                                      key=lambda f: LABELS.index(f.label))]
+                       for vol, _ in studies])
+    labels = np.stack([y for _, y in studies])
+    macro, n_findings = _auroc_macro(scores, labels)
+    floor = ref["value"] - 3 * ref["std"]
+    print(f"fresh set: macro AUROC {macro:.3f} over {n_findings} findings, {n} studies; "
+          f"bundle {ref['value']:.3f} ± {ref['std']:.3f} (floor {floor:.3f})")
+    assert n_findings >= 12
+    assert macro >= floor, (f"macro AUROC {macro:.3f} on {n} fresh studies is below the bundle's "
+                            f"{ref['value']:.3f} - 3 x {ref['std']:.3f}")
+
+
+@pytest.mark.parametrize("n", [48])
+def test_reference_spread_shrinks_with_set_size(n):
+    """The floor is meaningful: the spread of macro AUROC over n-study sets is what the metric says."""
+    from train.metrics import subset_macro_auroc_spread
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((400, 6)) < 0.3).astype(int)
+    scores = labels * 0.6 + rng.random((400, 6))
+    small = subset_macro_auroc_spread(scores, labels, n, draws=300, seed=1)
+    large = subset_macro_auroc_spread(scores, labels, 4 * n, draws=300, seed=1)
+    assert 0.8 < small["value"] < 1.0 and abs(small["value"] - large["value"]) < 1e-12
+    assert large["std"] < small["std"] * 0.7  # ~1/sqrt(4) = 0.5 in theory
+    assert small["floor"] == pytest.approx(small["value"] - 3 * small["std"])
