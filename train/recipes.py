@@ -515,12 +515,7 @@ class StudentRecipe:
         self.speech = student if student is not None else SpeechStudent.from_backbone(_speech_config(cfg))
         self.speech.to(env.device)
         self.dictation_weight = float(cfg["student"].get("dictation_weight") or 0.0)
-        joint = None
-        if self.dictation_weight:
-            hc = cfg.get("dictation", {})
-            joint = DictationHead(DictationHeadConfig(dim=self.speech.config.latent_dim,
-                                                      hidden=int(hc.get("hidden", 256)),
-                                                      dropout=float(hc.get("dropout", 0.1)))).to(env.device)
+        joint = dictation_head(cfg, self.speech.config.latent_dim).to(env.device) if self.dictation_weight else None
         self.module = StudentModel(self.speech, joint)
         self.backbone_sha = speech_backbone_sha(self.speech)
         limit = limit or cfg.get("student_limit") or cfg.get("limit") or {}
@@ -641,7 +636,8 @@ class StudentRecipe:
         meta = {"kind": "student", "config": self.cfg, "speech": self.speech.config.to_dict(),
                 "backbone": self.speech.config.backbone, "backbone_sha256": self.backbone_sha,
                 "distill_weight": self.distill_weight, "dictation_weight": self.dictation_weight,
-                "teacher_sha256": self.teacher.weights_hash, "weights_sha256": C.state_hash(state), "n_train": self.n_train, "n_valid": len(self.valid),
+                "teacher_sha256": self.teacher.weights_hash, "weights_sha256": C.state_hash(state),
+                "n_train": self.n_train, "n_valid": len(self.valid),
                 "summary": summary, "prep_seconds": round(self.prep_seconds, 1)}
         (folder / MODEL_JSON).write_text(json.dumps(meta, indent=1, default=str))
         return folder / MODEL_FILE
@@ -664,6 +660,13 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu",
 # --------------------------------------------------------------------------- dictation head
 
 
+def dictation_head(cfg: dict, dim: int) -> DictationHead:
+    """A fresh 3-way-per-finding head shaped by the config's ``dictation`` section."""
+    hc = cfg.get("dictation", {})
+    return DictationHead(DictationHeadConfig(dim=dim, hidden=int(hc.get("hidden", 256)),
+                                             dropout=float(hc.get("dropout", 0.1))))
+
+
 def train_dictation_head(recipe: StudentRecipe, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Fit the 3-way-per-finding head on the frozen student's embeddings (train split), report the
     valid macro F1 per class, save ``head.safetensors`` + ``head.json`` in ``out``."""
@@ -679,8 +682,7 @@ def train_dictation_head(recipe: StudentRecipe, out: str | Path, *, progress: bo
     y_train = torch.from_numpy(np.stack([s.mentions for s in recipe.train]))
     y_valid = torch.from_numpy(np.stack([s.mentions for s in recipe.valid]))
     torch.manual_seed(seed)
-    head = DictationHead(DictationHeadConfig(dim=x_train.shape[1], hidden=int(hc.get("hidden", 256)),
-                                             dropout=float(hc.get("dropout", 0.1))))
+    head = dictation_head(recipe.cfg, x_train.shape[1])
     opt = torch.optim.Adam(head.parameters(), lr=float(hc.get("lr", 1e-3)),
                            weight_decay=float(hc.get("weight_decay", 1e-4)))
     epochs, bs = int(hc.get("epochs", 300)), int(hc.get("batch_size", 32))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.models.dictation import dictation_loss
 from train.cli import main as train_main
 from train.distributed import DistEnv
 from train.recipes import (
@@ -118,8 +119,6 @@ def test_joint_dictation_loss_shapes_the_tuned_layers(run):
     # the dictation term alone moves the tuned layers
     recipe.module.zero_grad()
     speech = recipe.embed([recipe.train_lower[i] for i in range(4)])
-    from engine.models.dictation import dictation_loss
-
     mentions = torch.from_numpy(np.stack([recipe.train[i].mentions for i in range(4)]))
     dictation_loss(head(speech), mentions).backward()
     tuned = [p for n, p in recipe.speech.named_parameters() if p.requires_grad and "projection" not in n]
