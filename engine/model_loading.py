@@ -12,6 +12,7 @@ group              module                                          manifest sect
                    the frozen rest comes from the Whisper backbone)
 ``text_head``      :class:`engine.models.text.TextTower` projection ``text.config``
 ``dictation_head`` :class:`engine.models.dictation.DictationHead`   ``dictation_head.config``
+                   or ``FrameDictationHead`` (``config.kind``)
 ``prompts``        :class:`engine.findings.PromptBank`              ``prompts.texts`` / ``kind``
 =================  =============================================  ==============================
 
@@ -120,7 +121,7 @@ def build_text_tower(bundle: Bundle):
 
 def build_dictation_head(bundle: Bundle):
     """The dictation head, or None when the bundle has none."""
-    from engine.models.dictation import CLASSES, DictationHead, DictationHeadConfig
+    from engine.models.dictation import CLASSES, build_head, head_config_from_dict
 
     section = bundle.manifest.get("dictation_head")
     if section is None:
@@ -129,8 +130,8 @@ def build_dictation_head(bundle: Bundle):
         raise BundleError(f"dictation head classes {section['classes']} differ from the engine's {list(CLASSES)}",
                           bundle.path)
     data = section.get("config") or {"dim": bundle.manifest["space"]["dim"], "n_labels": len(section["labels"])}
-    config = _config(bundle, "dictation_head.config", lambda: DictationHeadConfig.from_dict(data))
-    head = DictationHead(config)
+    config = _config(bundle, "dictation_head.config", lambda: head_config_from_dict(data))
+    head = build_head(config)
     bundle.load_into(head, section["group"])
     return head.eval()
 

@@ -421,10 +421,19 @@ class Engine:
 
     def encode_speech(self, waveform: np.ndarray, sample_rate: int = 16_000) -> np.ndarray:
         """Unit-norm speech embedding ``[D]`` of a mono (or ``[samples, channels]``) waveform."""
+        return self.encode_speech_frames(waveform, sample_rate, keep_frames=False)[0]
+
+    def encode_speech_frames(self, waveform: np.ndarray, sample_rate: int = 16_000, *,
+                             keep_frames: bool | None = None) -> tuple[np.ndarray, torch.Tensor | None]:
+        """The speech embedding and, in the same encoder pass, the frames before pooling
+        (``[frames, D]``, what a frame-level dictation head reads). ``keep_frames`` defaults to
+        whether this bundle's dictation head needs them; the frames are None otherwise."""
         from engine.audio import MIN_SAMPLES, to_16k
 
         if not self.has_speech:
             raise BundleError("bundle has no speech encoder", self.bundle.path)
+        if keep_frames is None:
+            keep_frames = self.dictation_reads_frames
         wav = to_16k(np.asarray(waveform), sample_rate)
         if wav.size < MIN_SAMPLES:
             raise AudioError(f"dictation too short: {wav.size / 16000 * 1000:.0f} ms (need at least 25 ms)")
@@ -432,9 +441,14 @@ class Engine:
             raise AudioError("dictation holds NaN or infinite samples")
         with self._lock:
             model = self._model("speech")
-            with torch.inference_mode(), self._autocast():
-                emb = model.embed_audio(wav)
-        return _unit(emb)
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.inference_mode(), self._autocast():
+                    emb, frames = model.encode_waveforms([wav], keep_frames=keep_frames)
+            finally:
+                model.train(was_training)
+        return _unit(emb[0]), (frames[0] if frames else None)
 
     def encode_audio_file(self, path: str | Path) -> np.ndarray:
         """:meth:`encode_speech` of an audio file (any libsndfile format and rate)."""
@@ -467,14 +481,36 @@ class Engine:
         v = self._check_dim(ct_emb, "CT")
         return rank_findings(v, self._model("prompts"), self.logit_scale, self._model("thresholds"))
 
-    def dictation(self, speech_emb) -> list[DictationFinding]:
-        """What the dictation says about each finding (the bundle's dictation head), label order."""
+    @property
+    def dictation_reads_frames(self) -> bool:
+        """Whether the dictation head reads the speech encoder's frames (else the pooled embedding)."""
+        section = self.bundle.manifest.get("dictation_head") or {}
+        return (section.get("config") or {}).get("kind", "embedding") == "frames"
+
+    def dictation(self, speech_emb, frames=None) -> list[DictationFinding]:
+        """What the dictation says about each finding (the bundle's dictation head), label order.
+
+        ``frames``: :meth:`encode_speech_frames`' frames of the same dictation, needed when the
+        head reads frames (:attr:`dictation_reads_frames`)."""
         if not self.has_dictation_head:
             raise BundleError("bundle has no dictation head", self.bundle.path)
         v = self._check_dim(speech_emb, "speech")
         head = self._model("dictation")
+        device = next(head.parameters()).device
         with self._lock, torch.inference_mode():
-            logits = head(torch.from_numpy(v)[None].to(next(head.parameters()).device))[0].float().cpu()
+            if self.dictation_reads_frames:
+                if frames is None:
+                    raise SpeechCTError("this bundle's dictation head reads the dictation's frames: "
+                                        "encode it with encode_speech_frames and pass frames")
+                f = torch.as_tensor(frames, dtype=torch.float32)
+                if f.dim() != 2 or f.shape[0] < 1:
+                    raise SpeechCTError(f"dictation frames must be [frames, width], got {tuple(f.shape)}")
+                try:
+                    logits = head(f[None].to(device), torch.tensor([f.shape[0]], device=device))[0].float().cpu()
+                except ValueError as err:  # frames of another encoder width
+                    raise SpeechCTError(str(err)) from None
+            else:
+                logits = head(torch.from_numpy(v)[None].to(device))[0].float().cpu()
         section = self.bundle.manifest["dictation_head"]
         return dictation_findings(logits, labels=tuple(section["labels"]), classes=tuple(section["classes"]))
 
@@ -573,11 +609,11 @@ class Engine:
             if sample_rate is None:
                 raise AudioError("a waveform needs its sample_rate")
             t = time.perf_counter()
-            speech_emb = self.encode_speech(waveform, sample_rate)
+            speech_emb, frames = self.encode_speech_frames(waveform, sample_rate)
             timings["encode_speech"] = _ms(time.perf_counter() - t)
             if self.has_dictation_head:
                 t = time.perf_counter()
-                dictation = self.dictation(speech_emb)
+                dictation = self.dictation(speech_emb, frames)
                 discrepancies = self.discrepancies(findings, dictation)
                 timings["dictation"] = _ms(time.perf_counter() - t)
         uid = self.study_key(volume)

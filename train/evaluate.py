@@ -63,6 +63,8 @@ class EvalModels:
     ``(Z, Y, X)`` float) → CT embeddings. ``embed_text``: texts → the teacher's text embeddings.
     ``speech``: student name (``"distilled"``, ``"naive"``) → 16 kHz mono waveforms → embeddings.
     ``dictation``: student name → speech embeddings ``[N, D]`` → head logits ``[N, L, 3]``.
+    ``dictation_frames``: student name → waveforms → head logits ``[N, L, 3]``, for a head that
+    reads the encoder's frames (used instead of ``dictation`` for that student).
     ``text_prompts``: the teacher's text prompt bank (else made with ``embed_text``).
     """
 
@@ -72,6 +74,7 @@ class EvalModels:
     embed_text: Callable[[list[str]], np.ndarray] | None = None
     speech: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = field(default_factory=dict)
     dictation: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
+    dictation_frames: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = field(default_factory=dict)
     text_prompts: PromptBank | None = None
     labels: tuple[str, ...] = LABELS
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -120,6 +123,31 @@ def head_logits(head) -> Callable[[np.ndarray], np.ndarray]:
     return _numpy(lambda emb: head(torch.as_tensor(np.asarray(emb, np.float32))))
 
 
+def frame_head_logits(student, head) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """``dictation_frames[name]``: waveforms → the student's frames → a ``FrameDictationHead``'s logits."""
+    import torch
+
+    from engine.models.dictation import pad_utterances
+
+    student.eval()
+    head.eval()
+
+    def run(waveforms):
+        with torch.no_grad():
+            frames = student.encode_waveforms(list(waveforms), keep_frames=True)[1]
+            return head(*pad_utterances(frames))
+
+    return _numpy(run)
+
+
+def _add_head(models: EvalModels, name: str, head, student) -> None:
+    """Register a dictation head of either kind for the student ``name``."""
+    if getattr(head, "input", "embedding") == "frames":
+        models.dictation_frames[name] = frame_head_logits(student, head)
+    else:
+        models.dictation[name] = head_logits(head)
+
+
 def text_embedder(tower) -> Callable[[list[str]], np.ndarray]:
     tower.eval()
     return _numpy(lambda texts: tower.encode(list(texts)))
@@ -150,24 +178,28 @@ def models_from_bundle(bundle_dir: str | Path, *, naive: str | Path | None = Non
     if "prompts" in m:
         models.text_prompts = PromptBank.from_rows(m["prompts"]["texts"], b.tensors[m["prompts"]["group"]]["embeddings"],
                                                    models.labels, kind=m["prompts"]["kind"])
+    student = None
     if "speech" in m:
         student = SpeechStudent(SpeechStudentConfig.from_dict(m["speech"]["config"]),
                                 load_whisper_encoder(b.speech_backbone), b.speech_backbone)
         student.load_trainable_state_dict(b.tensors["speech_head"])
         models.speech["distilled"] = speech_embedder(student)
     if "dictation_head" in m:
-        from engine.models.dictation import DictationHead, DictationHeadConfig
+        from engine.models.dictation import build_head, head_config_from_dict
 
-        head = DictationHead(DictationHeadConfig.from_dict(m["dictation_head"]["config"]))
+        head = build_head(head_config_from_dict(m["dictation_head"]["config"]))
         b.load_into(head, m["dictation_head"]["group"])
-        models.dictation["distilled"] = head_logits(head)
+        if student is not None or getattr(head, "input", "embedding") == "embedding":
+            _add_head(models, "distilled", head, student)
     if naive is not None:
         naive = Path(naive)
         if (naive / "bundle.json").is_file():
             other = models_from_bundle(naive)
             models.speech["naive"] = other.speech["distilled"]
-            if "distilled" in other.dictation:
-                models.dictation["naive"] = other.dictation["distilled"]
+            for heads in (other.dictation, other.dictation_frames):
+                if "distilled" in heads:
+                    (models.dictation if heads is other.dictation else models.dictation_frames)["naive"] = \
+                        heads["distilled"]
         else:
             from train.recipes import load_student
 
@@ -188,19 +220,21 @@ def models_from_run(run: str | Path) -> EvalModels:
                         provenance={"run": str(run), "teacher_sha256": teacher.weights_hash})
     texts = prompt_texts()
     models.text_prompts = PromptBank.from_rows(texts, embed_text(texts), LABELS, kind="text")
-    for name, folder in (("distilled", run / "student"), ("naive", run / "student-naive")):
-        if (folder / "model.safetensors").is_file():
-            models.speech[name] = speech_embedder(load_student(folder)[0])
-    head_file = run / "dictation" / "head.safetensors"
-    if head_file.is_file() and "distilled" in models.speech:
-        from safetensors.torch import load_file
+    from safetensors.torch import load_file
 
-        from engine.models.dictation import DictationHead, DictationHeadConfig
+    from engine.models.dictation import build_head, head_config_from_dict
 
-        meta = json.loads((run / "dictation" / "head.json").read_text())
-        head = DictationHead(DictationHeadConfig.from_dict(meta["config"]))
-        head.load_state_dict(load_file(str(head_file)))
-        models.dictation["distilled"] = head_logits(head)
+    for name, folder, heads in (("distilled", run / "student", run / "dictation"),
+                                ("naive", run / "student-naive", run / "dictation-naive")):
+        if not (folder / "model.safetensors").is_file():
+            continue
+        student = load_student(folder)[0]
+        models.speech[name] = speech_embedder(student)
+        if (heads / "head.safetensors").is_file():
+            meta = json.loads((heads / "head.json").read_text())
+            head = build_head(head_config_from_dict(meta["config"]))
+            head.load_state_dict(load_file(str(heads / "head.safetensors")))
+            _add_head(models, name, head, student)
     return models
 
 
@@ -522,7 +556,11 @@ def evaluate_bundle(
                 if note not in notes:
                     notes.append(note)
             logits = None
-            if student in models.dictation and mentions is not None:
+            if student in models.dictation_frames and mentions is not None:
+                run_head = models.dictation_frames[student]
+                logits = cache.get(f"{student}/dictation", paths,
+                                   lambda ps, f=run_head: _batched(lambda b: f(load(b)), 8)(ps))
+            elif student in models.dictation and mentions is not None:
                 logits = models.dictation[student](query)
             res, raw[f"{student} student"] = score_system(ct, query, bank, models.logit_scale, y, cfg,
                                                           mentions=mentions, dictation_logits=logits)
@@ -821,7 +859,7 @@ def bundle_thresholds(run: str | Path, bundle_tensors: dict | None = None, manif
         result = json.loads(path.read_text())
     elif data is not None and (Path(data) / "ct-rate").is_dir():
         models = models_from_run(run)
-        models.speech, models.dictation = {}, {}
+        models.speech, models.dictation, models.dictation_frames = {}, {}, {}
         result = evaluate_bundle(models, Path(data) / "ct-rate", None, "valid",
                                  config=EvalConfig(n_boot=200, cascade_n=0), progress=False)
     else:

@@ -25,7 +25,7 @@ import torch
 
 from engine.errors import BundleError, DataError
 from engine.findings import LABELS
-from engine.models.dictation import CLASSES, DictationHead, DictationHeadConfig
+from engine.models.dictation import CLASSES, build_head, head_config_from_dict
 from engine.weights.bundle import save_bundle, speech_entry
 from train.recipes import load_student, load_teacher, prompt_texts, stage_dir
 
@@ -98,7 +98,7 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
     if (dictation_dir / "head.safetensors").is_file():
         from safetensors.torch import load_file
 
-        head = DictationHead(DictationHeadConfig.from_dict(head_meta["config"]))
+        head = build_head(head_config_from_dict(head_meta["config"]))
         head.load_state_dict(load_file(str(dictation_dir / "head.safetensors")))
         tensors["dictation_head"] = head.state_dict()
 
@@ -118,7 +118,9 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
     if "dictation_head" in tensors:
         manifest["dictation_head"] = {"labels": list(LABELS), "classes": list(CLASSES), "group": "dictation_head",
                                       "config": head_meta["config"],
-                                      "input": "speech embedding (L2-normalised inside the head)"}
+                                      "input": ("the speech student's encoder frames before pooling, all windows "
+                                                "in order" if head.input == "frames" else
+                                                "speech embedding (L2-normalised inside the head)")}
     thresholds, evaluation, thresholds_how = evaluation_hook(run, tensors, manifest, data)
     if thresholds is not None:
         manifest["thresholds"] = thresholds

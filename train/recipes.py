@@ -40,7 +40,14 @@ from torch import nn
 from engine.errors import DataError
 from engine.findings import LABELS, prompt_pair
 from engine.models.ct import CTEncoder, load_ct_config
-from engine.models.dictation import DictationHead, DictationHeadConfig, dictation_loss, mention_to_class
+from engine.models.dictation import (
+    DictationHead,
+    DictationHeadConfig,
+    FrameDictationHead,
+    FrameDictationHeadConfig,
+    dictation_loss,
+    mention_to_class,
+)
 from engine.models.space import CTCLIP_LOG_SCALE_INIT, LogitScale, info_nce, student_loss
 from engine.models.speech import (
     SpeechStudent,
@@ -515,7 +522,7 @@ class StudentRecipe:
         self.speech = student if student is not None else SpeechStudent.from_backbone(_speech_config(cfg))
         self.speech.to(env.device)
         self.dictation_weight = float(cfg["student"].get("dictation_weight") or 0.0)
-        joint = dictation_head(cfg, self.speech.config.latent_dim).to(env.device) if self.dictation_weight else None
+        joint = dictation_head(cfg, self.speech.config.latent_dim, "embedding").to(env.device) if self.dictation_weight else None
         self.module = StudentModel(self.speech, joint)
         self.backbone_sha = speech_backbone_sha(self.speech)
         limit = limit or cfg.get("student_limit") or cfg.get("limit") or {}
@@ -660,63 +667,134 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu",
 # --------------------------------------------------------------------------- dictation head
 
 
-def dictation_head(cfg: dict, dim: int) -> DictationHead:
-    """A fresh 3-way-per-finding head shaped by the config's ``dictation`` section."""
+def dictation_head(cfg: dict, dim: int, kind: str | None = None) -> DictationHead | FrameDictationHead:
+    """A fresh 3-way-per-finding head shaped by the config's ``dictation`` section; ``kind``
+    (default the section's, else ``embedding``) picks the embedding or the frame head."""
     hc = cfg.get("dictation", {})
+    kind = kind or hc.get("kind", "embedding")
+    if kind == "frames":
+        fc = FrameDictationHeadConfig()
+        return FrameDictationHead(FrameDictationHeadConfig(
+            dim=dim, hidden=int(hc.get("hidden", fc.hidden)), stride=int(hc.get("stride", fc.stride)),
+            kernel=int(hc.get("kernel", fc.kernel)), heads=int(hc.get("heads", fc.heads)),
+            dropout=float(hc.get("dropout", fc.dropout))))
+    if kind != "embedding":
+        raise ValueError(f"dictation.kind must be 'embedding' or 'frames', got {kind!r}")
     return DictationHead(DictationHeadConfig(dim=dim, hidden=int(hc.get("hidden", 256)),
                                              dropout=float(hc.get("dropout", 0.1))))
 
 
+def student_frames(recipe: StudentRecipe, lower_keys: list[str]) -> list[torch.Tensor]:
+    """The frozen student's top frames of each dictation (its windows' real frames in order),
+    float16 on the CPU: the frame head's inputs, computed once from the lower-layer cache."""
+    out = []
+    with torch.no_grad():
+        for key in lower_keys:
+            entry = recipe.cache.get_many("whisper_lower", key)
+            if entry is None:
+                raise DataError("a cached Whisper lower-layer output vanished", recipe.cache.root)
+            lengths = entry["frames"].tolist()
+            parts = torch.split(torch.from_numpy(entry["hidden"].astype(np.float32)), lengths)
+            batch = torch.zeros(len(parts), max(lengths), parts[0].shape[-1])
+            for i, part in enumerate(parts):
+                batch[i, : part.shape[0]] = part
+            top = recipe.speech.upper_frames(batch.to(recipe.env.device), torch.tensor(lengths)).float().cpu()
+            out.append(torch.cat([top[i, :n] for i, n in enumerate(lengths)]).to(torch.float16))
+    return out
+
+
+def _frame_batches(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Batches of similar-length utterances (little padding), in random order."""
+    order = np.argsort(lengths, kind="stable")
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def train_dictation_head(recipe: StudentRecipe, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Fit the 3-way-per-finding head on the frozen student's embeddings (train split), report the
-    valid macro F1 per class, save ``head.safetensors`` + ``head.json`` in ``out``."""
+    """Fit the 3-way-per-finding head on the frozen student (train split) — on its embeddings or,
+    with ``dictation.kind = "frames"``, on its encoder frames — report the valid macro F1 per
+    class, save ``head.safetensors`` + ``head.json`` in ``out``."""
     from safetensors.torch import save_file
     from sklearn.metrics import f1_score
+
+    from engine.models.dictation import pad_utterances
 
     hc = dict(recipe.cfg.get("dictation", {}))
     seed = int(recipe.cfg.get("seed", 0)) + 2
     t0 = time.perf_counter()
     recipe.speech.eval()
-    x_train = recipe.embed_all(recipe.train_lower)
-    x_valid = recipe.embed_all(recipe.valid_lower)
+    frames = hc.get("kind", "embedding") == "frames"
+    if frames:
+        x_train, x_valid = student_frames(recipe, recipe.train_lower), student_frames(recipe, recipe.valid_lower)
+        dim = x_train[0].shape[-1]
+    else:
+        x_train, x_valid = recipe.embed_all(recipe.train_lower), recipe.embed_all(recipe.valid_lower)
+        dim = x_train.shape[1]
     y_train = torch.from_numpy(np.stack([s.mentions for s in recipe.train]))
     y_valid = torch.from_numpy(np.stack([s.mentions for s in recipe.valid]))
+    features_s = time.perf_counter() - t0
     torch.manual_seed(seed)
-    head = dictation_head(recipe.cfg, x_train.shape[1])
-    opt = torch.optim.Adam(head.parameters(), lr=float(hc.get("lr", 1e-3)),
-                           weight_decay=float(hc.get("weight_decay", 1e-4)))
+    head = dictation_head(recipe.cfg, dim)
+
+    def logits_of(x, idx) -> torch.Tensor:
+        if frames:
+            return head(*pad_utterances([x[int(i)] for i in idx]))
+        return head(x[idx])
+
+    lr = float(hc.get("lr", 1e-3))
+    opt_class = torch.optim.AdamW if frames else torch.optim.Adam  # Adam for embedding heads: existing configs reproduce
+    opt = opt_class(head.parameters(), lr=lr, weight_decay=float(hc.get("weight_decay", 1e-4)))
     epochs, bs = int(hc.get("epochs", 300)), int(hc.get("batch_size", 32))
-    gen = torch.Generator().manual_seed(seed)
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    lengths = [int(x.shape[0]) for x in x_train] if frames else []
+    n_batches = math.ceil(len(x_train) / bs)
+    # frame heads train for few epochs: a one-cycle schedule; embedding heads keep a constant rate
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * n_batches, pct_start=0.1)
+             if frames else None)
     history = []
-    for epoch in range(epochs):
+    it = range(epochs)
+    if progress and frames:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="frame dictation head", unit="epoch", dynamic_ncols=True)
+    for epoch in it:
         head.train()
-        order = torch.randperm(len(x_train), generator=gen)
         total = 0.0
-        for i in range(0, len(order), bs):
-            idx = order[i : i + bs]
-            loss = dictation_loss(head(x_train[idx]), y_train[idx])
+        if frames:
+            batches = _frame_batches(lengths, bs, rng)
+        else:
+            order = torch.randperm(len(x_train), generator=gen)
+            batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+        for idx in batches:
+            loss = dictation_loss(logits_of(x_train, idx), y_train[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             total += float(loss.detach()) * len(idx)
         if (epoch + 1) % max(1, epochs // 10) == 0 or epoch == epochs - 1:
             history.append({"epoch": epoch + 1, "train_loss": total / len(x_train)})
     head.eval()
     with torch.no_grad():
-        valid_loss = float(dictation_loss(head(x_valid), y_valid))
-        pred = head(x_valid).argmax(-1).reshape(-1).numpy()
+        logits = torch.cat([logits_of(x_valid, np.arange(i, min(i + 32, len(x_valid))))
+                            for i in range(0, len(x_valid), 32)])
+        valid_loss = float(dictation_loss(logits, y_valid))
+        pred = logits.argmax(-1).reshape(-1).numpy()
     truth = mention_to_class(y_valid).reshape(-1).numpy()
     per_class = f1_score(truth, pred, labels=[0, 1, 2], average=None, zero_division=0)
     summary = {"valid_loss": valid_loss, "valid_macro_f1": float(np.mean(per_class)),
                "valid_f1_per_class": dict(zip(("present", "absent", "not mentioned"), map(float, per_class))),
                "valid_accuracy": float((pred == truth).mean()), "epochs": epochs,
-               "seconds": round(time.perf_counter() - t0, 1), "history": history, "config": head.config.to_dict()}
+               "seconds": round(time.perf_counter() - t0, 1), "features_seconds": round(features_s, 1),
+               "history": history, "config": head.config.to_dict()}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / "head.safetensors"),
               metadata={"format": "pt"})
     (out / "head.json").write_text(json.dumps(summary, indent=1))
     if progress:
-        print(f"dictation head: valid macro F1 {summary['valid_macro_f1']:.3f} "
+        print(f"dictation head ({head.config.kind}): valid macro F1 {summary['valid_macro_f1']:.3f} "
               f"(present/absent/not mentioned {per_class.round(3).tolist()}), {summary['seconds']} s")
     return summary

@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
                 from engine.audio import load_audio
 
                 waveform = load_audio(wav)
-                state["speech"] = vec = engine.encode_speech(waveform, 16_000)
+                vec, state["speech_frames"] = engine.encode_speech_frames(waveform, 16_000)
+                state["speech"] = vec
                 problem = _unit_ok(vec, engine.dim)
                 if problem:
                     raise ValueError(f"speech embedding {problem}")
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             check("speech", speech)
             if engine.has_dictation_head and "speech" in state:
                 def dictation():
-                    said = engine.dictation(state["speech"])
+                    said = engine.dictation(state["speech"], state.get("speech_frames"))
                     if len(said) != len(engine.bundle.manifest["dictation_head"]["labels"]):
                         raise ValueError("the dictation head does not cover its labels")
                     present = [d.label for d in said if d.status == "present"]

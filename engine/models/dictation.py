@@ -1,9 +1,14 @@
-"""The dictation head: what the radiologist *said* about each finding, from the speech embedding.
+"""The dictation heads: what the radiologist *said* about each finding.
 
 For every one of the 18 findings a 3-way classifier — present / absent (negated) / not
-mentioned — on the student's speech embedding (the paper's speech-classification task). Input
-``[B, dim]`` speech embeddings (unnormalised; the head L2-normalises, as the shared space
-does); output logits ``[B, n_labels, 3]`` in :data:`CLASSES` order.
+mentioned (the paper's speech-classification task), output logits ``[B, n_labels, 3]`` in
+:data:`CLASSES` order. Two kinds, named by ``kind`` in their config:
+
+- ``embedding`` (:class:`DictationHead`): on the pooled speech embedding ``[B, dim]``. Cheap,
+  but mean pooling over 30 s windows keeps little of "no X" against "X".
+- ``frames`` (:class:`FrameDictationHead`): on the student's encoder frames before pooling
+  (``SpeechStudent.upper_frames``), one learned query per finding attending over the whole
+  dictation, with a learned "nothing here" slot so an unmentioned finding has somewhere to look.
 
 Targets come from the synthetic mentions CSV (1 = reported present, 0 = reported absent,
 −1 = not mentioned); :func:`mention_to_class` maps them to class indices.
@@ -33,6 +38,11 @@ class DictationHeadConfig:
     hidden: int = 256
     n_labels: int = len(LABELS)
     dropout: float = 0.1
+    kind: str = "embedding"
+
+    def __post_init__(self):
+        if self.kind != "embedding":
+            raise ValueError(f"DictationHeadConfig.kind must be 'embedding', got {self.kind!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +66,8 @@ def mention_to_class(mentions: Tensor) -> Tensor:
 
 class DictationHead(nn.Module):
     """Speech embedding ``[B, dim]`` -> logits ``[B, n_labels, 3]``."""
+
+    input = "embedding"
 
     def __init__(self, config: DictationHeadConfig | None = None):
         super().__init__()
@@ -93,3 +105,146 @@ def dictation_loss(logits: Tensor, mentions: Tensor) -> Tensor:
     """Mean cross-entropy over utterances and findings; ``mentions`` ``[B, n_labels]`` in 1/0/−1."""
     targets = mention_to_class(mentions.to(logits.device))
     return F.cross_entropy(logits.reshape(-1, len(CLASSES)).float(), targets.reshape(-1), ignore_index=-100)
+
+
+# --------------------------------------------------------------------------- frame head
+
+
+@dataclass
+class FrameDictationHeadConfig:
+    """``dim``: encoder frame width; frames are averaged in groups of ``stride`` (20 ms each), then
+    projected to ``hidden``; a ``kernel``-wide convolution adds local context (a negation word and
+    the finding it governs sit within a second of each other); ``heads`` attention heads per finding."""
+
+    dim: int = 512
+    hidden: int = 128
+    n_labels: int = len(LABELS)
+    stride: int = 2
+    kernel: int = 9
+    heads: int = 4
+    dropout: float = 0.1
+    kind: str = "frames"
+
+    def __post_init__(self):
+        if self.kind != "frames":
+            raise ValueError(f"FrameDictationHeadConfig.kind must be 'frames', got {self.kind!r}")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.stride < 1 or self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"need stride >= 1 and an odd kernel, got {self.stride}, {self.kernel}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FrameDictationHeadConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown frame dictation head config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def head_config_from_dict(data: dict) -> DictationHeadConfig | FrameDictationHeadConfig:
+    """Either head's config by its ``kind`` (bundles written before ``kind`` existed hold ``embedding`` heads)."""
+    kind = data.get("kind", "embedding")
+    if kind == "embedding":
+        return DictationHeadConfig.from_dict(data)
+    if kind == "frames":
+        return FrameDictationHeadConfig.from_dict(data)
+    raise ValueError(f"unknown dictation head kind {kind!r} (known: embedding, frames)")
+
+
+def build_head(config: DictationHeadConfig | FrameDictationHeadConfig) -> nn.Module:
+    return FrameDictationHead(config) if isinstance(config, FrameDictationHeadConfig) else DictationHead(config)
+
+
+def pad_utterances(frames: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """``[T_i, D]`` frame sequences -> zero-padded ``[U, max T, D]`` and ``lengths [U]``."""
+    if not frames:
+        raise ValueError("no utterances")
+    lengths = torch.tensor([f.shape[0] for f in frames], dtype=torch.long)
+    if int(lengths.min()) < 1:
+        raise ValueError("every utterance needs at least one frame")
+    out = torch.zeros(len(frames), int(lengths.max()), frames[0].shape[-1], dtype=torch.float32)
+    for i, f in enumerate(frames):
+        out[i, : f.shape[0]] = torch.as_tensor(f).float()
+    return out, lengths
+
+
+def _mask(lengths: Tensor, total: int) -> Tensor:
+    return torch.arange(total, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class FrameDictationHead(nn.Module):
+    """Encoder frames ``[U, T, dim]`` + ``lengths [U]`` -> logits ``[U, n_labels, 3]``.
+
+    One utterance = all frames of its windows, in order (``SpeechStudent.speech_frames``).
+    Padding past each length never reaches a real frame's output.
+    """
+
+    input = "frames"
+
+    def __init__(self, config: FrameDictationHeadConfig | None = None):
+        super().__init__()
+        self.config = c = config or FrameDictationHeadConfig()
+        self.norm_in = nn.LayerNorm(c.dim)
+        self.proj = nn.Linear(c.dim, c.hidden)
+        self.context = nn.Conv1d(c.hidden, c.hidden, c.kernel, padding=c.kernel // 2)
+        self.keys = nn.Linear(c.hidden, c.hidden)
+        self.values = nn.Linear(c.hidden, c.hidden)
+        dh = c.hidden // c.heads
+        self.queries = nn.Parameter(torch.randn(c.n_labels, c.heads, dh) * dh**-0.5)
+        # the "nothing about this finding here" slot: a learned score and value per finding and head
+        self.null_score = nn.Parameter(torch.zeros(c.n_labels, c.heads))
+        self.null_value = nn.Parameter(torch.zeros(c.n_labels, c.heads, dh))
+        self.drop = nn.Dropout(c.dropout)
+        self.norm_out = nn.LayerNorm(c.hidden)
+        self.mix = nn.Linear(c.hidden, c.hidden)
+        self.out_weight = nn.Parameter(torch.randn(c.n_labels, c.hidden, len(CLASSES)) * c.hidden**-0.5)
+        self.out_bias = nn.Parameter(torch.zeros(c.n_labels, len(CLASSES)))
+
+    def downsample(self, frames: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Average real frames in groups of ``stride`` (a partial last group averages what it has)."""
+        s = self.config.stride
+        if s == 1:
+            return frames, lengths
+        u, t, d = frames.shape
+        pad = (-t) % s
+        mask = _mask(lengths, t).to(frames.dtype)
+        x = F.pad(frames * mask[..., None], (0, 0, 0, pad)).view(u, (t + pad) // s, s, d).sum(2)
+        n = F.pad(mask, (0, pad)).view(u, (t + pad) // s, s).sum(2)
+        return x / n.clamp(min=1)[..., None], (lengths + s - 1) // s
+
+    def forward(self, frames: Tensor, lengths: Tensor) -> Tensor:
+        c = self.config
+        if frames.dim() != 3 or frames.shape[-1] != c.dim or lengths.shape != frames.shape[:1]:
+            raise ValueError(f"frame dictation head needs frames [U, T, {c.dim}] and lengths [U], "
+                             f"got {tuple(frames.shape)}, {tuple(lengths.shape)}")
+        lengths = lengths.to(frames.device)
+        x, lengths = self.downsample(frames.float(), lengths)
+        u, t, _ = x.shape
+        mask = _mask(lengths, t)
+        x = self.drop(F.gelu(self.proj(self.norm_in(x)))) * mask[..., None]
+        x = x + F.gelu(self.context(x.transpose(1, 2))).transpose(1, 2)
+        x = x * mask[..., None]
+        dh = c.hidden // c.heads
+        k = self.keys(x).view(u, t, c.heads, dh)
+        v = self.values(x).view(u, t, c.heads, dh)
+        scores = torch.einsum("lhd,uthd->ulht", self.queries, k) * dh**-0.5
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        null = self.null_score[None, :, :, None].expand(u, -1, -1, 1)
+        weights = torch.cat([scores, null], dim=-1).softmax(dim=-1)
+        pooled = torch.einsum("ulht,uthd->ulhd", weights[..., :t], v) + weights[..., t:] * self.null_value[None]
+        h = self.norm_out(pooled.reshape(u, c.n_labels, c.hidden))
+        h = self.drop(F.gelu(self.mix(h))) + h
+        return torch.einsum("ulh,lhc->ulc", h, self.out_weight) + self.out_bias
+
+    @torch.no_grad()
+    def probabilities(self, frames: Tensor, lengths: Tensor) -> Tensor:
+        """``[U, n_labels, 3]`` class probabilities (eval mode)."""
+        was = self.training
+        self.eval()
+        try:
+            return self(frames, lengths).softmax(dim=-1)
+        finally:
+            self.train(was)

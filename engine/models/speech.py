@@ -290,11 +290,14 @@ class SpeechStudent(nn.Module):
             hidden = self._run_layers(hidden, frames, self.encoder.layers[: self.split])
         return hidden, frames
 
-    def forward_upper(self, hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """Tuned part: top layers + final norm, then ``pool_frames``: ``[B, T', D] -> [B, D]`` per window."""
+    def upper_frames(self, hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Tuned part: top layers + final norm, ``[B, T', D] -> [B, T', D]`` (the frames before pooling)."""
         hidden = self._run_layers(hidden, frames.to(hidden.device), self.encoder.layers[self.split :])
-        hidden = self.encoder.layer_norm(hidden)
-        return pool_frames(hidden, frames.to(hidden.device))
+        return self.encoder.layer_norm(hidden)
+
+    def forward_upper(self, hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Tuned part, then ``pool_frames``: ``[B, T', D] -> [B, D]`` per window."""
+        return pool_frames(self.upper_frames(hidden, frames), frames.to(hidden.device))
 
     def encode_frames(self, mel: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole encoder on unpadded windows, with gradients where parameters want them.
@@ -331,8 +334,14 @@ class SpeechStudent(nn.Module):
         return audio.split_windows(mel, self.config.window_frames, self.config.overlap_frames)
 
     @torch.no_grad()
-    def embed_waveforms(self, waveforms: list[np.ndarray], max_batch: int = 8) -> torch.Tensor:
-        """``[U, latent_dim]`` for U 16 kHz mono waveforms; windows batched by similar length."""
+    def encode_waveforms(self, waveforms: list[np.ndarray], max_batch: int = 8,
+                         keep_frames: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """``[U, latent_dim]`` for U 16 kHz mono waveforms; windows batched by similar length.
+
+        With ``keep_frames`` also each utterance's encoder frames before pooling, its windows'
+        real frames in order (``[sum of frames, D]``, float32, CPU): what a frame-level
+        dictation head reads, from the same single pass.
+        """
         windows, owners = [], []
         for index, waveform in enumerate(waveforms):
             for window, _ in self.windows_of(waveform):
@@ -340,13 +349,26 @@ class SpeechStudent(nn.Module):
                 owners.append(index)
         device = next(self.parameters()).device
         pooled = torch.empty(len(windows), self.encoder.config.d_model)
+        kept: list[torch.Tensor | None] = [None] * len(windows)
         for chunk in length_buckets([w.shape[-1] for w in windows], max_batch):
             mel, lengths = collate_windows([windows[i] for i in chunk])
             hidden, frames = self.encode_lower(mel.to(device), lengths.to(device))
-            pooled[chunk] = self.forward_upper(hidden, frames).float().cpu()
+            top = self.upper_frames(hidden, frames)
+            pooled[chunk] = pool_frames(top, frames).float().cpu()
+            if keep_frames:
+                for j, i in enumerate(chunk):
+                    kept[i] = top[j, : int(frames[j])].float().cpu()
         per_utterance = pool_frames(pooled.unsqueeze(1), torch.ones(len(windows), dtype=torch.long), torch.tensor(owners))
         weight = next(self.projection.parameters())
-        return self.projection(per_utterance.to(weight.device, weight.dtype)).float().cpu()
+        emb = self.projection(per_utterance.to(weight.device, weight.dtype)).float().cpu()
+        if not keep_frames:
+            return emb, None
+        per = [torch.cat([kept[i] for i, o in enumerate(owners) if o == u]) for u in range(len(waveforms))]
+        return emb, per
+
+    def embed_waveforms(self, waveforms: list[np.ndarray], max_batch: int = 8) -> torch.Tensor:
+        """``[U, latent_dim]`` for U 16 kHz mono waveforms; windows batched by similar length."""
+        return self.encode_waveforms(waveforms, max_batch)[0]
 
     def embed_audio(self, waveform_16k: np.ndarray) -> torch.Tensor:
         """``[latent_dim]`` embedding of one 16 kHz mono waveform (any length), unnormalised."""

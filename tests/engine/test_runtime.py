@@ -167,3 +167,33 @@ def test_text_query_embedding(engine):
     assert vec.shape == (DIM,) and abs(np.linalg.norm(vec) - 1) < 1e-5
     with pytest.raises(SpeechCTError, match="empty"):
         engine.encode_text("  ")
+
+
+def test_a_frame_dictation_head_reads_the_same_pass_frames(tmp_path):
+    """A bundle whose dictation head reads frames: analyze() feeds it the speech pass's frames; the
+    head alone on those frames gives the same statuses; without frames the call says what is missing."""
+    import torch
+
+    from engine.models.dictation import CLASSES, FrameDictationHead
+
+    from .tiny_bundle import write_tiny_bundle
+
+    torch.set_num_threads(1)
+    eng = Engine(write_tiny_bundle(tmp_path / "frames", dictation="frames"), cache_dir=tmp_path / "emb", device="cpu")
+    assert eng.dictation_reads_frames
+    t = np.arange(int(16000 * 2.5)) / 16000
+    wave = (0.1 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    emb, frames = eng.encode_speech_frames(wave, 16000)
+    assert frames.shape == (125, 512)  # 2.5 s: 250 mel frames, halved by the stride-2 convolution
+    np.testing.assert_allclose(emb, eng.encode_speech(wave, 16000), atol=1e-5)
+    result = eng.analyze(phantom(5), wave, 16000)
+    head = eng._model("dictation")
+    assert isinstance(head, FrameDictationHead)
+    with torch.no_grad():
+        probs = head(frames[None], torch.tensor([frames.shape[0]]))[0].softmax(-1)
+    assert [d.status for d in result.dictation] == [CLASSES[int(k)] for k in probs.argmax(-1)]
+    assert [d.label for d in result.dictation] == list(LABELS)
+    with pytest.raises(SpeechCTError, match="encode_speech_frames"):
+        eng.dictation(emb)
+    with pytest.raises(SpeechCTError, match=r"\[frames, width\]"):
+        eng.dictation(emb, np.zeros(512, np.float32))

@@ -76,8 +76,11 @@ def embedding(present: tuple[str, ...] = (), absent: tuple[str, ...] = ()) -> np
 
 
 def write_tiny_bundle(folder: Path, seed: int = 0, *, ct_config: dict | None = None,
-                      preprocess: dict | None = None) -> Path:
+                      preprocess: dict | None = None, dictation: str = "embedding") -> Path:
     """Write the bundle to ``folder`` (replaced if present) and return it.
+
+    ``dictation="frames"`` ships a random ``FrameDictationHead`` (reads the speech frames) instead
+    of the controlled embedding head.
 
     ``ct_config``/``preprocess`` replace the smoke CT encoder and spec (e.g. a benchmark times the
     pilot bundle's encoder with random weights); the CT latent is always forced to :data:`DIM`.
@@ -99,6 +102,12 @@ def write_tiny_bundle(folder: Path, seed: int = 0, *, ct_config: dict | None = N
     text_cfg_dict = text_cfg.to_dict()
     text_head = {"projection.weight": torch.randn(DIM, 384) / 384**0.5}
     texts = [t for label in LABELS for t in prompt_pair(label)]
+    if dictation == "frames":
+        from engine.models.dictation import FrameDictationHead, FrameDictationHeadConfig
+
+        head = FrameDictationHead(FrameDictationHeadConfig(dim=d_model, hidden=16, heads=2, kernel=3))
+    else:
+        head = controlled_head()
     manifest = {
         "name": "tiny-test",
         "labels": list(LABELS),
@@ -110,14 +119,14 @@ def write_tiny_bundle(folder: Path, seed: int = 0, *, ct_config: dict | None = N
         "prompts": {"kind": "text", "texts": texts, "group": "prompts"},
         "thresholds": {"method": "fixed (test bundle)", "values": THRESHOLDS},
         "dictation_head": {"labels": list(LABELS), "classes": list(CLASSES), "group": "dictation_head",
-                           "config": controlled_head().config.to_dict()},
+                           "config": head.config.to_dict()},
         "provenance": {"data": "none: random weights for tests", "seeds": {"all": seed}},
     }
     return save_bundle(folder, manifest=manifest, overwrite=True, tensors={
         "ct_encoder": ct.state_dict(),
         "speech_head": speech_head,
         "text_head": text_head,
-        "dictation_head": controlled_head().state_dict(),
+        "dictation_head": head.state_dict(),
         "prompts": {"embeddings": controlled_prompts()},
     })
 

@@ -124,9 +124,15 @@ def _models(w, naive_noise=3.0):
         cls = np.stack([np.select([w["mentions"][c - 1] == 1, w["mentions"][c - 1] == 0], [0, 1], 2) for c in codes])
         return np.eye(3)[cls] * 10
 
+    def frame_head(waves):  # a perfect head that reads the audio itself (dictation_frames)
+        cls = np.stack([np.select([w["mentions"][_code(v) - 1] == 1, w["mentions"][_code(v) - 1] == 0], [0, 1], 2)
+                        for v in waves])
+        return np.eye(3)[cls] * 10
+
     return E.EvalModels(spec=SPEC, logit_scale=20.0, embed_ct=embed_ct,
                         embed_text=lambda texts: np.stack([text_of[t] for t in texts]),
-                        speech={"distilled": distilled, "naive": naive}, dictation={"distilled": head})
+                        speech={"distilled": distilled, "naive": naive}, dictation={"distilled": head},
+                        dictation_frames={"naive": frame_head})
 
 
 def _transcribe(w):
@@ -158,6 +164,7 @@ def test_evaluate_end_to_end(world, tmp_path):
         assert lo < hi
     assert sy["distilled student"]["prompts"] == "spoken"
     assert sy["distilled student"]["dictation"]["macro_f1"] == 1.0
+    assert sy["naive student"]["dictation"]["macro_f1"] == 1.0  # through the frames path
     r = sy["distilled student"]["retrieval"]["query_to_ct"]
     assert r["k"][1]["recall"] > 0.8 and r["k"][1]["random"] == pytest.approx(1 / g["n"])
     casc = sy["ASR cascade"]
@@ -281,13 +288,21 @@ def test_voice_groups_and_training_voices(tmp_path):
 
 
 @pytest.mark.slow
-def test_models_from_bundle_with_whisper_base(tmp_path):
+@pytest.mark.parametrize("kind", ["embedding", "frames"])
+def test_models_from_bundle_with_whisper_base(tmp_path, kind):
     """A bundle written with engine.weights.bundle (random-init smoke CT encoder, MiniLM projection,
-    whisper-base top-2 student, dictation head, text prompts) opens as EvalModels whose callables run."""
+    whisper-base top-2 student, dictation head of either kind, text prompts) opens as EvalModels
+    whose callables run."""
     import torch
 
     from engine.models.ct import CTEncoder, CTEncoderConfig
-    from engine.models.dictation import CLASSES, DictationHead, DictationHeadConfig
+    from engine.models.dictation import (
+        CLASSES,
+        DictationHead,
+        DictationHeadConfig,
+        FrameDictationHead,
+        FrameDictationHeadConfig,
+    )
     from engine.models.speech import SpeechStudent, load_speech_config
     from engine.models.text import create_text_tower
     from engine.weights.bundle import save_bundle, speech_entry
@@ -300,7 +315,8 @@ def test_models_from_bundle_with_whisper_base(tmp_path):
     sc = load_speech_config("whisper-base-top2")
     sc.latent_dim = 64
     student = SpeechStudent.from_backbone(sc)
-    head = DictationHead(DictationHeadConfig(dim=64, hidden=0))
+    head = (DictationHead(DictationHeadConfig(dim=64, hidden=0)) if kind == "embedding" else
+            FrameDictationHead(FrameDictationHeadConfig(dim=512, hidden=16, heads=2)))
     with torch.no_grad():
         prompts = text.encode(prompt_texts())
     manifest = {
@@ -324,5 +340,10 @@ def test_models_from_bundle_with_whisper_base(tmp_path):
         want = text.encode(["Emphysema is present."]).numpy()
     np.testing.assert_allclose(models.embed_text(["Emphysema is present."]), want, atol=1e-5)
     emb = models.speech["distilled"]([np.zeros(16000, np.float32)])
-    assert emb.shape == (1, 64) and models.dictation["distilled"](emb).shape == (1, 18, 3)
+    assert emb.shape == (1, 64)
+    if kind == "embedding":
+        assert models.dictation["distilled"](emb).shape == (1, 18, 3) and not models.dictation_frames
+    else:
+        logits = models.dictation_frames["distilled"]([np.zeros(16000, np.float32), np.ones(8000, np.float32)])
+        assert logits.shape == (2, 18, 3) and not models.dictation
     torch.testing.assert_close(models.text_prompts.present[0], prompts[0])

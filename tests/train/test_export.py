@@ -95,3 +95,36 @@ def test_export_refuses_a_student_of_another_teacher(bundle_dir, tmp_path):
     (stage_dir(run, "student", 1.0) / "model.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="different teacher"):
         export_bundle(run, tmp_path / "b", speech=tiny_student())
+
+
+def test_export_of_a_frame_dictation_head(bundle_dir):
+    """A frame head (``dictation.kind = "frames"``) exports with its kind, and the engine builds and
+    feeds it from the bundle alone."""
+    import numpy as np
+
+    from engine.model_loading import build_dictation_head
+    from engine.models.dictation import FrameDictationHead
+
+    path, student = bundle_dir
+    run = path.parent / "run"
+    student.cfg = {**student.cfg, "dictation": {"kind": "frames", "hidden": 16, "heads": 2, "kernel": 3,
+                                                "epochs": 1, "batch_size": 4}}
+    train_dictation_head(student, run / "dictation-frames", progress=False)
+    out = export_bundle(run, path.parent / "bundle-frames", speech=tiny_student(),
+                        dictation_dir=run / "dictation-frames")
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert manifest["dictation_head"]["config"]["kind"] == "frames"
+    assert "frames" in manifest["dictation_head"]["input"]
+    b = load_bundle(out, resolve_backbone=_resolver(manifest["speech"]["backbone_sha256"]))
+    head = build_dictation_head(b)
+    assert isinstance(head, FrameDictationHead) and not head.training
+    frames = student_frames_of(student, student.valid_lower[:1])
+    with torch.no_grad():
+        logits = head(frames[None], torch.tensor([frames.shape[0]]))
+    assert logits.shape == (1, len(LABELS), 3) and np.isfinite(logits.numpy()).all()
+
+
+def student_frames_of(recipe, keys):
+    from train.recipes import student_frames
+
+    return student_frames(recipe, keys)[0].float()

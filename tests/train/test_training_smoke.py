@@ -93,6 +93,41 @@ def test_student_learns_and_dictation_head_fits(run, tmp_path, lam):
     assert head["history"][-1]["train_loss"] < head["history"][0]["train_loss"]
 
 
+def test_frame_dictation_head_fits_on_the_students_frames(run, tmp_path):
+    """``dictation.kind = "frames"``: the head reads the frozen student's encoder frames; the saved
+    head reloads through the engine's kind-aware config and gives the same logits."""
+    from safetensors.torch import load_file
+
+    from engine.models.dictation import FrameDictationHead, build_head, head_config_from_dict, pad_utterances
+    from train.recipes import student_frames
+
+    torch.set_num_threads(1)
+    data, out = run
+    cfg = load_run_config(SMOKE_CONFIG)
+    cfg["dictation"] = {"kind": "frames", "hidden": 16, "heads": 2, "kernel": 3, "dropout": 0.0, "lr": 3e-3,
+                        "epochs": 4, "batch_size": 4}
+    recipe = StudentRecipe(cfg, data, stage_dir(out, "teacher"), env=DistEnv(), progress=False,
+                           student=tiny_student())
+    head = train_dictation_head(recipe, tmp_path / "dictation", progress=False)
+    assert head["config"]["kind"] == "frames" and head["config"]["dim"] == recipe.speech.encoder.config.d_model
+    assert head["history"][-1]["train_loss"] < head["history"][0]["train_loss"]
+    meta = json.loads((tmp_path / "dictation" / "head.json").read_text())
+    again = build_head(head_config_from_dict(meta["config"]))
+    assert isinstance(again, FrameDictationHead)
+    again.load_state_dict(load_file(str(tmp_path / "dictation" / "head.safetensors")))
+    frames = student_frames(recipe, recipe.valid_lower[:2])
+    # the frames are the student's own: the same as a fresh full pass over each waveform
+    from engine.audio import load_audio
+
+    full = recipe.speech.eval().encode_waveforms([load_audio(s.audio_path) for s in recipe.valid[:2]],
+                                                 keep_frames=True)[1]
+    for cached, fresh in zip(frames, full):
+        torch.testing.assert_close(cached.float(), fresh, atol=0.05, rtol=0.02)
+    with torch.no_grad():
+        logits = again.eval()(*pad_utterances(frames))
+    assert logits.shape == (2, 18, 3) and torch.isfinite(logits).all()
+
+
 def test_cached_frozen_work_is_reused(run):
     data, out = run
     cfg = load_run_config(SMOKE_CONFIG)
