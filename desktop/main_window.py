@@ -333,7 +333,8 @@ class MainWindow(QMainWindow):
     def _dictation_ready(self, result) -> None:
         a = result.analysis
         self.analysis = a
-        self.findings.show_results(a.findings, a.dictation, a.discrepancies, title="Dictation checked: ")
+        self.findings.show_results(a.findings, a.dictation, a.discrepancies, title="Dictation checked: ",
+                                   unchecked=a.unchecked)
         n = len(a.discrepancies or [])
         self._status(f"Dictation analysed in {a.timings.get('total', 0):.0f} ms")
         self.dictation.set_done(f"Dictation analysed: {n} discrepanc{'y' if n == 1 else 'ies'}"

@@ -214,14 +214,23 @@ class PromptBank:
         return zero_shot_probabilities(image_emb, self.present, self.absent, logit_scale)
 
 
+#: Validation AUROC below which the image model's call on a finding is not checked against the
+#: dictation: a weak score would flag the radiologist far more often wrongly than rightly.
+RELIABLE_AUROC = 0.75
+
+
 @dataclass(frozen=True)
 class FindingScore:
-    """One finding for one CT: P(present), the threshold it is compared with, and the decision."""
+    """One finding for one CT: P(present), the threshold it is compared with, and the decision.
+
+    ``auroc``: the bundle's validation AUROC for this finding (how much to trust the call), or None
+    when the bundle does not say."""
 
     label: str
     probability: float
     threshold: float
     positive: bool  # probability > threshold (CT-CLIP's strict comparison)
+    auroc: float | None = None
 
 
 def _threshold_list(thresholds, labels) -> list[float]:
@@ -235,17 +244,22 @@ def _threshold_list(thresholds, labels) -> list[float]:
     return values
 
 
-def rank_findings(ct_embedding, prompts: PromptBank, logit_scale, thresholds=None) -> list[FindingScore]:
+def rank_findings(ct_embedding, prompts: PromptBank, logit_scale, thresholds=None,
+                  auroc: Mapping[str, float] | None = None) -> list[FindingScore]:
     """The findings of one CT, most probable first.
 
     ``ct_embedding`` ``[D]`` or ``[1, D]``; ``thresholds`` maps label → threshold (a bundle's
-    ``thresholds.values``), or is a sequence in ``prompts.labels`` order, or None (0.5 each).
+    ``thresholds.values``), or is a sequence in ``prompts.labels`` order, or None (0.5 each);
+    ``auroc`` maps label → validation AUROC (a bundle's ``thresholds.auroc``), carried along.
     Ties in probability keep label order.
     """
     prob = _as_tensor(ct_embedding).float().reshape(1, -1)
     p = prompts.probabilities(prob, logit_scale)[0].tolist()
     thr = _threshold_list(thresholds, prompts.labels)
-    scores = [FindingScore(label, float(pi), t, bool(pi > t)) for label, pi, t in zip(prompts.labels, p, thr)]
+    auroc = auroc or {}
+    scores = [FindingScore(label, float(pi), t, bool(pi > t),
+                           None if auroc.get(label) is None else float(auroc[label]))
+              for label, pi, t in zip(prompts.labels, p, thr)]
     return sorted(scores, key=lambda s: -s.probability)
 
 
@@ -313,20 +327,23 @@ DISCREPANCY_KINDS = ("negated", "omitted", "unsupported")
 
 
 def discrepancies(
-    findings: list[FindingScore], dictation: list[DictationFinding], *, min_dictation_confidence: float = 0.0
+    findings: list[FindingScore], dictation: list[DictationFinding], *, min_dictation_confidence: float = 0.0,
+    min_auroc: float = 0.0,
 ) -> list[Discrepancy]:
     """Where the image and the dictation disagree, most serious first.
 
     Image positive (P > threshold) but the dictation negates it → ``negated``; or does not
     mention it → ``omitted``; dictated present but the image is not positive → ``unsupported``.
-    Dictation statuses less confident than ``min_dictation_confidence`` are not acted on.
+    Dictation statuses less confident than ``min_dictation_confidence`` are not acted on, nor
+    findings whose validation AUROC is known and below ``min_auroc`` (:func:`unchecked`).
     Order: by kind (:data:`DISCREPANCY_KINDS`), then by how far the image is from its threshold.
     """
     said = {d.label: d for d in dictation}
+    skip = set(unchecked(findings, min_auroc))
     out = []
     for f in findings:
         d = said.get(f.label)
-        if d is None or d.confidence < min_dictation_confidence:
+        if d is None or d.confidence < min_dictation_confidence or f.label in skip:
             continue
         kind = None
         if f.positive and d.status == "absent":
@@ -339,3 +356,9 @@ def discrepancies(
             out.append(Discrepancy(f.label, kind, f.probability, f.threshold, f.probability - f.threshold,
                                    d.status, d.confidence))
     return sorted(out, key=lambda x: (DISCREPANCY_KINDS.index(x.kind), -abs(x.margin)))
+
+
+def unchecked(findings: list[FindingScore], min_auroc: float) -> list[str]:
+    """Labels whose image call is too weak (known validation AUROC below ``min_auroc``) to be
+    checked against the dictation, in ``findings`` order."""
+    return [f.label for f in findings if f.auroc is not None and f.auroc < min_auroc]

@@ -153,6 +153,12 @@ def build_prompt_bank(bundle: Bundle):
         raise BundleError(f"prompts do not fit the labels: {exc}", bundle.path) from exc
 
 
+def finding_auroc(bundle: Bundle) -> dict[str, float]:
+    """Per-label validation AUROC from the manifest (``thresholds.auroc``), empty when absent."""
+    section = bundle.manifest.get("thresholds") or {}
+    return {k: float(v) for k, v in (section.get("auroc") or {}).items()}
+
+
 def thresholds(bundle: Bundle) -> dict[str, float] | None:
     """Per-label thresholds from the manifest, or None (then ``engine.findings`` uses 0.5)."""
     section = bundle.manifest.get("thresholds")

@@ -32,7 +32,8 @@ and every backbone is opened with ``local_files_only``.
                 "spacing": [float, float, float],                      # (z, y, x) mm
                 "warnings": [str]},
       "findings": [{"label": str, "probability": float,   # P(present), CT-CLIP pair softmax
-                    "threshold": float, "positive": bool}],  # most probable first
+                    "threshold": float, "positive": bool,    # most probable first
+                    "auroc": float | null}],                 # the bundle's validation AUROC of this finding
       "dictation": null | [{"label": str, "status": "present" | "absent" | "not mentioned",
                             "confidence": float,
                             "probabilities": {"present": float, "absent": float, "not mentioned": float}}],
@@ -40,6 +41,7 @@ and every backbone is opened with ``local_files_only``.
                                 "probability": float, "threshold": float,
                                 "margin": float,             # probability - threshold
                                 "dictation_status": str, "dictation_confidence": float}],
+      "unchecked": null | [str],    # labels not checked against the dictation: validation AUROC too low
       "similar": null | [{"uid": str, "score": float,         # cosine, or combined z-score (engine.library)
                           "cosines": {"<query>→<library kind>": float},
                           "study": {...}}],                  # engine.library_store.StudyRecord.to_json()
@@ -80,8 +82,10 @@ from engine.findings import (  # noqa: E402
     DictationFinding,
     Discrepancy,
     FindingScore,
+    RELIABLE_AUROC,
     dictation_findings,
     rank_findings,
+    unchecked,
 )
 from engine.findings import discrepancies as find_discrepancies  # noqa: E402
 from engine.volume import Volume  # noqa: E402
@@ -179,6 +183,7 @@ class Analysis:
     findings: list[FindingScore]
     dictation: list[DictationFinding] | None = None
     discrepancies: list[Discrepancy] | None = None
+    unchecked: list[str] | None = None
     similar: list[dict[str, Any]] | None = None
     timings: dict[str, float | None] = field(default_factory=dict)  # ms per stage
     cached: dict[str, bool] = field(default_factory=dict)
@@ -194,6 +199,7 @@ class Analysis:
             "findings": [asdict(f) for f in self.findings],
             "dictation": None if self.dictation is None else [asdict(d) for d in self.dictation],
             "discrepancies": None if self.discrepancies is None else [asdict(d) for d in self.discrepancies],
+            "unchecked": None if self.unchecked is None else list(self.unchecked),
             "similar": None if self.similar is None else [dict(s) for s in self.similar],
             "timings_ms": dict(self.timings),
             "cached": dict(self.cached),
@@ -277,7 +283,10 @@ class Engine:
         threads: int | None = None,
         cache_dir: str | Path | bool | None = None,
         check_hashes: bool = True,
+        min_finding_auroc: float = RELIABLE_AUROC,
     ):
+        """``min_finding_auroc``: findings whose validation AUROC (from the bundle) is below it are
+        not checked against the dictation (0 checks every finding)."""
         from engine.weights.bundle import load_bundle
 
         started = time.perf_counter()
@@ -292,6 +301,7 @@ class Engine:
                 self.bundle_path,
             )
         self.bundle = load_bundle(self.bundle_path, check_hashes=check_hashes)
+        self.min_finding_auroc = float(min_finding_auroc)
         self.device = choose_device(device)
         self.amp_dtype = autocast_dtype(self.device)
         with _device_log_lock:
@@ -361,6 +371,7 @@ class Engine:
                 "prompts": ml.build_prompt_bank,
                 "spec": ml.preprocess_spec,
                 "thresholds": ml.thresholds,
+                "auroc": ml.finding_auroc,
             }
             model = builders[name](self.bundle)
             if isinstance(model, torch.nn.Module):
@@ -479,7 +490,8 @@ class Engine:
     def rank(self, ct_emb) -> list[FindingScore]:
         """The bundle's findings for one CT embedding, most probable first (zero-shot prompts, thresholds)."""
         v = self._check_dim(ct_emb, "CT")
-        return rank_findings(v, self._model("prompts"), self.logit_scale, self._model("thresholds"))
+        return rank_findings(v, self._model("prompts"), self.logit_scale, self._model("thresholds"),
+                             self._model("auroc"))
 
     @property
     def dictation_reads_frames(self) -> bool:
@@ -516,12 +528,14 @@ class Engine:
 
     def discrepancies(self, findings, dictation, *, min_dictation_confidence: float = 0.0) -> list[Discrepancy]:
         """Image vs dictation disagreements. ``findings``: :meth:`rank`'s list or a CT embedding;
-        ``dictation``: :meth:`dictation`'s list or a speech embedding."""
+        ``dictation``: :meth:`dictation`'s list or a speech embedding. Findings the image model is
+        unreliable on (validation AUROC below ``min_finding_auroc``) are not checked."""
         if not (isinstance(findings, list) and all(isinstance(f, FindingScore) for f in findings)):
             findings = self.rank(findings)
         if not (isinstance(dictation, list) and all(isinstance(d, DictationFinding) for d in dictation)):
             dictation = self.dictation(dictation)
-        return find_discrepancies(findings, dictation, min_dictation_confidence=min_dictation_confidence)
+        return find_discrepancies(findings, dictation, min_dictation_confidence=min_dictation_confidence,
+                                  min_auroc=self.min_finding_auroc)
 
     # ----------------------------------------------------------------- library
 
@@ -604,7 +618,7 @@ class Engine:
         t = time.perf_counter()
         findings = self.rank(ct_emb)
         timings["rank"] = _ms(time.perf_counter() - t)
-        dictation = discrepancies = speech_emb = None
+        dictation = discrepancies = speech_emb = unchecked_labels = None
         if waveform is not None:
             if sample_rate is None:
                 raise AudioError("a waveform needs its sample_rate")
@@ -615,6 +629,7 @@ class Engine:
                 t = time.perf_counter()
                 dictation = self.dictation(speech_emb, frames)
                 discrepancies = self.discrepancies(findings, dictation)
+                unchecked_labels = unchecked(findings, self.min_finding_auroc)
                 timings["dictation"] = _ms(time.perf_counter() - t)
         uid = self.study_key(volume)
         hits = None
@@ -638,7 +653,7 @@ class Engine:
         }
         return Analysis(
             bundle=self.describe(), device=str(self.device), study=study, findings=findings,
-            dictation=dictation, discrepancies=discrepancies, similar=hits,
+            dictation=dictation, discrepancies=discrepancies, unchecked=unchecked_labels, similar=hits,
             timings={k: timings[k] for k in ("load_study", "load_models", "encode_ct", "encode_speech", "rank", "dictation",
                                              "similar", "total")},
             cached={"ct": was_cached}, ct_embedding=ct_emb, speech_embedding=speech_emb,

@@ -869,5 +869,8 @@ def bundle_thresholds(run: str | Path, bundle_tensors: dict | None = None, manif
         return None, summary_for_bundle(result)
     thresholds = {"method": f"ROC-corner point of a 100-step grid on [0, 1] (CT-CLIP), chosen on "
                             f"{result['split']} ({zs['threshold_on']}, {zs['n_studies']} studies), text prompts",
-                  "values": {k: float(v) for k, v in zs["thresholds"].items()}}
+                  "values": {k: float(v) for k, v in zs["thresholds"].items()},
+                  # what the engine needs to know how far to trust each call (engine.findings.RELIABLE_AUROC)
+                  "auroc": {k: float(v["auroc"]) for k, v in zs["per_finding"].items()
+                            if v.get("auroc") is not None and np.isfinite(v["auroc"])}}
     return thresholds, summary_for_bundle(result)

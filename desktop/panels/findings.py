@@ -8,6 +8,7 @@ from PySide6.QtGui import QColor, QPainter, QPen
 from PySide6.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 DISCREPANCY_COLOUR = QColor(255, 214, 102)  # amber row: image and dictation disagree
+UNCHECKED_COLOUR = QColor(128, 128, 128)  # grey text: the image model is too weak here to contradict the dictation
 POSITIVE_COLOUR = QColor(214, 69, 65)
 NEGATIVE_COLOUR = QColor(90, 140, 200)
 DICTATION_TEXT = {"present": "dictated", "absent": "dictated absent", "not mentioned": "not mentioned"}
@@ -59,14 +60,18 @@ class FindingsPanel(QWidget):
         layout.addWidget(self.header)
         layout.addWidget(self.table)
         self.findings, self.dictation, self.discrepancies = [], None, None
+        self.unchecked: set[str] = set()
 
     def show_pending(self, text: str) -> None:
         self.header.setText(text)
 
-    def show_results(self, findings, dictation=None, discrepancies=None, title: str = "") -> None:
+    def show_results(self, findings, dictation=None, discrepancies=None, title: str = "",
+                     unchecked=None) -> None:
         """``findings``: FindingScores, most probable first; ``dictation``: DictationFindings;
-        ``discrepancies``: Discrepancy list (rows highlighted)."""
+        ``discrepancies``: Discrepancy list (rows highlighted); ``unchecked``: labels the image model
+        is too weak on to check against the dictation (greyed, said so in their tooltip)."""
         self.findings, self.dictation, self.discrepancies = list(findings), dictation, discrepancies
+        self.unchecked = set(unchecked or ())
         said = {d.label: d for d in dictation or []}
         wrong = {d.label: d for d in discrepancies or []}
         self.table.setRowCount(len(self.findings))
@@ -80,10 +85,12 @@ class FindingsPanel(QWidget):
             bar = self.table.cellWidget(row, 1)
             if isinstance(bar, ProbabilityBar):  # reuse: replacing cell widgets leaves stale ones painted
                 bar.probability, bar.threshold, bar.positive = f.probability, f.threshold, f.positive
-                bar.setToolTip(f"P(present) {f.probability:.2f}, threshold {f.threshold:.2f}")
                 bar.update()
             else:
-                self.table.setCellWidget(row, 1, ProbabilityBar(f.probability, f.threshold, f.positive))
+                bar = ProbabilityBar(f.probability, f.threshold, f.positive)
+                self.table.setCellWidget(row, 1, bar)
+            bar.setToolTip(f"P(present) {f.probability:.2f}, threshold {f.threshold:.2f}"
+                           + ("" if f.auroc is None else f"; validation AUROC {f.auroc:.2f}"))
             d = said.get(f.label)
             text = "" if d is None else DICTATION_TEXT.get(d.status, d.status)
             if f.label in wrong:
@@ -92,12 +99,18 @@ class FindingsPanel(QWidget):
             self.table.setItem(row, 2, item)
             for col in (0, 2):
                 cell = self.table.item(row, col)
+                if f.label in self.unchecked:
+                    cell.setForeground(UNCHECKED_COLOUR)
+                    cell.setToolTip(f"not checked against the dictation: the image model's validation AUROC "
+                                    f"for {f.label} is {f.auroc:.2f}")
                 if f.label in wrong:
                     cell.setBackground(DISCREPANCY_COLOUR)
                     cell.setForeground(QColor(0, 0, 0))
                     cell.setToolTip(f"discrepancy: {wrong[f.label].kind} (margin {wrong[f.label].margin:+.2f})")
         positives = sum(f.positive for f in self.findings)
         extra = f", {len(wrong)} discrepancies" if discrepancies is not None else ""
+        if self.unchecked and discrepancies is not None:
+            extra += f" ({len(self.unchecked)} findings not checked: image model unreliable)"
         self.header.setText(f"{title}{positives} of {len(self.findings)} findings above threshold{extra}")
 
     def highlighted_labels(self) -> list[str]:

@@ -16,14 +16,16 @@ Timings per stage are printed (model loading is reported apart from the encoding
       "study": {"uid": str, "path": str | null, "study_uid": str | null, "series_uid": str | null,
                 "format": str | null, "shape": [int, int, int], "spacing": [float, float, float],
                 "warnings": [str]},                    # shape (z, y, x) voxels, spacing (z, y, x) mm
-      "findings": [{"label": str, "probability": float, "threshold": float, "positive": bool}],
-                                                       # most probable first; positive = probability > threshold
+      "findings": [{"label": str, "probability": float, "threshold": float, "positive": bool,
+                    "auroc": float | null}],           # most probable first; positive = probability > threshold;
+                                                       # auroc: the bundle's validation AUROC of the finding
       "dictation": null | [{"label": str, "status": "present" | "absent" | "not mentioned",
                             "confidence": float, "probabilities": {"present": float, "absent": float,
                                                                    "not mentioned": float}}],  # label order
       "discrepancies": null | [{"label": str, "kind": "negated" | "omitted" | "unsupported",
                                 "probability": float, "threshold": float, "margin": float,
                                 "dictation_status": str, "dictation_confidence": float}],  # most serious first
+      "unchecked": null | [str],  # findings whose validation AUROC is too low to check against the dictation
       "similar": null | [{"uid": str, "score": float, "cosines": {str: float}, "study": {...}}],
       "timings_ms": {"load_study": float, "load_models": float, "encode_ct": float, "encode_speech": float | null,
                      "rank": float, "dictation": float | null, "similar": float | null, "total": float},
@@ -82,8 +84,9 @@ def format_text(result: dict) -> str:
     width = max(len(f["label"]) for f in result["findings"])
     for f in result["findings"]:
         mark = "*" if f["positive"] else " "
+        auroc = "" if f.get("auroc") is None else f"  AUROC {f['auroc']:.2f}"
         lines.append(f"  {mark} {f['label']:<{width}}  {f['probability']:.3f}  {_bar(f['probability'])}  "
-                     f"thr {f['threshold']:.2f}")
+                     f"thr {f['threshold']:.2f}{auroc}")
     if result["dictation"] is not None:
         lines += ["", f"Dictation ({result['inputs']['audio']})"]
         for status in ("present", "absent"):
@@ -96,6 +99,9 @@ def format_text(result: dict) -> str:
             lines.append(f"  {d['kind']:<11} {d['label']:<{width}}  image P={d['probability']:.2f} "
                          f"(thr {d['threshold']:.2f}), dictation: {d['dictation_status']} "
                          f"({d['dictation_confidence']:.2f})")
+        if result.get("unchecked"):
+            lines.append(f"  not checked (image model unreliable, validation AUROC below the bar): "
+                         f"{', '.join(result['unchecked'])}")
     elif result["inputs"]["audio"] is not None:
         lines += ["", "Dictation: the bundle has no dictation head"]
     if result["similar"] is not None:

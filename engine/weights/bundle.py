@@ -19,7 +19,7 @@ listed sub-fields are required when the section is present::
     text?: {backbone: str, frozen: bool, pooling: str, config?: {...}}   # TextTowerConfig
     space: {dim: int, logit_scale: number}   # logit_scale = the multiplier of cosines (exp of the log param)
     prompts?: {kind: "text"|"spoken", texts: [str], group: str}   # group's tensor "embeddings" [n, dim]
-    thresholds?: {method: str, values: {label: number}}
+    thresholds?: {method: str, values: {label: number}, auroc?: {label: number in [0, 1]}}
     dictation_head?: {labels: [str], classes: [str], group: str}
     provenance: {...}                   # data, seeds, commit, timings (free-form)
     evaluation?: {...}                  # the summary table (free-form)
@@ -170,6 +170,12 @@ def _validate_values(m: dict[str, Any], where: str | Path) -> None:
             raise BundleError(
                 f"manifest 'thresholds.values' names unknown label(s): {', '.join(unknown)}", where
             )
+        auroc = m["thresholds"].get("auroc", {})
+        if not isinstance(auroc, dict) or not all(_is_type(v, _NUMBER) and 0 <= v <= 1 for v in auroc.values()):
+            raise BundleError("manifest 'thresholds.auroc' must map labels to numbers in [0, 1]", where)
+        unknown = sorted(set(auroc) - set(m["labels"]))
+        if unknown:
+            raise BundleError(f"manifest 'thresholds.auroc' names unknown label(s): {', '.join(unknown)}", where)
     if "speech" in m and not _SHA256_RE.match(m["speech"]["backbone_sha256"]):
         raise BundleError("manifest field 'speech.backbone_sha256' is not a sha256 hex digest", where)
     for name, entry in m["files"].items():

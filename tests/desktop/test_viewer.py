@@ -204,3 +204,19 @@ def test_findings_panel_bars_and_highlights(qtbot):
     bar = panel.table.cellWidget(1, 1)
     assert (bar.probability, bar.threshold, bar.positive) == (0.2, 0.7, False)
     assert "2 findings" in panel.header.text() and "1 discrepancies" in panel.header.text()
+
+
+def test_findings_panel_greys_findings_the_image_model_cannot_check(qtbot):
+    from desktop.panels.findings import UNCHECKED_COLOUR, FindingsPanel
+    from engine.findings import DictationFinding, FindingScore
+
+    panel = FindingsPanel()
+    qtbot.addWidget(panel)
+    findings = [FindingScore("Emphysema", 0.9, 0.5, True, 0.93), FindingScore("Hiatal hernia", 0.8, 0.5, True, 0.55)]
+    dictation = [DictationFinding(f.label, "absent", 0.9, {}) for f in findings]
+    panel.show_results(findings, dictation, [], unchecked=["Hiatal hernia"])
+    assert panel.table.item(1, 0).foreground().color() == UNCHECKED_COLOUR
+    assert "AUROC" in panel.table.item(1, 0).toolTip() and "0.55" in panel.table.item(1, 0).toolTip()
+    assert panel.table.item(0, 0).foreground().color() != UNCHECKED_COLOUR
+    assert "validation AUROC 0.93" in panel.table.cellWidget(0, 1).toolTip()
+    assert "1 findings not checked" in panel.header.text()

@@ -181,3 +181,20 @@ def test_rad_chestct_sixteen():
     assert y[0, 0] == x[0, 0] and y[0, 2] == x[0, 2] and y[0, 3] == x[0, 3] and y[0, 4] == x[0, 5]
     assert list(y[0, 12:]) == list(x[0, 14:])  # mosaic (13) gone
     torch.testing.assert_close(to_rad_chestct(torch.tensor(x)), torch.tensor(y))
+
+
+def test_weak_findings_are_carried_and_left_unchecked():
+    from engine.findings import (
+        DictationFinding,
+        FindingScore,
+        discrepancies,
+        unchecked,
+    )
+
+    findings = [FindingScore("Emphysema", 0.9, 0.5, True, 0.95), FindingScore("Atelectasis", 0.8, 0.5, True, 0.55),
+                FindingScore("Consolidation", 0.7, 0.5, True, None)]
+    probs = {"present": 0.05, "absent": 0.9, "not mentioned": 0.05}
+    said = [DictationFinding(f.label, "absent", 0.9, probs) for f in findings]
+    assert unchecked(findings, 0.75) == ["Atelectasis"]  # unknown AUROC (None) is checked
+    assert [d.label for d in discrepancies(findings, said, min_auroc=0.75)] == ["Emphysema", "Consolidation"]
+    assert len(discrepancies(findings, said)) == 3

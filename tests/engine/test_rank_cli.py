@@ -38,7 +38,7 @@ def test_rank_json_schema_and_order(capsys):
     assert code == 0, err
     r = json.loads(out)
     assert list(r) == ["schema", "inputs", "bundle", "device", "study", "findings", "dictation", "discrepancies",
-                       "similar", "timings_ms", "cached"]
+                       "unchecked", "similar", "timings_ms", "cached"]
     assert r["inputs"] == {"ct": str(STUDY), "series": None, "audio": str(WAV)}
     assert r["bundle"]["name"] == "tiny-test" and r["study"]["format"] == "dicom"
     probs = [f["probability"] for f in r["findings"]]
@@ -50,7 +50,8 @@ def test_rank_json_schema_and_order(capsys):
     # discrepancies are exactly the disagreements between the two lists above
     said = {d["label"]: d["status"] for d in r["dictation"]}
     expected = {f["label"] for f in r["findings"] if (f["positive"] and said[f["label"]] != "present")
-                or (not f["positive"] and said[f["label"]] == "present")}
+                or (not f["positive"] and said[f["label"]] == "present")} - set(r["unchecked"])
+    assert r["unchecked"] == ["Hiatal hernia"]  # the tiny bundle's validation AUROC 0.6 < 0.75
     assert {d["label"] for d in r["discrepancies"]} == expected
     kinds = ["negated", "omitted", "unsupported"]
     assert [kinds.index(d["kind"]) for d in r["discrepancies"]] == sorted(kinds.index(d["kind"])

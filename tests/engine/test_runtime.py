@@ -87,6 +87,18 @@ def test_dictation_and_discrepancies_on_controlled_embeddings(engine):
     assert engine.discrepancies(ct, agree) == []
 
 
+def test_findings_the_image_model_is_weak_on_are_not_checked(engine, tmp_path):
+    """Hiatal hernia's validation AUROC (0.6) is below the engine's bar: an image call on it never
+    contradicts the dictation, and analyze() lists it as unchecked; with the bar at 0 it is checked."""
+    ct = embedding(present=("Hiatal hernia", "Lung nodule"))
+    speech = embedding(absent=("Hiatal hernia", "Lung nodule"))
+    by = {f.label: f for f in engine.rank(ct)}
+    assert by["Hiatal hernia"].auroc == 0.6 and by["Lung nodule"].auroc == 0.9 and by["Hiatal hernia"].positive
+    assert [(d.kind, d.label) for d in engine.discrepancies(ct, speech)] == [("negated", "Lung nodule")]
+    strict = Engine(tiny_bundle_path(), cache_dir=tmp_path, device="cpu", min_finding_auroc=0.0)
+    assert {d.label for d in strict.discrepancies(ct, speech)} == {"Hiatal hernia", "Lung nodule"}
+
+
 def test_encode_ct_unit_norm_and_cached(engine, tmp_path):
     vol = phantom(1, uid="1.2.3.4")
     first = engine.encode_ct(vol)
@@ -120,13 +132,14 @@ def test_analyze_json_schema(engine):
     result = engine.analyze(phantom(4, uid="9.8.7"), wav, 16000).to_json()
     json.dumps(result)  # JSON-clean
     assert set(result) == {"schema", "bundle", "device", "study", "findings", "dictation", "discrepancies",
-                           "similar", "timings_ms", "cached"}
+                           "unchecked", "similar", "timings_ms", "cached"}
+    assert result["unchecked"] == ["Hiatal hernia"]
     assert result["schema"] == ANALYSIS_SCHEMA and result["device"] == "cpu"
     assert set(result["bundle"]) == {"name", "hash", "path"} and len(result["bundle"]["hash"]) == 64
     assert set(result["study"]) == {"uid", "path", "study_uid", "series_uid", "format", "shape", "spacing",
                                     "warnings"}
     assert result["study"]["uid"] == "9.8.7" and result["study"]["shape"] == [20, 40, 40]
-    assert [set(f) for f in result["findings"]] == [{"label", "probability", "threshold", "positive"}] * N
+    assert [set(f) for f in result["findings"]] == [{"label", "probability", "threshold", "positive", "auroc"}] * N
     assert len(result["dictation"]) == N
     assert set(result["dictation"][0]) == {"label", "status", "confidence", "probabilities"}
     assert set(result["dictation"][0]["probabilities"]) == {"present", "absent", "not mentioned"}
@@ -135,7 +148,7 @@ def test_analyze_json_schema(engine):
                                          "dictation", "similar", "total"}
     assert result["timings_ms"]["load_study"] is None and result["timings_ms"]["encode_speech"] > 0
     no_audio = engine.analyze(phantom(4, uid="9.8.7")).to_json()
-    assert no_audio["dictation"] is None and no_audio["discrepancies"] is None
+    assert no_audio["dictation"] is None and no_audio["discrepancies"] is None and no_audio["unchecked"] is None
 
 
 def test_threads_share_one_engine(engine):

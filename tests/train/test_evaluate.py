@@ -183,6 +183,8 @@ def test_evaluate_end_to_end(world, tmp_path):
 
     thresholds, summary = E.bundle_thresholds(tmp_path, evaluation=tmp_path / "evaluation.json")
     assert set(thresholds["values"]) == set(LABELS) and "ROC-corner" in thresholds["method"]
+    teacher = res["text_teacher_all"]["zero_shot"]["per_finding"]
+    assert thresholds["auroc"] == {k: pytest.approx(v["auroc"]) for k, v in teacher.items()}
     assert summary["groups"][E.GROUP_HELDOUT]["systems"]["distilled student"]["dictation_macro_f1"] == 1.0
 
 
