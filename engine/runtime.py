@@ -79,10 +79,10 @@ import torch  # noqa: E402
 
 from engine.errors import AudioError, BundleError, SpeechCTError  # noqa: E402
 from engine.findings import (  # noqa: E402
+    RELIABLE_AUROC,
     DictationFinding,
     Discrepancy,
     FindingScore,
-    RELIABLE_AUROC,
     dictation_findings,
     rank_findings,
     unchecked,
