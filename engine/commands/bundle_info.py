@@ -156,7 +156,8 @@ def format_summary(s: dict[str, Any]) -> str:
         d = s["dictation_head"]
         lines.append(
             f"  {'dictation':<12} {len(d['labels'])} labels x {len(d['classes'])} classes "
-            f"({', '.join(d['classes'])}) in group {d['group']}"
+            f"({', '.join(d['classes'])}) in group {d['group']}, reads the "
+            f"{'encoder frames' if (d.get('config') or {}).get('kind') == 'frames' else 'speech embedding'}"
         )
     lines += ["", "provenance"]
     lines += [f"  {k:<12} {_flat(v)}" for k, v in s["provenance"].items()] or ["  -"]
