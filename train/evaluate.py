@@ -428,6 +428,7 @@ def evaluate_bundle(
     naive: str | Path | None = None,
     ct_cache: str | Path | None = None,
     train_voice_copy: bool = False,
+    training_speech: str | Path | Sequence[str | Path] | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluate a model set (see the module docstring); returns the JSON-ready result.
@@ -440,8 +441,11 @@ def evaluate_bundle(
     folder (e.g. ``<data>/cache``) holding prepared volumes under the training keys, so volumes the
     trainer prepared are not prepared again. ``train_voice_copy``: also read the split aloud with
     the *training* voices (``train.synth.speechrate``, into ``out_dir/speech-rate-train-voices``,
-    resumable) so that training and held-out voices are scored on the same studies. With
-    ``out_dir``, writes ``evaluation.json`` and ``evaluation.md`` there.
+    resumable) so that training and held-out voices are scored on the same studies.
+    ``training_speech``: the Speech-RATE root(s) the models were trained on, whose train manifest
+    names the training voices (default: the evaluated roots', right when the split is theirs; a
+    separate test set read by other voices needs it). With ``out_dir``, writes
+    ``evaluation.json`` and ``evaluation.md`` there.
     """
     from train.data import CTRateIndex
 
@@ -502,7 +506,10 @@ def evaluate_bundle(
             **M.subset_macro_auroc_spread(teacher_scores, labels_all, cfg.regression_n, seed=cfg.seed)}
 
     spoken = [s for s in spoken_reports(roots, split) if s.volume_name in by_name]
-    train_set = training_voices(roots)
+    # the voices the models were trained on: by default those that read this data's train split
+    train_set = training_voices(roots if training_speech is None else
+                                [Path(p) for p in ([training_speech] if isinstance(training_speech, (str, Path))
+                                                   else training_speech)])
     groups: dict[str, list[Spoken]] = {}
     seen: set[tuple[str, str]] = set()
     for s in spoken:  # one spoken report per study and group (the first root's)

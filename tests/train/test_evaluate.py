@@ -188,6 +188,19 @@ def test_evaluate_end_to_end(world, tmp_path):
     assert summary["groups"][E.GROUP_HELDOUT]["systems"]["distilled student"]["dictation_macro_f1"] == 1.0
 
 
+def test_training_voices_come_from_the_training_data_when_given(world, tmp_path):
+    """A separate test set read by other voices: its own train manifest does not name the voices the
+    models learned from; ``training_speech`` does."""
+    trained = tmp_path / "trained-speech"
+    (trained / "dataset").mkdir(parents=True)
+    _csv(trained / "dataset" / "train_manifest.csv", ["volume", "path", "voice"], [["train_1_a_1.nii.gz", "x.wav", "mb-us3"]])
+    cfg = E.EvalConfig(n_boot=0, seed=0, cascade_n=0)
+    res = E.evaluate_bundle(_models(world), world["root"] / "ct-rate", world["root"] / "speech-rate", "valid",
+                            config=cfg, progress=False, training_speech=trained)
+    assert res["groups"][E.GROUP_TRAIN]["voices"] == ["mb-us3"]
+    assert "mb-us3" not in res["groups"].get(E.GROUP_HELDOUT, {}).get("voices", [])
+
+
 def test_sixteen_labels_calibration_and_no_speech(world):
     cfg = E.EvalConfig(n_boot=20, labels_mode=16, threshold_on="calibration", cascade_n=0)
     res = E.evaluate_bundle(_models(world), world["root"] / "ct-rate", None, "valid", config=cfg, progress=False)

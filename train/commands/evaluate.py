@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--train-voice-copy", action="store_true",
                    help="also read the split with the training voices (synthesised into OUT), so training "
                         "and held-out voices are scored on the same studies")
+    p.add_argument("--training-data", type=Path, default=None,
+                   help="the data folder the models were trained on: its speech-rate train manifest names the "
+                        "training voices (default: --data; set it when --data is a separate test set)")
     p.add_argument("--naive", type=Path, default=None,
                    help="naive student: a student-naive run folder or a bundle (a run folder finds its own)")
     p.add_argument("--prompts", type=Path, default=None, help="spoken prompt folder (manifest.csv)")
@@ -73,6 +76,7 @@ def run(args) -> int:
     result = evaluate_bundle(args.bundle, ct_root, speech, args.split, config=cfg, prompts=args.prompts,
                              synthesize_missing_prompts=not args.no_prompt_synthesis, out_dir=out,
                              naive=args.naive, progress=not args.quiet, train_voice_copy=args.train_voice_copy,
+                             training_speech=None if args.training_data is None else args.training_data / "speech-rate",
                              ct_cache=args.cache or ((args.data / "cache") if (args.data / "cache").is_dir() else None))
     print(to_markdown(result))
     print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.md'}")
