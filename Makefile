@@ -42,7 +42,7 @@ demo: $(STAMP)
 	@lib=$$(mktemp -d) && trap 'rm -rf "$$lib"' EXIT && set -e && \
 	echo "== speechct index add assets/samples (a temporary library)" && \
 	$(VENV)/bin/speechct index add assets/samples --library "$$lib" && \
-	echo && echo "== speechct rank: study-002 with its dictation (which omits the consolidation)" && \
+	echo && echo "== speechct rank: study-002 with its dictation (which omits the consolidation; findings the image model is weak on are not checked)" && \
 	$(VENV)/bin/speechct rank --ct assets/samples/study-002/dicom --audio assets/samples/study-002/dictation.wav \
 		--similar 2 --library "$$lib" && \
 	echo && echo "== speechct search by a spoken report (study-001's dictation)" && \
