@@ -567,27 +567,30 @@ class StudentRecipe:
             heads |= {id(p) for p in self.module.dictation.parameters()}
         return heads
 
-    def embed(self, lower_keys: list[str]) -> torch.Tensor:
-        """Student embeddings ``[n, latent]`` from cached lower-layer outputs (with gradients)."""
+    def lower_windows(self, lower_keys: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cached lower-layer outputs of some dictations as one zero-padded window batch on the
+        device: ``(hidden [W, T, D], frames [W], owner [W])``, ``owner`` = index into ``lower_keys``."""
         hidden, frames, owner = [], [], []
         for u, key in enumerate(lower_keys):
             entry = self.cache.get_many("whisper_lower", key)
             if entry is None:
                 raise DataError("a cached Whisper lower-layer output vanished during training", self.cache.root)
-            start = 0
-            for f in entry["frames"].tolist():
-                hidden.append(torch.from_numpy(entry["hidden"][start : start + f].astype(np.float32)))
-                frames.append(f)
-                owner.append(u)
-                start += f
+            lengths = entry["frames"].tolist()
+            hidden += torch.split(torch.from_numpy(entry["hidden"].astype(np.float32)), lengths)
+            frames += lengths
+            owner += [u] * len(lengths)
         dev = self.env.device
-        width = max(frames)
-        batch = torch.zeros(len(hidden), width, hidden[0].shape[-1])
+        batch = torch.zeros(len(hidden), max(frames), hidden[0].shape[-1])
         for i, h in enumerate(hidden):
             batch[i, : h.shape[0]] = h
-        frames_t = torch.tensor(frames, dtype=torch.long, device=dev)
-        pooled = self.speech.forward_upper(batch.to(dev), frames_t)
-        utt = pool_frames(pooled.unsqueeze(1), torch.ones_like(frames_t), torch.tensor(owner, device=dev))
+        return (batch.to(dev), torch.tensor(frames, dtype=torch.long, device=dev),
+                torch.tensor(owner, dtype=torch.long, device=dev))
+
+    def embed(self, lower_keys: list[str]) -> torch.Tensor:
+        """Student embeddings ``[n, latent]`` from cached lower-layer outputs (with gradients)."""
+        batch, frames, owner = self.lower_windows(lower_keys)
+        pooled = self.speech.forward_upper(batch, frames)
+        utt = pool_frames(pooled.unsqueeze(1), torch.ones_like(frames), owner)
         return self.speech.projection(utt)
 
     def loss(self, rows: list[int], offset: int, env: DistEnv):
@@ -690,16 +693,9 @@ def student_frames(recipe: StudentRecipe, lower_keys: list[str]) -> list[torch.T
     out = []
     with torch.no_grad():
         for key in lower_keys:
-            entry = recipe.cache.get_many("whisper_lower", key)
-            if entry is None:
-                raise DataError("a cached Whisper lower-layer output vanished", recipe.cache.root)
-            lengths = entry["frames"].tolist()
-            parts = torch.split(torch.from_numpy(entry["hidden"].astype(np.float32)), lengths)
-            batch = torch.zeros(len(parts), max(lengths), parts[0].shape[-1])
-            for i, part in enumerate(parts):
-                batch[i, : part.shape[0]] = part
-            top = recipe.speech.upper_frames(batch.to(recipe.env.device), torch.tensor(lengths)).float().cpu()
-            out.append(torch.cat([top[i, :n] for i, n in enumerate(lengths)]).to(torch.float16))
+            batch, frames, _ = recipe.lower_windows([key])
+            top = recipe.speech.upper_frames(batch, frames).float().cpu()
+            out.append(torch.cat([top[i, :n] for i, n in enumerate(frames.tolist())]).to(torch.float16))
     return out
 
 
