@@ -6,8 +6,11 @@ logged once), and offers the public calls:
 
 - ``encode_ct(volume) -> [D]``, ``encode_speech(waveform, sample_rate) -> [D]``,
   ``encode_text(text) -> [D]``: float32 numpy, unit L2 norm, in the bundle's shared space;
-- ``rank(ct_emb)``, ``dictation(speech_emb)``, ``discrepancies(findings, dictation)`` (the
-  ``engine.findings`` implementations with this bundle's prompts, thresholds and head);
+- ``encode_speech_frames(waveform, sample_rate) -> ([D], frames)``: the embedding and, from the same
+  encoder pass, the frames a frame-level dictation head reads (``dictation_reads_frames``);
+- ``rank(ct_emb)``, ``dictation(speech_emb, frames=None)``, ``discrepancies(findings, dictation)``
+  (the ``engine.findings`` implementations with this bundle's prompts, thresholds and head;
+  findings whose validation AUROC is below ``min_finding_auroc`` are not checked);
 - ``similar(ct=, speech=, text=, k=, exclude_uids=)``: nearest studies of the library;
 - ``analyze(volume, waveform, sample_rate) -> Analysis`` (all of the above, timed per stage).
 
