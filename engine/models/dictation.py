@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.findings import DICTATION_CLASSES, LABELS
+from engine.models.speech import padding_mask
 
 #: Class order of the head's last axis.
 CLASSES: tuple[str, ...] = DICTATION_CLASSES  # one spelling, defined beside the findings
@@ -30,29 +31,37 @@ CLASSES: tuple[str, ...] = DICTATION_CLASSES  # one spelling, defined beside the
 _MENTION_TO_CLASS = {1: 0, 0: 1, -1: 2}
 
 
+class _HeadConfig:
+    """What both head configs share: a ``kind`` fixed per class, and dict round trips."""
+
+    KIND = ""
+
+    def __post_init__(self):
+        if self.kind != self.KIND:
+            raise ValueError(f"{type(self).__name__}.kind must be {self.KIND!r}, got {self.kind!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown {cls.KIND} dictation head config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
 @dataclass
-class DictationHeadConfig:
+class DictationHeadConfig(_HeadConfig):
     """``hidden = 0``: one linear map per finding; else a shared hidden layer (GELU) first."""
+
+    KIND = "embedding"
 
     dim: int = 512
     hidden: int = 256
     n_labels: int = len(LABELS)
     dropout: float = 0.1
     kind: str = "embedding"
-
-    def __post_init__(self):
-        if self.kind != "embedding":
-            raise ValueError(f"DictationHeadConfig.kind must be 'embedding', got {self.kind!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DictationHeadConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown dictation head config keys: {sorted(unknown)}")
-        return cls(**data)
 
 
 def mention_to_class(mentions: Tensor) -> Tensor:
@@ -111,7 +120,7 @@ def dictation_loss(logits: Tensor, mentions: Tensor) -> Tensor:
 
 
 @dataclass
-class FrameDictationHeadConfig:
+class FrameDictationHeadConfig(_HeadConfig):
     """``dim``: encoder frame width; frames are averaged in groups of ``stride`` (20 ms each), then
     projected to ``hidden``; a ``kernel``-wide convolution adds local context (a negation word and
     the finding it governs sit within a second of each other); ``heads`` attention heads per finding."""
@@ -125,32 +134,22 @@ class FrameDictationHeadConfig:
     dropout: float = 0.1
     kind: str = "frames"
 
+    KIND = "frames"
+
     def __post_init__(self):
-        if self.kind != "frames":
-            raise ValueError(f"FrameDictationHeadConfig.kind must be 'frames', got {self.kind!r}")
+        super().__post_init__()
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
         if self.stride < 1 or self.kernel < 1 or self.kernel % 2 == 0:
             raise ValueError(f"need stride >= 1 and an odd kernel, got {self.stride}, {self.kernel}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> FrameDictationHeadConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown frame dictation head config keys: {sorted(unknown)}")
-        return cls(**data)
-
 
 def head_config_from_dict(data: dict) -> DictationHeadConfig | FrameDictationHeadConfig:
     """Either head's config by its ``kind`` (bundles written before ``kind`` existed hold ``embedding`` heads)."""
-    kind = data.get("kind", "embedding")
-    if kind == "embedding":
-        return DictationHeadConfig.from_dict(data)
-    if kind == "frames":
-        return FrameDictationHeadConfig.from_dict(data)
+    kind = data.get("kind", DictationHeadConfig.KIND)
+    for cls in (DictationHeadConfig, FrameDictationHeadConfig):
+        if kind == cls.KIND:
+            return cls.from_dict(data)
     raise ValueError(f"unknown dictation head kind {kind!r} (known: embedding, frames)")
 
 
@@ -169,10 +168,6 @@ def pad_utterances(frames: list[Tensor]) -> tuple[Tensor, Tensor]:
     for i, f in enumerate(frames):
         out[i, : f.shape[0]] = torch.as_tensor(f).float()
     return out, lengths
-
-
-def _mask(lengths: Tensor, total: int) -> Tensor:
-    return torch.arange(total, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class FrameDictationHead(nn.Module):
@@ -210,7 +205,7 @@ class FrameDictationHead(nn.Module):
             return frames, lengths
         u, t, d = frames.shape
         pad = (-t) % s
-        mask = _mask(lengths, t).to(frames.dtype)
+        mask = padding_mask(lengths, t).to(frames.dtype)
         x = F.pad(frames * mask[..., None], (0, 0, 0, pad)).view(u, (t + pad) // s, s, d).sum(2)
         n = F.pad(mask, (0, pad)).view(u, (t + pad) // s, s).sum(2)
         return x / n.clamp(min=1)[..., None], (lengths + s - 1) // s
@@ -223,7 +218,7 @@ class FrameDictationHead(nn.Module):
         lengths = lengths.to(frames.device)
         x, lengths = self.downsample(frames.float(), lengths)
         u, t, _ = x.shape
-        mask = _mask(lengths, t)
+        mask = padding_mask(lengths, t)
         x = self.drop(F.gelu(self.proj(self.norm_in(x)))) * mask[..., None]
         x = x + F.gelu(self.context(x.transpose(1, 2))).transpose(1, 2)
         x = x * mask[..., None]
