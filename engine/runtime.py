@@ -454,14 +454,9 @@ class Engine:
         if not np.isfinite(wav).all():
             raise AudioError("dictation holds NaN or infinite samples")
         with self._lock:
-            model = self._model("speech")
-            was_training = model.training
-            model.eval()
-            try:
-                with torch.inference_mode(), self._autocast():
-                    emb, frames = model.encode_waveforms([wav], keep_frames=keep_frames)
-            finally:
-                model.train(was_training)
+            model = self._model("speech")  # built in eval mode
+            with torch.inference_mode(), self._autocast():
+                emb, frames = model.encode_waveforms([wav], keep_frames=keep_frames)
         return _unit(emb[0]), (frames[0] if frames else None)
 
     def encode_audio_file(self, path: str | Path) -> np.ndarray:
