@@ -63,8 +63,9 @@ class EvalModels:
     ``(Z, Y, X)`` float) → CT embeddings. ``embed_text``: texts → the teacher's text embeddings.
     ``speech``: student name (``"distilled"``, ``"naive"``) → 16 kHz mono waveforms → embeddings.
     ``dictation``: student name → speech embeddings ``[N, D]`` → head logits ``[N, L, 3]``.
-    ``dictation_frames``: student name → waveforms → head logits ``[N, L, 3]``, for a head that
-    reads the encoder's frames (used instead of ``dictation`` for that student).
+    ``dictation_frames``: student name → waveforms → (embeddings ``[N, D]``, head logits
+    ``[N, L, 3]``) from one encoder pass, for a head that reads the encoder's frames (used instead
+    of ``speech`` and ``dictation`` for that student's reports).
     ``text_prompts``: the teacher's text prompt bank (else made with ``embed_text``).
     """
 
@@ -74,7 +75,8 @@ class EvalModels:
     embed_text: Callable[[list[str]], np.ndarray] | None = None
     speech: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = field(default_factory=dict)
     dictation: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict)
-    dictation_frames: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = field(default_factory=dict)
+    dictation_frames: dict[str, Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]] = \
+        field(default_factory=dict)
     text_prompts: PromptBank | None = None
     labels: tuple[str, ...] = LABELS
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -123,8 +125,9 @@ def head_logits(head) -> Callable[[np.ndarray], np.ndarray]:
     return _numpy(lambda emb: head(torch.as_tensor(np.asarray(emb, np.float32))))
 
 
-def frame_head_logits(student, head) -> Callable[[list[np.ndarray]], np.ndarray]:
-    """``dictation_frames[name]``: waveforms → the student's frames → a ``FrameDictationHead``'s logits."""
+def speech_and_frame_head(student, head) -> Callable[[list[np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+    """``dictation_frames[name]``: waveforms → the student's embeddings and a ``FrameDictationHead``'s
+    logits on its frames, from one encoder pass."""
     import torch
 
     from engine.models.dictation import pad_utterances
@@ -134,16 +137,16 @@ def frame_head_logits(student, head) -> Callable[[list[np.ndarray]], np.ndarray]
 
     def run(waveforms):
         with torch.no_grad():
-            frames = student.encode_waveforms(list(waveforms), keep_frames=True)[1]
-            return head(*pad_utterances(frames))
+            emb, frames = student.encode_waveforms(list(waveforms), keep_frames=True)
+            return emb.float().numpy(), head(*pad_utterances(frames)).float().numpy()
 
-    return _numpy(run)
+    return run
 
 
 def _add_head(models: EvalModels, name: str, head, student) -> None:
     """Register a dictation head of either kind for the student ``name``."""
     if getattr(head, "input", "embedding") == "frames":
-        models.dictation_frames[name] = frame_head_logits(student, head)
+        models.dictation_frames[name] = speech_and_frame_head(student, head)
     else:
         models.dictation[name] = head_logits(head)
 
@@ -196,10 +199,10 @@ def models_from_bundle(bundle_dir: str | Path, *, naive: str | Path | None = Non
         if (naive / "bundle.json").is_file():
             other = models_from_bundle(naive)
             models.speech["naive"] = other.speech["distilled"]
-            for heads in (other.dictation, other.dictation_frames):
-                if "distilled" in heads:
-                    (models.dictation if heads is other.dictation else models.dictation_frames)["naive"] = \
-                        heads["distilled"]
+            for mine, theirs in ((models.dictation, other.dictation),
+                                 (models.dictation_frames, other.dictation_frames)):
+                if "distilled" in theirs:
+                    mine["naive"] = theirs["distilled"]
         else:
             from train.recipes import load_student
 
@@ -398,11 +401,28 @@ class _Embeddings:
         self.store: dict[tuple[str, str], np.ndarray] = {}
 
     def get(self, model: str, keys: list[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-        todo = [k for k in dict.fromkeys(keys) if (model, k) not in self.store]
+        return self.get_many((model,), keys, lambda todo: (compute(todo),))[0]
+
+    def get_many(self, models: tuple[str, ...], keys: list[str],
+                 compute: Callable[[list[str]], tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+        """Several outputs of one computation per key (``compute`` returns one array per model)."""
+        todo = [k for k in dict.fromkeys(keys) if any((m, k) not in self.store for m in models)]
         if todo:
-            for k, row in zip(todo, compute(todo)):
-                self.store[(model, k)] = np.asarray(row, np.float32)
-        return np.stack([self.store[(model, k)] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+            for model, rows in zip(models, compute(todo)):
+                for k, row in zip(todo, rows):
+                    self.store[(model, k)] = np.asarray(row, np.float32)
+        if not keys:
+            return tuple(np.zeros((0, 0), np.float32) for _ in models)
+        return tuple(np.stack([self.store[(m, k)] for k in keys]) for m in models)
+
+
+def _batched_pairs(fn: Callable[[list], tuple[np.ndarray, ...]], batch: int) -> Callable[[list], tuple]:
+    """:func:`_batched` for a function with several outputs per item."""
+    def run(items: list) -> tuple:
+        parts = [fn(items[i : i + batch]) for i in range(0, len(items), batch)]
+        return tuple(np.concatenate([np.asarray(p[j], np.float32) for p in parts]) for j in range(len(parts[0])))
+
+    return run
 
 
 def _batched(fn: Callable[[list], np.ndarray], batch: int) -> Callable[[list], np.ndarray]:
@@ -551,7 +571,13 @@ def evaluate_bundle(
                 continue
             t0 = time.perf_counter()
             paths = [str(s.path) for s in items]
-            query = cache.get(student, paths, lambda ps, e=embed: _batched(lambda b: e(load(b)), 8)(ps))
+            both = models.dictation_frames.get(student) if mentions is not None else None
+            logits = None
+            if both is not None:  # embedding and frame-head logits from one encoder pass
+                query, logits = cache.get_many((student, f"{student}/dictation"), paths,
+                                               lambda ps, f=both: _batched_pairs(lambda b: f(load(b)), 8)(ps))
+            else:
+                query = cache.get(student, paths, lambda ps, e=embed: _batched(lambda b: e(load(b)), 8)(ps))
             spent = time.perf_counter() - t0
             bank = text_bank
             if group_prompts:
@@ -562,12 +588,7 @@ def evaluate_bundle(
                 note = f"{group_name}: no spoken prompts, the students are scored with the teacher's text prompts"
                 if note not in notes:
                     notes.append(note)
-            logits = None
-            if student in models.dictation_frames and mentions is not None:
-                run_head = models.dictation_frames[student]
-                logits = cache.get(f"{student}/dictation", paths,
-                                   lambda ps, f=run_head: _batched(lambda b: f(load(b)), 8)(ps))
-            elif student in models.dictation and mentions is not None:
+            if both is None and student in models.dictation and mentions is not None:
                 logits = models.dictation[student](query)
             res, raw[f"{student} student"] = score_system(ct, query, bank, models.logit_scale, y, cfg,
                                                           mentions=mentions, dictation_logits=logits)

@@ -124,10 +124,10 @@ def _models(w, naive_noise=3.0):
         cls = np.stack([np.select([w["mentions"][c - 1] == 1, w["mentions"][c - 1] == 0], [0, 1], 2) for c in codes])
         return np.eye(3)[cls] * 10
 
-    def frame_head(waves):  # a perfect head that reads the audio itself (dictation_frames)
+    def frame_head(waves):  # the naive embedding + a perfect head that reads the audio itself (dictation_frames)
         cls = np.stack([np.select([w["mentions"][_code(v) - 1] == 1, w["mentions"][_code(v) - 1] == 0], [0, 1], 2)
                         for v in waves])
-        return np.eye(3)[cls] * 10
+        return naive(waves), np.eye(3)[cls] * 10
 
     return E.EvalModels(spec=SPEC, logit_scale=20.0, embed_ct=embed_ct,
                         embed_text=lambda texts: np.stack([text_of[t] for t in texts]),
@@ -359,6 +359,8 @@ def test_models_from_bundle_with_whisper_base(tmp_path, kind):
     if kind == "embedding":
         assert models.dictation["distilled"](emb).shape == (1, 18, 3) and not models.dictation_frames
     else:
-        logits = models.dictation_frames["distilled"]([np.zeros(16000, np.float32), np.ones(8000, np.float32)])
+        waves = [np.zeros(16000, np.float32), np.ones(8000, np.float32)]
+        both, logits = models.dictation_frames["distilled"](waves)
         assert logits.shape == (2, 18, 3) and not models.dictation
+        np.testing.assert_allclose(both, models.speech["distilled"](waves), atol=1e-5)  # the same pass
     torch.testing.assert_close(models.text_prompts.present[0], prompts[0])
