@@ -29,6 +29,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,9 @@ from engine.models.dictation import (
     DictationHead,
     DictationHeadConfig,
     FrameDictationHead,
-    FrameDictationHeadConfig,
+    build_head,
     dictation_loss,
+    head_config_class,
     mention_to_class,
 )
 from engine.models.space import CTCLIP_LOG_SCALE_INIT, LogitScale, info_nce, student_loss
@@ -671,20 +673,13 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu",
 
 
 def dictation_head(cfg: dict, dim: int, kind: str | None = None) -> DictationHead | FrameDictationHead:
-    """A fresh 3-way-per-finding head shaped by the config's ``dictation`` section; ``kind``
-    (default the section's, else ``embedding``) picks the embedding or the frame head."""
+    """A fresh 3-way-per-finding head shaped by the config's ``dictation`` section (its keys that
+    are fields of the head's config; the rest are training settings); ``kind`` (default the
+    section's, else ``embedding``) picks the embedding or the frame head."""
     hc = cfg.get("dictation", {})
-    kind = kind or hc.get("kind", "embedding")
-    if kind == "frames":
-        fc = FrameDictationHeadConfig()
-        return FrameDictationHead(FrameDictationHeadConfig(
-            dim=dim, hidden=int(hc.get("hidden", fc.hidden)), stride=int(hc.get("stride", fc.stride)),
-            kernel=int(hc.get("kernel", fc.kernel)), heads=int(hc.get("heads", fc.heads)),
-            dropout=float(hc.get("dropout", fc.dropout))))
-    if kind != "embedding":
-        raise ValueError(f"dictation.kind must be 'embedding' or 'frames', got {kind!r}")
-    return DictationHead(DictationHeadConfig(dim=dim, hidden=int(hc.get("hidden", 256)),
-                                             dropout=float(hc.get("dropout", 0.1))))
+    config_class = head_config_class(kind or hc.get("kind", DictationHeadConfig.KIND))
+    shape = {f.name: hc[f.name] for f in dataclass_fields(config_class) if f.name in hc and f.name not in ("dim", "kind")}
+    return build_head(config_class(dim=dim, **shape))
 
 
 def student_frames(recipe: StudentRecipe, lower_keys: list[str]) -> list[torch.Tensor]:

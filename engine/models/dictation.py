@@ -146,10 +146,14 @@ class FrameDictationHeadConfig(_HeadConfig):
 
 def head_config_from_dict(data: dict) -> DictationHeadConfig | FrameDictationHeadConfig:
     """Either head's config by its ``kind`` (bundles written before ``kind`` existed hold ``embedding`` heads)."""
-    kind = data.get("kind", DictationHeadConfig.KIND)
+    return head_config_class(data.get("kind", DictationHeadConfig.KIND)).from_dict(data)
+
+
+def head_config_class(kind: str) -> type[DictationHeadConfig] | type[FrameDictationHeadConfig]:
+    """The config class of a head ``kind``."""
     for cls in (DictationHeadConfig, FrameDictationHeadConfig):
         if kind == cls.KIND:
-            return cls.from_dict(data)
+            return cls
     raise ValueError(f"unknown dictation head kind {kind!r} (known: embedding, frames)")
 
 
