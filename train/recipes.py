@@ -297,6 +297,10 @@ def build_teacher(cfg: dict, *, pretrained_text: bool = True):
     return TeacherModel(ct, proj, scale, head), text
 
 
+#: Training volumes the CT encoder's density-path standardisation is fitted on (deterministic: the first ones).
+DENSITY_FIT_VOLUMES = 512
+
+
 class TeacherRecipe:
     """CT encoder + text projection, symmetric InfoNCE with embeddings gathered over ranks."""
 
@@ -319,6 +323,11 @@ class TeacherRecipe:
         show = progress and env.is_main
         self.train_keys = prepare_ct_cache(self.train, self.spec, self.cache, show)
         self.valid_keys = prepare_ct_cache(self.valid, self.spec, self.cache, show)
+        density = self.module.ct.density
+        if density is not None:  # a resumed run then loads the same statistics from its checkpoint
+            keys = self.train_keys[:DENSITY_FIT_VOLUMES]
+            density.fit_standardization(_ct_batch(keys[i : i + 16], self.cache, env.device)
+                                        for i in range(0, len(keys), 16))
         self.backbone_hash = text_backbone_hash(self.text)
         _, self.train_text = text_features([s.findings for s in self.train], self.text, self.cache, self.backbone_hash)
         _, self.valid_text = text_features([s.findings for s in self.valid], self.text, self.cache, self.backbone_hash)

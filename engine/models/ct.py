@@ -17,6 +17,7 @@ from engine.models.ct_config import CTEncoderConfig, available_ct_configs, load_
 from engine.models.ct_layers import (
     ContinuousPositionBias,
     CosineCodebook,
+    DensityPath,
     FactorisedTransformer,
     TubeletEmbedding,
 )
@@ -82,6 +83,8 @@ class CTEncoder(nn.Module):
         c = config
         self.patch_embed = TubeletEmbedding(c.channels, c.patch_size, c.temporal_patch_size, c.dim,
                                            patch_norm=c.patch_norm)
+        self.density = (DensityPath(c.input_size, c.density_pool, c.density_thresholds, c.density_rank,
+                                    c.latent_dim) if c.density_path else None)
         self.rel_pos_bias = ContinuousPositionBias(c.rel_pos_width, c.heads, c.rel_pos_layers)
         common = dict(dim=c.dim, heads=c.heads, dim_head=c.dim_head, scale=c.attn_scale, ff_inner=c.ff_inner)
         self.spatial = FactorisedTransformer("spatial", c.spatial_depth, **common)
@@ -108,6 +111,9 @@ class CTEncoder(nn.Module):
         if (y, xx) != tuple(c.input_size[1:]) and c.pooling == "ctclip":
             raise ValueError(f"CT encoder {c.name!r} expects {c.input_size[1]}x{c.input_size[2]} slices, "
                              f"got {y}x{xx}")
+        if c.density_path and (z, y, xx) != tuple(c.input_size):
+            raise ValueError(f"CT encoder {c.name!r} has a density path and expects {tuple(c.input_size)} "
+                             f"voxels (z, y, x), got {(z, y, xx)}")
         if z % c.temporal_patch_size or y % c.patch_size or xx % c.patch_size:
             raise ValueError(f"volume {(z, y, xx)} (z, y, x) is not a multiple of the tubelet "
                              f"{(c.temporal_patch_size, c.patch_size, c.patch_size)}")
@@ -130,4 +136,7 @@ class CTEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 1, Z, Y, X)`` -> ``(B, latent_dim)``, unnormalised."""
-        return self.pool(self.encode_tokens(x))
+        latent = self.pool(self.encode_tokens(x))
+        if self.density is not None:
+            latent = latent + self.density(x)
+        return latent

@@ -75,9 +75,19 @@ class CTEncoderConfig:
     #: mean density and contrast. False embeds the raw voxels: a coarse encoder (45 mm tubelets at
     #: the cpu-128 spec) otherwise cannot tell fluid or consolidation from aerated lung.
     patch_norm: bool = True
+    #: A second, non-linear path from the voxels to the latent (see ``ct_layers.DensityPath``):
+    #: per ``density_pool`` block the mean, max and log-count of voxels above each of
+    #: ``density_thresholds`` (prepared units, HU / 1000), standardised, through a rank-
+    #: ``density_rank`` linear map. Off in CT-CLIP; needs a fixed ``input_size`` like "ctclip" pooling.
+    density_path: bool = False
+    density_pool: tuple[int, int, int] = (8, 8, 8)
+    density_thresholds: tuple[float, ...] = ()
+    density_rank: int = 128
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)
+        self.density_thresholds = tuple(float(v) for v in self.density_thresholds)
+        self.density_pool = tuple(int(v) for v in self.density_pool)
         problems = []
         if len(self.input_size) != 3:
             problems.append(f"input_size must be (z, y, x), got {self.input_size}")
@@ -93,6 +103,13 @@ class CTEncoderConfig:
             problems.append(f"temporal_peg_layout must be one of {PEG_LAYOUTS}, got {self.temporal_peg_layout!r}")
         if self.pooling == "attention" and self.dim % self.pool_heads:
             problems.append(f"dim {self.dim} is not divisible by pool_heads {self.pool_heads}")
+        if self.density_path and (len(self.density_pool) != 3 or len(self.input_size) != 3
+                                  or any(k < 1 or n % k for n, k in zip(self.input_size, self.density_pool))):
+            problems.append(f"density_pool {self.density_pool} does not divide input_size {self.input_size}")
+        if self.density_rank < 1:
+            problems.append(f"density_rank must be positive, got {self.density_rank}")
+        if list(self.density_thresholds) != sorted(set(self.density_thresholds)):
+            problems.append(f"density_thresholds must be strictly increasing, got {list(self.density_thresholds)}")
         if problems:
             raise ValueError("invalid CT encoder config: " + "; ".join(problems))
 
@@ -117,6 +134,8 @@ class CTEncoderConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["input_size"] = list(self.input_size)
+        d["density_thresholds"] = list(self.density_thresholds)
+        d["density_pool"] = list(self.density_pool)
         return d
 
     @classmethod

@@ -6,6 +6,8 @@ otherwise; transformer inputs are ``(sequences, tokens, dim)``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,6 +60,64 @@ class TubeletEmbedding(nn.Module):
             slab = slab.reshape(b, t1 - t0, h, w, c * pt * p * p)
             out.append(self.norm_out(self.proj(self.norm_in(slab))))
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+
+class DensityPath(nn.Module):
+    """``(B, C, Z, Y, X)`` voxels -> ``(B, latent)``: a linear read-out of pooled density maps,
+    added to the transformer's latent.
+
+    The volume is cut into ``pool``-sized blocks; per block the mean, the max and, per threshold,
+    the count of voxels above it (log scale) are taken. Each feature is standardised with the
+    training set's mean and std (buffers, fitted once by :meth:`fit_standardization`), then a rank-
+    ``rank`` bias-free linear map gives the latent offset.
+
+    Why: the tubelet transformer, trained from scratch on ~10^3 volumes, did not learn small dense
+    things (a pacemaker lead, calcium in a coronary wall, a -950 HU emphysema pocket) that a linear
+    probe on exactly these pooled maps finds at AUROC 0.9 or more. Max and counts are not linear in
+    the voxels, so a linear tubelet embedding cannot supply them.
+    """
+
+    def __init__(self, input_size: tuple[int, int, int], pool: tuple[int, int, int],
+                 thresholds: tuple[float, ...], rank: int, latent_dim: int):
+        super().__init__()
+        self.pool, self.thresholds = tuple(pool), tuple(thresholds)
+        cells = math.prod(n // k for n, k in zip(input_size, pool))
+        self.voxels = math.prod(pool)
+        features = cells * (2 + len(thresholds))
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+        self.down = nn.Linear(features, rank, bias=False)
+        self.up = nn.Linear(rank, latent_dim, bias=False)
+
+    def features(self, x: Tensor) -> Tensor:
+        """``(B, C, Z, Y, X)`` -> ``(B, features)``, before standardisation."""
+        feats = [F.avg_pool3d(x, self.pool), F.max_pool3d(x, self.pool)]
+        for v in self.thresholds:  # one at a time: a broadcast comparison would hold every voxel per threshold
+            count = F.avg_pool3d((x > v).to(x.dtype), self.pool) * self.voxels
+            feats.append(torch.log1p(count) / math.log1p(self.voxels))
+        return torch.cat([f.flatten(1) for f in feats], dim=1)
+
+    @torch.no_grad()
+    def fit_standardization(self, batches) -> int:
+        """Set ``mean`` / ``std`` from an iterable of ``(B, C, Z, Y, X)`` batches; returns the volume count."""
+        total, s1, s2 = 0, None, None
+        for x in batches:
+            f = self.features(x.to(self.mean.device, torch.float32)).double()
+            s1 = f.sum(0) if s1 is None else s1 + f.sum(0)
+            s2 = f.square().sum(0) if s2 is None else s2 + f.square().sum(0)
+            total += f.shape[0]
+        if not total:
+            raise ValueError("no volumes to fit the density standardisation on")
+        mean = s1 / total
+        var = (s2 / total - mean.square()).clamp_min(0)
+        self.mean.copy_(mean.float())
+        # a block that never varies (air outside every body) gets std 1, so it stays 0 after centring
+        self.std.copy_(torch.where(var > 1e-12, var.sqrt(), torch.ones_like(var)).float())
+        return total
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = (self.features(x) - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        return self.up(self.down(f))
 
 
 class ContinuousPositionBias(nn.Module):

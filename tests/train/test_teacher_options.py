@@ -49,3 +49,24 @@ def test_defaults_stay_ctclip():
     model, _ = build_teacher(cfg, pretrained_text=False)
     assert model.label_head is None and math.isclose(model.logit_scale.value, math.e, rel_tol=1e-6)
     assert isinstance(model.ct.patch_embed.norm_in, torch.nn.LayerNorm)
+
+
+def test_density_path_standardisation_is_fitted_on_training_volumes(tiny):
+    cfg = copy.deepcopy(load_run_config(SMOKE_CONFIG))
+    cfg["ct_encoder"].update(density_path=True, density_pool=[4, 8, 8], density_thresholds=[-0.5, 0.3],
+                             density_rank=4)
+    recipe = TeacherRecipe(cfg, tiny, env=DistEnv(), progress=False)
+    density = recipe.module.ct.density
+    assert density is not None and not torch.all(density.std == 1)
+    feats = density.features(_batch(recipe, recipe.train_keys))
+    assert torch.allclose(feats.mean(0), density.mean, atol=1e-4)  # fitted on the training volumes
+    loss, _ = recipe.loss(list(range(4)), 0, DistEnv())
+    loss.backward()
+    assert density.down.weight.grad.abs().sum() > 0
+    assert {"ct.density.mean", "ct.density.std"} <= set(recipe.module.state_dict())  # saved with the weights
+
+
+def _batch(recipe, keys):
+    from train.recipes import _ct_batch
+
+    return _ct_batch(keys, recipe.cache, recipe.env.device)
