@@ -417,7 +417,11 @@ class Engine:
     def _encode_ct(self, volume, series=None) -> tuple[np.ndarray, bool]:
         if not isinstance(volume, Volume):
             volume = self.load_study(volume, series)
-        key = self.study_key(volume)
+        from engine.library_store import voxel_fingerprint
+
+        # the UID names the series, the fingerprint its pixels: a series rewritten under its old UID
+        # (a re-export, a regenerated sample) must not be answered from the cache
+        key = f"{self.study_key(volume)}|{voxel_fingerprint(volume)}"
         cached = self._ct_cache.get(key)
         if cached is not None:
             return cached, True

@@ -114,6 +114,10 @@ def test_encode_ct_unit_norm_and_cached(engine, tmp_path):
     fresh = Engine(tiny_bundle_path(), cache_dir=engine._ct_cache.folder.parent, device="cpu")
     assert fresh.analyze(vol).cached == {"ct": True}
     assert Engine(tiny_bundle_path(), cache_dir=False).analyze(vol).cached == {"ct": False}
+    # the same UID with other pixels (a rewritten series) is encoded afresh, on disk too
+    rewritten = phantom(4, uid="1.2.3.4")
+    assert fresh.analyze(rewritten).cached == {"ct": False}
+    assert not np.allclose(fresh.encode_ct(rewritten), first)
 
 
 def test_encode_speech(engine):
