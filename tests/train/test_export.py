@@ -34,6 +34,9 @@ def bundle_dir(tmp_path_factory):
     data = make_tiny_data(root / "data", n_train=8, n_valid=4)
     out = root / "run"
     cfg = load_run_config(SMOKE_CONFIG)
+    # with the density path, whose fitted statistics are buffers that must travel in the bundle
+    cfg["ct_encoder"] = {**cfg["ct_encoder"], "density_path": True, "density_pool": [4, 8, 8],
+                         "density_thresholds": [-0.5, 0.3], "density_rank": 4}
     env = DistEnv()
     teacher = TeacherRecipe(cfg, data, env=env, progress=False)
     summary = Trainer(teacher, OptimConfig.from_dict({**cfg["teacher"], "max_steps": 2}), stage_dir(out, "teacher"),
@@ -46,7 +49,7 @@ def bundle_dir(tmp_path_factory):
     student.save_final(folder, summary)
     train_dictation_head(student, out / "dictation", progress=False)
     path = export_bundle(out, root / "bundle", speech=tiny_student(), data=str(data))
-    return path, student
+    return path, student, teacher
 
 
 def _resolver(sha):
@@ -54,7 +57,7 @@ def _resolver(sha):
 
 
 def test_bundle_round_trip(bundle_dir):
-    path, student = bundle_dir
+    path, student, teacher = bundle_dir
     manifest = json.loads((path / "bundle.json").read_text())
     b = load_bundle(path, resolve_backbone=_resolver(manifest["speech"]["backbone_sha256"]))
     assert not b.warnings
@@ -63,6 +66,12 @@ def test_bundle_round_trip(bundle_dir):
     # every group loads strictly into the module the engine will build from the manifest
     ct = CTEncoder(CTEncoderConfig.from_dict(manifest["ct_encoder"]))
     b.load_into(ct, "ct_encoder")
+    ct.eval()
+    trained = teacher.module.ct.eval()
+    assert not torch.all(ct.density.std == 1)  # the fitted standardisation, not a fresh module's
+    x = torch.rand(2, 1, *ct.config.input_size) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(ct(x), trained(x), atol=1e-5)
     head = DictationHead(DictationHeadConfig.from_dict(manifest["dictation_head"]["config"]))
     b.load_into(head, "dictation_head")
     assert manifest["dictation_head"]["classes"] == list(CLASSES)
@@ -87,7 +96,7 @@ def test_export_refuses_a_student_of_another_teacher(bundle_dir, tmp_path):
 
     from engine.errors import DataError
 
-    path, _ = bundle_dir
+    path, _, _ = bundle_dir
     run = tmp_path / "run"
     shutil.copytree(path.parent / "run", run)
     meta = json.loads((stage_dir(run, "student", 1.0) / "model.json").read_text())
@@ -105,7 +114,7 @@ def test_export_of_a_frame_dictation_head(bundle_dir):
     from engine.model_loading import build_dictation_head
     from engine.models.dictation import FrameDictationHead
 
-    path, student = bundle_dir
+    path, student, _ = bundle_dir
     run = path.parent / "run"
     student.cfg = {**student.cfg, "dictation": {"kind": "frames", "hidden": 16, "heads": 2, "kernel": 3,
                                                 "epochs": 1, "batch_size": 4}}
