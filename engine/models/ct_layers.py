@@ -77,6 +77,10 @@ class DensityPath(nn.Module):
     the voxels, so a linear tubelet embedding cannot supply them.
     """
 
+    #: Smallest std a feature is divided by (prepared units: 50 HU for the mean and max; a few
+    #: voxels on the log-count scale).
+    STD_FLOOR = 0.05
+
     def __init__(self, input_size: tuple[int, int, int], pool: tuple[int, int, int],
                  thresholds: tuple[float, ...], rank: int, latent_dim: int):
         super().__init__()
@@ -111,8 +115,9 @@ class DensityPath(nn.Module):
         mean = s1 / total
         var = (s2 / total - mean.square()).clamp_min(0)
         self.mean.copy_(mean.float())
-        # a block that never varies (air outside every body) gets std 1, so it stays 0 after centring
-        self.std.copy_(torch.where(var > 1e-12, var.sqrt(), torch.ones_like(var)).float())
+        # Floored: a block that barely varies over the training set (air outside every body) would
+        # otherwise turn training-time jitter (10 HU noise) into features of |z| > 1000.
+        self.std.copy_(var.sqrt().clamp_min(self.STD_FLOOR).float())
         return total
 
     def forward(self, x: Tensor) -> Tensor:

@@ -52,15 +52,20 @@ def test_features_equal_a_hand_computation():
 def test_standardisation_is_fitted_on_the_data():
     torch.manual_seed(0)
     path = DensityPath((8, 16, 16), (4, 8, 8), (0.0,), rank=3, latent_dim=5)
-    data = torch.rand(12, 1, 8, 16, 16) * 2 - 1
+    # volumes that differ in level and contrast, so that most features vary well above the floor
+    level, contrast = torch.rand(12, 1, 1, 1, 1) - 0.5, torch.rand(12, 1, 1, 1, 1) * 0.8 + 0.2
+    data = ((torch.rand(12, 1, 8, 16, 16) * 2 - 1) * contrast + level).clamp(-1, 1)
     data[:, :, :4] = -1.0  # a constant slab, like the air around a body
     assert path.fit_standardization(data[i:i + 5] for i in range(0, 12, 5)) == 12
     z = (path.features(data) - path.mean) / path.std
-    varying = path.std != 1
+    varying = path.std > DensityPath.STD_FLOOR
     assert varying.sum() > 0 and (~varying).sum() > 0
     assert torch.allclose(z.mean(0), torch.zeros_like(z[0]), atol=1e-4)
     assert torch.allclose(z[:, varying].std(0, unbiased=False), torch.ones(int(varying.sum())), atol=1e-3)
     assert torch.all(z[:, ~varying] == 0)  # constant features stay zero rather than blowing up
+    # training-time jitter on the constant slab stays small, not divided by a near-zero std
+    jittered = data + 0.01 * torch.randn_like(data)
+    assert ((path.features(jittered) - path.mean) / path.std).abs().max() < 10
     with pytest.raises(ValueError, match="no volumes"):
         path.fit_standardization([])
 

@@ -57,7 +57,7 @@ def test_density_path_standardisation_is_fitted_on_training_volumes(tiny):
                              density_rank=4)
     recipe = TeacherRecipe(cfg, tiny, env=DistEnv(), progress=False)
     density = recipe.module.ct.density
-    assert density is not None and not torch.all(density.std == 1)
+    assert density is not None and torch.any(density.std > density.STD_FLOOR)
     feats = density.features(_batch(recipe, recipe.train_keys))
     assert torch.allclose(feats.mean(0), density.mean, atol=1e-4)  # fitted on the training volumes
     loss, _ = recipe.loss(list(range(4)), 0, DistEnv())
