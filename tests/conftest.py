@@ -22,3 +22,15 @@ def _torch_threads():
         return
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (small tensors: a second thread only adds contention, and it
+    keeps timings comparable); use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

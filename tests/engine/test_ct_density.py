@@ -12,13 +12,7 @@ import torch
 from engine.models.ct import CTEncoder, CTEncoderConfig, load_ct_config
 from engine.models.ct_layers import DensityPath
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(**changes) -> CTEncoderConfig:

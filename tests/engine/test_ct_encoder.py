@@ -15,13 +15,7 @@ from engine.models.ct import CTEncoder, CTEncoderConfig, available_ct_configs, l
 from engine.weights.ctclip import import_ctclip
 from tests.engine.ctclip_fixture import FIXTURES, needs_fixture, tiny_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _small(**changes) -> CTEncoderConfig:

@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from engine.io import load_volume, write_dicom_series, write_nifti
 from engine.preprocess import CPU_SPEC, CTCLIP_SPEC, prepare_ct
 from engine.volume import Volume
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def asymmetric_phantom(shape=(26, 40, 36), spacing=(2.5, 1.4, 1.4)) -> Volume:

@@ -29,13 +29,7 @@ from engine.preprocess import (
 )
 from engine.volume import Volume
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ctclip_reference(hu_zyx: np.ndarray, spacing_zyx, spec: PreprocessSpec) -> np.ndarray:
