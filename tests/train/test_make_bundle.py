@@ -43,3 +43,61 @@ def test_unknown_stop_after_is_one_line_error(tmp_path, capsys):
     assert mb.main(["--data", str(tmp_path), "--stop-after", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown stage 'nope'" in err[0]
+
+
+class _FakeTrainCli:
+    """Stands in for ``subprocess.Popen`` of ``train.cli``: records each call and finishes its stage."""
+
+    def __init__(self, data):
+        self.data, self.calls, self.live, self.most_live = data, [], 0, 0
+
+    def __call__(self, cmd, **kw):
+        args = cmd[cmd.index("train.cli") + 1:]
+        self.calls.append(args)
+        self.live += 1
+        self.most_live = max(self.most_live, self.live)
+        fake = self
+
+        class Proc:
+            def wait(self):
+                fake.live -= 1
+                naive = "--distill-weight" in args
+                folder = fake.data / "run" / ("dictation-naive" if naive else "dictation")
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "head.safetensors").write_bytes(b"x")
+                return 0
+
+        return Proc()
+
+
+def _finished_up_to_students(data):
+    (data / "synth_summary.json").write_text("{}")
+    (data / "run" / "teacher").mkdir(parents=True)
+    (data / "run" / "teacher" / "model.safetensors").write_bytes(b"x")
+    (data / "cache").mkdir()
+    (data / "cache" / "pipeline-audio-cache.done").touch()
+
+
+def test_students_train_side_by_side_with_the_threads_split(tmp_path, monkeypatch):
+    _finished_up_to_students(tmp_path)
+    fake = _FakeTrainCli(tmp_path)
+    monkeypatch.setattr(mb.subprocess, "Popen", fake)
+    assert mb.main(["--data", str(tmp_path), "--threads", "2", "--stop-after", "student-naive"]) == 0
+    assert fake.most_live == 2 and [c[0] for c in fake.calls] == ["student", "student"]
+    assert all(c[c.index("--threads") + 1] == "1" for c in fake.calls)
+    assert sum("--distill-weight" in c for c in fake.calls) == 1
+    rows = [json.loads(line) for line in (tmp_path / "pipeline_timings.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {"student", "student-naive"} and all("side by side" in r["note"] for r in rows)
+
+
+def test_one_student_at_a_time_and_a_lone_student_keep_all_threads(tmp_path, monkeypatch):
+    _finished_up_to_students(tmp_path)
+    fake = _FakeTrainCli(tmp_path)
+    monkeypatch.setattr(mb.subprocess, "Popen", fake)
+    argv = ["--data", str(tmp_path), "--threads", "2", "--stop-after", "student-naive"]
+    assert mb.main([*argv, "--one-student-at-a-time"]) == 0
+    assert fake.most_live == 1 and all(c[c.index("--threads") + 1] == "2" for c in fake.calls)
+    (tmp_path / "run" / "dictation-naive" / "head.safetensors").unlink()  # only the naive one left to do
+    fake.calls.clear()
+    assert mb.main(argv) == 0
+    assert len(fake.calls) == 1 and fake.calls[0][fake.calls[0].index("--threads") + 1] == "2"
