@@ -101,3 +101,14 @@ def test_one_student_at_a_time_and_a_lone_student_keep_all_threads(tmp_path, mon
     fake.calls.clear()
     assert mb.main(argv) == 0
     assert len(fake.calls) == 1 and fake.calls[0][fake.calls[0].index("--threads") + 1] == "2"
+
+
+def test_timing_total_counts_side_by_side_attempts_once(tmp_path):
+    a = mb.parse_args(["--data", str(tmp_path)])
+    rows = [{"stage": "teacher", "seconds": 600.0, "rc": 0, "finished": "2026-11-30 03:00:00"},
+            {"stage": "student", "seconds": 3000.0, "rc": 0, "finished": "2026-11-30 04:00:00"},
+            {"stage": "student-naive", "seconds": 2400.0, "rc": 0, "finished": "2026-11-30 03:50:00"}]
+    (tmp_path / "pipeline_timings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = mb.timing_table(tmp_path, mb.stages(a))
+    assert "| student | " in table and "| 50.0 min | 1 | yes |" in table  # each stage keeps its own time
+    assert "**1.00 h**" in table  # 10 min teacher + 50 min of students running together, not 1.67 h
