@@ -215,11 +215,16 @@ def decode_vectors(blobs: list[bytes], dtypes: list[str], dim: int, out_dtype: n
 
 def content_uid(volume: Volume) -> str:
     """``"sha256:<hex>"`` of the voxels (dtype, shape, bytes) and spacing: the key of a series without a UID."""
-    digest = hashlib.sha256()
     arr = np.ascontiguousarray(volume.array)
-    digest.update(f"{arr.dtype.str}|{arr.shape}|{tuple(round(s, 6) for s in volume.spacing)}|".encode())
+    digest = _geometry_digest(volume)
     digest.update(memoryview(arr).cast("B"))
     return "sha256:" + digest.hexdigest()
+
+
+def _geometry_digest(volume: Volume):
+    """sha256 started with the voxels' dtype, shape and spacing (what the pixel bytes alone do not say)."""
+    arr = volume.array
+    return hashlib.sha256(f"{arr.dtype.str}|{arr.shape}|{tuple(round(s, 6) for s in volume.spacing)}|".encode())
 
 
 def voxel_fingerprint(volume: Volume, samples: int = 1 << 20) -> str:
@@ -227,10 +232,8 @@ def voxel_fingerprint(volume: Volume, samples: int = 1 << 20) -> str:
     ``samples`` voxels (13 ms for a 300 x 512 x 512 CT here, against 130 ms to hash every voxel). It catches a series
     rewritten under its old UID, which a UID-only key would answer from a stale cache."""
     arr = volume.array.reshape(-1)
-    step = max(1, arr.size // samples)
-    digest = hashlib.sha256(f"{arr.dtype.str}|{volume.array.shape}|{tuple(round(s, 6) for s in volume.spacing)}|"
-                            .encode())
-    digest.update(np.ascontiguousarray(arr[::step]).tobytes())
+    digest = _geometry_digest(volume)
+    digest.update(np.ascontiguousarray(arr[:: max(1, arr.size // samples)]).tobytes())
     return digest.hexdigest()[:16]
 
 
