@@ -40,6 +40,7 @@ SAFE_METADATA_KEYS = (
     "slice_thickness",
     "source",  # the path the volume was read from
     "format",  # "dicom" | "dicom-enhanced" | "nifti"
+    "rescale_source",  # the CT-RATE metadata CSV a NIfTI's HU rescale and spacing came from
 )
 
 

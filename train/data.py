@@ -29,6 +29,7 @@ import numpy as np
 
 from engine.errors import DataError, SpeechCTWarning
 from engine.findings import LABELS
+from engine.io.ctrate_metadata import VolumeMeta, parse_metadata_row
 
 SPLITS = ("train", "valid")
 SAMPLE_RATE = 16_000
@@ -160,40 +161,6 @@ def _label_table(path: Path, allowed: set[int], what: str) -> dict[str, np.ndarr
             )
         table[name] = values
     return table
-
-
-_FLOAT_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-
-
-@dataclass(frozen=True)
-class VolumeMeta:
-    """CT-RATE metadata for one volume: HU = slope · stored + intercept; spacing (sz, sy, sx) mm."""
-
-    slope: float
-    intercept: float
-    spacing: tuple[float, float, float]
-
-
-def parse_metadata_row(row: dict[str, str], path: Path) -> VolumeMeta:
-    """Slope, intercept and spacing from a metadata row; XYSpacing is the string ``"[x, y]"``."""
-    name = row.get("VolumeName", "?")
-    xy = [float(v) for v in _FLOAT_RE.findall(row.get("XYSpacing") or "")]
-    if len(xy) != 2:
-        raise DataError(f"metadata row {name!r}: XYSpacing {row.get('XYSpacing')!r} is not '[x, y]'", path)
-    try:
-        slope, intercept, sz = (
-            float(row["RescaleSlope"]),
-            float(row["RescaleIntercept"]),
-            float(row["ZSpacing"]),
-        )
-    except (TypeError, ValueError) as e:
-        raise DataError(
-            f"metadata row {name!r}: RescaleSlope/RescaleIntercept/ZSpacing not numbers", path
-        ) from e
-    sx, sy = xy
-    if min(sz, sy, sx) <= 0 or slope == 0:
-        raise DataError(f"metadata row {name!r}: non-positive spacing or zero slope", path)
-    return VolumeMeta(slope=slope, intercept=intercept, spacing=(sz, sy, sx))
 
 
 def _handle_missing(problems: list[str], policy: str, summary: str, source: Path) -> None:

@@ -50,7 +50,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from nibabel.volumeutils import array_to_file
 
-from engine.errors import SpeechCTWarning, StudyError
+from engine.errors import DataError, SpeechCTWarning, StudyError
 from engine.io.series import SeriesInfo
 from engine.io.sniff import one_line, read_head, sniff
 from engine.volume import Volume
@@ -60,6 +60,11 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 #: Fill value (HU, air) for NaN/inf voxels of a partly non-finite float volume.
 NONFINITE_FILL_HU = -1024
+
+#: A chest CT always has air (outside the body, in the lungs); none below this means a wrong rescale.
+NO_AIR_HU = -200.0
+#: ... when the field of view is at least this wide (mm) in both in-plane axes.
+AIR_CHECK_FOV_MM = 150.0
 
 #: Headers promising more voxel data than this (bytes) are corrupt, not CT (a large CT is ~1 GiB).
 MAX_DATA_BYTES = 16 * 2**30
@@ -254,24 +259,58 @@ def _to_hu(raw: np.ndarray, slope: float, inter: float, path: Path, volume_warni
     return hu
 
 
+def _ctrate_meta(path: Path):
+    from engine.io.ctrate_metadata import find_volume_meta
+
+    try:
+        return find_volume_meta(path)
+    except DataError as exc:  # the CSV is the broken file, and the message says which
+        raise StudyError(f"{path.name}: {exc}") from exc
+
+
+def _check_air(hu: np.ndarray, spacing, path: Path, volume_warnings: list[str]) -> None:
+    _, sy, sx = spacing
+    nx, ny = hu.shape[0], hu.shape[1]  # still nibabel's (i, j, k) = (x, y, z) order
+    if min(ny * sy, nx * sx) < AIR_CHECK_FOV_MM:  # a small crop may hold no air
+        return
+    if hu.size and float(hu.min()) > NO_AIR_HU:
+        _warn(
+            volume_warnings,
+            f"{path}: no voxel below {NO_AIR_HU:g} HU (minimum {float(hu.min()):g}); air should read about "
+            "-1000 HU, so the stored values look unrescaled (a CT-RATE v1 volume needs its metadata CSV's "
+            "RescaleIntercept, usually -1024: keep it in dataset/metadata/ beside the volumes)",
+        )
+
+
 def read_nifti(
     path: str | Path,
     *,
     slope: float | None = None,
     intercept: float | None = None,
     spacing: tuple[float, float, float] | None = None,
+    ctrate_metadata: bool = True,
 ) -> Volume:
     """Read a NIfTI-1/2 file (plain or gzip, suffix not trusted) as a HU Volume in LPS.
 
     ``slope``/``intercept`` override the header's rescale (CT-RATE v1 metadata CSV);
     ignored with a warning for CT-RATE v2 (``_fixed``) files. ``spacing`` is
     ``(sz, sy, sx)`` mm and replaces the affine's voxel sizes, keeping its direction and
-    origin. Every failure is a StudyError with one line naming the file.
+    origin. Given none of the three, a file inside a CT-RATE v1 download takes them from its
+    metadata CSV (:mod:`engine.io.ctrate_metadata`; ``metadata["rescale_source"]`` names the
+    CSV) unless ``ctrate_metadata`` is False. A volume with no voxel below
+    :data:`NO_AIR_HU` gets a warning: its stored values were probably never rescaled.
+    Every failure is a StudyError with one line naming the file.
     """
     path = Path(path)
     if not path.exists():
         raise StudyError("does not exist", path)
     volume_warnings: list[str] = []
+    rescale_source = None
+    if ctrate_metadata and slope is None and intercept is None and spacing is None and not is_ctrate_v2(path):
+        found = _ctrate_meta(path)
+        if found is not None:
+            meta, rescale_source = found
+            slope, intercept, spacing = meta.slope, meta.intercept, meta.spacing
     img, fobj = _open_image(path)
     try:
         header = img.header
@@ -291,6 +330,7 @@ def read_nifti(
     vox_spacing, origin, direction = _geometry(_choose_affine(header, path, volume_warnings), path, volume_warnings)
     if spacing is not None:
         vox_spacing = _check_spacing_override(spacing, path)
+    _check_air(hu, vox_spacing, path, volume_warnings)
     return Volume(
         array=np.ascontiguousarray(hu.transpose(2, 1, 0)),
         spacing=vox_spacing,
@@ -302,6 +342,7 @@ def read_nifti(
             "series_description": strip_nifti_suffix(path.name),
             "source": str(path),
             "format": "nifti",
+            **({"rescale_source": str(rescale_source)} if rescale_source is not None else {}),
         },
         warnings=volume_warnings,
     )

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.errors import SpeechCTWarning
 from engine.findings import LABELS
 from engine.io import load_volume
+from engine.io.nifti import read_nifti
 from train.synth.ctrate import plan_dataset, write_ctrate
 
 
@@ -63,7 +65,11 @@ def test_v1_volume_reads_back_with_metadata_overrides(tree):
     assert vol.orientation_code() == "LPS"
     a = vol.array.astype(float)
     assert np.median(a) < -500 and -1100 < a.min() and a.max() > 500  # HU, not raw values
-    raw = load_volume(path).array.astype(float)  # without overrides: raw = HU + 1024
+    found = load_volume(path)  # no overrides: the engine finds the row in dataset/metadata/ itself
+    np.testing.assert_array_equal(found.array, vol.array)
+    assert found.spacing == vol.spacing and found.metadata["rescale_source"].endswith("train_metadata.csv")
+    with pytest.warns(SpeechCTWarning, match="look unrescaled"):
+        raw = read_nifti(path, ctrate_metadata=False).array.astype(float)  # raw = HU + 1024
     assert np.allclose(raw - 1024, a)
 
 
