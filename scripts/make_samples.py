@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         "`study-00N/dictation.wav` (16 kHz mono, ≤ 30 s) and `dictation.txt` (what was read) are made by",
         "`scripts/make_sample_dictations.py` with the project's offline voices. study-002's dictation leaves out",
         'its consolidation on purpose, to show an "omitted" discrepancy; with the default bundle, whose image model',
-        'is weak on consolidation (validation AUROC 0.59 < 0.75), `make run` lists it as not checked instead.',
+        'is weak on consolidation (validation AUROC 0.74 < 0.75), `make run` lists it as not checked instead.',
         "",
     ]
     (args.out / "README.md").write_text("\n".join(lines))
