@@ -29,7 +29,7 @@ import numpy as np
 
 from engine.errors import DataError, SpeechCTWarning
 from engine.findings import LABELS
-from engine.io.ctrate_metadata import VolumeMeta, parse_metadata_row
+from engine.io.ctrate_metadata import METADATA_COLUMNS, VolumeMeta, parse_metadata_row
 
 SPLITS = ("train", "valid")
 SAMPLE_RATE = 16_000
@@ -41,7 +41,6 @@ METADATA_CSV = {"train": "train_metadata.csv", "valid": "validation_metadata.csv
 MENTIONS_CSV = {"train": "train_mentions.csv", "valid": "valid_mentions.csv"}
 
 REPORT_COLUMNS = ("VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
-METADATA_COLUMNS = ("VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing")
 #: Speech-RATE manifest: the contract's columns first, then ours (``split``, ``gender``, ``text``).
 MANIFEST_COLUMNS = ("volume", "path", "voice", "engine", "rate", "pitch", "augmentation", "duration")
 

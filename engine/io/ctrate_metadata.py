@@ -24,7 +24,8 @@ from engine.errors import DataError
 SEARCH_DEPTH = 5
 
 _FLOAT_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-_REQUIRED = ("VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing")
+#: The metadata CSV columns a volume's row is read from.
+METADATA_COLUMNS = ("VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing")
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _rows_by_name(csv_path: str, mtime_ns: int, size: int) -> dict[str, dict[str
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            if not set(_REQUIRED) <= set(reader.fieldnames or ()):
+            if not set(METADATA_COLUMNS) <= set(reader.fieldnames or ()):
                 return {}
             return {(row.get("VolumeName") or "").strip(): row for row in reader}
     except (OSError, UnicodeDecodeError, csv.Error) as e:

@@ -273,10 +273,11 @@ def _check_air(hu: np.ndarray, spacing, path: Path, volume_warnings: list[str]) 
     nx, ny = hu.shape[0], hu.shape[1]  # still nibabel's (i, j, k) = (x, y, z) order
     if min(ny * sy, nx * sx) < AIR_CHECK_FOV_MM:  # a small crop may hold no air
         return
-    if hu.size and float(hu.min()) > NO_AIR_HU:
+    lowest = float(hu.min()) if hu.size else NO_AIR_HU
+    if lowest > NO_AIR_HU:
         _warn(
             volume_warnings,
-            f"{path}: no voxel below {NO_AIR_HU:g} HU (minimum {float(hu.min()):g}); air should read about "
+            f"{path}: no voxel below {NO_AIR_HU:g} HU (minimum {lowest:g}); air should read about "
             "-1000 HU, so the stored values look unrescaled (a CT-RATE v1 volume needs its metadata CSV's "
             "RescaleIntercept, usually -1024: keep it in dataset/metadata/ beside the volumes)",
         )
