@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+CONSTRAINTS := packaging/constraints.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha256sum | cut -c1-12)
 SAMPLE := assets/samples/study-001/dicom
 
 export HF_HUB_OFFLINE := 1
@@ -11,20 +12,21 @@ export TRANSFORMERS_OFFLINE := 1
 export QT_QPA_PLATFORM ?= offscreen
 export VTK_DEFAULT_OPENGL_WINDOW ?= vtkOSOpenGLRenderWindow
 
-.PHONY: all setup system-deps run demo app test test-all lint package bundle clean
+.PHONY: all setup system-deps run demo app test test-all lint package bundle lock clean
 
 all: test
 
 system-deps:
 	@bash scripts/system-deps.sh
 
-$(STAMP): pyproject.toml scripts/system-deps.sh
+$(STAMP): pyproject.toml $(CONSTRAINTS) scripts/system-deps.sh
 	@bash scripts/system-deps.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the local CPU wheel. A bare "torch" would pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[desktop,train,faiss,dev,bench,package]'
+	# every other version as tested (packaging/constraints.txt): a new release upstream cannot break CI
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[desktop,train,faiss,dev,bench,package]'
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 setup: $(STAMP)
@@ -72,6 +74,12 @@ package: $(STAMP)
 BUNDLE_DATA ?= build/bundle-data
 bundle: $(STAMP)
 	$(PY) scripts/make_bundle.py --data $(BUNDLE_DATA) $(BUNDLE_ARGS)
+
+# Re-pin packaging/constraints.txt to what the venv holds now (after a deliberate upgrade; then make test-all)
+lock: $(STAMP)
+	@{ sed -n '1,/^torch==/{/^#/p}' $(CONSTRAINTS); \
+	   $(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > $(CONSTRAINTS).new
+	@mv $(CONSTRAINTS).new $(CONSTRAINTS) && git --no-pager diff --stat -- $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info

@@ -3,6 +3,10 @@
 Everything the desktop app can do, a script can do through this package.
 """
 
+from engine.offline import keep_offline
+
+keep_offline()  # before anything can import transformers / huggingface_hub
+
 __version__ = "0.1.0"
 
 

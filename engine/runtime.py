@@ -21,8 +21,9 @@ and, unless ``cache_dir=False``, on disk under ``<platformdirs user cache>/speec
 
 Threads: one GUI thread plus workers may call any method; model calls run one at a time under
 an ``RLock`` (torch already uses every core inside one call; ``threads=`` sets that count).
-No network: ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` are set before transformers can load,
-and every backbone is opened with ``local_files_only``.
+No network: ``engine.offline`` sets ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE`` and ``USE_HUB_KERNELS=NO``
+when ``engine`` is imported, before transformers can load, and every backbone is opened with
+``local_files_only``.
 
 ``Analysis.to_json()`` schema (``ANALYSIS_SCHEMA`` = 1)::
 
@@ -60,28 +61,23 @@ search was asked for. ``dictation`` keeps label order; ``discrepancies`` are mos
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
-# Before anything can import transformers / huggingface_hub: they read these once, at import.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import numpy as np
+import torch
 
-import contextlib  # noqa: E402
-import hashlib  # noqa: E402
-import logging  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections import OrderedDict  # noqa: E402
-from collections.abc import Iterable  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from engine.errors import AudioError, BundleError, SpeechCTError  # noqa: E402
-from engine.findings import (  # noqa: E402
+from engine.errors import AudioError, BundleError, SpeechCTError
+from engine.findings import (
     RELIABLE_AUROC,
     DictationFinding,
     Discrepancy,
@@ -90,8 +86,8 @@ from engine.findings import (  # noqa: E402
     rank_findings,
     unchecked,
 )
-from engine.findings import discrepancies as find_discrepancies  # noqa: E402
-from engine.volume import Volume  # noqa: E402
+from engine.findings import discrepancies as find_discrepancies
+from engine.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ Steps, each timed:
 1. ``pyinstaller packaging/speechct.spec`` into ``<dist>/speechct/`` (work files under ``<work>``);
 2. Linux extras (icon, ``.desktop`` entry and its installer) and ``MANIFEST.sha256`` (every file);
 3. ``<dist>/speechct-<version>-linux-<arch>[-cuda].tar.gz``;
-4. unpack the archive into a temporary folder and, in a clean environment (no venv on PATH, no
+4. replace ``<dist>/speechct/`` by the archive unpacked (so the disk holds one copy of the app, not three)
+   and, in a clean environment (no venv on PATH, no
    PYTHONPATH, HOME a temporary folder) with the network cut off (``unshare -rn`` where allowed, and
    always the bundle's socket guard): check the manifest, run ``speechct selftest --json`` (bundle
    hashes, one CT and one speech encoding, the text tower) and ``speechct-app --selftest`` (imports,
@@ -180,18 +181,40 @@ def exe(folder: Path, name: str) -> Path:
     return folder / (f"{name}.exe" if sys.platform == "win32" else name)
 
 
-def selftest_archive(archive: Path, work: Path) -> dict:
-    """Unpack ``archive`` in a temporary folder and prove it works there, offline. Raises BuildError."""
-    tmp = Path(tempfile.mkdtemp(prefix="speechct-selftest-"))
+def check_free_space(where: Path, need: int, what: str) -> None:
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise BuildError(f"{where}: {mib(free)} free, {what} needs {mib(need)}; free some space and run again")
+
+
+def unpack_in_place_of(archive: Path, folder: Path) -> float:
+    """Replace ``folder`` (the build) by ``archive`` unpacked, so what is selftested (and left in ``dist/``)
+    is exactly what users unpack. The build is removed first: both copies at once (1.5 GB each) filled
+    the CI machine's disk. Unpacks beside ``folder`` and renames when complete; returns seconds."""
+    size = folder_bytes(folder) if folder.exists() else 3 * archive.stat().st_size
+    shutil.rmtree(folder, ignore_errors=True)
+    check_free_space(folder.parent, size + 100 * 2**20, "unpacking the archive")
+    t = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=folder.parent))
     try:
-        t = time.perf_counter()
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="tar")
-        unpack_s = round(time.perf_counter() - t, 1)
-        (folder,) = [p for p in tmp.iterdir() if p.is_dir()]
-        return {"unpack_s": unpack_s, **selftest_folder(folder, work, tmp / "home")}
+        (top,) = [p for p in tmp.iterdir() if p.is_dir()]
+        os.replace(top, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return round(time.perf_counter() - t, 1)
+
+
+def selftest_archive(archive: Path, folder: Path, work: Path) -> dict:
+    """Put ``archive`` unpacked where the build was and prove it works there, offline. Raises BuildError."""
+    unpack_s = unpack_in_place_of(archive, folder)
+    home = work / "selftest-home"
+    shutil.rmtree(home, ignore_errors=True)
+    try:
+        return {"unpack_s": unpack_s, **selftest_folder(folder, work, home)}
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def selftest_folder(folder: Path, work: Path, home: Path) -> dict:
@@ -254,12 +277,9 @@ def backbone_matches_bundle(bundle_dir: Path, home: Path) -> bool:
     return bool(metas) and all(json.loads(m.read_text())["sha256"] == want for m in metas)
 
 
-def measure_first_window(archive: Path) -> dict:
-    tmp = Path(tempfile.mkdtemp(prefix="speechct-window-"))
+def measure_first_window(folder: Path, work: Path) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="speechct-window-", dir=work))
     try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="tar")
-        (folder,) = [p for p in tmp.iterdir() if p.is_dir()]
         env = netguard.clean_env(tmp / "home", offscreen=False)
         runs = {}
         for label in ("first_run", "second_run"):
@@ -294,10 +314,15 @@ def main(argv=None) -> int:
         report["steps_s"]["manifest"] = round(time.perf_counter() - t, 1)
         report["bundle_bytes"] = folder_bytes(folder)
         report["largest"] = dict(largest_parts(folder))
+        if not args.skip_build:
+            # PyInstaller's work files (~190 MB) only speed up an unchanged rebuild; the disk is worth more
+            shutil.rmtree(work / "pyinstaller", ignore_errors=True)
         if args.no_archive:
             print(f"bundle {folder}: {mib(report['bundle_bytes'])} (no archive, no selftest)")
             return 0
         archive = dist / archive_name(report["version"], args.variant)
+        # the archive compresses to ~40 %; ask for its full size to be safe
+        check_free_space(dist, report["bundle_bytes"], "the archive")
         t = time.perf_counter()
         make_archive(folder, archive, f"{APP_NAME}-{report['version']}")
         report["steps_s"]["archive"] = round(time.perf_counter() - t, 1)
@@ -305,11 +330,11 @@ def main(argv=None) -> int:
         report["archive_bytes"] = archive.stat().st_size
         if not args.no_selftest:
             t = time.perf_counter()
-            report["selftest"] = selftest_archive(archive, work)
+            report["selftest"] = selftest_archive(archive, folder, work)
             report["steps_s"]["selftest"] = round(time.perf_counter() - t, 1)
         if args.first_window:
             if first_window.available():
-                report["first_window"] = measure_first_window(archive)
+                report["first_window"] = measure_first_window(folder, work)
             else:
                 report["first_window"] = "skipped: Xvfb or xwininfo missing"
     except BuildError as exc:

@@ -76,6 +76,10 @@ EXCLUDES = (
     # tokenizers, setuptools' runtime hook): none is imported when the selftests run.
     "hf_xet", "pydantic", "pydantic_core", "pygments", "rich", "markdown_it", "networkx", "google.protobuf",
     "click", "setuptools", "distutils", "pkg_resources", "fsspec", "threadpoolctl", "pydoc_data",
+    # Hub kernels (transformers >= 5.2x requires the package): code fetched from the Hub at run time, which
+    # an offline app never does; transformers uses it only when it can import it. Frozen, it fails to
+    # import anyway (its data file is not collected), which broke BERT loading in the selftest.
+    "kernels",
 )
 
 #: Module collection modes that override the libraries' hooks. None: torch's hook ships its .py sources

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
+from engine.offline import keep_offline
+
 # Set before anything imports transformers / Qt / VTK.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+keep_offline()
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkOSOpenGLRenderWindow")
 

@@ -8,8 +8,9 @@
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# = engine.offline.OFFLINE_ENV (a test keeps them equal); set here too, before any library module runs
+for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "USE_HUB_KERNELS": "NO"}.items():
+    os.environ.setdefault(_key, _value)
 
 
 def _deny_network() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 
 from engine.errors import AudioError, BundleError, SpeechCTError
 from engine.findings import LABELS
+from engine.offline import OFFLINE_ENV
 from engine.runtime import ANALYSIS_SCHEMA, Engine, choose_device
 from engine.volume import Volume
 
@@ -36,6 +39,19 @@ def phantom(seed: int, uid: str | None = None) -> Volume:
 
 def test_offline_is_set_before_transformers_loads():
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert os.environ["USE_HUB_KERNELS"] == "NO"
+
+
+def test_importing_engine_alone_keeps_hugging_face_offline():
+    """Any entry point (train, bench, a user's script) gets the flags from `import engine`, not only the
+    runtime: transformers >= 5.2x would otherwise kernelize models with code from the Hub."""
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_ENV}
+    code = "import os, engine; print(' '.join(os.environ[k] for k in sorted(engine.offline.OFFLINE_ENV)))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == [OFFLINE_ENV[k] for k in sorted(OFFLINE_ENV)], out.stderr
+    mine = subprocess.run([sys.executable, "-c", code], env={**env, "USE_HUB_KERNELS": "YES"},
+                          capture_output=True, text=True, timeout=60)
+    assert "YES" in mine.stdout.split()  # a user's explicit setting wins
 
 
 def test_device_choice():

@@ -12,7 +12,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -230,7 +229,7 @@ def test_selftest_failure_fails_the_build(tmp_path):
     archive = tmp_path / "a.tar.gz"
     build.make_archive(folder, archive, folder.name)
     with pytest.raises(build.BuildError, match="speechct selftest` failed"):
-        build.selftest_archive(archive, tmp_path)
+        build.selftest_archive(archive, folder, tmp_path / "work")
 
 
 FAKE_SPEECHCT = textwrap.dedent("""\
@@ -275,18 +274,40 @@ def test_selftest_runs_unpacked_clean_and_offline(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(build, "selftest_folder", spy)
-    result = build.selftest_archive(fake_bundle_archive(tmp_path, "ab" * 32), tmp_path)
+    archive = fake_bundle_archive(tmp_path, "ab" * 32)
+    built = tmp_path / "speechct-0.1.0"
+    (built / "left-over-from-the-build.txt").write_text("not in the archive")
+    work = tmp_path / "work"
+    result = build.selftest_archive(archive, built, work)
     assert result["checks"] == {"manifest": True, "engine": True, "app": True, "backbone": True}
-    assert not seen["folder"].exists()  # unpacked into a temporary folder, removed afterwards
+    # the build was replaced by the archive unpacked: one copy on disk, and exactly what users get
+    assert seen["folder"] == built and build.verify_manifest(built) == []
+    assert not (built / "left-over-from-the-build.txt").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".unpack-")] == []
     env = dict(line.split("=", 1) for line in seen["env"].splitlines() if "=" in line)
     assert env["SPEECHCT_DENY_NETWORK"] == "1" and env["QT_QPA_PLATFORM"] == "offscreen"
     assert "PYTHONPATH" not in env and ".venv" not in env["PATH"] and "VIRTUAL_ENV" not in env
-    assert env["HOME"].startswith(tempfile.gettempdir()) and env["HOME"] != os.environ.get("HOME")
+    assert env["HOME"] == str(work / "selftest-home") and not (work / "selftest-home").exists()
+
+
+def test_too_little_disk_for_the_unpacked_copy_is_one_message(tmp_path, monkeypatch):
+    archive = fake_bundle_archive(tmp_path, "ab" * 32)
+    monkeypatch.setattr(build.shutil, "disk_usage", lambda where: shutil_usage(free=10 * 2**20))
+    with pytest.raises(build.BuildError, match=r"10 MiB free, unpacking the archive needs \d+ MiB"):
+        build.selftest_archive(archive, tmp_path / "speechct-0.1.0", tmp_path / "work")
+    assert archive.is_file()  # the deliverable stays; only the build folder (its copy) is gone
+
+
+def shutil_usage(free: int):
+    import shutil
+
+    return shutil._ntuple_diskusage(total=2 * free, used=free, free=free)
 
 
 def test_selftest_fails_when_the_converted_backbone_differs(tmp_path):
     with pytest.raises(build.BuildError, match="backbone_sha256"):
-        build.selftest_archive(fake_bundle_archive(tmp_path, "cd" * 32), tmp_path)
+        build.selftest_archive(fake_bundle_archive(tmp_path, "cd" * 32), tmp_path / "speechct-0.1.0",
+                               tmp_path / "work")
 
 
 # --------------------------------------------------------------------------- network guard
@@ -333,13 +354,16 @@ def test_runtime_hook_refuses_network_when_asked(tmp_path):
     assert "denied" not in off.stdout.split()
 
 
-def test_runtime_hook_sets_offline_flags(tmp_path):
+def test_runtime_hook_sets_the_engines_offline_flags(tmp_path):
+    from engine.offline import OFFLINE_ENV
+
     hook = PACKAGING / "rthooks" / "speechct_offline.py"
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env = {k: v for k, v in os.environ.items() if k not in OFFLINE_ENV}
+    keys = sorted(OFFLINE_ENV)
     out = subprocess.run([sys.executable, "-c", "import os, runpy, sys; runpy.run_path(sys.argv[1]); "
-                          "print(os.environ['HF_HUB_OFFLINE'], os.environ['TRANSFORMERS_OFFLINE'])", str(hook)],
+                          f"print(*(os.environ.get(k, '-') for k in {keys!r}))", str(hook)],
                          env=env, capture_output=True, text=True, timeout=60)
-    assert out.stdout.split() == ["1", "1"]
+    assert out.stdout.split() == [OFFLINE_ENV[k] for k in keys], out.stderr
 
 
 def test_unshare_prefix_cuts_the_network_when_offered():
