@@ -25,8 +25,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) scripts/system-deps.sh
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the local CPU wheel. A bare "torch" would pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	# every other version as tested (packaging/constraints.txt): a new release upstream cannot break CI
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[desktop,train,faiss,dev,bench,package]'
+	# every other version as tested (packaging/constraints.txt, CPython 3.11 on x86_64 Linux): a new release
+	# upstream cannot break CI. Elsewhere (e.g. Python 3.10, where numpy 2.4 does not install) pyproject's ranges.
+	@if $(PY) -c 'import platform, sys; sys.exit(not (sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64"))'; then \
+		$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[desktop,train,faiss,dev,bench,package]'; \
+	else \
+		echo "note: $(CONSTRAINTS) pins CPython 3.11 on x86_64; installing pyproject's version ranges instead"; \
+		$(PY) -m pip install -q -e '.[desktop,train,faiss,dev,bench,package]'; \
+	fi
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 setup: $(STAMP)

@@ -3,11 +3,15 @@ installer's selftest: transformers 5.25 began importing `kernels`, whose data fi
 
 from __future__ import annotations
 
+import platform
 import re
+import sys
 from importlib import metadata
 from pathlib import Path
 
-import tomllib
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSTRAINTS = ROOT / "packaging" / "constraints.txt"
@@ -42,6 +46,8 @@ def test_every_requirement_is_pinned_and_torch_is_the_local_cpu_wheel():
     assert "speechct" not in pinned  # the project itself is installed editable, not pinned
 
 
+@pytest.mark.skipif(not (sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64"),
+                    reason="the pins are for CPython 3.11 on x86_64 (the Makefile installs ranges elsewhere)")
 def test_the_venv_holds_the_pinned_versions():
     """What the tests run on is what the pins say (a drifted venv: `make setup`, or `make lock` on purpose)."""
     drifted = {}
@@ -52,4 +58,5 @@ def test_the_venv_holds_the_pinned_versions():
             continue  # platform-specific or not installed in this venv
         if have.split("+")[0] != version:
             drifted[name] = (have, version)
-    assert drifted == {}
+    assert drifted == {}, (f"installed != pinned (have, pinned): {drifted}; `make setup` installs the pins, "
+                           "`make lock` re-pins after a deliberate upgrade")
