@@ -252,7 +252,7 @@ class MainWindow(QMainWindow):
         if volume is not self.volume:
             return  # another study was opened meanwhile
         self.analysis = analysis
-        self.findings.show_results(analysis.findings)
+        self.findings.show_results(analysis.findings, unchecked=analysis.unchecked)
         t = analysis.timings.get("encode_ct")
         self._status(f"Findings ready ({'cached' if analysis.cached.get('ct') else f'{t:.0f} ms'})")
         self.findingsShown.emit(analysis)

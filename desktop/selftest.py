@@ -101,6 +101,14 @@ def run_selftest(window, app, out_dir: Path | None, timeout_s: float = 600.0) ->
     check(window.findings.table.rowCount() == 18, "18 findings listed")
     probs = [f.probability for f in window.findings.findings]
     check(probs == sorted(probs, reverse=True), "findings ranked by probability")
+    from .panels.findings import UNCHECKED_COLOUR
+
+    weak = set(window.analysis.unchecked or ())
+    table = window.findings.table
+    greyed = {f.label for row, f in enumerate(window.findings.findings)
+              if table.item(row, 0).foreground().color() == UNCHECKED_COLOUR}
+    check(greyed == weak, f"the {len(weak)} findings the image model is weak on are greyed before any dictation")
+    window.findings.grab().save(str(out_dir / "findings-before-dictation.png"))
     # 3. each view to PNG, with structure checks
     viewer = window.viewer
     viewer.state.apply_preset(LUNG)

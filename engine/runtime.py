@@ -45,7 +45,8 @@ when ``engine`` is imported, before transformers can load, and every backbone is
                                 "probability": float, "threshold": float,
                                 "margin": float,             # probability - threshold
                                 "dictation_status": str, "dictation_confidence": float}],
-      "unchecked": null | [str],    # labels not checked against the dictation: validation AUROC too low
+      "unchecked": [str],           # findings the image model is weak on (validation AUROC below the bar):
+                                    # shown as weak, never checked against a dictation
       "similar": null | [{"uid": str, "score": float,         # cosine, or combined z-score (engine.library)
                           "cosines": {"<query>→<library kind>": float},
                           "study": {...}}],                  # engine.library_store.StudyRecord.to_json()
@@ -616,7 +617,8 @@ class Engine:
         t = time.perf_counter()
         findings = self.rank(ct_emb)
         timings["rank"] = _ms(time.perf_counter() - t)
-        dictation = discrepancies = speech_emb = unchecked_labels = None
+        dictation = discrepancies = speech_emb = None
+        unchecked_labels = unchecked(findings, self.min_finding_auroc)  # known before any dictation
         if waveform is not None:
             if sample_rate is None:
                 raise AudioError("a waveform needs its sample_rate")
@@ -627,7 +629,6 @@ class Engine:
                 t = time.perf_counter()
                 dictation = self.dictation(speech_emb, frames)
                 discrepancies = self.discrepancies(findings, dictation)
-                unchecked_labels = unchecked(findings, self.min_finding_auroc)
                 timings["dictation"] = _ms(time.perf_counter() - t)
         uid = self.study_key(volume)
         hits = None

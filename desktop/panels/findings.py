@@ -69,7 +69,7 @@ class FindingsPanel(QWidget):
                      unchecked=None) -> None:
         """``findings``: FindingScores, most probable first; ``dictation``: DictationFindings;
         ``discrepancies``: Discrepancy list (rows highlighted); ``unchecked``: labels the image model
-        is too weak on to check against the dictation (greyed, said so in their tooltip)."""
+        is weak on (greyed from the start, said so in their tooltip; never checked against a dictation)."""
         self.findings, self.dictation, self.discrepancies = list(findings), dictation, discrepancies
         self.unchecked = set(unchecked or ())
         said = {d.label: d for d in dictation or []}
@@ -101,16 +101,17 @@ class FindingsPanel(QWidget):
                 cell = self.table.item(row, col)
                 if f.label in self.unchecked:
                     cell.setForeground(UNCHECKED_COLOUR)
-                    cell.setToolTip(f"not checked against the dictation: the image model's validation AUROC "
-                                    f"for {f.label} is {f.auroc:.2f}")
+                    cell.setToolTip(f"weak: the image model's validation AUROC for {f.label} is {f.auroc:.2f}, "
+                                    "too low to trust it or to check it against a dictation")
                 if f.label in wrong:
                     cell.setBackground(DISCREPANCY_COLOUR)
                     cell.setForeground(QColor(0, 0, 0))
                     cell.setToolTip(f"discrepancy: {wrong[f.label].kind} (margin {wrong[f.label].margin:+.2f})")
         positives = sum(f.positive for f in self.findings)
         extra = f", {len(wrong)} discrepancies" if discrepancies is not None else ""
-        if self.unchecked and discrepancies is not None:
-            extra += f" ({len(self.unchecked)} findings not checked: image model unreliable)"
+        if self.unchecked:
+            extra += (f" ({len(self.unchecked)} weak findings greyed"
+                      + (", not checked)" if discrepancies is not None else ")"))
         self.header.setText(f"{title}{positives} of {len(self.findings)} findings above threshold{extra}")
 
     def highlighted_labels(self) -> list[str]:

@@ -25,7 +25,8 @@ Timings per stage are printed (model loading is reported apart from the encoding
       "discrepancies": null | [{"label": str, "kind": "negated" | "omitted" | "unsupported",
                                 "probability": float, "threshold": float, "margin": float,
                                 "dictation_status": str, "dictation_confidence": float}],  # most serious first
-      "unchecked": null | [str],  # findings whose validation AUROC is too low to check against the dictation
+      "unchecked": [str],  # findings the image model is weak on (validation AUROC below the bar): marked
+                           # "weak" in the text output and never checked against the dictation
       "similar": null | [{"uid": str, "score": float, "cosines": {str: float}, "study": {...}}],
       "timings_ms": {"load_study": float, "load_models": float, "encode_ct": float, "encode_speech": float | null,
                      "rank": float, "dictation": float | null, "similar": float | null, "total": float},
@@ -80,13 +81,15 @@ def format_text(result: dict) -> str:
         f"bundle   {bundle['name'] or '-'} ({bundle['hash'][:12]}) on {result['device']}",
     ]
     lines += [f"warning  {w}" for w in study["warnings"]]
-    lines += ["", "Findings (P(present) vs threshold; * = positive)"]
+    weak = set(result.get("unchecked") or ())
+    lines += ["", "Findings (P(present) vs threshold; * = positive"
+              + ("; weak = the image model's validation AUROC is too low to trust it)" if weak else ")")]
     width = max(len(f["label"]) for f in result["findings"])
     for f in result["findings"]:
         mark = "*" if f["positive"] else " "
         auroc = "" if f.get("auroc") is None else f"  AUROC {f['auroc']:.2f}"
         lines.append(f"  {mark} {f['label']:<{width}}  {f['probability']:.3f}  {_bar(f['probability'])}  "
-                     f"thr {f['threshold']:.2f}{auroc}")
+                     f"thr {f['threshold']:.2f}{auroc}{'  weak' if f['label'] in weak else ''}")
     if result["dictation"] is not None:
         lines += ["", f"Dictation ({result['inputs']['audio']})"]
         for status in ("present", "absent"):
@@ -99,9 +102,8 @@ def format_text(result: dict) -> str:
             lines.append(f"  {d['kind']:<11} {d['label']:<{width}}  image P={d['probability']:.2f} "
                          f"(thr {d['threshold']:.2f}), dictation: {d['dictation_status']} "
                          f"({d['dictation_confidence']:.2f})")
-        if result.get("unchecked"):
-            lines.append(f"  not checked (image model unreliable, validation AUROC below the bar): "
-                         f"{', '.join(result['unchecked'])}")
+        if weak:
+            lines.append(f"  not checked (weak findings): {', '.join(result['unchecked'])}")
     elif result["inputs"]["audio"] is not None:
         lines += ["", "Dictation: the bundle has no dictation head"]
     if result["similar"] is not None:

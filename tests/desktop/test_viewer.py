@@ -219,4 +219,19 @@ def test_findings_panel_greys_findings_the_image_model_cannot_check(qtbot):
     assert "AUROC" in panel.table.item(1, 0).toolTip() and "0.55" in panel.table.item(1, 0).toolTip()
     assert panel.table.item(0, 0).foreground().color() != UNCHECKED_COLOUR
     assert "validation AUROC 0.93" in panel.table.cellWidget(0, 1).toolTip()
-    assert "1 findings not checked" in panel.header.text()
+    assert "1 weak findings greyed, not checked" in panel.header.text()
+
+
+def test_weak_findings_are_greyed_before_any_dictation(qtbot):
+    """The radiologist sees which rankings to distrust as soon as the study opens, not only after dictating."""
+    from desktop.panels.findings import UNCHECKED_COLOUR, FindingsPanel
+    from engine.findings import FindingScore
+
+    panel = FindingsPanel()
+    qtbot.addWidget(panel)
+    findings = [FindingScore("Emphysema", 0.9, 0.5, True, 0.93), FindingScore("Hiatal hernia", 0.8, 0.5, True, 0.55)]
+    panel.show_results(findings, unchecked=["Hiatal hernia"])
+    assert panel.table.item(1, 0).foreground().color() == UNCHECKED_COLOUR
+    assert panel.table.item(0, 0).foreground().color() != UNCHECKED_COLOUR
+    assert "weak" in panel.table.item(1, 0).toolTip()
+    assert panel.header.text() == "2 of 2 findings above threshold (1 weak findings greyed)"

@@ -65,6 +65,10 @@ def test_rank_text_output(capsys):
     assert code == 0
     assert "Findings (P(present)" in out and "Timings" in out and "Discrepancies" not in out
     assert sum(label in out for label in LABELS) == len(LABELS)
+    # without a dictation too, the finding the tiny bundle is weak on (AUROC 0.6 < 0.75) says so, and only it
+    weak = [line for line in out.splitlines() if line.endswith("  weak")]
+    assert len(weak) == 1 and "Hiatal hernia" in weak[0] and "AUROC 0.60" in weak[0]
+    assert "weak = the image model's validation AUROC is too low" in out
 
 
 @pytest.mark.parametrize(("argv", "message"), [

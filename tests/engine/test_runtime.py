@@ -168,7 +168,8 @@ def test_analyze_json_schema(engine):
                                          "dictation", "similar", "total"}
     assert result["timings_ms"]["load_study"] is None and result["timings_ms"]["encode_speech"] > 0
     no_audio = engine.analyze(phantom(4, uid="9.8.7")).to_json()
-    assert no_audio["dictation"] is None and no_audio["discrepancies"] is None and no_audio["unchecked"] is None
+    assert no_audio["dictation"] is None and no_audio["discrepancies"] is None
+    assert no_audio["unchecked"] == result["unchecked"]  # weak findings are known before any dictation
 
 
 def test_threads_share_one_engine(engine):
