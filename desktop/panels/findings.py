@@ -107,11 +107,13 @@ class FindingsPanel(QWidget):
                     cell.setBackground(DISCREPANCY_COLOUR)
                     cell.setForeground(QColor(0, 0, 0))
                     cell.setToolTip(f"discrepancy: {wrong[f.label].kind} (margin {wrong[f.label].margin:+.2f})")
+        # the Dictation column resizes to its new contents; move the bar widgets with their cells now, or
+        # they keep the widths of the previous layout and paint over the Dictation column
+        self.table.doItemsLayout()
         positives = sum(f.positive for f in self.findings)
         extra = f", {len(wrong)} discrepancies" if discrepancies is not None else ""
         if self.unchecked:
-            extra += (f" ({len(self.unchecked)} weak findings greyed"
-                      + (", not checked)" if discrepancies is not None else ")"))
+            extra += f"; {len(self.unchecked)} weak (grey)"
         self.header.setText(f"{title}{positives} of {len(self.findings)} findings above threshold{extra}")
 
     def highlighted_labels(self) -> list[str]:

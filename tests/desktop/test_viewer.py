@@ -219,7 +219,7 @@ def test_findings_panel_greys_findings_the_image_model_cannot_check(qtbot):
     assert "AUROC" in panel.table.item(1, 0).toolTip() and "0.55" in panel.table.item(1, 0).toolTip()
     assert panel.table.item(0, 0).foreground().color() != UNCHECKED_COLOUR
     assert "validation AUROC 0.93" in panel.table.cellWidget(0, 1).toolTip()
-    assert "1 weak findings greyed, not checked" in panel.header.text()
+    assert panel.header.text() == "2 of 2 findings above threshold, 0 discrepancies; 1 weak (grey)"
 
 
 def test_weak_findings_are_greyed_before_any_dictation(qtbot):
@@ -234,4 +234,27 @@ def test_weak_findings_are_greyed_before_any_dictation(qtbot):
     assert panel.table.item(1, 0).foreground().color() == UNCHECKED_COLOUR
     assert panel.table.item(0, 0).foreground().color() != UNCHECKED_COLOUR
     assert "weak" in panel.table.item(1, 0).toolTip()
-    assert panel.header.text() == "2 of 2 findings above threshold (1 weak findings greyed)"
+    assert panel.header.text() == "2 of 2 findings above threshold; 1 weak (grey)"
+
+
+def test_probability_bars_follow_their_column_when_the_dictation_column_grows(qtbot):
+    """The bars are cell widgets: once the Dictation column filled in, they kept the previous, wider layout
+    and painted over the dictation text (seen in the app's screenshot)."""
+    from desktop.panels.findings import FindingsPanel
+    from engine.findings import DictationFinding, Discrepancy, FindingScore
+
+    panel = FindingsPanel()
+    qtbot.addWidget(panel)
+    panel.resize(552, 540)
+    panel.show()
+    findings = [FindingScore(f"Finding {i}", 0.9 - 0.04 * i, 0.5, 0.9 - 0.04 * i > 0.5, 0.8) for i in range(18)]
+    panel.show_results(findings)
+    qtbot.wait(10)
+    dictation = [DictationFinding(f.label, "not mentioned", 0.9, {}) for f in findings]
+    omitted = Discrepancy(findings[0].label, "omitted", 0.9, 0.5, 0.4, "not mentioned", 0.9)
+    panel.show_results(findings, dictation, [omitted], title="Dictation checked: ")
+    table = panel.table
+    assert table.columnWidth(2) > 66  # the column did grow
+    for row in range(table.rowCount()):
+        cell = table.visualRect(table.model().index(row, 1))
+        assert table.cellWidget(row, 1).geometry() == cell
