@@ -11,6 +11,9 @@ DISCREPANCY_COLOUR = QColor(255, 214, 102)  # amber row: image and dictation dis
 UNCHECKED_COLOUR = QColor(128, 128, 128)  # grey text: the image model is too weak here to contradict the dictation
 POSITIVE_COLOUR = QColor(214, 69, 65)
 NEGATIVE_COLOUR = QColor(90, 140, 200)
+# the same hues, muted: a weak finding's bar must not draw the eye the way a reliable one does
+WEAK_POSITIVE_COLOUR = QColor(150, 112, 110)
+WEAK_NEGATIVE_COLOUR = QColor(112, 126, 145)
 DICTATION_TEXT = {"present": "dictated", "absent": "dictated absent", "not mentioned": "not mentioned"}
 KIND_TEXT = {"omitted": "omitted in dictation", "negated": "dictated absent", "unsupported": "not seen on CT"}
 
@@ -18,9 +21,9 @@ KIND_TEXT = {"omitted": "omitted in dictation", "negated": "dictated absent", "u
 class ProbabilityBar(QWidget):
     """A horizontal bar of P(present) with a tick at the threshold (both 0..1)."""
 
-    def __init__(self, probability: float, threshold: float, positive: bool, parent=None):
+    def __init__(self, probability: float, threshold: float, positive: bool, parent=None, weak: bool = False):
         super().__init__(parent)
-        self.probability, self.threshold, self.positive = probability, threshold, positive
+        self.probability, self.threshold, self.positive, self.weak = probability, threshold, positive, weak
         self.setMinimumWidth(90)
         self.setToolTip(f"P(present) {probability:.2f}, threshold {threshold:.2f}")
 
@@ -29,7 +32,10 @@ class ProbabilityBar(QWidget):
         r = QRectF(self.rect()).adjusted(2, 5, -2, -5)
         p.fillRect(r, QColor(60, 60, 60))
         bar = QRectF(r.left(), r.top(), r.width() * self.probability, r.height())
-        p.fillRect(bar, POSITIVE_COLOUR if self.positive else NEGATIVE_COLOUR)
+        if self.weak:
+            p.fillRect(bar, WEAK_POSITIVE_COLOUR if self.positive else WEAK_NEGATIVE_COLOUR)
+        else:
+            p.fillRect(bar, POSITIVE_COLOUR if self.positive else NEGATIVE_COLOUR)
         x = r.left() + r.width() * self.threshold
         p.setPen(QPen(QColor(255, 255, 255), 2))
         p.drawLine(int(x), int(r.top()) - 3, int(x), int(r.bottom()) + 3)
@@ -83,11 +89,12 @@ class FindingsPanel(QWidget):
                 name.setFont(font)
             self.table.setItem(row, 0, name)
             bar = self.table.cellWidget(row, 1)
+            weak = f.label in self.unchecked
             if isinstance(bar, ProbabilityBar):  # reuse: replacing cell widgets leaves stale ones painted
-                bar.probability, bar.threshold, bar.positive = f.probability, f.threshold, f.positive
+                bar.probability, bar.threshold, bar.positive, bar.weak = f.probability, f.threshold, f.positive, weak
                 bar.update()
             else:
-                bar = ProbabilityBar(f.probability, f.threshold, f.positive)
+                bar = ProbabilityBar(f.probability, f.threshold, f.positive, weak=weak)
                 self.table.setCellWidget(row, 1, bar)
             bar.setToolTip(f"P(present) {f.probability:.2f}, threshold {f.threshold:.2f}"
                            + ("" if f.auroc is None else f"; validation AUROC {f.auroc:.2f}"))

@@ -234,6 +234,7 @@ def test_weak_findings_are_greyed_before_any_dictation(qtbot):
     assert panel.table.item(1, 0).foreground().color() == UNCHECKED_COLOUR
     assert panel.table.item(0, 0).foreground().color() != UNCHECKED_COLOUR
     assert "weak" in panel.table.item(1, 0).toolTip()
+    assert [panel.table.cellWidget(r, 1).weak for r in range(2)] == [False, True]  # its bar is muted too
     assert panel.header.text() == "2 of 2 findings above threshold; 1 weak (grey)"
 
 
