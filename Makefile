@@ -7,8 +7,6 @@ CONSTRAINTS := packaging/constraints.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha256sum | cut -c1-12)
 SAMPLE := assets/samples/study-001/dicom
 
-export HF_HUB_OFFLINE := 1
-export TRANSFORMERS_OFFLINE := 1
 export QT_QPA_PLATFORM ?= offscreen
 export VTK_DEFAULT_OPENGL_WINDOW ?= vtkOSOpenGLRenderWindow
 

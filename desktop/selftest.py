@@ -13,6 +13,7 @@ import numpy as np
 from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtGui import QImage
 
+from .panels.findings import UNCHECKED_COLOUR
 from .panels.studies import sample_studies
 from .viewer.presets import LUNG
 
@@ -101,8 +102,6 @@ def run_selftest(window, app, out_dir: Path | None, timeout_s: float = 600.0) ->
     check(window.findings.table.rowCount() == 18, "18 findings listed")
     probs = [f.probability for f in window.findings.findings]
     check(probs == sorted(probs, reverse=True), "findings ranked by probability")
-    from .panels.findings import UNCHECKED_COLOUR
-
     weak = set(window.analysis.unchecked or ())
     table = window.findings.table
     greyed = {f.label for row, f in enumerate(window.findings.findings)

@@ -106,7 +106,7 @@ class FindingsPanel(QWidget):
             self.table.setItem(row, 2, item)
             for col in (0, 2):
                 cell = self.table.item(row, col)
-                if f.label in self.unchecked:
+                if weak:
                     cell.setForeground(UNCHECKED_COLOUR)
                     cell.setToolTip(f"weak: the image model's validation AUROC for {f.label} is {f.auroc:.2f}, "
                                     "too low to trust it or to check it against a dictation")
