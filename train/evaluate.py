@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DataError
-from engine.findings import DICTATION_CLASSES, LABELS, PromptBank, mentions_to_classes, prompt_pair
+from engine.findings import DICTATION_CLASSES, LABELS, PromptBank, prompt_pair
 from train import metrics as M
 
 SYSTEMS = ("text teacher", "ASR cascade", "naive student", "distilled student")
@@ -376,7 +376,7 @@ def score_system(ct_emb: np.ndarray, query_emb: np.ndarray | None, bank: PromptB
         }
     if dictation_logits is not None and mentions is not None:
         pred = np.asarray(dictation_logits).argmax(axis=-1)
-        out["dictation"] = M.dictation_f1(pred, mentions_to_classes(mentions), DICTATION_CLASSES, bank.labels)
+        out["dictation"] = M.dictation_f1(pred, np.asarray(mentions, dtype=np.int64), DICTATION_CLASSES, bank.labels)
     return out, scores
 
 

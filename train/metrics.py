@@ -469,9 +469,9 @@ def label_overlap_map_at_k(embeddings: np.ndarray, labels: np.ndarray, ks: Seque
 
 
 def dictation_f1(predicted: np.ndarray, target: np.ndarray, classes: Sequence[str], names: Sequence[str]) -> dict:
-    """F1 of the 3-way dictation head: per class over all (study, finding) pairs, their macro mean,
-    and the macro-over-classes F1 of each finding. ``predicted``/``target`` are class indices
-    ``[N, L]``."""
+    """F1 of the dictation head (mention states): per class over all (study, finding) pairs, their macro
+    mean, the macro-over-classes F1 of each finding, the confusion counts (``confusion[true][predicted]``)
+    and the share of present mentions read as absent. ``predicted``/``target`` are class indices ``[N, L]``."""
     p, t = np.asarray(predicted).reshape(-1), np.asarray(target).reshape(-1)
     k = list(range(len(classes)))
     per_class = f1_score(t, p, labels=k, average=None, zero_division=0)
@@ -481,7 +481,12 @@ def dictation_f1(predicted: np.ndarray, target: np.ndarray, classes: Sequence[st
         for j, name in enumerate(names)
     }
     support = {c: int((t == i).sum()) for i, c in enumerate(classes)}
+    confusion = {c: {d: int(((t == i) & (p == j)).sum()) for j, d in enumerate(classes)} for i, c in enumerate(classes)}
+    out_extra = {"confusion": confusion}
+    if "present" in classes and "absent" in classes and support["present"]:
+        out_extra["present_read_absent"] = confusion["present"]["absent"] / support["present"]
     return {
+        **out_extra,
         "macro_f1": float(np.mean(per_class)),
         "per_class": {c: float(v) for c, v in zip(classes, per_class)},
         "support": support,
