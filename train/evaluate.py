@@ -596,7 +596,8 @@ def evaluate_bundle(
             g["systems"][f"{student} student"] = res
 
         if items and models.embed_text is not None and cfg.cascade_n > 0:
-            from train.cascade import Transcriber, run_cascade
+            from engine.transcribe import Transcriber
+            from train.cascade import run_cascade
 
             if transcriber is None:
                 t0 = time.perf_counter()

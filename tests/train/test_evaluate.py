@@ -66,8 +66,8 @@ def world(tmp_path_factory):
          [[n, "", "", f, ""] for n, f in zip(names, findings)])
     _csv(ds / "multi_abnormality_labels" / "valid_predicted_labels.csv", ["VolumeName", *LABELS],
          [[n, *row] for n, row in zip(names, labels)])
-    _csv(ds / "multi_abnormality_labels" / "valid_mentions.csv", ["VolumeName", *LABELS],
-         [[n, *row] for n, row in zip(names, mentions)])
+    _csv(ds / "multi_abnormality_labels" / "valid_mentions_chexpert.csv", ["VolumeName", *LABELS],
+         [[n, *["" if v == -1 else v for v in row]] for n, row in zip(names, mentions)])  # -1 here: not mentioned
     sroot = root / "speech-rate"
     rows = []
     for i, name in enumerate(names):
@@ -121,13 +121,13 @@ def _models(w, naive_noise=3.0):
 
     def head(emb):  # a perfect head: find the study, return its mentions one-hot
         codes = [next(c for c, v in dtable.items() if np.allclose(v, e)) for e in emb]
-        cls = np.stack([np.select([w["mentions"][c - 1] == 1, w["mentions"][c - 1] == 0], [0, 1], 2) for c in codes])
-        return np.eye(3)[cls] * 10
+        cls = np.stack([np.select([w["mentions"][c - 1] == 1, w["mentions"][c - 1] == 0], [0, 2], 3) for c in codes])
+        return np.eye(4)[cls] * 10
 
     def frame_head(waves):  # the naive embedding + a perfect head that reads the audio itself (dictation_frames)
-        cls = np.stack([np.select([w["mentions"][_code(v) - 1] == 1, w["mentions"][_code(v) - 1] == 0], [0, 1], 2)
+        cls = np.stack([np.select([w["mentions"][_code(v) - 1] == 1, w["mentions"][_code(v) - 1] == 0], [0, 2], 3)
                         for v in waves])
-        return naive(waves), np.eye(3)[cls] * 10
+        return naive(waves), np.eye(4)[cls] * 10
 
     return E.EvalModels(spec=SPEC, logit_scale=20.0, embed_ct=embed_ct,
                         embed_text=lambda texts: np.stack([text_of[t] for t in texts]),

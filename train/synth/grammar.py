@@ -55,10 +55,11 @@ STRUCTURES: dict[str, S] = {
     "uncertain": {
         "train": ["Possible <NPb><L>.", "<NP><L> cannot be excluded.", "Findings suspicious for <NPb><L>.",
                   "Probable <NPb><L>.", "Questionable <NPb><L>.", "Subtle changes<L> likely represent <NPb>.",
-                  "<NP><L> <be> likely.", "There <be> possibly <NP><L>."],
+                  "<NP><L> <be> likely.", "There <be> possibly <NP><L>.", "Subtle changes<L> may represent <NPb>.",
+                  "There may be <NP><L>."],
         "valid": ["<NP><L> <be> not excluded.", "Equivocal <NPb><L>."],
-        "test": ["<NP><L> may be present.", "Cannot rule out <NPb><L>.", "Appearance suggestive of <NPb><L>.",
-                 "There may be <NP><L>.", "Subtle changes<L> may represent <NPb>.", "Suspected <NPb><L>.",
+        "test": ["<NP><L> could be present.", "Cannot rule out <NPb><L>.", "Appearance suggestive of <NPb><L>.",
+                 "There might be <NP><L>.", "Subtle changes<L> could represent <NPb>.", "Suspected <NPb><L>.",
                  "<NP><L> <be> suspected."],
     },
     # several findings in one sentence: <A>, <B>, <C> slot-free absent terms; <NP1>/<NP2> present ones

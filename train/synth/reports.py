@@ -76,6 +76,7 @@ class Report:
     mentions: dict[str, str] = field(default_factory=dict)  # all 18 labels -> mention state
     dictation: str = ""  # what is read aloud
     forms: list[tuple[str, str, str]] = field(default_factory=list)  # (label, state, form) per mention
+    sentences: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # Findings sentences + their states
 
     def row(self, volume_name: str) -> dict:
         return {"VolumeName": volume_name, "ClinicalInformation_EN": self.clinical, "Technique_EN": self.technique,
@@ -97,6 +98,8 @@ _LOC = {"diffuse": "lungs bilaterally", "diffuse, subpleural": "lungs bilaterall
 _SIDES = {"right": "right", "left": "left", "bilateral": "right and left"}
 _KIND = {"pacemaker": "cardiac pacemaker", "port catheter": "port catheter",
          "sternotomy wires": "sternal wire cerclage", "central venous catheter": "central venous catheter"}
+#: How reports name the devices of "Medical material" (its {kind} slot).
+DEVICE_NAMES = tuple(_KIND.values())
 _NUM = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 
 
@@ -328,4 +331,5 @@ def write_report(findings: dict[str, dict], *, wording: str = "train", seed: int
     contrast_word = "Contrast-enhanced" if contrast else "Non-contrast"
     technique = G.finish(str(rng.choice(TECHNIQUE[wording])),
                          {"contrast": contrast_word, "contrast_l": contrast_word.lower(), "thick": f"{slice_mm:g}"})
-    return Report(clinical, technique, findings_text, impressions, mentions, dictation, forms)
+    return Report(clinical, technique, findings_text, impressions, mentions, dictation, forms,
+                  [(s.text, dict(s.states)) for s in body])
