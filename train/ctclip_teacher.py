@@ -166,6 +166,12 @@ def _write_text_backbone(imported: CTCLIPImport, tokenizer_dir: Path, folder: Pa
         config.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
     shutil.copy(tokenizer_dir / "vocab.txt", folder / "vocab.txt")
+    # the plain BertTokenizer wrote it: no pointer to CXR-BERT's custom (remote-code) tokenizer class
+    tok_file = folder / "tokenizer_config.json"
+    if tok_file.is_file():
+        saved = json.loads(tok_file.read_text())
+        tok_file.write_text(json.dumps({k: v for k, v in saved.items()
+                                        if k not in ("auto_map", "is_local", "local_files_only")}, indent=2))
     projection = torch.as_tensor(imported.text_projection)
     max_length = min(text_cfg.max_length, config.max_position_embeddings)
     tower_cfg = TextTowerConfig(backbone=text_cfg.backbone, path=str(folder), pooling=text_cfg.pooling,

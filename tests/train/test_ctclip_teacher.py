@@ -4,7 +4,8 @@ The checkpoint is the golden tiny CT-CLIP fixture (``tests/fixtures/ctclip-tiny`
 names, image side only) plus what a released checkpoint also holds: a tiny random ``BertModel`` as
 ``text_transformer.*`` (with the pooler and the ``position_ids`` buffer CT-CLIP saves), a
 ``to_text_latent`` and a temperature above the trainer's clamp (exp(5) = 148 > 100). The tokenizer folder
-has MiniLM's uncased WordPiece ``vocab.txt`` and the BERT's ``config.json``. The chain: teacher folder ->
+is shaped as CXR-BERT's (MiniLM's uncased WordPiece ``vocab.txt``; ``config.json`` and
+``tokenizer_config.json`` naming custom classes that must never be loaded). The chain: teacher folder ->
 one student step on the tiny training set -> export -> ``speechct rank``, whose probabilities must be
 CT-CLIP's zero-shot probabilities computed from the checkpoint's tensors directly.
 """
@@ -53,7 +54,13 @@ def ctclip(tmp_path_factory):
     vocab = resolve_text_backbone("all-MiniLM-L6-v2") / "vocab.txt"
     shutil.copy(vocab, tokenizer / "vocab.txt")
     bert = _bert(len(vocab.read_text(encoding="utf-8").splitlines()))
-    bert.config.save_pretrained(str(tokenizer))
+    # shaped as microsoft/BiomedVLP-CXR-BERT-specialized's folder: custom classes that must never be loaded
+    bert_cfg = {**bert.config.to_dict(), "model_type": "cxr-bert", "architectures": ["CXRBertModel"],
+                "auto_map": {"AutoModel": "modeling_cxrbert.CXRBertModel"}}
+    (tokenizer / "config.json").write_text(json.dumps(bert_cfg))
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps({
+        "do_lower_case": True, "tokenizer_class": "CXRBertTokenizer",
+        "auto_map": {"AutoTokenizer": ["tokenization_cxrbert.CXRBertTokenizer", None]}}))
     state = torch.load(FIXTURES / "ctclip_tiny_state_dict.pt", weights_only=True)
     state.update({f"text_transformer.{k}": v.clone() for k, v in bert.state_dict().items()})
     state["text_transformer.embeddings.position_ids"] = torch.arange(64)[None]
@@ -106,6 +113,7 @@ def test_teacher_folder_holds_ctclip(ctclip, run):
     meta = teacher.meta
     assert meta["kind"] == "teacher" and meta["source"]["kind"] == "ctclip"
     assert meta["config"]["text_tower"]["path"] == "text"  # inside the teacher folder, relative
+    assert "auto_map" not in json.loads((folder / "text" / "tokenizer_config.json").read_text())
     # CT side: CT-CLIP's own image latent of the golden input
     io = torch.load(FIXTURES / "ctclip_tiny_io.pt", weights_only=True)
     with torch.no_grad():
