@@ -254,3 +254,18 @@ def test_refuses_to_overwrite_a_teacher(ctclip, run, capsys):
                        "--config", str(config), "--out", str(run)]) == 2
     assert "already here" in _one_line_error(capsys)
     assert (run / "teacher" / "model.safetensors").read_bytes() == before
+
+
+def test_bert_config_read_from_the_weights_without_a_config_file(tmp_path):
+    """No config.json beside vocab.txt: sizes from the shapes, BERT's 64-wide heads (CXR-BERT: 768 -> 12)."""
+    from train.ctclip_teacher import bert_config
+
+    state = {"embeddings.word_embeddings.weight": torch.empty(100, 128),
+             "embeddings.position_embeddings.weight": torch.empty(40, 128),
+             "embeddings.token_type_embeddings.weight": torch.empty(2, 128),
+             "encoder.layer.0.intermediate.dense.weight": torch.empty(256, 128),
+             "encoder.layer.2.output.dense.weight": torch.empty(128, 256)}
+    config = bert_config(state, tmp_path, tmp_path / "ckpt.pt")
+    assert (config.vocab_size, config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
+            config.intermediate_size, config.max_position_embeddings) == (100, 128, 3, 2, 256, 40)
+    assert config.hidden_act == "gelu" and config.layer_norm_eps == 1e-12
