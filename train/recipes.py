@@ -785,7 +785,8 @@ def train_dictation_head(recipe: StudentRecipe, out: str | Path, *, progress: bo
         pred = logits.argmax(-1).reshape(-1).numpy()
     truth = y_valid.reshape(-1).long().numpy()
     per_class = f1_score(truth, pred, labels=list(range(len(DICTATION_CLASSES))), average=None, zero_division=0)
-    summary = {"valid_loss": valid_loss, "valid_macro_f1": float(np.mean(per_class)),
+    occurring = [i for i in range(len(DICTATION_CLASSES)) if (truth == i).any() or (pred == i).any()]
+    summary = {"valid_loss": valid_loss, "valid_macro_f1": float(np.mean(per_class[occurring])),
                "valid_f1_per_class": dict(zip(DICTATION_CLASSES, map(float, per_class))),
                "valid_accuracy": float((pred == truth).mean()), "epochs": epochs,
                "seconds": round(time.perf_counter() - t0, 1), "features_seconds": round(features_s, 1),

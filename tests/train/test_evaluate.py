@@ -172,6 +172,11 @@ def test_evaluate_end_to_end(world, tmp_path):
     assert casc["prompt_voices"] == ["mb-en1"]  # cascade_prompt_voices=1; the students use both
     assert casc["retrieval"]["query_to_ct"]["k"][1]["random"] == pytest.approx(0.1)
     assert set(casc["same_subset_retrieval"]) == {"text teacher", "naive student", "distilled student"}
+    # its dictation reader is the rule labeler on the transcripts, compared pairwise with the speech readers
+    assert set(casc["dictation"]["per_class"]) == {"present", "uncertain", "absent", "not mentioned"}
+    paired = casc["dictation_paired"]["distilled student − cascade"]
+    assert paired["n"] == 10 and paired["a"] == 1.0 and paired["ci"][0] <= paired["diff"] <= paired["ci"][1]
+    assert "Dictation readers" in (tmp_path / "evaluation.md").read_text()
     # the cascade transcribes perfectly here, so its scores equal the teacher's on that subset
     assert casc["report_zero_shot"]["macro_auroc"] > 0.8
     assert "distilled − naive" in g["paired"] and g["paired"]["distilled − naive"]["auroc"]["diff"] > 0

@@ -109,11 +109,11 @@ def cmd_frames(a) -> None:
     torch.set_num_threads(a.threads)
     eng = Engine(a.bundle, device="cpu", cache_dir=False)
     tag = a.tag or Path(a.bundle).name
-    for name in SETS:
+    for name in a.sets or SETS:
         out = a.work / "frames" / tag / name
         out.mkdir(parents=True, exist_ok=True)
         t0, n = time.time(), 0
-        for r in _rows(a.work, name):
+        for r in _rows(a.work, name)[: a.limit or None]:
             f = out / f"{r['id']}.npy"
             if f.exists():
                 continue
@@ -151,12 +151,14 @@ def cmd_tokens(a) -> None:
         print(f"tokens {name}: {len(rows)} encoded")
 
 
-def _load(work: Path, source: str, name: str):
+def _load(work: Path, source: str, name: str, limit: int | None = None):
     import torch
 
     from engine.findings import DICTATION_CLASSES, LABELS
 
-    rows = _rows(work, name)
+    rows = [r for r in _rows(work, name) if (work / source / name / f"{r['id']}.npy").exists()]
+    if limit:
+        rows = rows[:limit]
     x = [torch.from_numpy(np.load(work / source / name / f"{r['id']}.npy").astype(np.float32)) for r in rows]
     y = torch.tensor([[DICTATION_CLASSES.index(r["states"][lab]) for lab in LABELS] for r in rows])
     return x, y
@@ -259,6 +261,8 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--frame-dropout", type=float, default=0.0)
     p.add_argument("--save", type=Path, default=None)
+    p.add_argument("--limit", type=int, default=None, help="frames: at most this many clips per set")
+    p.add_argument("--sets", nargs="+", default=None, choices=list(SETS), help="frames: which sets, in order")
     a = p.parse_args()
     {"corpus": cmd_corpus, "frames": cmd_frames, "tokens": cmd_tokens, "fit": cmd_fit}[a.stage](a)
 
