@@ -989,19 +989,19 @@ def per_finding_markdown(result: dict) -> list[str]:
     lines.append(row("**macro**", {**macro, "ci": macro_ci, "positives": "", "prevalence": prevalence},
                      {"auroc": probe["macro"]["value"], "ci": probe["macro"]["ci"]} if probe else None,
                      {"auroc": cnn["macro"]["value"], "ci": cnn["macro"]["ci"]} if cnn_ok else None, ""))
-    lines += ["", f"Centred AUROC: each study's zero-shot logits minus their mean over the findings (removes the "
+    lines += ["", f"- Centred AUROC: each study's zero-shot logits minus their mean over the findings (removes the "
                   f"shared \"how abnormal is this chest\" axis). ECE: {zs.get('ece_bins', M.ECE_BINS)} equal-width "
                   f"bins of P(present). Gate: the engine checks a finding against the dictation only when the lower "
                   f"95 % CI bound of its zero-shot AUROC is at least {RELIABLE_AUROC} "
                   f"(`engine.findings.RELIABLE_AUROC`)."]
     if probe:
-        lines.append(f"Linear probe (the encoder's ceiling): {probe['method']}.")
+        lines.append(f"- Linear probe (the encoder's ceiling): {probe['method']}.")
     if cnn_ok:
-        lines.append(f"3D CNN (the data's ceiling): {cnn['kind']}, recorded in `{cnn['source']}`.")
+        lines.append(f"- 3D CNN (the data's ceiling): {cnn['kind']}, recorded in `{cnn['source']}`.")
     elif cnn is not None:
-        lines.append(f"3D CNN ceiling in `{cnn['source']}` not shown: {cnn['not_comparable']}.")
+        lines.append(f"- 3D CNN ceiling in `{cnn['source']}` not shown: {cnn['not_comparable']}.")
     else:
-        lines.append("3D CNN (the data's ceiling): not recorded for these volumes "
+        lines.append("- 3D CNN (the data's ceiling): not recorded for these volumes "
                      "(`scripts/experiments/cnn_ceiling.py`, then `speechct-train evaluate --ceiling FILE`).")
     return lines + [""]
 

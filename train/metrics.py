@@ -214,10 +214,10 @@ def _ece_rows(p: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarra
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
     bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
     gap = np.asarray(y, dtype=np.float64) - p
-    out = np.zeros((p.shape[0], n_bins))
-    for b in range(n_bins):
-        out[:, b] = np.abs(np.where(bins == b, gap, 0.0).sum(axis=1))
-    return out.sum(axis=1) / p.shape[1]
+    rows = p.shape[0]
+    flat = (bins + n_bins * np.arange(rows)[:, None]).ravel()  # (row, bin) → one index
+    per_bin = np.bincount(flat, weights=gap.ravel(), minlength=rows * n_bins).reshape(rows, n_bins)
+    return np.abs(per_bin).sum(axis=1) / p.shape[1]
 
 
 def expected_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> float:

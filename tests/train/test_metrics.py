@@ -214,6 +214,8 @@ def test_ece_by_hand():
     assert M.expected_calibration_error(p, y) == pytest.approx(by_hand, abs=1e-12)
     assert M.expected_calibration_error(np.full(8, 0.25), np.array([1, 0, 0, 0] * 2)) == pytest.approx(0.0)
     assert M.expected_calibration_error(np.full(4, 0.9), np.zeros(4)) == pytest.approx(0.9)
+    rows = M._ece_rows(np.stack([p, p[::-1], np.full(10, 0.9)]), np.stack([y, y[::-1], np.zeros(10)]))
+    np.testing.assert_allclose(rows, [by_hand, by_hand, 0.9])  # rows of bootstrap draws kept apart
 
 
 def test_zero_shot_metrics_skill_equals_sklearn_and_hand():
