@@ -768,7 +768,10 @@ def recorded_ceiling(path: str | Path, volume_names: Sequence[str], labels: np.n
     if missing:
         return {**info, "not_comparable": f"no score for {len(missing)} of the {len(volume_names)} evaluated "
                                           f"volumes (e.g. {missing[0]}): measured on other volumes"}
-    scores = np.array([[rec["scores"][v][i] for i in order] for v in volume_names], dtype=np.float64)
+    try:
+        scores = np.array([[rec["scores"][v][i] for i in order] for v in volume_names], dtype=np.float64)
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"the recorded ceiling's scores are not one number per label and volume ({exc})", path) from exc
     scores, y, sel = M.select_labels(scores, labels, names, cfg.labels_mode)
     return {**info, **M.auroc_with_ci(scores, y, sel, n_boot=cfg.n_boot, seed=cfg.seed)}
 
@@ -978,9 +981,10 @@ def per_finding_markdown(result: dict) -> list[str]:
             _fmt_auroc(cnn_entry["auroc"], cnn_entry["ci"]) if cnn_entry else "not recorded",
             gate]) + " |")
 
+    gated = gate_auroc(zs)  # what the export writes for the engine (lower CI bound, or point without a bootstrap)
     for name, per in zs["per_finding"].items():
-        lo = per.get("ci", {}).get("auroc", [float("nan")])[0]
-        gate = "–" if not np.isfinite(lo) else ("checked" if lo >= RELIABLE_AUROC else "weak")
+        value = gated["auroc"].get(name)
+        gate = "–" if value is None else ("checked" if value >= RELIABLE_AUROC else "weak")
         lines.append(row(name, per, probe["per_finding"].get(name) if probe else None,
                          cnn["per_finding"].get(name) if cnn_ok else None, gate))
     macro = {m: zs["macro"][m]["value"] for m in (*M.METRICS, *M.SKILL_METRICS)}
@@ -991,9 +995,10 @@ def per_finding_markdown(result: dict) -> list[str]:
                      {"auroc": cnn["macro"]["value"], "ci": cnn["macro"]["ci"]} if cnn_ok else None, ""))
     lines += ["", f"- Centred AUROC: each study's zero-shot logits minus their mean over the findings (removes the "
                   f"shared \"how abnormal is this chest\" axis). ECE: {zs.get('ece_bins', M.ECE_BINS)} equal-width "
-                  f"bins of P(present). Gate: the engine checks a finding against the dictation only when the lower "
-                  f"95 % CI bound of its zero-shot AUROC is at least {RELIABLE_AUROC} "
-                  f"(`engine.findings.RELIABLE_AUROC`)."]
+                  f"bins of P(present). Gate: the engine checks a finding against the dictation only when the "
+                  + ("lower 95 % CI bound of its zero-shot AUROC" if gated["auroc_statistic"] == "ci_lower" else
+                     "point estimate of its zero-shot AUROC (no bootstrap here)")
+                  + f" is at least {RELIABLE_AUROC} (`engine.findings.RELIABLE_AUROC`)."]
     if probe:
         lines.append(f"- Linear probe (the encoder's ceiling): {probe['method']}.")
     if cnn_ok:

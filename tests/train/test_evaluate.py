@@ -437,6 +437,9 @@ def test_per_finding_skill_probe_ceiling_and_teacher_training(world, tmp_path):
 
     with pytest.raises(DataError, match="not a recorded ceiling"):
         E.recorded_ceiling(tmp_path / "bad.json", names, world["labels"], LABELS, cfg)
+    short = _ceiling_file(tmp_path / "short.json", names, cnn[:, :5])
+    with pytest.raises(DataError, match="one number per label"):
+        E.recorded_ceiling(short, names, world["labels"], LABELS, cfg)
     assert E.aux_label_weight(None) is None and E.aux_label_weight({"lr": 1.0}) == 0.0
     assert "without the auxiliary label loss" in E.teacher_training(0.0)["zero_shot"]
 
@@ -447,6 +450,10 @@ def test_gate_falls_back_to_the_point_estimate_without_a_bootstrap(world):
     gate = E.gate_auroc(res["text_teacher_all"]["zero_shot"])
     assert gate["auroc_statistic"] == "point" and "auroc_point" not in gate
     assert gate["auroc"]["Emphysema"] == res["text_teacher_all"]["zero_shot"]["per_finding"]["Emphysema"]["auroc"]
+    md = E.to_markdown(res)
+    assert "point estimate of its zero-shot AUROC (no bootstrap here)" in md
+    assert next(line for line in md.splitlines() if line.startswith("| Emphysema |")).rstrip(" |").endswith(
+        ("checked", "weak"))
 
 
 def test_cnn_ceiling_script_on_tiny_data(tmp_path):
