@@ -27,7 +27,12 @@ class RenderView(QVTKRenderWindowInteractor):
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setMinimumSize(120, 120)
         self._initialised = False
-        self._render_pending = False
+        # A child timer, not QTimer.singleShot(0, bound method): a render asked for just before the
+        # view is deleted (a study switch) dies with the view instead of calling into a deleted widget.
+        self._render_timer = QTimer(self)
+        self._render_timer.setSingleShot(True)
+        self._render_timer.setInterval(0)
+        self._render_timer.timeout.connect(self._render_now)
         self._press_button = None
         self._press_pos = None
         self._last_pos = None
@@ -42,6 +47,15 @@ class RenderView(QVTKRenderWindowInteractor):
     def showEvent(self, event):  # noqa: N802 (Qt name)
         self.ensure_initialised()
         super().showEvent(event)
+        self.schedule_render()  # the first picture, without waiting for a wheel, key or click
+
+    def paintEvent(self, ev):  # noqa: N802
+        # Qt repaints (expose, un-maximise, a neighbour closing) must draw the scene as the state says
+        # it is: QVTKRenderWindowInteractor's own paint renders whatever camera VTK last had.
+        if self._initialised and self.isVisible():
+            self.render_now()
+        else:
+            super().paintEvent(ev)
 
     def resizeEvent(self, ev):  # noqa: N802
         # QVTKRenderWindowInteractor calls the *base* vtkRenderWindow.SetSize, which never resizes an
@@ -53,16 +67,13 @@ class RenderView(QVTKRenderWindowInteractor):
         rw.SetSize(w, h)
         self._Iren.SetSize(w, h)
         self._Iren.ConfigureEvent()
-        self.update()
+        self.schedule_render()  # the camera's fit depends on the widget's size: recompute it
 
     def schedule_render(self) -> None:
         """Coalesce many state changes in one event-loop turn into one render."""
-        if not self._render_pending:
-            self._render_pending = True
-            QTimer.singleShot(0, self._render_now)
+        self._render_timer.start()
 
     def _render_now(self) -> None:
-        self._render_pending = False
         if self.isVisible():
             self.render_now()
 

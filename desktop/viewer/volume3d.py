@@ -3,7 +3,7 @@
 CPU ray casting (vtkFixedPointVolumeRayCastMapper) because it behaves the same under OSMesa,
 Xvfb and real GPUs; the copy is subsampled so its largest side is <= ``MAX_SIDE`` voxels.
 Gestures: left-drag rotates, right-drag / wheel zooms, middle-drag pans, `r` resets, double-click
-maximises.
+maximises. An orientation cube (R/L, A/P, S/I faces) in the lower-left corner turns with the camera.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from PySide6.QtCore import Qt
 from vtkmodules.vtkCommonDataModel import vtkPiecewiseFunction
-from vtkmodules.vtkRenderingCore import vtkColorTransferFunction, vtkVolume, vtkVolumeProperty
+from vtkmodules.vtkRenderingAnnotation import vtkAnnotatedCubeActor
+from vtkmodules.vtkRenderingCore import vtkColorTransferFunction, vtkRenderer, vtkVolume, vtkVolumeProperty
 from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper
 
 from engine.volume import Volume
@@ -55,7 +56,38 @@ class VolumeView(RenderView):
         self.actor.SetUserMatrix(placement(geometry))
         self.renderer.AddVolume(self.actor)
         self.renderer.SetBackground(0.05, 0.05, 0.08)
+        self.marker = self._orientation_marker()
         self.reset_camera()
+
+    def _orientation_marker(self) -> vtkRenderer:
+        """A labelled cube in LPS (its +x face is the patient's Left) drawn in a corner viewport on
+        top of the volume; ``update_scene`` points its camera the way the main camera looks."""
+        cube = vtkAnnotatedCubeActor()
+        for face, text in zip(("XPlus", "XMinus", "YPlus", "YMinus", "ZPlus", "ZMinus"), "LRPASI", strict=True):
+            getattr(cube, f"Set{face}FaceText")(text)
+        cube.SetFaceTextScale(0.55)
+        cube.GetCubeProperty().SetColor(0.25, 0.3, 0.38)
+        cube.GetTextEdgesProperty().SetColor(0.8, 0.8, 0.8)
+        for axis, colour in zip("XYZ", ((1.0, 0.45, 0.45), (0.45, 1.0, 0.45), (0.5, 0.65, 1.0)), strict=True):
+            for sign in ("Plus", "Minus"):
+                getattr(cube, f"Get{axis}{sign}FaceProperty")().SetColor(*colour)
+        ren = vtkRenderer()
+        ren.SetViewport(0.0, 0.0, 0.2, 0.2)
+        ren.SetLayer(1)
+        ren.InteractiveOff()
+        ren.AddViewProp(cube)
+        rw = self.GetRenderWindow()
+        rw.SetNumberOfLayers(2)
+        rw.AddRenderer(ren)
+        return ren
+
+    def update_scene(self) -> None:
+        cam, mcam = self.renderer.GetActiveCamera(), self.marker.GetActiveCamera()
+        dop = np.array(cam.GetDirectionOfProjection())
+        mcam.SetFocalPoint(0.0, 0.0, 0.0)
+        mcam.SetPosition(*(-dop * 4.0))
+        mcam.SetViewUp(*cam.GetViewUp())
+        self.marker.ResetCameraClippingRange()
 
     def reset_camera(self) -> None:
         """Anterior view, head up (the patient faces the reader)."""
