@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.desktop.xserver import xserver  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
