@@ -49,6 +49,22 @@ class StudyViewer(QWidget):
             self._grid.addWidget(view, *GRID[name])
             view.maximiseToggled.connect(lambda n=name: self.toggle_maximise(n))
 
+    def set_volume(self, volume: Volume) -> None:
+        """Show another study in the same views: a new ``state`` (crosshair, W/L, zoom, measurements
+        start afresh), the GL windows kept. Listeners of the old ``state`` must reconnect."""
+        old = self.state
+        self.volume = volume
+        self.geometry = Geometry.of(volume)
+        self.state = ViewerState(self.geometry, self)
+        image, place = image_data(volume), placement(self.geometry)
+        for name, view in self.views.items():
+            if name == "3d":
+                view.set_volume(volume, self.geometry)
+            else:
+                view.set_study(self.state, image, place, volume)
+        old.deleteLater()  # its connections to the views go with it
+        self.set_role(self.role)
+
     def set_role(self, role: str) -> None:
         """The title line: "<role>: <description> · <date> · series N · modality" (no patient identifiers)."""
         self.role = role

@@ -48,12 +48,10 @@ class SliceView(RenderView):
         self.volume = volume  # for the HU under the mouse, ROI statistics and the study corner
         self._drawing: Measurement | None = None
         self.mapper = vtkImageResliceMapper()
-        self.mapper.SetInputData(image)
         self.mapper.SliceFacesCameraOn()
         self.mapper.SliceAtFocalPointOn()
         self.slice = vtkImageSlice()
         self.slice.SetMapper(self.mapper)
-        self.slice.SetUserMatrix(placement)
         self.slice.GetProperty().SetInterpolationTypeToLinear()
         self.renderer.AddViewProp(self.slice)
         self.lines = []
@@ -67,13 +65,22 @@ class SliceView(RenderView):
             actor.PickableOff()
             self.renderer.AddActor(actor)
             self.lines.append((src, actor))
-        self.overlay = SliceOverlay(self.renderer, view, study_text(volume.metadata) if volume is not None else "")
+        self.overlay = SliceOverlay(self.renderer, view)
         self.renderer.GetActiveCamera().ParallelProjectionOn()
+        self.set_study(state, image, placement, volume)
+
+    def set_study(self, state: ViewerState, image, placement, volume=None) -> None:
+        """Show another study in this view (its GL window is kept: creating one costs more than a render)."""
+        self.state, self.volume, self._drawing = state, volume, None
+        self.mapper.SetInputData(image)
+        self.slice.SetUserMatrix(placement)
+        self.overlay.set_study(study_text(volume.metadata) if volume is not None else "")
         state.cursorChanged.connect(self.schedule_render)
         state.windowLevelChanged.connect(self.schedule_render)
         state.measurementsChanged.connect(self.schedule_render)
         state.cameraChanged.connect(lambda v: v == self.view and self.schedule_render())
         state.hoverChanged.connect(lambda v: v == self.view and self.schedule_render())
+        self.schedule_render()
 
     def thickness_mm(self) -> float:
         """The slice thickness this view shows: the acquired thickness on the acquisition plane (axial),

@@ -77,9 +77,12 @@ class SliceOverlay:
         self.corners.SetLinearFontScaleFactor(3)
         self.corners.GetTextProperty().SetColor(0.95, 0.95, 0.95)
         legible(self.corners.GetTextProperty())
-        self.corners.SetText(3, study)  # upper right
+        self.set_study(study)
         renderer.AddViewProp(self.corners)
         self._marks: list = []  # measurement actors, rebuilt on each update
+
+    def set_study(self, text: str) -> None:
+        self.corners.SetText(3, text)  # upper right
 
     def update(self, *, index: int, count: int, window: float, level: float, zoom: float,
                preset: str | None, position_mm: float | None = None, thickness_mm: float | None = None,
