@@ -21,9 +21,7 @@ BLOCK = 1600  # 0.1 s at 16 kHz
 NO_MICROPHONE = "no microphone found: connect one, or choose one in File ▸ Settings ▸ Microphone"
 
 Callback = Callable[[np.ndarray], None]
-ErrorNO_MICROPHONE = "no microphone found: connect one, or choose one in File ▸ Settings ▸ Microphone"
-
-Callback = Callable[[str], None]
+ErrorCallback = Callable[[str], None]
 
 
 class AudioSource(ABC):
