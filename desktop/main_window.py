@@ -183,7 +183,7 @@ class MainWindow(QMainWindow):
             right.addWidget(box)
         right.setSizes([560, 110, 180])
         right_dock = self._dock("Results", right, Qt.DockWidgetArea.RightDockWidgetArea)
-        self.resizeDocks([left_dock, right_dock], [230, 560], Qt.Orientation.Horizontal)
+        self.resizeDocks([left_dock, right_dock], [260, 560], Qt.Orientation.Horizontal)
 
         # status bar
         self.device_label, self.bundle_label, self.library_label = QLabel("device: …"), QLabel("bundle: …"), \
@@ -333,11 +333,16 @@ class MainWindow(QMainWindow):
 
     # ---------------------------------------------------------------- studies
     def open_study(self, path: str, series=None) -> None:
+        if path == self._loading:
+            return  # already on its way
         self._opened_at[path] = time.perf_counter()
         self._loading = path
         # the study on screen is about to change: its findings must not stand for the next one
         self.analysis = None
         self.findings.clear(f"Reading {Path(path).name}…")
+        self.similar.clear()  # they answered the previous study's dictation
+        if self.dictation.kind is None:
+            self.dictation.set_done("Ready")
         self.studies.hold_thumbnails()
         self.service.load_study(path, series, on_result=lambda vol: self._study_loaded(path, vol),
                                 on_error=lambda msg: self._load_failed(path, msg))

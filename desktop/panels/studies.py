@@ -155,8 +155,7 @@ class StudiesPanel(QWidget):
         layout.addWidget(self.list)
         self.open_folder.clicked.connect(self._choose_folder)
         self.open_file.clicked.connect(self._choose_file)
-        self.list.itemActivated.connect(self._activated)
-        self.list.itemDoubleClicked.connect(self._activated)
+        self.list.itemActivated.connect(self._activated)  # double-click or Enter (once: not also itemDoubleClicked)
         self.series.activated.connect(self._series_chosen)
         self._series_path: str | None = None
         for path in sample_studies():

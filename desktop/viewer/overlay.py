@@ -73,8 +73,8 @@ class SliceOverlay:
             renderer.AddViewProp(actor)
             self.letters.append(actor)
         self.corners = vtkCornerAnnotation()
-        self.corners.SetMaximumFontSize(14)
-        self.corners.SetLinearFontScaleFactor(3)
+        self.corners.SetMinimumFontSize(12)  # legible at a reading distance in a quarter of the screen
+        self.corners.SetMaximumFontSize(15)
         self.corners.GetTextProperty().SetColor(0.95, 0.95, 0.95)
         legible(self.corners.GetTextProperty())
         self.set_study(study)

@@ -52,6 +52,7 @@ class VolumeView(RenderView):
         self.renderer.AddVolume(self.actor)
         self.renderer.SetBackground(0.05, 0.05, 0.08)
         self.marker = self._orientation_marker()
+        self._fit_pending = True
         self.set_volume(volume, geometry)
 
     def set_volume(self, volume: Volume, geometry: Geometry) -> None:
@@ -63,6 +64,11 @@ class VolumeView(RenderView):
         self.mapper.SetSampleDistance(min(volume.spacing) * stride / 2.0)
         self.actor.SetUserMatrix(placement(geometry))
         self.reset_camera()
+
+    def resizeEvent(self, ev):  # noqa: N802
+        super().resizeEvent(ev)
+        if self._fit_pending:  # the camera was reset before the view had its final size
+            self.schedule_render()
 
     def _orientation_marker(self) -> vtkRenderer:
         """A labelled cube in LPS (its +x face is the patient's Left) drawn in a corner viewport on
@@ -87,6 +93,8 @@ class VolumeView(RenderView):
         return ren
 
     def update_scene(self) -> None:
+        if self._fit_pending:
+            self._fit_camera()
         cam, mcam = self.renderer.GetActiveCamera(), self.marker.GetActiveCamera()
         dop = np.array(cam.GetDirectionOfProjection())
         mcam.SetFocalPoint(0.0, 0.0, 0.0)
@@ -95,7 +103,13 @@ class VolumeView(RenderView):
         self.marker.ResetCameraClippingRange()
 
     def reset_camera(self) -> None:
-        """Anterior view, head up (the patient faces the reader)."""
+        """Anterior view, head up (the patient faces the reader); framed at the next render, when the
+        view has its size (a study switch that closes a comparison widens it in the same turn)."""
+        self._fit_pending = True
+        self.schedule_render()
+
+    def _fit_camera(self) -> None:
+        self._fit_pending = False
         g = self.geometry
         cam = self.renderer.GetActiveCamera()
         centre = g.centre
@@ -106,9 +120,9 @@ class VolumeView(RenderView):
         cam.Azimuth(-25.0)  # a little from the patient's right and above: the cube and the chest read as 3D
         cam.Elevation(12.0)
         cam.OrthogonalizeViewUp()
+        cam.SetViewAngle(30.0)  # Zoom below narrows the angle: start from VTK's default each time
         self.renderer.ResetCamera()
         cam.Zoom(1.3)  # ResetCamera frames the bounding sphere; the chest fills more of the view
-        self.schedule_render()
 
     def on_drag(self, button, dx, dy, modifiers) -> None:
         cam = self.renderer.GetActiveCamera()

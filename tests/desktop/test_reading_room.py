@@ -47,6 +47,7 @@ def test_another_study_never_shows_the_previous_findings(qtbot, window):
     window.open_study(str(b))
     # at once, before B is even read: nothing of A's findings stands for B
     assert window.findings.table.rowCount() == 0 and window.analysis is None
+    assert window.similar.list.count() == 0
     assert "Reading" in window.findings.header.text()
     with qtbot.waitSignal(window.findingsShown, timeout=TIMEOUT_MS):
         pass
