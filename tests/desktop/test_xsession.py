@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import soundfile as sf
 
 from tests.desktop.test_pulse_capture import pulse  # noqa: F401  (fixture)
@@ -22,8 +23,12 @@ SCREENSHOTS = REPO / "docs" / "screenshots"
 BUDGET_S = 180.0
 
 
-def test_the_real_app_under_x(xserver, pulse, tmp_path):  # noqa: F811
-    need("xdotool", "paplay", "pulseaudio")
+@pytest.fixture
+def tools():
+    need("Xvfb", "xset", "xdotool", "paplay", "pulseaudio")  # before the fixtures start any of them
+
+
+def test_the_real_app_under_x(tools, xserver, pulse, tmp_path):  # noqa: F811
     speech, sr = sf.read(REPO / "assets" / "samples" / "study-002" / "dictation.wav", dtype="float32")
     excerpt = tmp_path / "dictation-excerpt.wav"
     sf.write(excerpt, speech[: int(9.0 * sr)], sr)  # 9 s: a short report, read in real time
