@@ -29,6 +29,7 @@ def worker_threads() -> int:
 class DictationResult:
     analysis: object  # engine.runtime.Analysis
     audio_path: str | None
+    waveform: np.ndarray | None = None  # 16 kHz mono, for the transcript
 
 
 class EngineService(QObject):
@@ -118,7 +119,10 @@ class EngineService(QObject):
                 k = similar_k if len(eng.library) > 0 else 0
             except Exception:
                 k = 0
-            return DictationResult(eng.analyze(volume, waveform, sample_rate, similar_k=k), audio_path)
+            from engine.audio import to_16k
+
+            return DictationResult(eng.analyze(volume, waveform, sample_rate, similar_k=k), audio_path,
+                                   to_16k(np.asarray(waveform, np.float32), sample_rate))
 
         return self._run("Processing dictation…", work, on_result=on_result)
 

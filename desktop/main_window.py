@@ -42,6 +42,7 @@ from .icons import app_icon
 from .panels.findings import FindingsPanel
 from .panels.similar import SimilarPanel
 from .panels.studies import StudiesPanel, default_thumbnail_dir
+from .panels.transcript import TranscriptPanel
 from .settings import Settings, SettingsDialog
 from .shortcuts import ShortcutsDialog
 from .theme import apply_dark
@@ -100,6 +101,7 @@ class MainWindow(QMainWindow):
     findingsShown = Signal(object)  # Analysis
     dictationShown = Signal(object)  # DictationResult
     similarShown = Signal(list)
+    transcriptShown = Signal(str)
     libraryIndexed = Signal(int)  # library size after index_studies
     errorShown = Signal(str)
 
@@ -160,6 +162,9 @@ class MainWindow(QMainWindow):
         self.dictation = DictationWidget(self.settings.recordings(), source_factory or self._microphone,
                                          mode=self.settings.push_to_talk_mode, key_name=self.settings.push_to_talk_key)
         self.similar = SimilarPanel()
+        self.transcript = TranscriptPanel(self.settings.transcripts())
+        self.transcript_runner = TaskRunner(self, max_threads=1)  # one thread: the transcript never waits
+        self._transcriber = None  # engine.transcribe.Transcriber, built in that thread on first use
         self.indicator = RecordingIndicator(self.dictation)
         self.link_box = QCheckBox("Link scrolling")
         self.link_box.setChecked(True)
@@ -173,7 +178,8 @@ class MainWindow(QMainWindow):
         self.link_box.toggled.connect(lambda on: self.link is not None and self.link.set_enabled(on))
         self.link_reset.clicked.connect(lambda: self.link is not None and self.link.reset_offset())
         right = QSplitter(Qt.Orientation.Vertical)
-        for title, w in (("Findings", self.findings), ("Dictation", self.dictation), ("Similar studies", self.similar)):
+        for title, w in (("Findings", self.findings), ("Dictation", self.dictation), ("Transcript", self.transcript),
+                         ("Similar studies", self.similar)):
             box = QWidget()
             lay = QVBoxLayout(box)
             lay.setContentsMargins(4, 4, 4, 4)
@@ -181,7 +187,7 @@ class MainWindow(QMainWindow):
             lay.addWidget(head)
             lay.addWidget(w)
             right.addWidget(box)
-        right.setSizes([560, 110, 180])
+        right.setSizes([500, 100, 170, 130])
         right_dock = self._dock("Results", right, Qt.DockWidgetArea.RightDockWidgetArea)
         self.resizeDocks([left_dock, right_dock], [260, 560], Qt.Orientation.Horizontal)
 
@@ -341,6 +347,7 @@ class MainWindow(QMainWindow):
         self.analysis = None
         self.findings.clear(f"Reading {Path(path).name}…")
         self.similar.clear()  # they answered the previous study's dictation
+        self.transcript.clear()
         if self.dictation.kind is None:
             self.dictation.set_done("Ready")
         self.studies.hold_thumbnails()
@@ -533,6 +540,28 @@ class MainWindow(QMainWindow):
             self.similar.show_hits(a.similar, "From this study and dictation")
             self.similarShown.emit(a.similar)
         self.dictationShown.emit(result)
+        if getattr(result, "waveform", None) is not None:
+            self.transcribe(result.waveform, result.audio_path)
+
+    def transcribe(self, waveform: np.ndarray, audio_path: str | None) -> None:
+        """The transcript, after the results are on screen, in the transcript's own worker thread."""
+        self.transcript.pending(audio_path)
+
+        def work():
+            from engine.transcribe import Transcriber
+
+            if self._transcriber is None:
+                self._transcriber = Transcriber(cpu_threads=1)  # a core stays with the GUI thread
+            t = time.perf_counter()
+            text = self._transcriber.transcribe(waveform)
+            return text, time.perf_counter() - t
+
+        def done(out):
+            if self.transcript.source == audio_path:  # not a transcript of an older dictation
+                self.transcript.show_text(*out)
+                self.transcriptShown.emit(out[0])
+
+        self.transcript_runner.run_task(work, on_result=done, on_error=self.transcript.failed, name="transcribe")
 
     def _query_done(self, path: str, wave: np.ndarray, sr: int) -> None:
         self.service.spoken_query(wave, sr, on_result=self._query_ready)
@@ -578,6 +607,7 @@ class MainWindow(QMainWindow):
         if self.dictation.kind is not None:
             self.dictation.end()
         self.runner.wait(30_000)
+        self.transcript_runner.wait(60_000)
         self.studies.runner.wait(30_000)  # thumbnail reads: let them land before the panel goes
         for viewer in (self.viewer, self.compare):
             if viewer is not None:

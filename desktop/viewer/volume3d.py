@@ -4,7 +4,7 @@ drawn in a thread of its own so the GUI thread never waits for it.
 CPU ray casting (vtkFixedPointVolumeRayCastMapper) because it behaves the same under OSMesa,
 Xvfb and real GPUs; the copy is subsampled so its largest side is <= ``MAX_SIDE`` voxels. A
 render takes 0.1–1 s on a loaded 2-core machine, far over the event loop's 100 ms budget, so it
-runs in a ``VolumeRenderer`` thread with its own offscreen (OSMesa) render window; VTK releases
+runs in a ``VolumeRenderer`` thread with its own offscreen render window; VTK releases
 the interpreter lock while it renders. The widget only paints the latest picture and keeps the
 camera (a plain vtkCamera: moving it is arithmetic, no GL). Requests coalesce: the thread always
 draws the newest camera and size.
@@ -28,6 +28,7 @@ from vtkmodules.vtkRenderingCore import (
     vtkCamera,
     vtkColorTransferFunction,
     vtkRenderer,
+    vtkRenderWindow,
     vtkVolume,
     vtkVolumeProperty,
 )
@@ -92,8 +93,6 @@ class VolumeRenderer:
 
     # ---------------------------------------------------------------- render thread
     def _build(self):
-        from vtkmodules.vtkRenderingOpenGL2 import vtkOSOpenGLRenderWindow
-
         self.mapper = vtkFixedPointVolumeRayCastMapper()
         self.mapper.SetImageSampleDistance(IMAGE_SAMPLE_DISTANCE)
         self.mapper.AutoAdjustSampleDistancesOff()
@@ -114,7 +113,9 @@ class VolumeRenderer:
         self.renderer.AddVolume(self.actor)
         self.renderer.SetBackground(*BACKGROUND)
         self.marker = orientation_marker()
-        window = vtkOSOpenGLRenderWindow()
+        # the process's own kind of GL window (GLX under X, OSMesa offscreen), never a second kind:
+        # two GL libraries in one process share VTK's function pointers and the second one crashes
+        window = vtkRenderWindow()
         window.SetOffScreenRendering(1)
         window.SetNumberOfLayers(2)
         window.AddRenderer(self.renderer)

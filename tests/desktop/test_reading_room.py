@@ -165,3 +165,35 @@ def test_f1_lists_the_shortcuts(qtbot, window):
     assert {"m", "e", "F4 (hold)", "1 / 2 / 3"} <= texts
     window._shortcuts.close()
     settle(qtbot, window)
+
+
+def test_the_transcript_comes_after_the_results_as_an_editable_draft(qtbot, window):
+    """What was heard: made in its own thread once the dictation's results are shown, editable,
+    saved under the user data folder; the panel says which reader decided the check."""
+    import numpy as np
+
+    from desktop.engine_service import DictationResult
+    from engine.audio import load_audio
+
+    pytest.importorskip("faster_whisper")
+    wav_path = sample_studies()[0].parent / "dictation.wav"
+    wave = load_audio(wav_path)[: 6 * 16_000]  # "No pericardial effusion. Calcified atherosclerotic plaques…"
+
+    class Analysis:  # what _dictation_ready reads of an engine Analysis
+        findings, dictation, discrepancies, unchecked, similar, timings = [], None, None, [], None, {"total": 1.0}
+
+    order = []
+    window.dictationShown.connect(lambda r: order.append("results"))
+    window.transcriptShown.connect(lambda t: order.append("transcript"))
+    with qtbot.waitSignal(window.transcriptShown, timeout=TIMEOUT_MS) as blocker:
+        window._dictation_ready(DictationResult(Analysis(), str(wav_path), wave))
+        assert order == ["results"] and "Transcribing" in window.transcript.header.text()
+    assert order == ["results", "transcript"]
+    text = blocker.args[0].lower()
+    assert "pericardial effusion" in text, text
+    assert "speech reader" in window.transcript.note.text()
+    window.transcript.text.setPlainText("No pericardial effusion. Edited by the reader.")
+    path = window.transcript.save()
+    assert path.parent == window.settings.transcripts() and path.stem == wav_path.stem
+    assert path.read_text(encoding="utf-8").startswith("No pericardial effusion. Edited")
+    assert np.isfinite(wave).all()

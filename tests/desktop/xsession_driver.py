@@ -190,6 +190,13 @@ def main() -> int:  # noqa: C901  (one scripted session, step by step)
     new = set(recordings.glob("*.wav")) - wavs_before
     step("held F4 with auto-repeat: one recording, analysed", held and got and len(new) == 1,
          f"{len(new)} WAV; {window.dictation.state_label.text()}")
+    transcripts = []
+    window.transcriptShown.connect(transcripts.append)
+    got = wait_until(lambda: bool(transcripts), 90)
+    step("transcript after the results, in its own thread", got and len(transcripts[0].split()) > 5,
+         (transcripts or [""])[0][:80])
+    step("all findings fit without scrolling", window.findings.fits_without_scrolling(),
+         f"{window.findings.table.rowCount()} rows")
     spin(500)
     save_screen(window, out / "main-window.png")
     check_header = window.findings.header.text()
