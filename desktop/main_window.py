@@ -46,7 +46,7 @@ from .panels.transcript import TranscriptPanel
 from .settings import Settings, SettingsDialog
 from .shortcuts import ShortcutsDialog
 from .theme import apply_dark
-from .viewer.fourup import StudyViewer
+from .viewer.fourup import StudyViewer, placeholder_volume
 from .viewer.link import ScrollLink
 from .viewer.measure import TOOL_NAMES
 from .viewer.presets import PRESET_KEYS
@@ -221,6 +221,18 @@ class MainWindow(QMainWindow):
         QApplication.instance().installEventFilter(self._ptt)
         purge_old_recordings(self.settings.recordings(), self.settings.audio_retention_days)
         self.service.start()
+        self._viewer_ready = False  # self.viewer exists but shows no study yet (readied while hidden)
+        QTimer.singleShot(0, self._ready_viewer)
+
+    def _ready_viewer(self) -> None:
+        """Build the four-up viewer hidden and create its GL windows, one per event-loop turn, while
+        the first study is read: a GL context costs several renders on software OpenGL."""
+        if self.viewer is not None:
+            return
+        self.viewer = StudyViewer(placeholder_volume(), self.splitter, role="Current")  # born in place
+        self.viewer.hide()
+        self.splitter.insertWidget(0, self.viewer)
+        self.viewer.prepare()
 
     # ---------------------------------------------------------------- construction helpers
     def _dock(self, title: str, widget: QWidget, area) -> QDockWidget:
@@ -380,8 +392,10 @@ class MainWindow(QMainWindow):
             self.viewer.set_volume(volume)
         else:
             self.viewer = StudyViewer(volume, self.splitter, role="Current")  # born in place: re-parenting GL crashes
-            self.placeholder.setParent(None)
             self.splitter.insertWidget(0, self.viewer)
+        if not self._viewer_ready:
+            self._viewer_ready = True
+            self.placeholder.setParent(None)
             self.viewer.show()
         self._keep_window_level(self.viewer)
         self.viewer.views["axial"].setFocus()
@@ -436,7 +450,7 @@ class MainWindow(QMainWindow):
 
     def _compare_loaded(self, volume: Volume) -> None:
         self.close_compare()
-        if self.viewer is None:
+        if not self._viewer_ready:
             return
         self.compare = StudyViewer(volume, self.splitter, with_3d=False, role="Prior")
         self._keep_window_level(self.compare)

@@ -53,8 +53,13 @@ class RenderQueue(QObject):
     def _next(self) -> None:
         while self.waiting:
             view = self.waiting.popleft()
-            if shiboken6.isValid(view) and view.isVisible():
+            if not shiboken6.isValid(view):
+                continue
+            if view.isVisible():
                 view.render_now()
+                break
+            if view.prepare_requested and not view.initialised:  # a hidden view readied ahead of use
+                view.ensure_initialised()
                 break
         if self.waiting:
             self.timer.start()
@@ -76,12 +81,23 @@ class RenderView(QVTKRenderWindowInteractor):
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setMinimumSize(120, 120)
         self._initialised = False
+        self.prepare_requested = False
         self._press_button = None
         self._press_pos = None
         self._last_pos = None
         self._moved = 0.0
 
     # ---------------------------------------------------------------- rendering
+    @property
+    def initialised(self) -> bool:
+        return self._initialised
+
+    def prepare(self) -> None:
+        """Create the GL context now, through the queue, while the view is still hidden (the app
+        does this while the first study is read, so its images need only a render once it is)."""
+        self.prepare_requested = True
+        RenderQueue.instance().add(self)
+
     def ensure_initialised(self) -> None:
         if not self._initialised:
             self._initialised = True

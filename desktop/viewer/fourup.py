@@ -20,6 +20,11 @@ from .vtk_image import image_data, placement
 GRID = {"axial": (0, 0), "sagittal": (0, 1), "coronal": (1, 0), "3d": (1, 1)}
 
 
+def placeholder_volume() -> Volume:
+    """A 2×2×2 volume of air: what a viewer readied before any study is read shows (hidden)."""
+    return Volume(np.full((2, 2, 2), -1000, np.int16), (1.0, 1.0, 1.0), metadata={"series_description": ""})
+
+
 class StudyViewer(QWidget):
     def __init__(self, volume: Volume, parent=None, *, with_3d: bool = True, role: str = ""):
         super().__init__(parent)
@@ -78,6 +83,12 @@ class StudyViewer(QWidget):
         for view in self.views.values():
             if view.isVisible():
                 view.schedule_render()
+
+    def prepare(self) -> None:
+        """Ready the slice views' GL windows while hidden (see ``RenderView.prepare``)."""
+        for view in self.views.values():
+            if hasattr(view, "prepare"):
+                view.prepare()
 
     def snapshots(self) -> dict[str, np.ndarray]:
         """Each visible view rendered to (rows, cols, 3) uint8 pixels."""
