@@ -555,10 +555,12 @@ class MainWindow(QMainWindow):
             self.similarShown.emit(a.similar)
         self.dictationShown.emit(result)
         if getattr(result, "waveform", None) is not None:
-            self.transcribe(result.waveform, result.audio_path)
+            self.transcribe(result.waveform, result.audio_path, a.dictation)
 
-    def transcribe(self, waveform: np.ndarray, audio_path: str | None) -> None:
-        """The transcript, after the results are on screen, in the transcript's own worker thread."""
+    def transcribe(self, waveform: np.ndarray, audio_path: str | None, dictation=None) -> None:
+        """The transcript, after the results are on screen, in the transcript's own worker thread; with
+        the reader that decided the check and, when the bundle carries a rule lexicon, where this
+        transcript read by it disagrees with the check."""
         self.transcript.pending(audio_path)
 
         def work():
@@ -568,7 +570,17 @@ class MainWindow(QMainWindow):
                 self._transcriber = Transcriber(cpu_threads=1)  # a core stays with the GUI thread
             t = time.perf_counter()
             text = self._transcriber.transcribe(waveform)
-            return text, time.perf_counter() - t
+            seconds = time.perf_counter() - t
+            eng = self.service.engine()
+            section = eng.bundle.manifest.get("dictation_reader") or {}
+            disagreements = []
+            if section.get("lexicon") and dictation:
+                from engine.mention_rules import RuleLexicon, read_mentions
+
+                states = read_mentions(text, RuleLexicon.from_dict(section["lexicon"]))
+                disagreements = [(d.label, states.get(d.label, "not mentioned"), d.status) for d in dictation
+                                 if states.get(d.label, "not mentioned") != d.status]
+            return text, seconds, eng.dictation_reader, disagreements
 
         def done(out):
             if self.transcript.source == audio_path:  # not a transcript of an older dictation

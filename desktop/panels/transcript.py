@@ -2,9 +2,10 @@
 
 Made by ``engine.transcribe`` (faster-whisper on the packaged Whisper-base, primed with chest CT
 vocabulary) in one worker thread of its own, started only after the speech-native results are on
-screen, so it never delays them. The dictation check above it is decided by the speech reader (the
-bundle's dictation head on the audio), never by this text: the panel says so, and says it again
-when the reader edits the draft."""
+screen, so it never delays them. The panel says which reader decided the dictation check: the
+bundle's ``dictation_reader`` (the speech reader on the audio, or the transcript read by the
+bundle's rules); when the bundle carries a rule lexicon, it also lists the findings on which this
+transcript, read by those rules, says something else than the check."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ from pathlib import Path
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
-DECIDED_BY = "The dictation check above was decided by the speech reader (the audio), not by this text."
+READERS = {"speech": "the speech reader (the audio itself)",
+           "cascade": "the transcript reader (a transcript read by the bundle's rules)"}
+
+
+def decided_by(reader: str) -> str:
+    return f"The dictation check above was decided by {READERS.get(reader, reader)}; this text is a draft."
+
+
+DECIDED_BY = decided_by("speech")
 
 
 class TranscriptPanel(QWidget):
@@ -54,9 +63,16 @@ class TranscriptPanel(QWidget):
         for b in (self.copy_button, self.save_button):
             b.setEnabled(False)
 
-    def show_text(self, text: str, seconds: float) -> None:
+    def show_text(self, text: str, seconds: float, reader: str = "speech",
+                  disagreements: list[tuple[str, str, str]] | None = None) -> None:
+        """``disagreements``: (finding, what the transcript says, what the check used)."""
         self.header.setText(f"Transcript (Whisper-base, {seconds:.1f} s) — an editable draft")
         self.text.setPlainText(text or "(nothing recognised)")
+        note = decided_by(reader)
+        if disagreements:
+            note += " Where they differ: " + "; ".join(
+                f"{label}: transcript {said}, check {used}" for label, said, used in disagreements) + "."
+        self.note.setText(note)
         for b in (self.copy_button, self.save_button):
             b.setEnabled(True)
 

@@ -197,3 +197,15 @@ def test_the_transcript_comes_after_the_results_as_an_editable_draft(qtbot, wind
     assert path.parent == window.settings.transcripts() and path.stem == wav_path.stem
     assert path.read_text(encoding="utf-8").startswith("No pericardial effusion. Edited")
     assert np.isfinite(wave).all()
+
+
+def test_the_transcript_panel_names_the_deciding_reader_and_the_disagreements(qtbot, tmp_path):
+    from desktop.panels.transcript import TranscriptPanel
+
+    panel = TranscriptPanel(tmp_path)
+    qtbot.addWidget(panel)
+    panel.show_text("no pleural effusion", 1.0, "speech", [("Pleural effusion", "absent", "present")])
+    note = panel.note.text()
+    assert "speech reader" in note and "Pleural effusion: transcript absent, check present" in note
+    panel.show_text("no pleural effusion", 1.0, "cascade", [])
+    assert "transcript reader" in panel.note.text() and "differ" not in panel.note.text()
