@@ -145,11 +145,13 @@ class VolumeRenderer:
                 cam.SetFocalPoint(*focal)
                 cam.SetViewUp(*up)
                 cam.SetViewAngle(angle)
+                cam.SetUseHorizontalViewAngle(w < h)  # the angle spans the narrower side: a tall view still fits
                 self.renderer.ResetCameraClippingRange()
                 mcam = self.marker.GetActiveCamera()
                 mcam.SetFocalPoint(0.0, 0.0, 0.0)
                 mcam.SetPosition(*(-np.array(cam.GetDirectionOfProjection()) * 4.0))
                 mcam.SetViewUp(*up)
+                mcam.SetUseHorizontalViewAngle(w < h)
                 self.marker.ResetCameraClippingRange()
                 window.SetSize(max(w, 16), max(h, 16))
                 window.Render()
