@@ -34,7 +34,8 @@ Timings per stage are printed (model loading is reported apart from the encoding
     }
 
 ``dictation``/``discrepancies`` are null without ``--audio`` (and when the bundle has no
-dictation head); ``similar`` is null without ``--similar``. Discrepancy kinds: ``negated`` (image
+dictation head); audio without speech (``engine.speech_presence``) is an error, "no speech heard in
+WAV" (exit 2), never read as a dictation; ``similar`` is null without ``--similar``. Discrepancy kinds: ``negated`` (image
 positive, dictation says absent), ``omitted`` (image positive, not mentioned), ``unsupported``
 (dictated present, image below threshold).
 """
@@ -129,10 +130,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.similar < 0:
         raise SpeechCTError(f"--similar must be >= 0, got {args.similar}")
-    waveform = load_audio(args.audio) if args.audio else None  # fail on a bad file before loading models
+    waveform = None
+    if args.audio:  # fail on a bad file, or one without speech, before loading models
+        from engine.speech_presence import require_speech
+
+        waveform = load_audio(args.audio)
+        require_speech(waveform, 16_000, args.audio)
     engine = make_engine(args)
     analysis = engine.analyze(Path(args.ct), waveform, 16_000 if waveform is not None else None,
-                              series=args.series, similar_k=args.similar)
+                              series=args.series, similar_k=args.similar, audio_path=args.audio)
     out = analysis.to_json()
     result = {"schema": out.pop("schema"),
               "inputs": {"ct": str(args.ct), "series": args.series, "audio": args.audio}, **out}
