@@ -64,7 +64,7 @@ EXCLUDES = (
     "torchaudio", "torchvision", "torchtext",            # not used; torchaudio does not load beside torch 2.13
     "IPython", "ipykernel", "jupyter", "notebook", "pytest", "_pytest", "pytestqt",
     "sklearn", "faiss",                                  # train metrics; faiss is the optional large-library index
-    "ctranslate2", "faster_whisper", "av", "onnxruntime",  # ASR peer for benchmarks
+    "onnxruntime",                                       # faster-whisper's optional VAD (engine.transcribe does not use it)
     "sentence_transformers", "SimpleITK", "einops", "beartype", "vector_quantize_pytorch",
     "pandas", "PIL", "cv2",                              # transformers' optional image/table paths
     "train", "bench", "tests", "scripts",                # our own non-app code
