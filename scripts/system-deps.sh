@@ -3,14 +3,18 @@
 # with passwordless sudo it uses sudo; otherwise it prints the exact command and fails.
 #   main:       espeak-ng (TTS), libportaudio2 (sounddevice), libosmesa6 (offscreen VTK),
 #               Qt offscreen runtime libraries, xvfb for a virtual display,
-#               desktop-file-utils (validates the installer's .desktop entry)
+#               desktop-file-utils (validates the installer's .desktop entry),
+#               orthanc + orthanc-dicomweb (the PACS the department tests run on loopback; the Debian
+#               service this installs is stopped and disabled: tests start their own) and dcmtk
+#               (dsrdump checks the DICOM SR we write)
 #   non-free:   MBROLA voices (Debian contrib/non-free, enabled through a private
 #               sources list so the system's apt configuration is never edited)
 set -euo pipefail
 
 MAIN_PKGS=(espeak-ng libportaudio2 libosmesa6 libgl1 libegl1 libxkbcommon0 libxkbcommon-x11-0
            libfontconfig1 libdbus-1-3 xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-image0
-           libxcb-render-util0 libxcb-xinerama0 libxcb-cursor0 libxcb-shape0 libxcb-randr0 desktop-file-utils)
+           libxcb-render-util0 libxcb-xinerama0 libxcb-cursor0 libxcb-shape0 libxcb-randr0 desktop-file-utils
+           orthanc orthanc-dicomweb dcmtk)
 MBROLA_PKGS=(mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1)
 
 missing=()
@@ -30,7 +34,17 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq || true
+had_orthanc=$(dpkg-query -W -f='${Status}' orthanc 2>/dev/null | grep -c "install ok installed" || true)
 $SUDO apt-get install -y -qq "${MAIN_PKGS[@]}" >/dev/null
+if [ "$had_orthanc" = 0 ]; then
+  # Installed just now: the package's own service (ports 8042/4242) is not ours to run; the test fixtures
+  # start an Orthanc of their own on free loopback ports. A machine's existing Orthanc is left alone.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now orthanc >/dev/null 2>&1 || true
+  else
+    $SUDO service orthanc stop >/dev/null 2>&1 || true
+  fi
+fi
 
 # MBROLA: repeat the machine's own Debian entries with contrib + non-free, privately.
 work=$(mktemp -d)
