@@ -46,6 +46,9 @@ class DicomWebPacs:
         if server.client_cert:
             session.cert = (server.client_cert, server.client_key) if server.client_key else server.client_cert
         self.client = DICOMwebClient(server.url, session=session, timeout=server.timeout)
+        # its default retries every failure (a refused connection too) 5 times with exponential waits (30 s):
+        # a PACS that is down is said at once; a retry is the user's (and resumes, engine.pacs.retrieve)
+        self.client.set_http_retry_params(retry=False)
 
     # --- error translation -----------------------------------------------------------------------
     def _call(self, what: str, func: Callable, *args, **kw):

@@ -61,7 +61,7 @@ class DimsePacs:
         try:
             with socket.create_connection((s.host, s.port), timeout=s.timeout):
                 pass
-        except socket.timeout:
+        except TimeoutError:
             raise PacsError(f"{what}: no connection within {s.timeout:g} s (is the PACS up?)", s.address) from None
         except ConnectionRefusedError:
             raise PacsError(f"{what}: cannot connect (connection refused): is the PACS up and the port right?",
