@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
+import requests
+
 from engine.pacs.errors import PacsError
 from engine.pacs.query import SeriesMatch, StudyMatch, StudyQuery, as_int, as_text, modalities_of
 from engine.pacs.settings import PacsServer
@@ -18,6 +20,19 @@ _STUDY_FIELDS = ("StudyInstanceUID", "StudyDate", "StudyDescription", "Modalitie
                  "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
 _SERIES_FIELDS = ("SeriesInstanceUID", "Modality", "SeriesDescription", "SeriesNumber",
                   "NumberOfSeriesRelatedInstances")
+
+
+class _Session(requests.Session):
+    """A requests session that leaves ``*`` in query strings as it is (RFC 3986 allows it there):
+    requests sends a QIDO wildcard as ``%2A``, which some servers (Orthanc's DICOMweb plugin 1.7)
+    then match literally, so ``StudyDescription=*CHEST*`` would find nothing."""
+
+    def prepare_request(self, request):
+        prepared = super().prepare_request(request)
+        base, sep, query = (prepared.url or "").partition("?")
+        if sep:
+            prepared.url = base + sep + query.replace("%2A", "*").replace("%2a", "*")
+        return prepared
 
 
 def _dataset(item: dict):
@@ -33,11 +48,10 @@ class DicomWebPacs:
     """See the module docstring. ``server.kind`` must be ``"dicomweb"``."""
 
     def __init__(self, server: PacsServer):
-        import requests
         from dicomweb_client import DICOMwebClient
 
         self.server = server
-        session = requests.Session()
+        session = _Session()
         if server.auth == "basic":
             session.auth = (server.username or "", server.password or "")
         elif server.auth == "bearer":
@@ -52,8 +66,6 @@ class DicomWebPacs:
 
     # --- error translation -----------------------------------------------------------------------
     def _call(self, what: str, func: Callable, *args, **kw):
-        import requests
-
         s = self.server
         try:
             return func(*args, **kw)

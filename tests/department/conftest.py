@@ -51,3 +51,18 @@ def _isolated_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEECHCT_PACS_CONFIG", str(tmp_path / "no-pacs-settings.json"))
     monkeypatch.setenv("SPEECHCT_PACS_CACHE", str(tmp_path / "pacs-cache"))
     monkeypatch.setenv("SPEECHCT_EMBEDDING_CACHE", str(tmp_path / "emb"))
+
+
+def write_pacs_settings(path, server: orthanc_mod.OrthancServer, **extra_servers) -> str:
+    """A PACS settings file naming ``server`` as "web" (DICOMweb, basic auth) and "dimse" (C-GET); mode 600."""
+    import json
+
+    user, password = server.auth or (None, None)
+    servers = {"web": {"dicomweb": server.dicomweb_url, "username": user, "password": password, "timeout": 20},
+               "dimse": {"dimse": server.dimse_address, "calling_aet": "SPEECHCT", "timeout": 20},
+               **extra_servers}
+    if server.auth is None:
+        servers["web"] = {"dicomweb": server.dicomweb_url, "timeout": 20}
+    path.write_text(json.dumps({"default": "web", "servers": servers}))
+    os.chmod(path, 0o600)
+    return str(path)

@@ -102,9 +102,9 @@ class OrthancServer:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
+            self.process.terminate()  # its database is a temporary folder: no need to wait long
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
