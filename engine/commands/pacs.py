@@ -272,6 +272,6 @@ def run_cache(args: argparse.Namespace) -> int:
         print(f"{s.study_uid:<64} {len(s.series):>2} series {s.n_instances:>6} instances {_gb(s.bytes):>9}  "
               f"{s.server}")
     partial = cache.partials()
-    print(f"{len(studies)} studies, {_gb(total)} of {_gb(cache.max_bytes)} in {cache.root}"
+    print(f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}, {_gb(total)} of {_gb(cache.max_bytes)} in {cache.root}"
           + (f"; {len(partial)} interrupted retrieval(s) kept for a retry" if partial else ""))
     return 0

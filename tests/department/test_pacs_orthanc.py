@@ -75,7 +75,7 @@ def test_find_and_get(stocked, capsys, tmp_path, server):
     assert again["fetched"] == len(b["files"]) // 2 and again["resumed"] == len(b["files"]) // 2
     # text output, as a person reads it
     code, out, _ = run(capsys, "pacs", "cache", "--cache", cache)
-    assert code == 0 and b["study_uid"] in out and "1 studies" in out
+    assert code == 0 and b["study_uid"] in out and "1 study," in out
 
 
 def test_c_move_with_our_own_receiver(stocked, tmp_path):
