@@ -84,6 +84,7 @@ class DimsePacs:
                 raise PacsError(f"{what}: timed out (no association answer within {s.timeout:g} s)", s.address)
             raise PacsError(f"{what}: the PACS aborted the association (no accepted service for "
                             f"{s.calling_aet!r}?)", s.address)
+        self._last_answer = time.monotonic()
         try:
             yield assoc
         finally:
@@ -93,9 +94,11 @@ class DimsePacs:
     def _check_status(self, what: str, status, assoc) -> int:
         s = self.server
         if status is None or "Status" not in status:
-            if assoc.is_aborted or not assoc.is_established:
-                raise PacsError(f"{what}: the association was aborted", s.address)
-            raise PacsError(f"{what}: timed out (no answer within {s.timeout:g} s)", s.address)
+            if time.monotonic() - self._last_answer >= s.timeout * 0.9:
+                raise PacsError(f"{what}: timed out (no answer within {s.timeout:g} s)", s.address)
+            raise PacsError(f"{what}: the PACS ended the association without an answer (does it allow this "
+                            f"for our AE title {s.calling_aet!r}?)", s.address)
+        self._last_answer = time.monotonic()
         return int(status.Status)
 
     # --- search ----------------------------------------------------------------------------------

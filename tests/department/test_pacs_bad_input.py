@@ -165,3 +165,15 @@ def test_cancel_keeps_what_arrived_for_the_retry(orthanc, tmp_path):
     assert cache.list() == [] and cache.partials() == [study["study_uid"]]
     result = get_study(client, study["study_uid"], cache)
     assert result.resumed >= 5 and result.resumed + result.fetched == len(study["files"])
+
+
+def test_an_ae_title_the_pacs_does_not_allow(orthanc_factory, capsys):
+    """A PACS that accepts the association but only serves the AE titles it knows (Orthanc's DicomModalities)."""
+    strict = orthanc_factory(extra={"DicomAlwaysAllowFind": False, "DicomAlwaysAllowGet": False,
+                                    "DicomAlwaysAllowMove": False,
+                                    "DicomModalities": {"speechct": ["SPEECHCT", "127.0.0.1", free_port()]}})
+    code, out, err = run(capsys, "pacs", "find", "--aet", strict.dimse_address, "--json")
+    assert code == 0 and json.loads(out)["studies"] == [], err  # SPEECHCT is known
+    code, _, err = run(capsys, "pacs", "find", "--aet", strict.dimse_address, "--calling-aet", "STRANGER",
+                       "--timeout", "20")
+    _one_line_error(code, err, "ended the association without an answer", "'STRANGER'")
