@@ -192,6 +192,7 @@ class StudyCache:
     def __init__(self, folder: str | Path, max_bytes: int):
         self.root = Path(folder)
         self.max_bytes = int(max_bytes)
+        self._held: dict[str, int] = {}
         try:
             (self.root / "studies").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -210,6 +211,24 @@ class StudyCache:
 
     def _study_lock(self, study_uid: str) -> _Lock:
         return _Lock(self.root / ".locks" / f"{study_uid}.lock")
+
+    @contextlib.contextmanager
+    def holding(self, study_uid: str) -> Iterator[None]:
+        """Hold the study's lock (re-entrant within this object): one process at a time fetches a study."""
+        study_uid = check_uid(study_uid, "StudyInstanceUID")
+        if study_uid in self._held:
+            self._held[study_uid] += 1
+            try:
+                yield
+            finally:
+                self._held[study_uid] -= 1
+            return
+        with self._study_lock(study_uid):
+            self._held[study_uid] = 1
+            try:
+                yield
+            finally:
+                del self._held[study_uid]
 
     # --- reading ---------------------------------------------------------------------------------
     def get(self, study_uid: str) -> CachedStudy | None:
@@ -254,7 +273,7 @@ class StudyCache:
         only what it lacks is fetched (a refresh, or more series than were cached).
         """
         study_uid = check_uid(study_uid, "StudyInstanceUID")
-        with self._study_lock(study_uid):
+        with self.holding(study_uid):
             complete = self.root / "studies" / study_uid
             partial_folder = self.root / ".partial" / study_uid
             if reuse_complete and complete.is_dir() and not partial_folder.exists():
@@ -273,7 +292,7 @@ class StudyCache:
 
     def remove(self, study_uid: str) -> bool:
         folder = self.root / "studies" / check_uid(study_uid, "StudyInstanceUID")
-        with self._study_lock(study_uid), self._cache_lock():
+        with self.holding(study_uid), self._cache_lock():
             if not folder.exists():
                 return False
             self._discard(folder)

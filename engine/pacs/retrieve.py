@@ -54,6 +54,12 @@ def get_study(client, study_uid: str, cache: StudyCache, *, series_uid: str | No
     study_uid = check_uid(study_uid, "StudyInstanceUID")
     if series_uid is not None:
         series_uid = check_uid(series_uid, "SeriesInstanceUID")
+    # one process at a time per study: a second one waits, then finds it in the cache
+    with cache.holding(study_uid):
+        return _get_locked(client, study_uid, cache, series_uid, refresh, progress, cancel)
+
+
+def _get_locked(client, study_uid, cache, series_uid, refresh, progress, cancel) -> GetResult:
     server = client.server
     cached = cache.get(study_uid)
     if cached is not None and not refresh and (series_uid in cached.series if series_uid else cached.all_ct):

@@ -105,3 +105,25 @@ def test_index_add_and_rank_from_pacs_uri(stocked, capsys, tmp_path, monkeypatch
                          "--threads", "1")
     assert code == 0, err
     assert json.loads(out)["study"]["series_uid"] == a["series"][0]
+
+
+def test_two_processes_get_the_same_study_once(stocked, tmp_path):
+    """Two workstations' processes ask for one study at once: one fetches it, the other waits and finds it cached."""
+    import os
+    import subprocess
+    import sys
+
+    orthanc, settings, _, b = stocked
+    env = {**os.environ, "SPEECHCT_PACS_CONFIG": settings, "SPEECHCT_PACS_CACHE": str(tmp_path / "shared-cache")}
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-m", "engine.cli", "pacs", "get", b["study_uid"], "--server", server,
+                               "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root, env=env)
+             for server in ("web", "dimse")]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    assert sorted(r["fetched"] for r in results) == [0, len(b["files"])]
+    assert sorted(r["cached"] for r in results) == [False, True]
+    assert len(StudyCache(tmp_path / "shared-cache", 10**9).list()) == 1
