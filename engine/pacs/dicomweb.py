@@ -23,9 +23,22 @@ _SERIES_FIELDS = ("SeriesInstanceUID", "Modality", "SeriesDescription", "SeriesN
 
 
 class _Session(requests.Session):
-    """A requests session that leaves ``*`` in query strings as it is (RFC 3986 allows it there):
-    requests sends a QIDO wildcard as ``%2A``, which some servers (Orthanc's DICOMweb plugin 1.7)
-    then match literally, so ``StudyDescription=*CHEST*`` would find nothing."""
+    """A requests session that
+
+    - leaves ``*`` in query strings as it is (RFC 3986 allows it there): requests sends a QIDO
+      wildcard as ``%2A``, which some servers (Orthanc's DICOMweb plugin 1.7) then match literally,
+      so ``StudyDescription=*CHEST*`` would find nothing;
+    - keeps the server's ``ca_bundle``: requests lets ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``
+      from the environment override a session's ``verify``, which would drop the department's CA.
+    """
+
+    pinned_verify: str | bool | None = None
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if self.pinned_verify is not None:
+            settings["verify"] = self.pinned_verify
+        return settings
 
     def prepare_request(self, request):
         prepared = super().prepare_request(request)
@@ -57,6 +70,8 @@ class DicomWebPacs:
         elif server.auth == "bearer":
             session.headers["Authorization"] = f"Bearer {server.token}"
         session.verify = server.ca_bundle if (server.verify and server.ca_bundle) else server.verify
+        if server.ca_bundle or not server.verify:
+            session.pinned_verify = session.verify
         if server.client_cert:
             session.cert = (server.client_cert, server.client_key) if server.client_key else server.client_cert
         self.client = DICOMwebClient(server.url, session=session, timeout=server.timeout)

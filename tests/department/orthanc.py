@@ -58,9 +58,11 @@ class OrthancServer:
     auth: tuple[str, str] | None = (USER, PASSWORD)
     log: Path = field(default=None)  # type: ignore[assignment]
 
+    tls: bool = False
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.http_port}"
 
     @property
     def dicomweb_url(self) -> str:
@@ -71,11 +73,11 @@ class OrthancServer:
         return f"{self.aet}@127.0.0.1:{self.dicom_port}"
 
     def rest(self, method: str, path: str, **kw) -> requests.Response:
-        r = requests.request(method, self.url + path, auth=self.auth, timeout=30, **kw)
+        r = requests.request(method, self.url + path, auth=self.auth, timeout=30, verify=False, **kw)
         r.raise_for_status()
         return r
 
-    def upload(self, files) -> list[str]:
+    def upload(self, files) -> list[str]:  # (the fixture's own calls skip TLS verification: it is not under test)
         """Store DICOM files through the REST API; returns Orthanc's instance ids."""
         ids = []
         for f in files:
@@ -150,13 +152,14 @@ def start_orthanc(folder: Path, *, auth: bool = True, extra: dict | None = None,
     with open(log, "wb") as out:
         process = subprocess.Popen([ORTHANC, "--logdir=" + str(folder), str(conf)], stdout=out,
                                    stderr=subprocess.STDOUT, cwd=folder, env={**os.environ, "LC_ALL": "C"})
-    server = OrthancServer(folder, http_port, dicom_port, process, auth=(USER, PASSWORD) if auth else None, log=log)
+    server = OrthancServer(folder, http_port, dicom_port, process, auth=(USER, PASSWORD) if auth else None, log=log,
+                           tls=bool(config.get("SslEnabled")))
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"Orthanc exited with {process.returncode}: {log.read_text(errors='replace')[-2000:]}")
         try:
-            if requests.get(server.url + "/system", auth=server.auth, timeout=2).status_code == 200:
+            if requests.get(server.url + "/system", auth=server.auth, timeout=2, verify=False).status_code == 200:
                 # the DICOM port too (Orthanc opens it after the HTTP server)
                 with socket.create_connection(("127.0.0.1", dicom_port), timeout=2):
                     return server
