@@ -45,6 +45,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--calling-aet", metavar="AET", help="our AE title for DIMSE (default SPEECHCT)")
     g.add_argument("--retrieve", choices=("get", "move"), help="DIMSE retrieval: C-GET (default) or C-MOVE")
     g.add_argument("--move-port", type=int, metavar="PORT", help="with --retrieve move: our C-STORE receiver's port")
+    g.add_argument("--tls", action="store_true", default=None, help="DIMSE over TLS (CA: the settings' ca_bundle "
+                   "or SPEECHCT_PACS_CA_BUNDLE)")
     g.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for the PACS (default 30)")
     g.add_argument("--settings", metavar="FILE", help="the PACS settings file (default: $SPEECHCT_PACS_CONFIG, "
                    "else the user config folder's speechct/pacs.json)")
@@ -66,7 +68,7 @@ def _server(args):
         raise PacsError("give --server NAME or an address (--url / --aet), not both")
     return resolve_server(args.server, url=args.url, aet=args.aet, calling_aet=args.calling_aet,
                           timeout=args.timeout, retrieve=args.retrieve, move_port=args.move_port,
-                          settings=args.settings)
+                          tls=args.tls, settings=args.settings)
 
 
 def _cache(args):

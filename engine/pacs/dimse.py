@@ -5,6 +5,9 @@ C-GET is the default: the instances come back on our own association, so the PAC
 us. C-MOVE (``retrieve: "move"``) needs the PACS to know ``calling_aet`` at our host and
 ``move_port``; a C-STORE receiver listens there for the duration of the move only.
 
+DICOM TLS (``tls: true`` in the settings, or ``--tls``) verifies the PACS's certificate with the
+server's ``ca_bundle`` (else the system's CAs) and presents ``client_cert`` when given.
+
 A PACS that is down, refuses the association (its reason is named), aborts it or does not answer
 within ``timeout`` seconds is one :class:`PacsError` line naming ``AET@HOST:PORT``.
 pynetdicom's own log goes nowhere unless ``speechct -v`` configures logging.
@@ -55,12 +58,35 @@ class DimsePacs:
         ae.connection_timeout = t
         return ae
 
+    def _tls_context(self):
+        import ssl
+
+        s = self.server
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=s.ca_bundle or None)
+        if not s.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if s.client_cert:
+            context.load_cert_chain(s.client_cert, s.client_key or None)
+        return context
+
     def _reachable(self, what: str) -> None:
-        """A plain TCP connect first, so that 'down' and 'too slow' are told apart from a refused association."""
+        """A plain TCP connect first (and the TLS handshake with ``tls``), so that 'down', 'too slow' and
+        'certificate not trusted' are told apart from a refused association."""
+        import ssl
+
         s = self.server
         try:
-            with socket.create_connection((s.host, s.port), timeout=s.timeout):
-                pass
+            with socket.create_connection((s.host, s.port), timeout=s.timeout) as sock:
+                if s.tls:
+                    with self._tls_context().wrap_socket(sock, server_hostname=s.host):
+                        pass
+        except ssl.SSLCertVerificationError as exc:
+            raise PacsError(f"{what}: TLS failed ({exc.verify_message or 'certificate not trusted'}); for a private "
+                            "CA set 'ca_bundle' in the PACS settings or SPEECHCT_PACS_CA_BUNDLE", s.address) from None
+        except ssl.SSLError as exc:
+            raise PacsError(f"{what}: TLS failed ({exc.reason or 'handshake failed'}; does the PACS speak DICOM TLS "
+                            "on this port?)", s.address) from None
         except TimeoutError:
             raise PacsError(f"{what}: no connection within {s.timeout:g} s (is the PACS up?)", s.address) from None
         except ConnectionRefusedError:
@@ -74,7 +100,8 @@ class DimsePacs:
         s = self.server
         self._reachable(what)
         start = time.monotonic()
-        assoc = ae.associate(s.host, s.port, ae_title=s.aet, ext_neg=ext_neg, evt_handlers=handlers)
+        tls_args = (self._tls_context(), s.host) if s.tls else None
+        assoc = ae.associate(s.host, s.port, ae_title=s.aet, ext_neg=ext_neg, evt_handlers=handlers, tls_args=tls_args)
         if not assoc.is_established:
             if assoc.is_rejected:
                 reason = getattr(getattr(assoc.acceptor, "primitive", None), "reason_str", None) or "no reason given"
@@ -82,8 +109,9 @@ class DimsePacs:
                                 f"as {s.calling_aet!r})", s.address)
             if time.monotonic() - start >= s.timeout * 0.9:
                 raise PacsError(f"{what}: timed out (no association answer within {s.timeout:g} s)", s.address)
+            hint = "" if s.tls else ", or does this port want DICOM TLS (--tls)"
             raise PacsError(f"{what}: the PACS aborted the association (no accepted service for "
-                            f"{s.calling_aet!r}?)", s.address)
+                            f"{s.calling_aet!r}{hint}?)", s.address)
         self._last_answer = time.monotonic()
         try:
             yield assoc

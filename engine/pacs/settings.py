@@ -10,6 +10,7 @@ The settings file is JSON, ``$SPEECHCT_PACS_CONFIG`` or ``<user config dir>/spee
                  "client_cert": "/path/cert.pem", "client_key": "/path/key.pem", "timeout": 30},
        "dimse": {"dimse": "PACS_AET@pacs.example.org:104", "calling_aet": "SPEECHCT",
                  "retrieve": "get",                                            # or "move" (+ "move_port": 11113)
+                 "tls": true, "ca_bundle": "...",                              # DICOM TLS (optional)
                  "timeout": 30}},
      "cache": {"folder": "/data/speechct-pacs-cache", "max_gb": 20}}
 
@@ -43,7 +44,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_CACHE_GB = 20.0
 _AET = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 characters, no backslash or control characters
 _SERVER_KEYS = {"dicomweb", "dimse", "auth", "username", "password", "token", "ca_bundle", "verify",
-                "client_cert", "client_key", "timeout", "calling_aet", "retrieve", "move_port"}
+                "client_cert", "client_key", "timeout", "calling_aet", "retrieve", "move_port", "tls"}
 
 
 def settings_path() -> Path:
@@ -68,6 +69,7 @@ class PacsServer:
     calling_aet: str = DEFAULT_CALLING_AET
     retrieve: str = "get"  # DIMSE: "get" (C-GET) or "move" (C-MOVE to our own C-STORE receiver)
     move_port: int | None = None  # DIMSE C-MOVE: the port our receiver listens on (the PACS must know it)
+    tls: bool = False  # DIMSE over TLS (DICOMweb: the URL's https:// says it)
     timeout: float = DEFAULT_TIMEOUT
     auth: str = "none"  # "none" | "basic" | "bearer"
     username: str | None = field(default=None, repr=False)
@@ -201,13 +203,17 @@ def _server_from_entry(name: str, entry: dict, where: str) -> PacsServer:
     if retrieve == "move" and not move_port:
         raise PacsError(f"server {name!r}: retrieve 'move' needs move_port (the port our C-STORE receiver "
                         "listens on, known to the PACS as calling_aet)", where)
+    tls = bool(entry.get("tls", False))
+    if tls and retrieve == "move":
+        raise PacsError(f"server {name!r}: C-MOVE's receiver listens without TLS; with 'tls' use retrieve 'get'",
+                        where)
     return PacsServer(kind="dimse", aet=aet, host=host, port=port, calling_aet=calling, retrieve=retrieve,
-                      move_port=int(move_port) if move_port else None, **common)
+                      move_port=int(move_port) if move_port else None, tls=tls, **common)
 
 
 def resolve_server(name: str | None = None, *, url: str | None = None, aet: str | None = None,
                    calling_aet: str | None = None, timeout: float | None = None,
-                   retrieve: str | None = None, move_port: int | None = None,
+                   retrieve: str | None = None, move_port: int | None = None, tls: bool | None = None,
                    settings: Path | None = None) -> PacsServer:
     """The server to talk to: ``url`` (DICOMweb) or ``aet`` (``AET@HOST:PORT``) given directly, else the
     settings file's server ``name`` (or its ``default``, or its only server). Secrets come from the
@@ -218,7 +224,7 @@ def resolve_server(name: str | None = None, *, url: str | None = None, aet: str 
     raw = load_settings(path)
     where = str(path)
     overrides = {k: v for k, v in (("calling_aet", calling_aet), ("timeout", timeout), ("retrieve", retrieve),
-                                   ("move_port", move_port)) if v is not None}
+                                   ("move_port", move_port), ("tls", tls)) if v is not None}
     if url or aet:
         entry = {"dicomweb": check_url(url)} if url else {"dimse": aet}
         # a server of the settings with the same address lends its secrets and TLS settings

@@ -111,3 +111,27 @@ def test_bearer_token_is_sent_and_never_shown(tmp_path, capsys, monkeypatch):
         assert code == 2 and "refused our credentials (HTTP 401)" in err and "tok-WRONG" not in err
     finally:
         httpd.shutdown()
+
+
+def test_dimse_over_tls(orthanc_factory, tmp_path, capsys, monkeypatch):
+    """Orthanc's DICOM TLS: search and C-GET with the private CA; without it, or without TLS, one line."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make test certificates")
+    from .studies import write_study
+
+    ca, cert, key = _certificates(tmp_path)
+    server = orthanc_factory(extra={"DicomTlsEnabled": True, "DicomTlsCertificate": str(cert),
+                                    "DicomTlsPrivateKey": str(key), "DicomTlsTrustedCertificates": str(ca),
+                                    "DicomTlsRemoteCertificateRequired": False})
+    study = write_study(tmp_path / "s", 4)
+    server.upload(study["files"])
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca))  # (not used by DIMSE: it must not matter)
+    code, _, err = run(capsys, "pacs", "find", "--aet", server.dimse_address, "--tls", "--timeout", "10")
+    assert code == 2 and err.count("\n") == 1 and "TLS failed" in err and "ca_bundle" in err
+    monkeypatch.setenv("SPEECHCT_PACS_CA_BUNDLE", str(ca))
+    code, out, err = run(capsys, "pacs", "get", study["study_uid"], "--aet", server.dimse_address, "--tls", "--json",
+                         "--cache", tmp_path / "c")
+    assert code == 0, err
+    assert json.loads(out)["fetched"] == len(study["files"])
+    code, _, err = run(capsys, "pacs", "find", "--aet", server.dimse_address, "--timeout", "3")  # no --tls
+    assert code == 2 and err.count("\n") == 1 and server.dimse_address in err, err
