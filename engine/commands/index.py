@@ -88,9 +88,11 @@ def run_add(args: argparse.Namespace) -> int:
     from engine.pacs.retrieve import is_pacs_uri
 
     if any(is_pacs_uri(p) for p in args.paths):  # pacs://SERVER/STUDY_UID[/SERIES_UID]: into the cache first
+        from engine.commands.pacs import progress_printer
         from engine.pacs.retrieve import fetch_uri
 
-        args.paths = [str(fetch_uri(p)[0]) if is_pacs_uri(p) else p for p in args.paths]
+        show = progress_printer(not args.json and sys.stderr.isatty())
+        args.paths = [str(fetch_uri(p, progress=show)[0]) if is_pacs_uri(p) else p for p in args.paths]
     for path in args.paths:
         if not Path(path).exists():
             raise StudyError("does not exist", path)

@@ -166,7 +166,8 @@ def run_find(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_printer(enabled: bool):
+def progress_printer(enabled: bool):
+    """A ``progress(done, total)`` that redraws one stderr line (None when ``enabled`` is false)."""
     if not enabled:
         return None
 
@@ -188,7 +189,7 @@ def run_get(args: argparse.Namespace) -> int:
     client = connect(server)
     try:
         result = get_study(client, args.study_uid, cache, series_uid=args.series, refresh=args.refresh,
-                           progress=_progress_printer(not args.json and sys.stderr.isatty()))
+                           progress=progress_printer(not args.json and sys.stderr.isatty()))
     finally:
         client.close()
     folder = result.study.folder / args.series if args.series else result.study.folder

@@ -144,9 +144,10 @@ def run(args: argparse.Namespace) -> int:
     from engine.pacs.retrieve import is_pacs_uri
 
     if is_pacs_uri(args.ct):  # pacs://SERVER/STUDY_UID[/SERIES_UID]: into the cache, then read from there
+        from engine.commands.pacs import progress_printer
         from engine.pacs.retrieve import fetch_uri
 
-        ct, uri_series, _ = fetch_uri(args.ct)
+        ct, uri_series, _ = fetch_uri(args.ct, progress=progress_printer(not args.json and sys.stderr.isatty()))
         series = series or uri_series
     engine = make_engine(args)
     analysis = engine.analyze(ct, waveform, 16_000 if waveform is not None else None,

@@ -77,6 +77,7 @@ def test_bad_addresses_are_one_line(kwargs, message):
     ({"a": {"dicomweb": "http://x/dw", "pasword": "typo"}}, "unknown key"),
     ({"a": {"dimse": "P@h:1", "retrieve": "move"}}, "needs move_port"),
     ({"a": {"dicomweb": "http://x/dw", "timeout": -1}}, "timeout must be > 0"),
+    ({"a": {"dimse": "P@h:1", "retrieve": "move", "move_port": 5, "tls": True}}, "listens without TLS"),
 ])
 def test_bad_settings_are_one_line(tmp_path, servers, message):
     with pytest.raises(PacsError, match=message):
