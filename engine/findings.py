@@ -49,11 +49,12 @@ RAD_CHESTCT_DROP = ("Mosaic attenuation pattern",)
 RAD_CHESTCT_MERGE = {"Calcification": ("Arterial wall calcification", "Coronary artery wall calcification")}
 
 
-#: Classes of the dictation head, in its output order (what a radiologist said about a finding);
-#: the same tuple as ``engine.models.dictation.CLASSES``.
-DICTATION_CLASSES = ("present", "absent", "not mentioned")
-#: The mentions CSV's codes: 1 reported present, 0 reported absent, -1 not mentioned.
-MENTION_CODES = (1, 0, -1)
+#: What a dictation says about a finding: the CheXpert labeler's four mention states, in the dictation
+#: head's output order. A hedged mention ("possible", "cannot be excluded") is ``uncertain``: a mention,
+#: so never "omitted" and never "negated".
+DICTATION_CLASSES = ("present", "uncertain", "absent", "not mentioned")
+#: The three states of dictation heads shipped before the fourth (bundles still load with them).
+LEGACY_DICTATION_CLASSES = ("present", "absent", "not mentioned")
 #: Threshold used when a bundle gives none for a label.
 DEFAULT_THRESHOLD = 0.5
 
@@ -277,21 +278,8 @@ class DictationFinding:
     probabilities: dict[str, float]
 
 
-def mentions_to_classes(mentions):
-    """Mentions coding (1 present, 0 absent, −1 not mentioned; DESIGN.md §2) → class indices into
-    :data:`DICTATION_CLASSES` (0 present, 1 absent, 2 not mentioned). numpy in, numpy out."""
-    m = np.asarray(mentions)
-    bad = set(np.unique(m).tolist()) - set(MENTION_CODES)
-    if bad:
-        raise ValueError(f"mention values must be in {MENTION_CODES}, got {sorted(bad)}")
-    out = np.full(m.shape, 2, dtype=np.int64)
-    out[m == 1] = 0
-    out[m == 0] = 1
-    return out
-
-
 def dictation_findings(head_logits, labels=LABELS, classes=DICTATION_CLASSES) -> list[DictationFinding]:
-    """Per-finding status from the dictation head's logits ``[L, 3]`` (``classes`` order), label order kept."""
+    """Per-finding status from the dictation head's logits ``[L, C]`` (``classes`` order), label order kept."""
     logits = _as_tensor(head_logits).float()
     if logits.ndim == 3 and logits.shape[0] == 1:
         logits = logits[0]
@@ -334,6 +322,7 @@ def discrepancies(
 
     Image positive (P > threshold) but the dictation negates it → ``negated``; or does not
     mention it → ``omitted``; dictated present but the image is not positive → ``unsupported``.
+    An ``uncertain`` (hedged) mention is a mention and commits to nothing: it is never a discrepancy.
     Dictation statuses less confident than ``min_dictation_confidence`` are not acted on, nor
     findings whose validation AUROC is known and below ``min_auroc`` (:func:`unchecked`).
     Order: by kind (:data:`DISCREPANCY_KINDS`), then by how far the image is from its threshold.

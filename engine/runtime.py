@@ -38,9 +38,9 @@ when ``engine`` is imported, before transformers can load, and every backbone is
       "findings": [{"label": str, "probability": float,   # P(present), CT-CLIP pair softmax
                     "threshold": float, "positive": bool,    # most probable first
                     "auroc": float | null}],                 # the bundle's validation AUROC of this finding
-      "dictation": null | [{"label": str, "status": "present" | "absent" | "not mentioned",
+      "dictation": null | [{"label": str, "status": "present" | "uncertain" | "absent" | "not mentioned",
                             "confidence": float,
-                            "probabilities": {"present": float, "absent": float, "not mentioned": float}}],
+                            "probabilities": {state: float}}],  # the bundle head's states (3 before "uncertain")
       "discrepancies": null | [{"label": str, "kind": "negated" | "omitted" | "unsupported",
                                 "probability": float, "threshold": float,
                                 "margin": float,             # probability - threshold

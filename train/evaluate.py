@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DataError
-from engine.findings import DICTATION_CLASSES, LABELS, PromptBank, mentions_to_classes, prompt_pair
+from engine.findings import DICTATION_CLASSES, LABELS, PromptBank, prompt_pair
 from train import metrics as M
 
 SYSTEMS = ("text teacher", "ASR cascade", "naive student", "distilled student")
@@ -376,8 +376,27 @@ def score_system(ct_emb: np.ndarray, query_emb: np.ndarray | None, bank: PromptB
         }
     if dictation_logits is not None and mentions is not None:
         pred = np.asarray(dictation_logits).argmax(axis=-1)
-        out["dictation"] = M.dictation_f1(pred, mentions_to_classes(mentions), DICTATION_CLASSES, bank.labels)
+        out["dictation"] = M.dictation_f1(pred, np.asarray(mentions, dtype=np.int64), DICTATION_CLASSES, bank.labels)
+        out["dictation_pred"] = pred.tolist()  # per study, for the paired comparison with the cascade
     return out, scores
+
+
+def _cascade_dictation(transcripts: list[str], target: np.ndarray, systems: dict, pos: list[int],
+                       cfg: EvalConfig) -> tuple[dict, dict]:
+    """F1 of the rule labeler (:mod:`train.labeler`, training lexicon) on ASR transcripts, and the paired
+    bootstrap of each speech-native reader against it on the same studies."""
+    from train.labeler import label_report, training_lexicon
+
+    lex = training_lexicon()
+    pred = np.array([[DICTATION_CLASSES.index(label_report(t, lex)[lab]) for lab in LABELS] for t in transcripts])
+    out = M.dictation_f1(pred, target, DICTATION_CLASSES, LABELS)
+    paired = {}
+    for name in ("distilled student", "naive student"):
+        speech_pred = systems.get(name, {}).get("dictation_pred")
+        if speech_pred is not None:
+            paired[f"{name} − cascade"] = M.dictation_f1_paired(
+                np.asarray(speech_pred)[pos], pred, target, len(DICTATION_CLASSES), n_boot=cfg.n_boot, seed=cfg.seed)
+    return out, paired
 
 
 def _paired(scores_a, scores_b, labels, names, res_a, res_b, cfg: EvalConfig) -> dict:
@@ -596,7 +615,8 @@ def evaluate_bundle(
             g["systems"][f"{student} student"] = res
 
         if items and models.embed_text is not None and cfg.cascade_n > 0:
-            from train.cascade import Transcriber, run_cascade
+            from engine.transcribe import Transcriber
+            from train.cascade import run_cascade
 
             if transcriber is None:
                 t0 = time.perf_counter()
@@ -642,6 +662,9 @@ def evaluate_bundle(
                 if q is not None:
                     same[name] = M.recall_at_k(q, ct_emb[sub_rows], cfg.recall_ks)
             res["same_subset_retrieval"] = same
+            if mentions is not None:  # the cascade's dictation reader: the rule labeler on the transcripts
+                res["dictation"], res["dictation_paired"] = _cascade_dictation(
+                    casc.transcripts, mentions[pos], g["systems"], pos, cfg)
             g["systems"]["ASR cascade"] = res
 
         if "distilled student" in raw and "naive student" in raw:
@@ -819,6 +842,7 @@ def to_markdown(result: dict) -> str:
                      + (" *" if p[m]["excludes_zero"] else "") for m in ("auroc", "f1")]
             lines.append(f"- paired bootstrap {pname}: " + "; ".join(parts) + " (* = 95 % CI excludes 0)")
         lines.append("")
+        lines += _readers_markdown(systems)
     t = result.get("text_teacher_all")
     if t:
         z = t["zero_shot"]["macro"]
@@ -830,6 +854,30 @@ def to_markdown(result: dict) -> str:
     for note in result.get("notes", []):
         lines.append(f"- note: {note}")
     return "\n".join(lines) + "\n"
+
+
+def _readers_markdown(systems: dict) -> list[str]:
+    """The dictation readers of one voice group: macro F1 over the mention states, per state, and how
+    often a present mention is read as absent; the cascade's paired comparison."""
+    rows = [(name, s["dictation"]) for name, s in systems.items() if s.get("dictation")]
+    if not rows:
+        return []
+    classes = list(rows[0][1]["per_class"])
+    out = ["Dictation readers (macro F1 over the mention states):", "",
+           "| reader | n | macro F1 | " + " | ".join(classes) + " | present read absent |",
+           "|" + "---|" * (4 + len(classes))]
+    for name, d in rows:
+        label = "ASR + rule labeler" if name == "ASR cascade" else f"{name} (speech-native)"
+        n = sum(d["support"].values()) // max(1, len(d["per_finding_macro_f1"]))
+        pra = d.get("present_read_absent")
+        tail = f" | {pra:.3f} |" if pra is not None else " | – |"
+        out.append(f"| {label} | {n} | {d['macro_f1']:.3f} | "
+                   + " | ".join(f"{d['per_class'][c]:.3f}" for c in classes) + tail)
+    for name, p in systems.get("ASR cascade", {}).get("dictation_paired", {}).items():
+        star = " *" if p["ci"][0] > 0 or p["ci"][1] < 0 else ""
+        out.append(f"- paired bootstrap {name} (n = {p['n']}): macro F1 {p['diff']:+.3f} "
+                   f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]{star}")
+    return out + [""]
 
 
 def _json_default(o):

@@ -25,7 +25,7 @@ import torch
 
 from engine.errors import BundleError, DataError
 from engine.findings import LABELS
-from engine.models.dictation import CLASSES, build_head, head_config_from_dict
+from engine.models.dictation import CLASS_SETS, build_head, head_config_from_dict
 from engine.weights.bundle import save_bundle, speech_entry
 from train.recipes import load_student, load_teacher, prompt_texts, stage_dir
 
@@ -116,7 +116,8 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
                     "layout": "for each label: present, not present"},
     }
     if "dictation_head" in tensors:
-        manifest["dictation_head"] = {"labels": list(LABELS), "classes": list(CLASSES), "group": "dictation_head",
+        manifest["dictation_head"] = {"labels": list(LABELS), "classes": list(CLASS_SETS[head.config.n_classes]),
+                                      "group": "dictation_head",
                                       "config": head_meta["config"],
                                       "input": ("the speech student's encoder frames before pooling, all windows "
                                                 "in order" if head.input == "frames" else

@@ -469,25 +469,57 @@ def label_overlap_map_at_k(embeddings: np.ndarray, labels: np.ndarray, ks: Seque
 
 
 def dictation_f1(predicted: np.ndarray, target: np.ndarray, classes: Sequence[str], names: Sequence[str]) -> dict:
-    """F1 of the 3-way dictation head: per class over all (study, finding) pairs, their macro mean,
-    and the macro-over-classes F1 of each finding. ``predicted``/``target`` are class indices
-    ``[N, L]``."""
+    """F1 of the dictation head (mention states): per class over all (study, finding) pairs, their macro
+    mean (over the states that occur in the target or the prediction), the macro-over-classes F1 of each finding, the confusion counts (``confusion[true][predicted]``)
+    and the share of present mentions read as absent. ``predicted``/``target`` are class indices ``[N, L]``."""
     p, t = np.asarray(predicted).reshape(-1), np.asarray(target).reshape(-1)
     k = list(range(len(classes)))
     per_class = f1_score(t, p, labels=k, average=None, zero_division=0)
+    occurring = [i for i in k if (t == i).any() or (p == i).any()]  # a state nobody said is not averaged in
     P, T = np.asarray(predicted), np.asarray(target)
     per_finding = {
-        name: float(f1_score(T[:, j], P[:, j], labels=k, average="macro", zero_division=0))
+        name: float(f1_score(T[:, j], P[:, j], average="macro", zero_division=0))
         for j, name in enumerate(names)
     }
     support = {c: int((t == i).sum()) for i, c in enumerate(classes)}
+    confusion = {c: {d: int(((t == i) & (p == j)).sum()) for j, d in enumerate(classes)} for i, c in enumerate(classes)}
+    out_extra = {"confusion": confusion}
+    if "present" in classes and "absent" in classes and support["present"]:
+        out_extra["present_read_absent"] = confusion["present"]["absent"] / support["present"]
     return {
-        "macro_f1": float(np.mean(per_class)),
+        **out_extra,
+        "macro_f1": float(np.mean(per_class[occurring])) if occurring else float("nan"),
         "per_class": {c: float(v) for c, v in zip(classes, per_class)},
         "support": support,
         "per_finding_macro_f1": per_finding,
         "accuracy": float((p == t).mean()),
     }
+
+
+def _macro_f1_fast(t: np.ndarray, p: np.ndarray, k: int) -> float:
+    """Macro F1 over the classes (of ``k``) that occur in ``t`` or ``p``, from flat integer arrays."""
+    f1 = []
+    for c in range(k):
+        tp = np.sum((t == c) & (p == c))
+        denom = np.sum(t == c) + np.sum(p == c)
+        if denom:
+            f1.append(2.0 * tp / denom)
+    return float(np.mean(f1)) if f1 else float("nan")
+
+
+def dictation_f1_paired(pred_a: np.ndarray, pred_b: np.ndarray, target: np.ndarray, n_classes: int, *,
+                        n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Macro F1 of two readers on the same studies (``[N, L]`` class indices), and the paired bootstrap
+    over studies of ``a − b``: {"a", "b", "diff", "ci": [lo, hi], "n"}."""
+    a, b, t = (np.asarray(x) for x in (pred_a, pred_b, target))
+    n = t.shape[0]
+    fa, fb = _macro_f1_fast(t.ravel(), a.ravel(), n_classes), _macro_f1_fast(t.ravel(), b.ravel(), n_classes)
+    diffs = []
+    for idx in bootstrap_indices(n, n_boot, seed):
+        tt = t[idx].ravel()
+        diffs.append(_macro_f1_fast(tt, a[idx].ravel(), n_classes) - _macro_f1_fast(tt, b[idx].ravel(), n_classes))
+    lo, hi = _ci(np.asarray(diffs), level) if diffs else (float("nan"), float("nan"))
+    return {"a": fa, "b": fb, "diff": fa - fb, "ci": [lo, hi], "n": int(n)}
 
 
 def report_zero_shot_auroc(query_emb: np.ndarray, present: np.ndarray, absent: np.ndarray, logit_scale: float,

@@ -18,7 +18,6 @@ from engine.findings import (
     average_prompt_voices,
     dictation_findings,
     discrepancies,
-    mentions_to_classes,
     prompt_pair,
     rad_chestct_labels,
     rank_findings,
@@ -127,22 +126,36 @@ def test_rank_findings_sorted_with_thresholds():
         rank_findings(np.array([1.0, 0.0]), bank, 10.0, [0.5])
 
 
-def test_dictation_findings_and_mentions_coding():
-    logits = torch.full((len(LABELS), 3), -5.0)
+def test_dictation_findings_four_states():
+    assert DICTATION_CLASSES == ("present", "uncertain", "absent", "not mentioned")
+    logits = torch.full((len(LABELS), 4), -5.0)
     logits[0, 0] = 5.0  # present
-    logits[1, 1] = 2.0  # absent
-    logits[2:, 2] = 1.0  # not mentioned
+    logits[1, 1] = 2.0  # uncertain
+    logits[2, 2] = 2.0  # absent
+    logits[3:, 3] = 1.0  # not mentioned
     out = dictation_findings(logits)
     assert [d.label for d in out] == list(LABELS)
-    assert (out[0].status, out[1].status, out[2].status) == ("present", "absent", "not mentioned")
-    assert out[0].confidence == pytest.approx(math.exp(5) / (math.exp(5) + 2 * math.exp(-5)), rel=1e-5)
+    assert [o.status for o in out[:4]] == ["present", "uncertain", "absent", "not mentioned"]
+    assert out[0].confidence == pytest.approx(math.exp(5) / (math.exp(5) + 3 * math.exp(-5)), rel=1e-5)
     assert sum(out[1].probabilities.values()) == pytest.approx(1.0)
     assert tuple(out[0].probabilities) == DICTATION_CLASSES
     with pytest.raises(ValueError):
-        dictation_findings(torch.zeros(3, 3))
-    np.testing.assert_array_equal(mentions_to_classes(np.array([[1, 0, -1]])), [[0, 1, 2]])
-    with pytest.raises(ValueError):
-        mentions_to_classes(np.array([2]))
+        dictation_findings(torch.zeros(3, 4))
+
+
+def test_dictation_findings_legacy_three_states():
+    from engine.findings import LEGACY_DICTATION_CLASSES
+
+    logits = torch.full((len(LABELS), 3), -5.0)
+    logits[:, 1] = 5.0
+    out = dictation_findings(logits, classes=LEGACY_DICTATION_CLASSES)
+    assert {o.status for o in out} == {"absent"} and tuple(out[0].probabilities) == LEGACY_DICTATION_CLASSES
+
+
+def test_uncertain_mention_is_never_a_discrepancy():
+    f = [FindingScore("A", 0.9, 0.5, True), FindingScore("B", 0.1, 0.5, False)]
+    said = [DictationFinding("A", "uncertain", 0.9, {}), DictationFinding("B", "uncertain", 0.9, {})]
+    assert discrepancies(f, said) == []
 
 
 def test_discrepancies_kinds_and_order():

@@ -66,8 +66,8 @@ def world(tmp_path_factory):
          [[n, "", "", f, ""] for n, f in zip(names, findings)])
     _csv(ds / "multi_abnormality_labels" / "valid_predicted_labels.csv", ["VolumeName", *LABELS],
          [[n, *row] for n, row in zip(names, labels)])
-    _csv(ds / "multi_abnormality_labels" / "valid_mentions.csv", ["VolumeName", *LABELS],
-         [[n, *row] for n, row in zip(names, mentions)])
+    _csv(ds / "multi_abnormality_labels" / "valid_mentions_chexpert.csv", ["VolumeName", *LABELS],
+         [[n, *["" if v == -1 else v for v in row]] for n, row in zip(names, mentions)])  # -1 here: not mentioned
     sroot = root / "speech-rate"
     rows = []
     for i, name in enumerate(names):
@@ -121,13 +121,13 @@ def _models(w, naive_noise=3.0):
 
     def head(emb):  # a perfect head: find the study, return its mentions one-hot
         codes = [next(c for c, v in dtable.items() if np.allclose(v, e)) for e in emb]
-        cls = np.stack([np.select([w["mentions"][c - 1] == 1, w["mentions"][c - 1] == 0], [0, 1], 2) for c in codes])
-        return np.eye(3)[cls] * 10
+        cls = np.stack([np.select([w["mentions"][c - 1] == 1, w["mentions"][c - 1] == 0], [0, 2], 3) for c in codes])
+        return np.eye(4)[cls] * 10
 
     def frame_head(waves):  # the naive embedding + a perfect head that reads the audio itself (dictation_frames)
-        cls = np.stack([np.select([w["mentions"][_code(v) - 1] == 1, w["mentions"][_code(v) - 1] == 0], [0, 1], 2)
+        cls = np.stack([np.select([w["mentions"][_code(v) - 1] == 1, w["mentions"][_code(v) - 1] == 0], [0, 2], 3)
                         for v in waves])
-        return naive(waves), np.eye(3)[cls] * 10
+        return naive(waves), np.eye(4)[cls] * 10
 
     return E.EvalModels(spec=SPEC, logit_scale=20.0, embed_ct=embed_ct,
                         embed_text=lambda texts: np.stack([text_of[t] for t in texts]),
@@ -172,6 +172,11 @@ def test_evaluate_end_to_end(world, tmp_path):
     assert casc["prompt_voices"] == ["mb-en1"]  # cascade_prompt_voices=1; the students use both
     assert casc["retrieval"]["query_to_ct"]["k"][1]["random"] == pytest.approx(0.1)
     assert set(casc["same_subset_retrieval"]) == {"text teacher", "naive student", "distilled student"}
+    # its dictation reader is the rule labeler on the transcripts, compared pairwise with the speech readers
+    assert set(casc["dictation"]["per_class"]) == {"present", "uncertain", "absent", "not mentioned"}
+    paired = casc["dictation_paired"]["distilled student − cascade"]
+    assert paired["n"] == 10 and paired["a"] == 1.0 and paired["ci"][0] <= paired["diff"] <= paired["ci"][1]
+    assert "Dictation readers" in (tmp_path / "evaluation.md").read_text()
     # the cascade transcribes perfectly here, so its scores equal the teacher's on that subset
     assert casc["report_zero_shot"]["macro_auroc"] > 0.8
     assert "distilled − naive" in g["paired"] and g["paired"]["distilled − naive"]["auroc"]["diff"] > 0

@@ -162,13 +162,15 @@ def test_label_overlap_map_no_self_fresh_per_k():
 
 
 def test_dictation_f1():
-    t = np.array([[0, 1, 2], [2, 2, 1], [0, 2, 2]])
-    p = np.array([[0, 1, 2], [2, 1, 1], [0, 2, 0]])
+    t = np.array([[0, 2, 3], [3, 3, 2], [0, 3, 1], [0, 1, 3]])
+    p = np.array([[0, 2, 3], [3, 2, 2], [2, 3, 1], [0, 3, 3]])
     out = M.dictation_f1(p, t, DICTATION_CLASSES, LABELS[:3])
-    ref = f1_score(t.ravel(), p.ravel(), labels=[0, 1, 2], average=None)
+    ref = f1_score(t.ravel(), p.ravel(), labels=[0, 1, 2, 3], average=None)
     assert out["per_class"]["present"] == pytest.approx(ref[0])
     assert out["macro_f1"] == pytest.approx(ref.mean())
-    assert out["support"] == {"present": 2, "absent": 2, "not mentioned": 5}
+    assert out["support"] == {"present": 3, "uncertain": 2, "absent": 2, "not mentioned": 5}
+    assert out["confusion"]["present"] == {"present": 2, "uncertain": 0, "absent": 1, "not mentioned": 0}
+    assert out["present_read_absent"] == pytest.approx(1 / 3)
     assert set(out["per_finding_macro_f1"]) == set(LABELS[:3])
 
 

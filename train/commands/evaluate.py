@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True, type=Path, help="bundle folder or training run folder")
     p.add_argument("--data", required=True, type=Path, help="data folder with ct-rate/ (and speech-rate/)")
-    p.add_argument("--split", default="valid", choices=("train", "valid"))
+    p.add_argument("--split", default="valid", choices=("train", "valid", "test"),
+                   help="test: the held-out test root (DATA/ct-rate-test and DATA/speech-rate-test, test wording)")
     p.add_argument("--out", type=Path, default=None, help="where evaluation.json/.md go (default: BUNDLE/evaluation)")
     p.add_argument("--speech", type=Path, action="append", default=None,
                    help="a Speech-RATE-layout root (repeatable; default DATA/speech-rate)")
@@ -62,21 +63,25 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    ct_root = args.data / "ct-rate"
+    test = args.split == "test"
+    ct_root = args.data / ("ct-rate-test" if test else "ct-rate")
     if not ct_root.is_dir():
-        raise DataError("no ct-rate/ folder in the data folder", args.data)
+        raise DataError(f"no {ct_root.name}/ folder in the data folder"
+                        + (" (speechct-train synth --n-test N writes it)" if test else ""), args.data)
+    split = "valid" if test else args.split  # the test root is a CT-RATE layout whose valid split is the test set
+    training_data = args.training_data or (args.data if test else None)
     speech = args.speech
     if speech is None:
-        default = args.data / "speech-rate"
+        default = args.data / ("speech-rate-test" if test else "speech-rate")
         speech = [default] if default.is_dir() else None
     out = args.out or (args.bundle / "evaluation")
     cfg = EvalConfig(n_boot=args.bootstrap, seed=args.seed, threshold_on=args.threshold_on,
                      calibration_fraction=args.calibration_fraction, labels_mode=args.labels,
                      cascade_n=args.cascade_n, limit=args.limit)
-    result = evaluate_bundle(args.bundle, ct_root, speech, args.split, config=cfg, prompts=args.prompts,
+    result = evaluate_bundle(args.bundle, ct_root, speech, split, config=cfg, prompts=args.prompts,
                              synthesize_missing_prompts=not args.no_prompt_synthesis, out_dir=out,
                              naive=args.naive, progress=not args.quiet, train_voice_copy=args.train_voice_copy,
-                             training_speech=None if args.training_data is None else args.training_data / "speech-rate",
+                             training_speech=None if training_data is None else training_data / "speech-rate",
                              ct_cache=args.cache or ((args.data / "cache") if (args.data / "cache").is_dir() else None))
     print(to_markdown(result))
     print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.md'}")
