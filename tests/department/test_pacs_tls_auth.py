@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -77,7 +78,7 @@ def test_dicomweb_over_tls_with_a_private_ca(tls_url, tmp_path, capsys, monkeypa
     assert code == 2 and err.count("\n") == 1 and "search (QIDO-RS)" in err
 
 
-def test_bearer_token_is_sent_and_never_shown(tmp_path, capsys, monkeypatch):
+def test_bearer_token_is_sent_and_never_shown(tmp_path, capsys, monkeypatch, caplog):
     """The token goes in the Authorization header (seen by a small local HTTP server) and nowhere else."""
     seen = []
 
@@ -103,9 +104,11 @@ def test_bearer_token_is_sent_and_never_shown(tmp_path, capsys, monkeypatch):
     url = f"http://127.0.0.1:{httpd.server_address[1]}/dicom-web"
     try:
         monkeypatch.setenv("SPEECHCT_PACS_TOKEN", "tok-ABC")
-        code, out, err = run(capsys, "pacs", "find", "--url", url, "--json")
+        with caplog.at_level(logging.DEBUG):  # dicomweb-client and urllib3 log requests at DEBUG
+            code, out, err = run(capsys, "pacs", "find", "--url", url, "--json")
         assert code == 0, err
-        assert seen == ["Bearer tok-ABC"] and "tok-ABC" not in out + err
+        assert seen == ["Bearer tok-ABC"] and "tok-ABC" not in out + err + caplog.text
+        assert "GET" in caplog.text  # (the requests were logged, without the token)
         monkeypatch.setenv("SPEECHCT_PACS_TOKEN", "tok-WRONG")
         code, _, err = run(capsys, "pacs", "find", "--url", url)
         assert code == 2 and "refused our credentials (HTTP 401)" in err and "tok-WRONG" not in err
