@@ -1,6 +1,10 @@
-"""``speechct rank`` (CT + dictation) opens no socket: run it in a fresh process whose socket module
-refuses to create or connect anything, with every attempt logged to a file, and check that the
-command still succeeds and nothing was attempted."""
+"""``speechct rank`` (CT + dictation) reaches no network: run it in a fresh process whose socket module
+refuses to connect, send, resolve or bind anything but loopback, with every attempt logged to a file,
+and check that the command still succeeds and nothing was attempted.
+
+Creating a socket and binding it to loopback touches no network and is allowed (as in the installer's
+runtime guard, ``packaging/rthooks/speechct_offline.py``): urllib3 probes IPv6 support that way when it
+is imported, and pydicom imports ``requests`` (installed for dicomweb-client) whenever it is there."""
 
 from __future__ import annotations
 
@@ -32,16 +36,32 @@ def _refuse(what):
     return refused
 
 
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 class _NoSocket(socket.socket):
-    def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
-        if family != -1 and family == getattr(socket, "AF_UNIX", None):
-            super().__init__(family, type, proto, fileno)  # local IPC is not network
-            return
-        _refuse("socket")(self, family, type)
+    def bind(self, address):
+        if self.family == getattr(socket, "AF_UNIX", None) or (
+                isinstance(address, tuple) and address[0] in _LOOPBACK):
+            return super().bind(address)  # local IPC, or loopback (urllib3's IPv6 probe): not network
+        _refuse("bind")(self, address)
+
+    def connect(self, address):
+        if self.family == getattr(socket, "AF_UNIX", None):
+            return super().connect(address)
+        _refuse("connect")(self, address)
+
+    def connect_ex(self, address):
+        if self.family == getattr(socket, "AF_UNIX", None):
+            return super().connect_ex(address)
+        _refuse("connect_ex")(self, address)
+
+    def sendto(self, *args):
+        if self.family == getattr(socket, "AF_UNIX", None):
+            return super().sendto(*args)
+        _refuse("sendto")(self, *args)
 
 
-_NoSocket.connect = _refuse("connect")
-_NoSocket.connect_ex = _refuse("connect_ex")
 socket.socket = _NoSocket
 socket.create_connection = _refuse("create_connection")
 socket.getaddrinfo = _refuse("getaddrinfo")
@@ -64,6 +84,11 @@ def test_rank_opens_no_socket(tmp_path):
                            capture_output=True, text=True, env=env, timeout=60)
     assert probe.returncode != 0 and "network blocked" in probe.stderr and log.read_text()
     log.unlink()
+    for code in ("import socket; socket.socket().connect(('192.0.2.1', 80))",
+                 "import socket; socket.socket().bind(('0.0.0.0', 0))"):
+        probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert probe.returncode != 0 and "network blocked" in probe.stderr and log.read_text(), code
+        log.unlink()
 
     proc = subprocess.run(
         [sys.executable, "-m", "engine.cli", "rank", "--ct", str(SAMPLES / "study-002" / "dicom"),
