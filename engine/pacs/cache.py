@@ -269,19 +269,25 @@ class StudyCache:
     def retrieving(self, study_uid: str, *, reuse_complete: bool = False) -> Iterator[Partial]:
         """Hold the study's lock and yield its :class:`Partial` (resuming what is there).
 
-        ``reuse_complete``: a complete copy of the study is moved back into ``.partial/`` first, so that
-        only what it lacks is fetched (a refresh, or more series than were cached).
+        ``reuse_complete``: the instances of a complete copy of the study are linked into ``.partial/``
+        first (hard links; copies where the file system has none), so that only what it lacks is fetched
+        (a refresh, or more series than were cached). The complete copy stays visible until the commit
+        replaces it, and stays as it was when the retrieval fails.
         """
         study_uid = check_uid(study_uid, "StudyInstanceUID")
         with self.holding(study_uid):
             complete = self.root / "studies" / study_uid
-            partial_folder = self.root / ".partial" / study_uid
-            if reuse_complete and complete.is_dir() and not partial_folder.exists():
-                partial_folder.parent.mkdir(parents=True, exist_ok=True)
-                with self._cache_lock():
-                    os.rename(complete, partial_folder)
-                (partial_folder / STUDY_RECORD).unlink(missing_ok=True)
-            yield Partial(self, study_uid)
+            partial = Partial(self, study_uid)
+            if reuse_complete and complete.is_dir():
+                for source in complete.rglob("*.dcm"):
+                    target = partial.folder / source.relative_to(complete)
+                    if not target.exists():
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        try:
+                            os.link(source, target)
+                        except OSError:
+                            shutil.copy2(source, target)
+            yield partial
 
     def _discard(self, folder: Path) -> None:
         """Remove a study folder: first out of sight by one rename, then deleted."""

@@ -105,3 +105,24 @@ def test_remove_and_clear_partial(tmp_path):
 def test_only_dicom_uids_name_folders(uid):
     with pytest.raises(PacsError, match="not a DICOM"):
         check_uid(uid)
+
+
+def test_a_failed_refresh_leaves_the_complete_study_as_it_was(tmp_path):
+    study = write_study(tmp_path / "s", 3, n_series=2)
+    cache = StudyCache(tmp_path / "cache", 10**9)
+    with cache.retrieving(study["study_uid"]) as partial:  # first series only
+        for f in study["files"][:24]:
+            partial.write(pydicom.dcmread(f))
+        partial.commit(server="test", series={study["series"][0]: {}}, all_ct=False)
+    before = sorted(p.relative_to(cache.root) for p in cache.root.joinpath("studies").rglob("*.dcm"))
+    with pytest.raises(RuntimeError), cache.retrieving(study["study_uid"], reuse_complete=True) as partial:
+        assert len(partial.have(study["series"][0])) == 24  # resumed from the complete copy
+        partial.write(pydicom.dcmread(study["files"][30]))
+        raise RuntimeError("the PACS went away")
+    after = sorted(p.relative_to(cache.root) for p in cache.root.joinpath("studies").rglob("*.dcm"))
+    assert after == before and cache.get(study["study_uid"]) is not None
+    with cache.retrieving(study["study_uid"], reuse_complete=True) as partial:
+        for f in study["files"][24:]:
+            partial.write(pydicom.dcmread(f))
+        done = partial.commit(server="test", series={s: {} for s in study["series"]}, all_ct=True)
+    assert done.n_instances == 48 and cache.partials() == []
