@@ -100,11 +100,23 @@ class DimsePacs:
         s = self.server
         self._reachable(what)
         start = time.monotonic()
+        from pynetdicom import evt
+        from pynetdicom.pdu import A_ASSOCIATE_RJ
+
+        rejections: list = []  # the A-ASSOCIATE-RJ as received: when the peer closes the connection right
+        # after it, pynetdicom may process the closing first and report an abort instead of the rejection
+
+        def on_pdu(event):
+            if isinstance(event.pdu, A_ASSOCIATE_RJ):
+                rejections.append(event.pdu)
+
         tls_args = (self._tls_context(), s.host) if s.tls else None
-        assoc = ae.associate(s.host, s.port, ae_title=s.aet, ext_neg=ext_neg, evt_handlers=handlers, tls_args=tls_args)
+        assoc = ae.associate(s.host, s.port, ae_title=s.aet, ext_neg=ext_neg, tls_args=tls_args,
+                             evt_handlers=[*(handlers or []), (evt.EVT_PDU_RECV, on_pdu)])
         if not assoc.is_established:
-            if assoc.is_rejected:
-                reason = getattr(getattr(assoc.acceptor, "primitive", None), "reason_str", None) or "no reason given"
+            if assoc.is_rejected or rejections:
+                reason = (getattr(getattr(assoc.acceptor, "primitive", None), "reason_str", None) if assoc.is_rejected
+                          else rejections[0].reason_str) or "no reason given"
                 raise PacsError(f"{what}: the PACS refused the association ({reason}; we call it {s.aet!r} "
                                 f"as {s.calling_aet!r})", s.address)
             if time.monotonic() - start >= s.timeout * 0.9:

@@ -177,3 +177,35 @@ def test_an_ae_title_the_pacs_does_not_allow(orthanc_factory, capsys):
     code, _, err = run(capsys, "pacs", "find", "--aet", strict.dimse_address, "--calling-aet", "STRANGER",
                        "--timeout", "20")
     _one_line_error(code, err, "ended the association without an answer", "'STRANGER'")
+
+
+def test_a_rejection_followed_by_a_closed_connection_is_still_a_rejection():
+    """A peer that sends A-ASSOCIATE-RJ and closes at once (as Orthanc does): pynetdicom sometimes handles the
+    closing first and calls it an abort; the rejection and its reason must still be what the user reads."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    rejection = b"\x03\x00\x00\x00\x00\x04\x00\x01\x01\x07"  # A-ASSOCIATE-RJ: permanent, by the user: called AE
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.settimeout(5)
+                    if conn.recv(65536):
+                        conn.sendall(rejection)
+                except OSError:
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    client = connect(resolve_server(aet=f"ELSEWHERE@127.0.0.1:{server.getsockname()[1]}", timeout=5))
+    try:
+        for _ in range(150):  # without the fix the race went the wrong way 2 to 10 times in 100 here
+            with pytest.raises(PacsError, match=r"refused the association \(Called AE title not recognised"):
+                client.find_series("1.2.3")
+    finally:
+        server.close()
