@@ -65,8 +65,12 @@ def _sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"[.?!](?=\s|$)|(?<!\d)[.?!](?!\d)", normalise(text)) if s.strip(" .,")]
 
 
+#: How many words may stand between a pre-trigger and its term (NegEx's window is five).
+WINDOW = 6
+
+
 def _has_before(clause_prefix: str, triggers: list[str]) -> bool:
-    return any(re.search(rf"(^|\W){re.escape(t)}(\W|$)", clause_prefix) for t in triggers)
+    return any(re.search(rf"(^|\W){re.escape(t)}\W+(\S+\s+){{0,{WINDOW}}}$", clause_prefix + " ") for t in triggers)
 
 
 def _has_after(suffix: str, triggers: list[str]) -> bool:

@@ -15,19 +15,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import WeightsError
-from engine.findings import LABELS
 
 SAMPLE_RATE = 16_000
 
-#: Words of a chest CT dictation beyond the 18 finding names (general radiology vocabulary).
-_EXTRA_TERMS = (
-    "ground-glass opacities", "pleural fluid", "atelectatic", "bronchiectatic", "emphysematous", "atheroma",
-    "mediastinal", "hilar", "subcarinal", "paratracheal", "lymph nodes", "right upper lobe", "left lower lobe",
-    "lingula", "millimetres", "pericardium", "hiatus", "aorta", "coronary arteries", "septal", "mosaic",
-    "consolidation", "nodule", "cannot be excluded", "no evidence of",
+#: Primes Whisper with the words of a chest CT dictation, written as dictated sentences (Whisper copies the
+#: prompt's style: a comma-separated word list made it join whole reports into one sentence).
+VOCABULARY_PROMPT = (
+    "Chest CT. Cardiomegaly. No pericardial effusion. Pleural effusion. Atelectasis in the right lower lobe. "
+    "Ground-glass opacities. Consolidation. Pulmonary nodule. Emphysema. Bronchiectasis. Lymphadenopathy. "
+    "Hiatal hernia. Mosaic attenuation. Peribronchial thickening. Interlobular septal thickening. "
+    "Fibrotic sequelae. Arterial wall calcification. Coronary artery calcification. Medical material."
 )
-VOCABULARY_PROMPT = ("Chest CT dictation. " + ", ".join(label.lower() for label in LABELS) + ", "
-                     + ", ".join(_EXTRA_TERMS) + ".")
 
 
 @dataclass

@@ -68,6 +68,37 @@ def evaluation_hook(run: Path, bundle_tensors: dict, manifest: dict,
     return thresholds, evaluation, "train.evaluate.bundle_thresholds"
 
 
+def choose_dictation_reader(run: Path) -> dict:
+    """The ``dictation_reader`` section: the speech-native reader unless the ASR + rule cascade scored
+    higher on the validation split's held-out voices (paired bootstrap CI of speech − cascade below 0,
+    from ``<run>/evaluation/evaluation.json``); the rule lexicon always travels, so the choice is visible
+    and reversible."""
+    from train.labeler import training_lexicon
+
+    section: dict[str, Any] = {"choice": "speech", "lexicon": training_lexicon().to_dict()}
+    path = run / "evaluation" / "evaluation.json"
+    if not path.is_file():
+        section["why"] = "no evaluation.json in the run: the speech-native reader by default"
+        return section
+    result = json.loads(path.read_text())
+    groups = result.get("groups", {})
+    group = next((g for name, g in groups.items() if "held-out" in name), next(iter(groups.values()), {}))
+    paired = group.get("systems", {}).get("ASR cascade", {}).get("dictation_paired", {})
+    p = paired.get("distilled student − cascade")
+    if p is None:
+        section["why"] = "the evaluation has no paired reader comparison: the speech-native reader by default"
+        return section
+    section["validation"] = {"split": result.get("split"), "speech_macro_f1": p["a"], "cascade_macro_f1": p["b"],
+                             "difference": p["diff"], "ci": p["ci"], "n": p["n"]}
+    if p["ci"][1] < 0:
+        section["choice"] = "cascade"
+        section["why"] = "the ASR + rule cascade scored higher on the validation split (paired bootstrap)"
+    else:
+        section["why"] = ("the speech-native reader scored at least as high on the validation split "
+                          "(paired bootstrap), and needs no transcription")
+    return section
+
+
 def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Path | None = None,
                   dictation_dir: str | Path | None = None, name: str = "default", data: str | None = None,
                   overwrite: bool = True, extra_provenance: dict | None = None, speech=None) -> Path:
@@ -133,6 +164,8 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
                            if k in head_meta},
     }
     manifest["evaluation"] = {**(evaluation or {}), "monitors": monitors}
+    if "dictation_head" in manifest:
+        manifest["dictation_reader"] = choose_dictation_reader(run)
     cfg = tmeta["config"]
     manifest["provenance"] = {
         "data": data or cfg.get("data"),

@@ -437,11 +437,15 @@ def load_teacher(folder: str | Path, device: str | torch.device = "cpu") -> Froz
         raise DataError("no trained teacher here (run speechct-train teacher first)", folder)
     meta = json.loads((folder / MODEL_JSON).read_text())
     cfg = meta["config"]
+    text_cfg = cfg.get("text_tower")
+    if isinstance(text_cfg, dict) and text_cfg.get("path") and not Path(text_cfg["path"]).is_absolute():
+        # a text backbone inside the teacher folder (train.ctclip_teacher): the folder may have moved
+        cfg = {**cfg, "text_tower": {**text_cfg, "path": str(folder / text_cfg["path"])}}
     model, text = build_teacher(cfg)
     state = load_file(str(folder / MODEL_FILE))
     model.load_state_dict(state)
     model.requires_grad_(False).eval().to(device)
-    text.to(device).eval()
+    text.requires_grad_(False).to(device).eval()
     return FrozenTeacher(model, text, PreprocessSpec.from_dict(meta["preprocess"]), meta, C.state_hash(state))
 
 

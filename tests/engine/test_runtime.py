@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,27 @@ def test_dictation_and_discrepancies_on_controlled_embeddings(engine):
     # a dictation that says exactly what the image shows: no discrepancy
     agree = embedding(present=("Lung nodule", "Consolidation", "Pleural effusion"))
     assert engine.discrepancies(ct, agree) == []
+
+
+def test_cascade_reader_when_the_bundle_chose_it(tmp_path):
+    """A bundle whose validation chose the ASR + rules reader: the dictation is transcribed (packaged
+    Whisper-base) and read with the bundle's lexicon, not by the head."""
+    from engine.audio import load_audio
+    from engine.mention_rules import RuleLexicon
+    from engine.runtime import Engine
+
+    lexicon = RuleLexicon(terms={"Lung nodule": ["pulmonary nodules", "pulmonary nodule"],
+                                 "Pericardial effusion": ["pericardial effusion"], "Cardiomegaly": ["cardiomegaly"]},
+                          pre={"absent": ["no"], "uncertain": ["likely"], "pseudo": []},
+                          post={"absent": ["is not seen"], "uncertain": ["is likely"], "pseudo": []})
+    bundle = write_tiny_bundle(tmp_path / "cascade", reader={"choice": "cascade", "why": "test",
+                                                             "lexicon": lexicon.to_dict()})
+    eng = Engine(bundle, device="cpu", cache_dir=False)
+    assert eng.dictation_reader == "cascade"
+    wav = load_audio(Path(__file__).resolve().parents[2] / "assets/samples/study-002/dictation.wav")
+    said = {d.label: d.status for d in eng.read_dictation(wav, 16000)}
+    assert said["Lung nodule"] == "absent" and said["Pericardial effusion"] == "uncertain"
+    assert said["Cardiomegaly"] == "uncertain" and said["Emphysema"] == "not mentioned"  # "likely mild cardiomegaly"
 
 
 def test_legacy_three_state_bundle_still_reads(tmp_path):

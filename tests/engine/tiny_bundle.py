@@ -88,7 +88,8 @@ def embedding(present: tuple[str, ...] = (), absent: tuple[str, ...] = (),
 
 
 def write_tiny_bundle(folder: Path, seed: int = 0, *, ct_config: dict | None = None,
-                      preprocess: dict | None = None, dictation: str = "embedding", legacy_head: bool = False) -> Path:
+                      preprocess: dict | None = None, dictation: str = "embedding", legacy_head: bool = False,
+                      reader: dict | None = None) -> Path:
     """Write the bundle to ``folder`` (replaced if present) and return it.
 
     ``dictation="frames"`` ships a random ``FrameDictationHead`` (reads the speech frames) instead
@@ -134,6 +135,8 @@ def write_tiny_bundle(folder: Path, seed: int = 0, *, ct_config: dict | None = N
                            "group": "dictation_head", "config": head.config.to_dict()},
         "provenance": {"data": "none: random weights for tests", "seeds": {"all": seed}},
     }
+    if reader is not None:  # a dictation_reader section (engine.runtime.Engine.read_dictation)
+        manifest["dictation_reader"] = reader
     return save_bundle(folder, manifest=manifest, overwrite=True, tensors={
         "ct_encoder": ct.state_dict(),
         "speech_head": speech_head,
