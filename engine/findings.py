@@ -216,16 +216,38 @@ class PromptBank:
 
 
 #: Validation AUROC below which the image model's call on a finding is not checked against the
-#: dictation: a weak score would flag the radiologist far more often wrongly than rightly.
+#: dictation: a weak score would flag the radiologist far more often wrongly than rightly. It is
+#: compared with the lower bound of the AUROC's bootstrap CI (a bundle's ``thresholds.auroc``, see
+#: :data:`AUROC_STATISTICS`): a finding passes when it is reliable with 95 % confidence, not when a
+#: few hundred validation studies happened to rank it well.
 RELIABLE_AUROC = 0.75
+
+#: What a bundle's ``thresholds.auroc`` holds, named by ``thresholds.auroc_statistic``:
+#: ``"ci_lower"``, each finding's lower bootstrap CI bound of its validation AUROC (what
+#: ``train.export`` writes; ``auroc_point`` and ``auroc_ci`` beside it), or ``"point"``, the point
+#: estimate (bundles exported before the gate moved to the bound name no statistic). The gate reads
+#: ``auroc`` either way, so old bundles keep working, gated on the less cautious number.
+AUROC_STATISTICS = {"ci_lower": "lower bound of the bootstrap CI", "point": "point estimate"}
+
+
+def auroc_statistic(thresholds: Mapping | None) -> str | None:
+    """Which :data:`AUROC_STATISTICS` key a bundle's ``thresholds`` section's ``auroc`` holds; None
+    when it carries no AUROC. A section that names no statistic is an older bundle's: ``"point"``."""
+    if not thresholds or not thresholds.get("auroc"):
+        return None
+    statistic = thresholds.get("auroc_statistic", "point")
+    if statistic not in AUROC_STATISTICS:
+        raise ValueError(f"thresholds.auroc_statistic must be one of {', '.join(AUROC_STATISTICS)}, got {statistic!r}")
+    return statistic
 
 
 @dataclass(frozen=True)
 class FindingScore:
     """One finding for one CT: P(present), the threshold it is compared with, and the decision.
 
-    ``auroc``: the bundle's validation AUROC for this finding (how much to trust the call), or None
-    when the bundle does not say."""
+    ``auroc``: the bundle's validation AUROC for this finding (how much to trust the call), as the
+    reliability gate reads it: the lower CI bound, or the point estimate in older bundles
+    (:data:`AUROC_STATISTICS`); None when the bundle does not say."""
 
     label: str
     probability: float
@@ -251,7 +273,8 @@ def rank_findings(ct_embedding, prompts: PromptBank, logit_scale, thresholds=Non
 
     ``ct_embedding`` ``[D]`` or ``[1, D]``; ``thresholds`` maps label → threshold (a bundle's
     ``thresholds.values``), or is a sequence in ``prompts.labels`` order, or None (0.5 each);
-    ``auroc`` maps label → validation AUROC (a bundle's ``thresholds.auroc``), carried along.
+    ``auroc`` maps label → validation AUROC (a bundle's ``thresholds.auroc``: the lower CI bound, or
+    the point estimate in older bundles), carried along.
     Ties in probability keep label order.
     """
     prob = _as_tensor(ct_embedding).float().reshape(1, -1)
@@ -349,5 +372,7 @@ def discrepancies(
 
 def unchecked(findings: list[FindingScore], min_auroc: float) -> list[str]:
     """Labels whose image call is too weak (known validation AUROC below ``min_auroc``) to be
-    checked against the dictation, in ``findings`` order."""
+    checked against the dictation, in ``findings`` order. ``FindingScore.auroc`` is what the bundle's
+    ``thresholds.auroc`` holds: in bundles exported now the lower bound of the AUROC's bootstrap CI,
+    so a finding is checked only when its AUROC is at least ``min_auroc`` with 95 % confidence."""
     return [f.label for f in findings if f.auroc is not None and f.auroc < min_auroc]

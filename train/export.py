@@ -10,7 +10,12 @@ teacher's text tower, kind ``text``).
 Thresholds: from ``train.evaluate.bundle_thresholds`` (the ROC-corner threshold per label of the
 text teacher, from the run's ``evaluation/evaluation.json`` or chosen on the valid split of
 ``data``); when that is unavailable the bundle has no ``thresholds`` section and the provenance
-says why.
+says why. Beside them, what the engine's reliability gate reads (``engine.findings.unchecked``):
+``thresholds.auroc`` = each finding's *lower* bootstrap CI bound of its zero-shot AUROC
+(``auroc_statistic: "ci_lower"``, the point estimates in ``auroc_point``, the draws in
+``auroc_ci``; ``train.evaluate.gate_auroc``), so a finding is checked against the dictation only
+when it clears ``engine.findings.RELIABLE_AUROC`` with 95 % confidence. An evaluation without a
+bootstrap gives the point estimate, named ``"point"`` (as older bundles carry it, unnamed).
 """
 
 from __future__ import annotations
@@ -66,6 +71,17 @@ def evaluation_hook(run: Path, bundle_tensors: dict, manifest: dict,
     if thresholds is None:
         return None, evaluation, "none: no evaluation.json in the run and no data folder given"
     return thresholds, evaluation, "train.evaluate.bundle_thresholds"
+
+
+def _gate_provenance(thresholds: dict | None) -> str:
+    """One line saying which AUROC statistic ``thresholds.auroc`` carries (for ``bundle-info``'s readers)."""
+    if not thresholds or not thresholds.get("auroc"):
+        return "none: no per-finding AUROC, every finding is checked against the dictation"
+    if thresholds.get("auroc_statistic") == "ci_lower":
+        ci = thresholds.get("auroc_ci", {})
+        return (f"thresholds.auroc = lower bound of each finding's {100 * ci.get('level', 0.95):g} % bootstrap CI "
+                f"of its zero-shot AUROC ({ci.get('n_boot')} draws); point estimates in thresholds.auroc_point")
+    return "thresholds.auroc = the point estimate of each finding's zero-shot AUROC (no bootstrap CI available)"
 
 
 def choose_dictation_reader(run: Path) -> dict:
@@ -184,6 +200,7 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
                       "student_prep": smeta.get("prep_seconds"), "student_train": smeta.get("summary", {}).get("seconds"),
                       "dictation_head": head_meta.get("seconds")},
         "thresholds": thresholds_how,
+        "reliability_gate": _gate_provenance(thresholds),
         **(extra_provenance or {}),
     }
     path = save_bundle(bundle, manifest=manifest, tensors=tensors, overwrite=overwrite)

@@ -3,8 +3,10 @@
 Rows: text teacher, ASR cascade (faster-whisper + the teacher's text tower), naive student,
 distilled student; per voice group (training voices, held-out voices, recordings): zero-shot
 AUROC / F1 / Acc / Prec with 95 % bootstrap CIs, speech→CT Recall@k beside the random baseline,
-dictation-head macro F1, paired bootstrap distilled − naive. Writes ``evaluation.json`` and
-``evaluation.md`` into ``--out``.
+dictation-head macro F1, paired bootstrap distilled − naive; per finding for the image model:
+zero-shot AUROC with CI, centred AUROC, AUPRC, ECE, the linear probe on the CT embedding (the
+encoder's ceiling) and a recorded 3D CNN's AUROC (the data's ceiling, ``--ceiling``). Writes
+``evaluation.json`` and ``evaluation.md`` into ``--out``.
 
 ``--bundle`` is a bundle folder (its speech student is the distilled row) or a training run
 folder (``teacher/``, ``student/``, ``student-naive/``, ``dictation/``). ``--data`` holds
@@ -50,6 +52,11 @@ def add_parser(sub) -> None:
     p.add_argument("--cascade-n", type=int, default=100, help="reports per voice group for the ASR cascade (0: skip)")
     p.add_argument("--cache", type=Path, default=None,
                    help="prepared-volume cache of the trainer (default DATA/cache when it exists)")
+    p.add_argument("--probe-folds", type=int, default=5,
+                   help="folds of the linear probe on the CT embeddings, the encoder's ceiling (0: no probe)")
+    p.add_argument("--ceiling", type=Path, default=None,
+                   help="the data's ceiling: scripts/experiments/cnn_ceiling.py's JSON of per-study scores "
+                        "(default DATA/cnn_ceiling_SPLIT.json when it exists)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N studies (by volume name)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
@@ -77,10 +84,16 @@ def run(args) -> int:
     out = args.out or (args.bundle / "evaluation")
     cfg = EvalConfig(n_boot=args.bootstrap, seed=args.seed, threshold_on=args.threshold_on,
                      calibration_fraction=args.calibration_fraction, labels_mode=args.labels,
-                     cascade_n=args.cascade_n, limit=args.limit)
+                     cascade_n=args.cascade_n, limit=args.limit, probe_folds=args.probe_folds)
+    ceiling = args.ceiling
+    if ceiling is None and (args.data / f"cnn_ceiling_{args.split}.json").is_file():
+        ceiling = args.data / f"cnn_ceiling_{args.split}.json"
+    elif ceiling is not None and not ceiling.is_file():
+        raise DataError("no such recorded ceiling (scripts/experiments/cnn_ceiling.py writes it)", ceiling)
     result = evaluate_bundle(args.bundle, ct_root, speech, split, config=cfg, prompts=args.prompts,
                              synthesize_missing_prompts=not args.no_prompt_synthesis, out_dir=out,
                              naive=args.naive, progress=not args.quiet, train_voice_copy=args.train_voice_copy,
+                             ceiling=ceiling,
                              training_speech=None if training_data is None else training_data / "speech-rate",
                              ct_cache=args.cache or ((args.data / "cache") if (args.data / "cache").is_dir() else None))
     print(to_markdown(result))

@@ -242,9 +242,81 @@ def cmd_fit(a) -> None:
         torch.save({"config": cfg.to_dict(), "state": head.state_dict()}, a.save)
 
 
+
+
+# ----------------------------------------------------------------------------- sentence-embedding reader
+
+
+def _split_sentences(text: str) -> list[str]:
+    import re
+
+    t = re.sub(r"\b(new paragraph|next paragraph|new line|full stop|period|stop)\b", ".", text)
+    t = re.sub(r"\bcomma\b", ",", t)
+    return [s.strip(" .,") for s in re.split(r"(?<!\d)[.?!:](?!\d)", t) if len(s.strip(" .,").split()) >= 1]
+
+
+def cmd_sentemb(a) -> None:
+    """Text only: per-sentence MiniLM sentence embeddings (mean pooled, unit norm), a per-finding 4-way
+    linear classifier trained on the single training sentences, aggregated over a report's sentences."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    import engine.offline  # noqa: F401
+    from engine.findings import DICTATION_CLASSES, LABELS
+    from engine.models.text import resolve_text_backbone
+    from train.metrics import dictation_f1
+
+    torch.set_num_threads(a.threads)
+    path = resolve_text_backbone("all-MiniLM-L6-v2")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), 64):
+            enc = tok(texts[i:i + 64], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            with torch.no_grad():
+                h = model(**enc).last_hidden_state
+            m = enc["attention_mask"][..., None].float()
+            out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
+        return torch.cat(out)
+
+    train = _rows(a.work, "train_sentences")
+    x = embed([r["text"] for r in train])
+    y = torch.tensor([[DICTATION_CLASSES.index(r["states"][lab]) for lab in LABELS] for r in train])
+    head = torch.nn.Linear(x.shape[1], len(LABELS) * 4)
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-3)
+    for _ in range(300):
+        loss = torch.nn.functional.cross_entropy(head(x).view(-1, 4), y.view(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    result = {"input": "sentence embeddings (MiniLM, text)", "train": "train_sentences"}
+    for name in ("trainheld", "valid", "test"):
+        rows = _rows(a.work, name)
+        preds = []
+        for r in rows:
+            sents = _split_sentences(r["text"]) or [r["text"]]
+            with torch.no_grad():
+                p = head(embed(sents)).view(len(sents), len(LABELS), 4).softmax(-1)
+            mentioned = 1 - p[..., 3]  # [S, L]
+            best = mentioned.argmax(0)
+            row = []
+            for j in range(len(LABELS)):
+                s = int(best[j])
+                row.append(3 if mentioned[s, j] < 0.5 else int(p[s, j, :3].argmax()))
+            preds.append(row)
+        t = np.array([[DICTATION_CLASSES.index(r["states"][lab]) for lab in LABELS] for r in rows])
+        out = dictation_f1(np.array(preds), t, DICTATION_CLASSES, LABELS)
+        result[name] = {k: out[k] for k in ("macro_f1", "per_class", "present_read_absent")}
+        pc = " / ".join(f"{v:.2f}" for v in out["per_class"].values())
+        print(f"{name:10s} macro F1 {out['macro_f1']:.3f} ({pc}), present read absent {out['present_read_absent']:.3f}")
+    with open(a.work / "results.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=("corpus", "frames", "tokens", "fit"))
+    p.add_argument("stage", choices=("corpus", "frames", "tokens", "fit", "sentemb"))
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -264,7 +336,7 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="frames: at most this many clips per set")
     p.add_argument("--sets", nargs="+", default=None, choices=list(SETS), help="frames: which sets, in order")
     a = p.parse_args()
-    {"corpus": cmd_corpus, "frames": cmd_frames, "tokens": cmd_tokens, "fit": cmd_fit}[a.stage](a)
+    {"corpus": cmd_corpus, "frames": cmd_frames, "tokens": cmd_tokens, "fit": cmd_fit, "sentemb": cmd_sentemb}[a.stage](a)
 
 
 if __name__ == "__main__":
