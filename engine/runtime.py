@@ -160,12 +160,13 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _unit(vector: torch.Tensor | np.ndarray) -> np.ndarray:
+def _unit(vector: torch.Tensor | np.ndarray, source: str | Path | None = None) -> np.ndarray:
+    """``vector`` scaled to unit length; ``source`` (the input's path) is named when it cannot be."""
     v = np.asarray(vector.detach().float().cpu().numpy() if isinstance(vector, torch.Tensor) else vector,
                    dtype=np.float32).reshape(-1)
     norm = float(np.linalg.norm(v))
     if not np.isfinite(norm) or norm == 0.0:
-        raise SpeechCTError("the encoder produced a zero or non-finite embedding")
+        raise SpeechCTError("the encoder produced a zero or non-finite embedding", source)
     return v / norm
 
 
@@ -447,10 +448,13 @@ class Engine:
         return self.encode_speech_frames(waveform, sample_rate, keep_frames=False)[0]
 
     def encode_speech_frames(self, waveform: np.ndarray, sample_rate: int = 16_000, *,
-                             keep_frames: bool | None = None) -> tuple[np.ndarray, torch.Tensor | None]:
+                             keep_frames: bool | None = None,
+                             source: str | Path | None = None) -> tuple[np.ndarray, torch.Tensor | None]:
         """The speech embedding and, in the same encoder pass, the frames before pooling
         (``[frames, D]``, what a frame-level dictation head reads). ``keep_frames`` defaults to
-        whether this bundle's dictation head needs them; the frames are None otherwise."""
+        whether this bundle's dictation head needs them; the frames are None otherwise.
+        ``source``: the recording's path, named in errors. No speech-presence check here (an
+        embedding of anything is well defined); :meth:`analyze` and the CLI make it."""
         from engine.audio import MIN_SAMPLES, to_16k
 
         if not self.has_speech:
@@ -459,20 +463,24 @@ class Engine:
             keep_frames = self.dictation_reads_frames
         wav = to_16k(np.asarray(waveform), sample_rate)
         if wav.size < MIN_SAMPLES:
-            raise AudioError(f"dictation too short: {wav.size / 16000 * 1000:.0f} ms (need at least 25 ms)")
+            raise AudioError(f"dictation too short: {wav.size / 16000 * 1000:.0f} ms (need at least 25 ms)", source)
         if not np.isfinite(wav).all():
-            raise AudioError("dictation holds NaN or infinite samples")
+            raise AudioError("dictation holds NaN or infinite samples", source)
         with self._lock:
             model = self._model("speech")  # built in eval mode
             with torch.inference_mode(), self._autocast():
                 emb, frames = model.encode_waveforms([wav], keep_frames=keep_frames)
-        return _unit(emb[0]), (frames[0] if frames else None)
+        return _unit(emb[0], source), (frames[0] if frames else None)
 
     def encode_audio_file(self, path: str | Path) -> np.ndarray:
-        """:meth:`encode_speech` of an audio file (any libsndfile format and rate)."""
+        """:meth:`encode_speech` of an audio file (any libsndfile format and rate); a file without
+        speech raises :class:`engine.speech_presence.NoSpeechError` naming it."""
         from engine.audio import load_audio
+        from engine.speech_presence import require_speech
 
-        return self.encode_speech(load_audio(path), 16_000)
+        waveform = load_audio(path)
+        require_speech(waveform, 16_000, path)
+        return self.encode_speech_frames(waveform, 16_000, keep_frames=False, source=path)[0]
 
     def encode_text(self, text: str) -> np.ndarray:
         """Unit-norm text-tower embedding ``[D]`` of a typed query (needs the bundle's text tower)."""
@@ -627,12 +635,24 @@ class Engine:
         *,
         series: str | None = None,
         similar_k: int = 0,
+        audio_path: str | Path | None = None,
     ) -> Analysis:
         """Findings, and with a waveform the dictation and discrepancies; ``similar_k > 0`` also
-        searches the library (the query study excluded). Timings in ms per stage."""
+        searches the library (the query study excluded). Timings in ms per stage.
+
+        A waveform without speech (:mod:`engine.speech_presence`) raises
+        :class:`engine.speech_presence.NoSpeechError` before anything is loaded or encoded: no
+        dictation findings are made from silence or noise. ``audio_path`` names the recording in
+        that message and in other audio errors."""
         t_all = time.perf_counter()
         timings: dict[str, float | None] = {"load_study": None, "encode_speech": None, "dictation": None,
                                             "similar": None}
+        if waveform is not None:
+            if sample_rate is None:
+                raise AudioError("a waveform needs its sample_rate", audio_path)
+            from engine.speech_presence import require_speech
+
+            require_speech(waveform, sample_rate, audio_path)
         if not isinstance(volume, Volume):
             volume = self.load_study(volume, series)
             timings["load_study"] = _ms(time.perf_counter() - t_all)
@@ -650,10 +670,8 @@ class Engine:
         dictation = discrepancies = speech_emb = None
         unchecked_labels = unchecked(findings, self.min_finding_auroc)  # known before any dictation
         if waveform is not None:
-            if sample_rate is None:
-                raise AudioError("a waveform needs its sample_rate")
             t = time.perf_counter()
-            speech_emb, frames = self.encode_speech_frames(waveform, sample_rate)
+            speech_emb, frames = self.encode_speech_frames(waveform, sample_rate, source=audio_path)
             timings["encode_speech"] = _ms(time.perf_counter() - t)
             if self.has_dictation_head:
                 t = time.perf_counter()

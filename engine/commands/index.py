@@ -101,9 +101,7 @@ def run_add(args: argparse.Namespace) -> int:
     result = {"library": str(library.folder), "added": [], "already": [], "skipped": [], "failed": [],
               "warnings": []}
     if args.dictation:
-        from engine.audio import load_audio
-
-        speech = engine.encode_speech(load_audio(args.dictation), 16_000)
+        speech = engine.encode_audio_file(args.dictation)  # no speech heard: exit 2, nothing added
         volume = engine.load_study(args.paths[0], args.series)
         record = library.add_study(volume, engine.encode_ct(volume), dictation_path=args.dictation,
                                    dictation_embedding=speech, series=args.series)

@@ -38,7 +38,8 @@ Timings per stage are printed (model loading is reported apart from the encoding
 (:mod:`engine.report_sr`; ``--sr-dictation`` adds the dictation check).
 
 ``dictation``/``discrepancies`` are null without ``--audio`` (and when the bundle has no
-dictation head); ``similar`` is null without ``--similar``. Discrepancy kinds: ``negated`` (image
+dictation head); audio without speech (``engine.speech_presence``) is an error, "no speech heard in
+WAV" (exit 2), never read as a dictation; ``similar`` is null without ``--similar``. Discrepancy kinds: ``negated`` (image
 positive, dictation says absent), ``omitted`` (image positive, not mentioned), ``unsupported``
 (dictated present, image below threshold).
 """
@@ -139,7 +140,12 @@ def run(args: argparse.Namespace) -> int:
         raise SpeechCTError(f"--similar must be >= 0, got {args.similar}")
     if args.sr_dictation and not (args.sr and args.audio):
         raise SpeechCTError("--sr-dictation goes with --sr and --audio")
-    waveform = load_audio(args.audio) if args.audio else None  # fail on a bad file before loading models
+    waveform = None
+    if args.audio:  # fail on a bad file, or one without speech, before loading models
+        from engine.speech_presence import require_speech
+
+        waveform = load_audio(args.audio)
+        require_speech(waveform, 16_000, args.audio)
     ct, series = Path(args.ct), args.series
     from engine.pacs.retrieve import is_pacs_uri
 
@@ -151,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         series = series or uri_series
     engine = make_engine(args)
     analysis = engine.analyze(ct, waveform, 16_000 if waveform is not None else None,
-                              series=series, similar_k=args.similar)
+                              series=series, similar_k=args.similar, audio_path=args.audio)
     out = analysis.to_json()
     result = {"schema": out.pop("schema"),
               "inputs": {"ct": str(args.ct), "series": args.series, "audio": args.audio}, **out}

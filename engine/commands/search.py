@@ -61,8 +61,10 @@ def run(args: argparse.Namespace) -> int:
     waveform = None
     if args.audio:
         from engine.audio import load_audio
+        from engine.speech_presence import require_speech
 
         waveform = load_audio(args.audio)
+        require_speech(waveform, 16_000, args.audio)  # silence or noise is not a query
     engine = make_engine(args)
     t = time.perf_counter()
     ct = speech = None
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         ct = engine.encode_ct(volume)
         exclude = query_uids(volume, args.series)
     if waveform is not None:
-        speech = engine.encode_speech(waveform, 16_000)
+        speech = engine.encode_speech_frames(waveform, 16_000, keep_frames=False, source=args.audio)[0]
     text = engine.encode_text(args.text) if args.text else None
     encode_ms = (time.perf_counter() - t) * 1000
     t = time.perf_counter()

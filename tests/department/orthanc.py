@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-ORTHANC = "Orthanc"
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"  # Debian puts it in sbin, off some users' PATH
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 USER, PASSWORD = "speechct", "orthanc-test-password"
 
@@ -35,7 +35,7 @@ def dicomweb_plugin() -> Path | None:
 
 def missing() -> str | None:
     """Why no Orthanc can be started here, or None."""
-    if shutil.which(ORTHANC) is None:
+    if not os.access(ORTHANC, os.X_OK):
         return "Orthanc is not installed (Debian: apt-get install orthanc orthanc-dicomweb; scripts/system-deps.sh)"
     if dicomweb_plugin() is None:
         return "Orthanc's DICOMweb plugin is not installed (Debian: apt-get install orthanc-dicomweb)"

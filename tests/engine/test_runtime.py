@@ -21,6 +21,8 @@ from engine.volume import Volume
 
 from .tiny_bundle import DIM, N, embedding, tiny_bundle_path, write_tiny_bundle
 
+SAMPLE_WAV = Path(__file__).resolve().parents[2] / "assets" / "samples" / "study-001" / "dictation.wav"
+
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
@@ -183,9 +185,16 @@ def test_encode_speech(engine):
         engine.encode_speech(np.zeros(100, np.float32), 16000)
 
 
+def _spoken(seconds: float) -> np.ndarray:
+    """``seconds`` of a sample dictation (analyze() refuses audio without speech)."""
+    from engine.audio import load_audio
+
+    wave = load_audio(SAMPLE_WAV)
+    return wave[16000: 16000 + int(seconds * 16000)]
+
+
 def test_analyze_json_schema(engine):
-    t = np.arange(16000) / 16000
-    wav = (0.2 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    wav = _spoken(1.0)
     result = engine.analyze(phantom(4, uid="9.8.7"), wav, 16000).to_json()
     json.dumps(result)  # JSON-clean
     assert set(result) == {"schema", "bundle", "device", "study", "findings", "dictation", "discrepancies",
@@ -250,8 +259,7 @@ def test_a_frame_dictation_head_reads_the_same_pass_frames(tmp_path):
     torch.set_num_threads(1)
     eng = Engine(write_tiny_bundle(tmp_path / "frames", dictation="frames"), cache_dir=tmp_path / "emb", device="cpu")
     assert eng.dictation_reads_frames
-    t = np.arange(int(16000 * 2.5)) / 16000
-    wave = (0.1 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    wave = _spoken(2.5)
     emb, frames = eng.encode_speech_frames(wave, 16000)
     assert frames.shape == (125, 512)  # 2.5 s: 250 mel frames, halved by the stride-2 convolution
     np.testing.assert_allclose(emb, eng.encode_speech(wave, 16000), atol=1e-5)
