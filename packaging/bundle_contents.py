@@ -70,7 +70,7 @@ EXCLUDES = (
     "torchaudio", "torchvision", "torchtext",            # not used; torchaudio does not load beside torch 2.13
     "IPython", "ipykernel", "jupyter", "notebook", "pytest", "_pytest", "pytestqt",
     "sklearn", "faiss",                                  # train metrics; faiss is the optional large-library index
-    "ctranslate2", "faster_whisper", "av", "onnxruntime",  # ASR peer for benchmarks
+    "onnxruntime",                                       # faster-whisper's optional VAD (engine.transcribe does not use it)
     "sentence_transformers", "SimpleITK", "einops", "beartype", "vector_quantize_pytorch",
     "pandas", "cv2",                                     # transformers' optional image/table paths
     # (not PIL: highdicom and dicomweb-client import it, and `speechct rank --sr` / `pacs` need them)
