@@ -54,6 +54,7 @@ folder (SQLite WAL); a process sees another's commits at its next search.
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -68,7 +69,9 @@ from engine.library_store import (
     VECTOR_KINDS,
     StudyRecord,
     connect,
+    db_text,
     decode_vectors,
+    from_db,
     insert_study,
     put_vector,
     select_records,
@@ -113,6 +116,18 @@ def default_library_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("speechct")) / "library"
+
+
+def check_library_location(path) -> None:
+    """A library is a local folder. A URL (``postgresql://...``) would otherwise become a folder named
+    ``postgresql:`` in the working directory: refuse it, saying what is and is not available."""
+    text = "" if path is None else str(path)
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    if scheme is None:
+        return
+    if scheme.group(1).lower() in ("postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
+        raise DataError("a PostgreSQL library is not supported yet; give a local library folder", text)
+    raise DataError(f"a library must be a local folder, not a {scheme.group(1)}:// URL", text)
 
 
 def query_uids(volume: Volume, series: str | None = None) -> set[str]:
@@ -179,6 +194,7 @@ class Library:
             raise DataError("the FAISS backend needs the faiss-cpu package (pip install faiss-cpu)")
         if not bundle_hash:
             raise ValueError("bundle_hash must be a non-empty string")
+        check_library_location(path)
         self.folder = Path(path) if path is not None else default_library_dir()
         self.bundle_hash = str(bundle_hash)
         self.dim = int(dim)
@@ -297,13 +313,13 @@ class Library:
 
     def _find(self, ident: str) -> tuple[int, StudyRecord] | None:
         """By uid, else SeriesInstanceUID, else stored path (the first match, in that order)."""
-        ident = str(ident)
+        ident = db_text(str(ident))
         for where in ("WHERE s.uid = ?", "WHERE s.series_uid = ?", "WHERE s.path = ?"):
             found = select_records(self._conn, where, (ident,))
             if found:
                 return found[0]
-        if Path(ident).exists():
-            found = select_records(self._conn, "WHERE s.path = ?", (str(Path(ident).resolve()),))
+        if Path(from_db(ident)).exists():
+            found = select_records(self._conn, "WHERE s.path = ?", (db_text(str(Path(from_db(ident)).resolve())),))
             if found:
                 return found[0]
         return None
@@ -320,7 +336,7 @@ class Library:
     def has_path(self, path: str | Path) -> bool:
         with self._lock:
             q = "SELECT 1 FROM studies WHERE path = ? LIMIT 1"
-            return self._conn.execute(q, (str(Path(path).resolve()),)).fetchone() is not None
+            return self._conn.execute(q, (db_text(str(Path(path).resolve())),)).fetchone() is not None
 
     def remove(self, uid: str) -> StudyRecord:
         """Remove one study and its vectors (one transaction); DataError when it is not there."""
@@ -511,7 +527,7 @@ class Library:
         return out
 
     def _excluded_ids(self, exclude_uids: Iterable[str]) -> np.ndarray:
-        idents = sorted({str(u) for u in exclude_uids if u})
+        idents = sorted({db_text(str(u)) for u in exclude_uids if u}, key=repr)
         if not idents:
             return np.empty(0, np.int64)
         marks = ", ".join("?" * len(idents))

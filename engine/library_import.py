@@ -11,6 +11,7 @@ study either fully in the library (row + vectors) or absent; the next run skips 
 from __future__ import annotations
 
 import os
+import sqlite3
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -88,9 +89,11 @@ def import_tree(
     """Add every CT series under ``root`` to ``library``; returns an :class:`engine.library.ImportReport`.
 
     Unreadable studies are skipped with a one-line reason each (printed above the progress bar
-    when ``progress``); non-CT series and localizers are skipped and named. ``encode_ct`` may raise
-    a :class:`SpeechCTError` for one study (it is then skipped); any other exception stops the import
-    (studies already added stay added).
+    when ``progress``); non-CT series and localizers are skipped and named. Whatever one study raises
+    (a :class:`SpeechCTError`, or an unexpected error of a reader or ``encode_ct``) fails that study
+    only: the import goes on with the next. Only the library itself stops it: a database error (disk
+    full, locked, corrupt) or a library that refuses every add (made with another bundle); studies
+    already added stay added.
     """
     from engine.io import list_series, load_volume
     from engine.library import ImportReport
@@ -132,7 +135,14 @@ def import_tree(
             except SpeechCTError as exc:
                 if isinstance(exc, DataError) and library.built_with != library.bundle_hash:
                     raise  # the library refuses every add: stop now, with its message
-                _fail(report, progress, where, exc.message if exc.path else str(exc))
+                # the reason names the file when it is not the study itself (one slice of a folder)
+                inside = exc.path is not None and exc.path not in (str(unit), info.uid)
+                _fail(report, progress, where, str(exc) if inside or not exc.path else exc.message)
+                continue
+            except sqlite3.Error:
+                raise  # the library cannot be written (full disk, locked, corrupt): no point going on
+            except Exception as exc:  # noqa: BLE001 - one study's surprise must not stop the batch
+                _fail(report, progress, where, f"unexpected {type(exc).__name__}: {one_line(exc)}")
                 continue
             report.added.append(record.uid)
             report.warnings.extend(str(w.message) for w in caught if issubclass(w.category, SpeechCTWarning))

@@ -27,6 +27,7 @@ metadata of :data:`engine.volume.SAFE_METADATA_KEYS`).
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -123,8 +124,26 @@ class StudyRecord:
         return d
 
 
+def db_text(value):
+    """``value`` as SQLite can store it: a str that is not valid UTF-8 (a file name with undecodable
+    bytes, which Python holds as surrogate escapes) goes in as its raw bytes, so it round-trips exactly
+    and still matches itself in ``WHERE path = ?``; everything else unchanged."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return os.fsencode(value)
+    return value
+
+
+def from_db(value):
+    """The inverse of :func:`db_text`."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
 def record_from_row(row: tuple, has_dictation: bool) -> StudyRecord:
     """A StudyRecord from the ``_STUDY_COLUMNS`` values (spacing stored as three columns)."""
+    row = tuple(from_db(v) for v in row)
     sz, sy, sx = row[10:13]
     spacing = (sz, sy, sx) if sz is not None else None
     return StudyRecord(*row[:10], spacing, *row[13:], has_dictation=has_dictation)
@@ -144,7 +163,11 @@ def select_records(
 
 
 def _study_values(rec: StudyRecord) -> tuple:
-    """The record's values in ``_STUDY_COLUMNS`` order."""
+    """The record's values in ``_STUDY_COLUMNS`` order, as stored (:func:`db_text`)."""
+    return tuple(db_text(v) for v in _raw_values(rec))
+
+
+def _raw_values(rec: StudyRecord) -> tuple:
     return (
         rec.uid,
         rec.study_uid,

@@ -288,8 +288,10 @@ class Engine:
     ):
         """``min_finding_auroc``: findings whose validation AUROC (from the bundle) is below it are
         not checked against the dictation (0 checks every finding)."""
+        from engine.library import check_library_location
         from engine.weights.bundle import load_bundle
 
+        check_library_location(library)  # before anything slow: a URL is refused at once
         started = time.perf_counter()
         if threads is not None:
             if threads < 1:

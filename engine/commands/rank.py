@@ -43,11 +43,16 @@ positive, dictation says absent), ``omitted`` (image positive, not mentioned), `
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from engine.commands.engine_options import add_engine_arguments, fmt_ms, make_engine, one_line_warnings
+from engine.commands.engine_options import (
+    add_engine_arguments,
+    fmt_ms,
+    make_engine,
+    one_line_warnings,
+    print_json,
+    say,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -143,8 +148,7 @@ def run(args: argparse.Namespace) -> int:
     result = {"schema": out.pop("schema"),
               "inputs": {"ct": str(args.ct), "series": args.series, "audio": args.audio}, **out}
     if args.json:
-        json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
-        sys.stdout.write("\n")
+        print_json(result)
     else:
-        print(format_text(result))
+        say(format_text(result))
     return 0

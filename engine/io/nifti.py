@@ -53,6 +53,7 @@ from nibabel.volumeutils import array_to_file
 from engine.errors import DataError, SpeechCTWarning, StudyError
 from engine.io.series import SeriesInfo
 from engine.io.sniff import one_line, read_head, sniff
+from engine.io.validate import check_spacing
 from engine.volume import Volume
 
 #: RAS ↔ LPS: negate the first two world axes (its own inverse).
@@ -122,10 +123,25 @@ def _open_image(path: Path):
         fobj.seek(0)
         is_nifti2 = 540 in (int.from_bytes(size_field, "little"), int.from_bytes(size_field, "big"))
         klass = nib.Nifti2Image if is_nifti2 else nib.Nifti1Image
-        return klass.from_stream(fobj), fobj
+        _check_raw_pixdim(klass.header_class.from_fileobj(fobj, check=False), path)
+        fobj.seek(0)
+        with nib.imageglobals.LoggingOutputSuppressor():  # its header fixes are said (or refused) by us
+            return klass.from_stream(fobj), fobj
+    except StudyError:
+        fobj.close()
+        raise
     except _READ_ERRORS as exc:
         fobj.close()
         raise StudyError(f"NIfTI header cannot be read ({one_line(exc)})", path) from exc
+
+
+def _check_raw_pixdim(header, path: Path) -> None:
+    """pixdim as stored, before nibabel's header fixes: a zero voxel size would become 1 mm with only
+    nibabel's own stderr line. Checked when the qform or the no-orientation fallback uses pixdim."""
+    if int(header["sform_code"]) > 0:
+        return
+    n = min(3, max(0, int(header["dim"][0])))
+    check_spacing(np.abs(np.asarray(header["pixdim"][1:1 + n], dtype=np.float64)), path, "pixdim[1,2,3]")
 
 
 def _check_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
@@ -179,6 +195,9 @@ def _choose_affine(header, path: Path, volume_warnings: list[str] | None) -> np.
     qform_code = int(header["qform_code"])
     if sform_code > 0:
         return header.get_sform()
+    # the qform and the no-orientation fallback take voxel sizes from pixdim: nibabel would turn a 0
+    # into 1 mm with its own stderr line; the validation gate refuses it, naming the field
+    pixdim = check_spacing(np.abs(np.asarray(header["pixdim"][1:4], dtype=np.float64)), path, "pixdim[1,2,3]")
     if qform_code > 0:
         return header.get_qform()
     if volume_warnings is not None:
@@ -187,7 +206,7 @@ def _choose_affine(header, path: Path, volume_warnings: list[str] | None) -> np.
             f"{path}: NIfTI header has neither sform nor qform (codes 0); orientation unknown, "
             "voxel axes taken as CT-RATE's (i left, j posterior, k superior) with pixdim spacing",
         )
-    px, py, pz = (abs(float(v)) or 1.0 for v in header["pixdim"][1:4])
+    px, py, pz = pixdim
     return np.diag([-px, -py, pz, 1.0])  # LPS identity, written as the RAS affine the caller expects
 
 
