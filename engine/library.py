@@ -67,6 +67,7 @@ from engine.errors import DataError, SpeechCTError, SpeechCTWarning
 from engine.library_store import (
     DB_NAME,
     VECTOR_KINDS,
+    ForeignDatabase,
     StudyRecord,
     connect,
     db_text,
@@ -204,6 +205,9 @@ class Library:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._conn = connect(self.folder / DB_NAME)
+        except ForeignDatabase as exc:
+            raise DataError(f"{exc}; refusing to use it as the study library (nothing was written)",
+                            self.folder / DB_NAME) from exc
         except (OSError, SpeechCTError) as exc:
             raise DataError(f"cannot open the study library ({exc})", self.folder) from exc
         except Exception as exc:  # sqlite3.DatabaseError: not a database, locked, ...
@@ -368,8 +372,13 @@ class Library:
         dictation_path: str | Path | None = None,
         dictation_embedding=None,
         series: str | None = None,
-    ) -> StudyRecord:
+        replace: bool = True,
+    ) -> StudyRecord | None:
         """Add (or update) one CT series with its CT embedding and optional dictation; one transaction.
+
+        ``replace=False``: a study already present is left as it is and None is returned; the check
+        and the insert are one write transaction, so of several processes adding the same study
+        exactly one adds it (a batch import counts the others as "already in the library").
 
         ``volume_or_path``: a loaded Volume, or a path that :func:`engine.io.load_volume` reads (with
         ``series``). The key is :func:`study_key`: adding a series already present replaces its CT
@@ -393,6 +402,8 @@ class Library:
                 old = self._conn.execute(
                     "SELECT id, added_at FROM studies WHERE uid = ?", (rec.uid,)
                 ).fetchone()
+                if old is not None and not replace:
+                    return None
                 if old is None:
                     sid = insert_study(self._conn, rec)
                 else:  # same series again: new vectors and metadata, same row id and added_at

@@ -131,7 +131,8 @@ def import_tree(
                         report.already.append(info.uid)
                         continue
                     embedding = encode_ct(volume)
-                record = library.add_study(volume, embedding, series=None if is_nifti else info.uid)
+                # check-then-add in one transaction: a concurrent import of the same tree adds it once
+                record = library.add_study(volume, embedding, series=None if is_nifti else info.uid, replace=False)
             except SpeechCTError as exc:
                 if isinstance(exc, DataError) and library.built_with != library.bundle_hash:
                     raise  # the library refuses every add: stop now, with its message
@@ -143,6 +144,9 @@ def import_tree(
                 raise  # the library cannot be written (full disk, locked, corrupt): no point going on
             except Exception as exc:  # noqa: BLE001 - one study's surprise must not stop the batch
                 _fail(report, progress, where, f"unexpected {type(exc).__name__}: {one_line(exc)}")
+                continue
+            if record is None:
+                report.already.append(info.uid)
                 continue
             report.added.append(record.uid)
             report.warnings.extend(str(w.message) for w in caught if issubclass(w.category, SpeechCTWarning))

@@ -433,7 +433,7 @@ class Engine:
             model = self._model("ct")
             with torch.inference_mode(), self._autocast():
                 emb = model(x.to(self.device))
-        vec = _unit(emb[0])
+        vec = _unit(emb[0], volume.metadata.get("source"))
         self._ct_cache.put(key, vec)
         return vec, False
 
