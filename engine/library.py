@@ -55,6 +55,7 @@ folder (SQLite WAL); a process sees another's commits at its next search.
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -177,6 +178,11 @@ class RebuildReport:
     dictations_dropped: list[str] = field(default_factory=list)  # uids whose dictation vector was removed
 
 
+class LibraryWriteError(DataError):
+    """The library file cannot be written (disk full, I/O error, locked): every further add would fail
+    too, so batch imports stop at the first one."""
+
+
 class Library:
     """A folder of studies and their embeddings; see the module docstring for the rules."""
 
@@ -281,19 +287,38 @@ class Library:
 
     # ------------------------------------------------------------------ transactions
     class _Txn:
-        def __init__(self, conn):
+        """One write transaction. A database error (disk full, I/O error, locked too long) rolls it
+        back, so nothing half-written stays, and becomes a :class:`LibraryWriteError` naming the file."""
+
+        def __init__(self, conn, db_path: Path):
             self.conn = conn
+            self.db_path = db_path
 
         def __enter__(self):
-            self.conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+            except sqlite3.Error as exc:
+                raise LibraryWriteError(f"cannot write the study library ({exc})", self.db_path) from exc
             return self.conn
 
         def __exit__(self, exc_type, exc, tb):
-            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                    return False
+                except sqlite3.Error as commit_error:
+                    exc = commit_error
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite already rolled back (it does on SQLITE_FULL)
+            if isinstance(exc, sqlite3.Error):
+                raise LibraryWriteError(f"cannot write the study library ({exc})", self.db_path) from exc
             return False
 
     def _transaction(self) -> Library._Txn:
-        return Library._Txn(self._conn)
+        return Library._Txn(self._conn, self.folder / DB_NAME)
 
     def close(self) -> None:
         with self._lock:

@@ -96,7 +96,7 @@ def import_tree(
     already added stay added.
     """
     from engine.io import list_series, load_volume
-    from engine.library import ImportReport
+    from engine.library import ImportReport, LibraryWriteError
 
     report = ImportReport()
     units, unreadable, report.ignored_files = find_study_units(root)
@@ -134,8 +134,9 @@ def import_tree(
                 # check-then-add in one transaction: a concurrent import of the same tree adds it once
                 record = library.add_study(volume, embedding, series=None if is_nifti else info.uid, replace=False)
             except SpeechCTError as exc:
-                if isinstance(exc, DataError) and library.built_with != library.bundle_hash:
-                    raise  # the library refuses every add: stop now, with its message
+                if isinstance(exc, LibraryWriteError) or (
+                        isinstance(exc, DataError) and library.built_with != library.bundle_hash):
+                    raise  # the library refuses every add (disk full, another bundle): stop now, with its message
                 # the reason names the file when it is not the study itself (one slice of a folder)
                 inside = exc.path is not None and exc.path not in (str(unit), info.uid)
                 _fail(report, progress, where, str(exc) if inside or not exc.path else exc.message)
