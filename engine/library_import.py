@@ -40,7 +40,7 @@ def find_study_units(root: str | Path) -> tuple[list[Path], list[tuple[str, str]
     root = Path(root).resolve()
     if not root.exists():
         raise StudyError("does not exist", root)
-    if root.is_file():
+    if not root.is_dir():  # a file, or a FIFO / socket / device that load_volume refuses by name
         return [root], [], 0
     units: list[Path] = []
     unreadable: list[tuple[str, str]] = []

@@ -127,7 +127,8 @@ def run_add(args: argparse.Namespace) -> int:
                          f"{result['failed'][0][0]}: {result['failed'][0][1]}")
     if result["failed"]:  # the rest was added; the exit code still says that not everything was
         total = len(result["added"]) + len(result["already"]) + len(result["failed"])
-        raise StudyError(f"{len(result['failed'])} of {total} studies could not be added (the others were)")
+        raise StudyError(f"{len(result['failed'])} of {total} studies could not be added (the others were)",
+                         args.paths[0] if len(args.paths) == 1 else None)
     return 0
 
 

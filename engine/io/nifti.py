@@ -37,7 +37,9 @@ case: int16 raw, integer slope and intercept), otherwise float32.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import os
 import tempfile
 import warnings
@@ -53,7 +55,7 @@ from nibabel.volumeutils import array_to_file
 from engine.errors import DataError, SpeechCTWarning, StudyError
 from engine.io.series import SeriesInfo
 from engine.io.sniff import one_line, read_head, sniff
-from engine.io.validate import check_spacing
+from engine.io.validate import check_rescale, check_spacing
 from engine.volume import Volume
 
 #: RAS ↔ LPS: negate the first two world axes (its own inverse).
@@ -109,7 +111,8 @@ def _open_image(path: Path):
         if not path.name.lower().endswith(".hdr"):
             raise StudyError("is the header of a NIfTI .hdr/.img pair but is not named .hdr", path)
         try:
-            return nib.load(path), None
+            with _nibabel_quiet():
+                return nib.load(path), None
         except _READ_ERRORS as exc:
             raise StudyError(f"NIfTI header/image pair cannot be read ({one_line(exc)})", path) from exc
     gzipped = read_head(path, 2) == b"\x1f\x8b"
@@ -125,7 +128,7 @@ def _open_image(path: Path):
         klass = nib.Nifti2Image if is_nifti2 else nib.Nifti1Image
         _check_raw_pixdim(klass.header_class.from_fileobj(fobj, check=False), path)
         fobj.seek(0)
-        with nib.imageglobals.LoggingOutputSuppressor():  # its header fixes are said (or refused) by us
+        with _nibabel_quiet():
             return klass.from_stream(fobj), fobj
     except StudyError:
         fobj.close()
@@ -133,6 +136,20 @@ def _open_image(path: Path):
     except _READ_ERRORS as exc:
         fobj.close()
         raise StudyError(f"NIfTI header cannot be read ({one_line(exc)})", path) from exc
+
+
+@contextlib.contextmanager
+def _nibabel_quiet():
+    """nibabel logs its header checks and fixes to stderr ("pixdim[1,2,3] should be non-zero; setting 0
+    dims to 1", "sizeof_hdr should be 348"): not one line of ours, and not naming the file. Our own
+    checks (here and in engine.io.validate) say what matters, as errors or warnings."""
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _check_raw_pixdim(header, path: Path) -> None:
@@ -240,11 +257,12 @@ def _resolve_scaling(img, path: Path, slope, intercept, volume_warnings: list[st
                 f"{path}: CT-RATE v2 volume (a '_fixed' folder) already holds HU; ignoring rescale "
                 f"override slope={slope}, intercept={intercept} (CT-CLIP issue #50)",
             )
+        check_rescale(*from_header, path, "scl_slope/scl_inter")
         return from_header
     use_slope = from_header[0] if slope is None else float(slope)
     use_inter = from_header[1] if intercept is None else float(intercept)
-    if not np.isfinite(use_slope) or use_slope == 0.0 or not np.isfinite(use_inter):
-        raise StudyError(f"rescale slope {use_slope} / intercept {use_inter} is not usable", path)
+    check_rescale(use_slope, use_inter, path,
+                  "scl_slope/scl_inter" if slope is None and intercept is None else "rescale slope/intercept")
     return use_slope, use_inter
 
 

@@ -116,6 +116,14 @@ def check_orientation(cosines: Sequence[float], where, notes: list[str],
     return x, y
 
 
+def check_pixel_format(bits_allocated: int, bits_stored: int, where) -> None:
+    """Stored pixels a CT reader can hold: 8, 16 or 32 bits, BitsStored within BitsAllocated."""
+    if bits_allocated not in (8, 16, 32):
+        raise StudyError(f"BitsAllocated {bits_allocated} is not 8, 16 or 32: not a CT image's pixels", where)
+    if not 1 <= bits_stored <= bits_allocated:
+        raise StudyError(f"BitsStored {bits_stored} does not fit BitsAllocated {bits_allocated}", where)
+
+
 def check_rescale(slope: float, intercept: float, where, field: str = "RescaleSlope/RescaleIntercept") -> None:
     slope, intercept = float(slope), float(intercept)
     if not np.isfinite(slope) or slope == 0.0 or not np.isfinite(intercept) or abs(intercept) > MAX_ABS_HU \
