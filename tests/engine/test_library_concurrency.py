@@ -18,6 +18,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from engine.errors import DataError
@@ -159,3 +160,77 @@ def test_four_writers_one_killed_then_rerun(tmp_path):
     with Library(lib, bundle_hash="bundle-a", dim=DIM) as library:
         assert len(library) == n_procs * n_each
     print(f"4 x {n_each} studies, one killed at {partial} and rerun: {time.perf_counter() - started:.1f} s")
+
+
+def _holder(db: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the library's write lock for ``seconds``."""
+    script = textwrap.dedent(f"""
+        import sqlite3, sys, time
+        conn = sqlite3.connect({str(db)!r}, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        print("locked", flush=True)
+        time.sleep({seconds})
+        conn.execute("ROLLBACK")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_briefly_locked_library_is_waited_for(tmp_path):
+    from tests.engine.library_fakes import FakeEncoder
+
+    Library(tmp_path / "lib", bundle_hash="bundle-a", dim=DIM).close()
+    holder = _holder(tmp_path / "lib" / "library.sqlite", 3.0)
+    started = time.perf_counter()
+    with Library(tmp_path / "lib", bundle_hash="bundle-a", dim=DIM) as lib:
+        lib.add_study(make_volume(1), FakeEncoder()(make_volume(1)))
+        assert len(lib) == 1
+    holder.wait(30)
+    assert 2.0 < time.perf_counter() - started < 25.0  # it waited for the lock, and only that long
+
+
+@pytest.mark.slow
+def test_a_library_locked_for_good_is_one_line_not_a_hang(tmp_path, capsys):
+    from engine.cli import main
+
+    from .tiny_bundle import tiny_bundle_path
+
+    lib = tmp_path / "lib"
+    Library(lib, bundle_hash="bundle-a", dim=DIM).close()
+    _write_studies(tmp_path / "tree", 0, 1)
+    holder = _holder(lib / "library.sqlite", 120.0)
+    try:
+        started = time.perf_counter()
+        code = main(["index", "add", str(tmp_path / "tree"), "--library", str(lib), "--bundle", str(tiny_bundle_path()),
+                     "--no-cache"])
+        elapsed = time.perf_counter() - started
+    finally:
+        holder.kill()
+    err = capsys.readouterr().err
+    assert code == 2 and elapsed < 90, (code, elapsed, err)
+    assert err.count("\n") == 1 and "library.sqlite" in err and "database is locked" in err, err
+
+
+def test_a_library_on_a_read_only_file_system_is_one_line(tmp_path, capsys):
+    import shutil
+
+    from engine.cli import main
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting needs root")
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "speechct-test-ro", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        with Library(disk / "lib", bundle_hash="bundle-a", dim=DIM) as lib:
+            lib.add_study(make_volume(1), np.ones(DIM, np.float32))
+        assert subprocess.run(["mount", "-o", "remount,ro", str(disk)]).returncode == 0
+        from .tiny_bundle import tiny_bundle_path
+
+        code = main(["index", "list", "--library", str(disk / "lib"), "--bundle", str(tiny_bundle_path())])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "library.sqlite" in err and "Traceback" not in err, err
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
