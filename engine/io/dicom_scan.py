@@ -32,6 +32,8 @@ _PIXEL_TAG_BE = b"\x7f\xe0\x00\x10"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 #: Explicit-VR value representations whose length field is 4 bytes (after 2 reserved bytes).
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"}
+#: More frames than this in one file is a corrupt NumberOfFrames (a long multi-frame CT has a few thousand).
+MAX_FRAMES = 100_000
 #: Transfer syntaxes whose pixel bytes can be read straight into a numpy array.
 RAW_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
@@ -393,6 +395,8 @@ def _describe(
         return "non_image", f"no pixel data (not an image: {name})"
     syntax = _syntax(ds)
     n_frames = max(1, f.int(_NUMBER_OF_FRAMES, 1))
+    if n_frames > min(MAX_FRAMES, file_size):  # a corrupt count: one header per frame would never end
+        return "unreadable", f"NumberOfFrames {n_frames} cannot be in a file of {file_size} bytes"
     bits_allocated = f.int(_BITS_ALLOCATED, 16)
     samples = f.int(_SAMPLES_PER_PIXEL, 1)
     n_bytes = rows * columns * samples * n_frames * bits_allocated // 8

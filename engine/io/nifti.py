@@ -73,7 +73,10 @@ AIR_CHECK_FOV_MM = 150.0
 MAX_DATA_BYTES = 16 * 2**30
 
 _SUFFIXES = (".nii.gz", ".nii")
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, HeaderDataError, ImageFileError, MemoryError)
+#: What nibabel raises on corrupt headers and data (OverflowError: an infinite vox_offset, TypeError,
+#: IndexError, KeyError: fields it cannot interpret); each becomes one line naming the file.
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, HeaderDataError, ImageFileError, MemoryError,
+                OverflowError, TypeError, IndexError, KeyError)
 
 
 def is_ctrate_v2(path: str | Path) -> bool:
@@ -153,8 +156,12 @@ def _nibabel_quiet():
 
 
 def _check_raw_pixdim(header, path: Path) -> None:
-    """pixdim as stored, before nibabel's header fixes: a zero voxel size would become 1 mm with only
-    nibabel's own stderr line. Checked when the qform or the no-orientation fallback uses pixdim."""
+    """Header fields as stored, before nibabel's fixes: the data offset must be a byte offset; pixdim
+    (when the qform or the no-orientation fallback uses it) must be voxel sizes: a zero would become
+    1 mm with only nibabel's own stderr line."""
+    offset = float(header["vox_offset"])
+    if not np.isfinite(offset) or not 0 <= offset < 2.0**40:
+        raise StudyError(f"vox_offset {offset:g} is not a byte offset (NIfTI header is corrupt)", path)
     if int(header["sform_code"]) > 0:
         return
     n = min(3, max(0, int(header["dim"][0])))

@@ -259,6 +259,12 @@ for _name, _fields in _ONE_SLICE.items():
     _dicom_case(_name, _fields, "first")
 
 
+@case("DICOM NumberOfFrames 2.9e9 with BitsAllocated 0", "dicom", "error", "NumberOfFrames", study=True)
+def _(tmp):  # found by the fuzzer: one header per declared frame never ended
+    folder = raw_element(dicom(tmp), (0x0028, 0x0008), "IS", b"2917434420")
+    return study_runs(mutate(folder, BitsAllocated=0))
+
+
 @case("DICOM PixelSpacing as text 'abc'", "dicom", study=True)
 def _(tmp):
     return study_runs(raw_element(dicom(tmp), (0x0028, 0x0030), "DS", b"abc\\def "))
@@ -390,6 +396,7 @@ _NIFTI_PATCHES = {
     "vox_offset 0": (VOX_OFFSET, f32(0)),
     "vox_offset beyond the file": (VOX_OFFSET, f32(1e9)),
     "vox_offset NaN": (VOX_OFFSET, f32(NAN)),
+    "vox_offset infinite": (VOX_OFFSET, f32(INF)),
     "scl_slope NaN": (SCL_SLOPE, f32(NAN)),
     "scl_slope 0": (SCL_SLOPE, f32(0)),
     "scl_slope infinite": (SCL_SLOPE, f32(INF)),
@@ -405,6 +412,7 @@ _NIFTI_PATCHES = {
     "magic wrong": (MAGIC, b"xx1\x00"),
 }
 _NIFTI_EXPECT = {
+    "vox_offset infinite": ("error", "vox_offset inf is not a byte offset"),  # nibabel: OverflowError (fuzz)
     "pixdim zero with qform": ("error", "pixdim[1,2,3] 0\\0\\0 is not a voxel size in mm"),
     "pixdim NaN with qform": ("error", "pixdim[1,2,3] nan\\nan\\nan is not a voxel size"),
     "pixdim huge with qform": ("error", "is not a voxel size"),
