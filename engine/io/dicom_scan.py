@@ -244,7 +244,7 @@ def _floats(value, n: int):
 def _int(value, default=0):
     try:
         return int(value) if value is not None and value != "" else default
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: "inf" in an IS field
         return default
 
 
@@ -316,7 +316,7 @@ class _Fields:
         values = self.strings(tag)
         try:
             return int(float(values[0])) if values else default
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: "inf" where a count belongs
             return default
 
 

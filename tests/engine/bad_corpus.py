@@ -265,6 +265,11 @@ def _(tmp):  # found by the fuzzer: one header per declared frame never ended
     return study_runs(mutate(folder, BitsAllocated=0))
 
 
+@case("DICOM SamplesPerPixel 'inf' with the wrong VR (IS)", "dicom", study=True)
+def _(tmp):  # found by the fuzzer: int(float("inf")) raised OverflowError in the header pass
+    return study_runs(raw_element(dicom(tmp), (0x0028, 0x0002), "IS", b"inf "))
+
+
 @case("DICOM PixelSpacing as text 'abc'", "dicom", study=True)
 def _(tmp):
     return study_runs(raw_element(dicom(tmp), (0x0028, 0x0030), "DS", b"abc\\def "))
