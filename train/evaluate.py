@@ -12,11 +12,21 @@ Rows (systems), each scored per voice group:
   (:mod:`train.cascade`), on a fixed subset (the first ``cascade_n`` studies by volume name).
 
 For every row: zero-shot AUROC / weighted F1 / accuracy / precision with bootstrap CIs
-(:mod:`train.metrics`, CT-CLIP's protocol done right), the same protocol applied to the report
+(:mod:`train.metrics`, CT-CLIP's protocol done right) and per finding AUPRC, ECE and the centred
+AUROC (finding-specific skill, :data:`train.metrics.SKILL_METRICS`), the same protocol applied to the report
 embedding itself (``report_zero_shot``: does the dictation's embedding carry its findings),
 query→CT and CT→query Recall@k beside the random baseline; the dictation head's macro F1 per
 class; a paired bootstrap of distilled − naive and distilled − teacher. CT→CT label-overlap
 MAP@k on the CT embeddings once per split.
+
+Per finding, for the image model (the text teacher's CT encoder and prompts, all studies): zero-shot
+AUROC with its CI, centred AUROC, AUPRC beside the prevalence, ECE; the encoder's ceiling (a
+supervised linear probe on the same CT embeddings, cross-validated on the evaluated studies,
+:func:`train.metrics.linear_probe`); the data's ceiling (a supervised 3D CNN's per-study scores on
+the same volumes, measured once by ``scripts/experiments/cnn_ceiling.py`` and read from its JSON:
+:func:`recorded_ceiling`). Whether the teacher was trained with the auxiliary label loss
+(``teacher.aux_label_weight``) is read from its provenance and stated beside the table: with it, the
+CT encoder has seen the 18 labels, and "zero-shot" is not label-free.
 
 Voice groups: the spoken reports of every given Speech-RATE root are pooled and split by the
 manifest's ``voice`` column into ``training voices`` (voices that read the *train* split, from the
@@ -43,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DataError
-from engine.findings import DICTATION_CLASSES, LABELS, PromptBank, mentions_to_classes, prompt_pair
+from engine.findings import DICTATION_CLASSES, LABELS, PromptBank, prompt_pair
 from train import metrics as M
 
 SYSTEMS = ("text teacher", "ASR cascade", "naive student", "distilled student")
@@ -156,6 +166,15 @@ def text_embedder(tower) -> Callable[[list[str]], np.ndarray]:
     return _numpy(lambda texts: tower.encode(list(texts)))
 
 
+def aux_label_weight(teacher_options: dict | None) -> float | None:
+    """The teacher's ``aux_label_weight`` from its training options (a run config's ``teacher`` section,
+    as a bundle's ``provenance.teacher.optim`` keeps it): 0.0 when the options leave it out (no label
+    loss), None when there are no options to read (the teacher's training is not known)."""
+    if not isinstance(teacher_options, dict):
+        return None
+    return float(teacher_options.get("aux_label_weight") or 0.0)
+
+
 def models_from_bundle(bundle_dir: str | Path, *, naive: str | Path | None = None) -> EvalModels:
     """Callables from a bundle (DESIGN.md §2; groups as ``train.export`` writes them): its CT encoder,
     text tower, speech student (as ``distilled``), dictation head and text prompts; ``naive`` = a
@@ -173,7 +192,9 @@ def models_from_bundle(bundle_dir: str | Path, *, naive: str | Path | None = Non
     b.load_into(ct, "ct_encoder")
     models = EvalModels(spec=PreprocessSpec.from_dict(m["preprocess"]), logit_scale=float(m["space"]["logit_scale"]),
                         embed_ct=ct_embedder(ct), labels=tuple(m["labels"]),
-                        provenance={"bundle": str(b.path), "bundle_hash": b.hash})
+                        provenance={"bundle": str(b.path), "bundle_hash": b.hash,
+                                    "aux_label_weight": aux_label_weight(
+                                        ((m.get("provenance") or {}).get("teacher") or {}).get("optim"))})
     if "text" in m:
         tower = TextTower(TextTowerConfig.from_dict(m["text"]["config"]))
         tower.load_trainable_state_dict(b.tensors["text_head"])
@@ -220,7 +241,8 @@ def models_from_run(run: str | Path) -> EvalModels:
     embed_text = text_embedder(teacher.text)
     models = EvalModels(spec=teacher.spec, logit_scale=float(teacher.logit_scale),
                         embed_ct=ct_embedder(teacher.model.ct), embed_text=embed_text,
-                        provenance={"run": str(run), "teacher_sha256": teacher.weights_hash})
+                        provenance={"run": str(run), "teacher_sha256": teacher.weights_hash,
+                                    "aux_label_weight": aux_label_weight(teacher.meta.get("config", {}).get("teacher"))})
     texts = prompt_texts()
     models.text_prompts = PromptBank.from_rows(texts, embed_text(texts), LABELS, kind="text")
     from safetensors.torch import load_file
@@ -354,6 +376,8 @@ class EvalConfig:
     limit: int | None = None
     #: set size of the committed bundle's CI regression test (tests/train/test_default_bundle.py)
     regression_n: int = REGRESSION_N
+    #: folds of the linear probe on the CT embeddings (0: no probe)
+    probe_folds: int = M.PROBE_FOLDS
 
     def zero_shot(self) -> M.ZeroShotConfig:
         return M.ZeroShotConfig(n_boot=self.n_boot, seed=self.seed, threshold_on=self.threshold_on,
@@ -365,8 +389,10 @@ def score_system(ct_emb: np.ndarray, query_emb: np.ndarray | None, bank: PromptB
                  dictation_logits: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
     """All metrics of one system on one set of studies; returns (JSON-ready dict, P(present) ``[N, L]``)."""
     scores = bank.probabilities(np.asarray(ct_emb, np.float32), logit_scale)
+    logits = M.pair_logits(ct_emb, bank.present, bank.absent, logit_scale)
     out: dict[str, Any] = {"n": int(len(labels)), "prompts": bank.kind,
-                           "zero_shot": M.zero_shot_metrics(scores, labels, bank.labels, cfg.zero_shot())}
+                           "zero_shot": M.zero_shot_metrics(scores, labels, bank.labels, cfg.zero_shot(),
+                                                            logits=logits)}
     if query_emb is not None:
         out["report_zero_shot"] = M.report_zero_shot_auroc(query_emb, bank.present, bank.absent, logit_scale,
                                                            labels, bank.labels)
@@ -376,8 +402,27 @@ def score_system(ct_emb: np.ndarray, query_emb: np.ndarray | None, bank: PromptB
         }
     if dictation_logits is not None and mentions is not None:
         pred = np.asarray(dictation_logits).argmax(axis=-1)
-        out["dictation"] = M.dictation_f1(pred, mentions_to_classes(mentions), DICTATION_CLASSES, bank.labels)
+        out["dictation"] = M.dictation_f1(pred, np.asarray(mentions, dtype=np.int64), DICTATION_CLASSES, bank.labels)
+        out["dictation_pred"] = pred.tolist()  # per study, for the paired comparison with the cascade
     return out, scores
+
+
+def _cascade_dictation(transcripts: list[str], target: np.ndarray, systems: dict, pos: list[int],
+                       cfg: EvalConfig) -> tuple[dict, dict]:
+    """F1 of the rule labeler (:mod:`train.labeler`, training lexicon) on ASR transcripts, and the paired
+    bootstrap of each speech-native reader against it on the same studies."""
+    from train.labeler import label_report, training_lexicon
+
+    lex = training_lexicon()
+    pred = np.array([[DICTATION_CLASSES.index(label_report(t, lex)[lab]) for lab in LABELS] for t in transcripts])
+    out = M.dictation_f1(pred, target, DICTATION_CLASSES, LABELS)
+    paired = {}
+    for name in ("distilled student", "naive student"):
+        speech_pred = systems.get(name, {}).get("dictation_pred")
+        if speech_pred is not None:
+            paired[f"{name} − cascade"] = M.dictation_f1_paired(
+                np.asarray(speech_pred)[pos], pred, target, len(DICTATION_CLASSES), n_boot=cfg.n_boot, seed=cfg.seed)
+    return out, paired
 
 
 def _paired(scores_a, scores_b, labels, names, res_a, res_b, cfg: EvalConfig) -> dict:
@@ -449,6 +494,7 @@ def evaluate_bundle(
     ct_cache: str | Path | None = None,
     train_voice_copy: bool = False,
     training_speech: str | Path | Sequence[str | Path] | None = None,
+    ceiling: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluate a model set (see the module docstring); returns the JSON-ready result.
@@ -464,7 +510,8 @@ def evaluate_bundle(
     resumable) so that training and held-out voices are scored on the same studies.
     ``training_speech``: the Speech-RATE root(s) the models were trained on, whose train manifest
     names the training voices (default: the evaluated roots', right when the split is theirs; a
-    separate test set read by other voices needs it). With ``out_dir``, writes
+    separate test set read by other voices needs it). ``ceiling``: a recorded data ceiling (the JSON
+    of ``scripts/experiments/cnn_ceiling.py``, :func:`recorded_ceiling`). With ``out_dir``, writes
     ``evaluation.json`` and ``evaluation.md`` there.
     """
     from train.data import CTRateIndex
@@ -524,6 +571,22 @@ def evaluate_bundle(
         result["regression_reference"] = {
             "system": "text teacher (the bundle's CT encoder and text prompts)",
             **M.subset_macro_auroc_spread(teacher_scores, labels_all, cfg.regression_n, seed=cfg.seed)}
+    result["teacher_training"] = teacher_training(models.provenance.get("aux_label_weight"))
+    if cfg.probe_folds and len(records) >= 2 * cfg.probe_folds:
+        t0 = time.perf_counter()
+        say(f"linear probe on the CT embeddings ({cfg.probe_folds}-fold) ...")
+        result["linear_probe"] = M.linear_probe(ct_emb, labels_all, names, folds=cfg.probe_folds, seed=cfg.seed,
+                                                n_boot=cfg.n_boot, labels_mode=cfg.labels_mode)
+        timings["linear_probe_s"] = time.perf_counter() - t0
+    elif cfg.probe_folds:
+        notes.append(f"linear probe skipped: {len(records)} studies are too few for {cfg.probe_folds} folds")
+    if cfg.threshold_on == "calibration" and ("linear_probe" in result or ceiling is not None):
+        notes.append("the linear probe and the 3D CNN ceiling are scored on all studies, the zero-shot rows on the "
+                     "studies outside the calibration subset")
+    if ceiling is not None:
+        result["cnn_ceiling"] = recorded_ceiling(ceiling, [r.volume_name for r in records], labels_all, names, cfg)
+        if "not_comparable" in result["cnn_ceiling"]:
+            notes.append(f"3D CNN ceiling {ceiling}: {result['cnn_ceiling']['not_comparable']}")
 
     spoken = [s for s in spoken_reports(roots, split) if s.volume_name in by_name]
     # the voices the models were trained on: by default those that read this data's train split
@@ -596,7 +659,8 @@ def evaluate_bundle(
             g["systems"][f"{student} student"] = res
 
         if items and models.embed_text is not None and cfg.cascade_n > 0:
-            from train.cascade import Transcriber, run_cascade
+            from engine.transcribe import Transcriber
+            from train.cascade import run_cascade
 
             if transcriber is None:
                 t0 = time.perf_counter()
@@ -642,6 +706,9 @@ def evaluate_bundle(
                 if q is not None:
                     same[name] = M.recall_at_k(q, ct_emb[sub_rows], cfg.recall_ks)
             res["same_subset_retrieval"] = same
+            if mentions is not None:  # the cascade's dictation reader: the rule labeler on the transcripts
+                res["dictation"], res["dictation_paired"] = _cascade_dictation(
+                    casc.transcripts, mentions[pos], g["systems"], pos, cfg)
             g["systems"]["ASR cascade"] = res
 
         if "distilled student" in raw and "naive student" in raw:
@@ -659,6 +726,54 @@ def evaluate_bundle(
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
+
+
+def teacher_training(weight: float | None) -> dict:
+    """What "zero-shot" means for the evaluated teacher: trained with or without the auxiliary label loss."""
+    if weight is None:
+        return {"aux_label_weight": None,
+                "zero_shot": "unknown: the model set does not say how its teacher was trained"}
+    if weight > 0:
+        return {"aux_label_weight": weight,
+                "zero_shot": f"with the auxiliary label loss (teacher.aux_label_weight = {weight:g}): the CT encoder "
+                             f"was trained on the 18 labels, so its zero-shot AUROC is not label-free"}
+    return {"aux_label_weight": 0.0,
+            "zero_shot": "without the auxiliary label loss (teacher.aux_label_weight = 0): zero-shot in CT-CLIP's "
+                         "sense, the CT encoder never saw a label"}
+
+
+#: What ``scripts/experiments/cnn_ceiling.py`` writes (and :func:`recorded_ceiling` reads): ``scores``
+#: maps each evaluated volume name to its P(present) per label, in ``labels`` order.
+CEILING_KEYS = ("kind", "labels", "scores")
+
+
+def recorded_ceiling(path: str | Path, volume_names: Sequence[str], labels: np.ndarray, names: Sequence[str],
+                     cfg: EvalConfig) -> dict:
+    """The data's ceiling on exactly these studies: a recorded supervised model's per-study scores
+    (``path``, :data:`CEILING_KEYS`), AUROC per finding with CIs on the same bootstrap draws as the
+    zero-shot rows. Volumes it has no score for make it ``not_comparable`` (said, not scored)."""
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read the recorded ceiling ({type(exc).__name__}: {exc})", path) from exc
+    if not isinstance(rec, dict) or any(k not in rec for k in CEILING_KEYS):
+        raise DataError(f"not a recorded ceiling: needs the keys {', '.join(CEILING_KEYS)}", path)
+    order = [rec["labels"].index(n) if n in rec["labels"] else None for n in names]
+    if None in order:
+        raise DataError(f"the recorded ceiling has no scores for {names[order.index(None)]!r}", path)
+    info = {"source": str(path), "kind": rec["kind"],
+            **{k: rec[k] for k in ("split", "config", "seconds", "train", "measured") if k in rec}}
+    missing = [v for v in volume_names if v not in rec["scores"]]
+    if missing:
+        return {**info, "not_comparable": f"no score for {len(missing)} of the {len(volume_names)} evaluated "
+                                          f"volumes (e.g. {missing[0]}): measured on other volumes"}
+    try:
+        scores = np.array([[rec["scores"][v][i] for i in order] for v in volume_names], dtype=np.float64)
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"the recorded ceiling's scores are not one number per label and volume ({exc})", path) from exc
+    scores, y, sel = M.select_labels(scores, labels, names, cfg.labels_mode)
+    return {**info, **M.auroc_with_ci(scores, y, sel, n_boot=cfg.n_boot, seed=cfg.seed)}
 
 
 def _train_voice_copy(ctrate_root, out_dir: Path, split: str, seed: int, say) -> Path:
@@ -819,10 +934,12 @@ def to_markdown(result: dict) -> str:
                      + (" *" if p[m]["excludes_zero"] else "") for m in ("auroc", "f1")]
             lines.append(f"- paired bootstrap {pname}: " + "; ".join(parts) + " (* = 95 % CI excludes 0)")
         lines.append("")
+        lines += _readers_markdown(systems)
     t = result.get("text_teacher_all")
     if t:
         z = t["zero_shot"]["macro"]
         lines.append(f"Text teacher on all {t['n']} studies: " + ", ".join(f"{m} {_fmt_ci(z[m])}" for m in M.METRICS))
+        lines += ["", *per_finding_markdown(result)]
     c = result.get("ct_to_ct")
     if c:
         lines.append("CT→CT label-overlap MAP@k (no self-match): "
@@ -830,6 +947,92 @@ def to_markdown(result: dict) -> str:
     for note in result.get("notes", []):
         lines.append(f"- note: {note}")
     return "\n".join(lines) + "\n"
+
+
+def _fmt_auroc(value: float, ci) -> str:
+    if value is None or not np.isfinite(value):
+        return "–"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and np.isfinite(ci[0]) else f"{value:.3f}"
+
+
+def per_finding_markdown(result: dict) -> list[str]:
+    """The per-finding table of the image model (text teacher, all studies) with its two ceilings."""
+    from engine.findings import RELIABLE_AUROC
+
+    t = result["text_teacher_all"]
+    zs = t["zero_shot"]
+    probe = result.get("linear_probe")
+    cnn = result.get("cnn_ceiling")
+    cnn_ok = cnn is not None and "per_finding" in cnn
+    training = result.get("teacher_training") or teacher_training(None)
+    lines = [f"## Per finding: the image model on all {zs['n_studies']} studies", "",
+             f"Teacher trained {training['zero_shot']}.", "",
+             "| finding | positives | zero-shot AUROC | centred AUROC | AUPRC (prevalence) | ECE | "
+             "linear probe AUROC | 3D CNN AUROC | gate |", "|" + "---|" * 9]
+
+    def row(name, per, probe_entry, cnn_entry, gate):
+        ci = per.get("ci", {})
+        return ("| " + " | ".join([
+            name, str(per.get("positives", "")), _fmt_auroc(per["auroc"], ci.get("auroc")),
+            _fmt_auroc(per["centred_auroc"], ci.get("centred_auroc")),
+            f"{per['auprc']:.3f} ({per['prevalence']:.3f})" if np.isfinite(per["auprc"]) else "–",
+            f"{per['ece']:.3f}" if np.isfinite(per["ece"]) else "–",
+            _fmt_auroc(probe_entry["auroc"], probe_entry["ci"]) if probe_entry else "–",
+            _fmt_auroc(cnn_entry["auroc"], cnn_entry["ci"]) if cnn_entry else "not recorded",
+            gate]) + " |")
+
+    gated = gate_auroc(zs)  # what the export writes for the engine (lower CI bound, or point without a bootstrap)
+    for name, per in zs["per_finding"].items():
+        value = gated["auroc"].get(name)
+        gate = "–" if value is None else ("checked" if value >= RELIABLE_AUROC else "weak")
+        lines.append(row(name, per, probe["per_finding"].get(name) if probe else None,
+                         cnn["per_finding"].get(name) if cnn_ok else None, gate))
+    macro = {m: zs["macro"][m]["value"] for m in (*M.METRICS, *M.SKILL_METRICS)}
+    macro_ci = {m: zs["macro"][m]["ci"] for m in (*M.METRICS, *M.SKILL_METRICS)}
+    prevalence = float(np.mean([p["prevalence"] for p in zs["per_finding"].values()]))
+    lines.append(row("**macro**", {**macro, "ci": macro_ci, "positives": "", "prevalence": prevalence},
+                     {"auroc": probe["macro"]["value"], "ci": probe["macro"]["ci"]} if probe else None,
+                     {"auroc": cnn["macro"]["value"], "ci": cnn["macro"]["ci"]} if cnn_ok else None, ""))
+    lines += ["", f"- Centred AUROC: each study's zero-shot logits minus their mean over the findings (removes the "
+                  f"shared \"how abnormal is this chest\" axis). ECE: {zs.get('ece_bins', M.ECE_BINS)} equal-width "
+                  f"bins of P(present). Gate: the engine checks a finding against the dictation only when the "
+                  + ("lower 95 % CI bound of its zero-shot AUROC" if gated["auroc_statistic"] == "ci_lower" else
+                     "point estimate of its zero-shot AUROC (no bootstrap here)")
+                  + f" is at least {RELIABLE_AUROC} (`engine.findings.RELIABLE_AUROC`)."]
+    if probe:
+        lines.append(f"- Linear probe (the encoder's ceiling): {probe['method']}.")
+    if cnn_ok:
+        lines.append(f"- 3D CNN (the data's ceiling): {cnn['kind']}, recorded in `{cnn['source']}`.")
+    elif cnn is not None:
+        lines.append(f"- 3D CNN ceiling in `{cnn['source']}` not shown: {cnn['not_comparable']}.")
+    else:
+        lines.append("- 3D CNN (the data's ceiling): not recorded for these volumes "
+                     "(`scripts/experiments/cnn_ceiling.py`, then `speechct-train evaluate --ceiling FILE`).")
+    return lines + [""]
+
+
+def _readers_markdown(systems: dict) -> list[str]:
+    """The dictation readers of one voice group: macro F1 over the mention states, per state, and how
+    often a present mention is read as absent; the cascade's paired comparison."""
+    rows = [(name, s["dictation"]) for name, s in systems.items() if s.get("dictation")]
+    if not rows:
+        return []
+    classes = list(rows[0][1]["per_class"])
+    out = ["Dictation readers (macro F1 over the mention states):", "",
+           "| reader | n | macro F1 | " + " | ".join(classes) + " | present read absent |",
+           "|" + "---|" * (4 + len(classes))]
+    for name, d in rows:
+        label = "ASR + rule labeler" if name == "ASR cascade" else f"{name} (speech-native)"
+        n = sum(d["support"].values()) // max(1, len(d["per_finding_macro_f1"]))
+        pra = d.get("present_read_absent")
+        tail = f" | {pra:.3f} |" if pra is not None else " | – |"
+        out.append(f"| {label} | {n} | {d['macro_f1']:.3f} | "
+                   + " | ".join(f"{d['per_class'][c]:.3f}" for c in classes) + tail)
+    for name, p in systems.get("ASR cascade", {}).get("dictation_paired", {}).items():
+        star = " *" if p["ci"][0] > 0 or p["ci"][1] < 0 else ""
+        out.append(f"- paired bootstrap {name} (n = {p['n']}): macro F1 {p['diff']:+.3f} "
+                   f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]{star}")
+    return out + [""]
 
 
 def _json_default(o):
@@ -855,6 +1058,22 @@ def summary_for_bundle(result: dict) -> dict:
                            "threshold_on": result["threshold_on"], "n_boot": result["n_boot"], "groups": {}}
     if "regression_reference" in result:
         out["regression_reference"] = result["regression_reference"]
+    if "teacher_training" in result:
+        out["teacher_training"] = result["teacher_training"]
+    t = result.get("text_teacher_all")
+    if t:  # the image model per finding, with its ceilings (numbers only; evaluation.json has the rest)
+        probe = (result.get("linear_probe") or {}).get("per_finding", {})
+        cnn = (result.get("cnn_ceiling") or {}).get("per_finding", {})
+        per = {}
+        for name, p in t["zero_shot"]["per_finding"].items():
+            row = {m: p[m] for m in ("auroc", "centred_auroc", "auprc", "prevalence", "ece") if m in p}
+            row["auroc_ci"] = p["ci"]["auroc"]
+            if name in probe:
+                row["probe_auroc"] = probe[name]["auroc"]
+            if name in cnn:
+                row["cnn_auroc"] = cnn[name]["auroc"]
+            per[name] = row
+        out["per_finding"] = per
     for gname, g in result["groups"].items():
         rows = {}
         for name, s in g["systems"].items():
@@ -898,7 +1117,23 @@ def bundle_thresholds(run: str | Path, bundle_tensors: dict | None = None, manif
     thresholds = {"method": f"ROC-corner point of a 100-step grid on [0, 1] (CT-CLIP), chosen on "
                             f"{result['split']} ({zs['threshold_on']}, {zs['n_studies']} studies), text prompts",
                   "values": {k: float(v) for k, v in zs["thresholds"].items()},
-                  # what the engine needs to know how far to trust each call (engine.findings.RELIABLE_AUROC)
-                  "auroc": {k: float(v["auroc"]) for k, v in zs["per_finding"].items()
-                            if v.get("auroc") is not None and np.isfinite(v["auroc"])}}
+                  **gate_auroc(zs)}
     return thresholds, summary_for_bundle(result)
+
+
+def gate_auroc(zero_shot: dict) -> dict:
+    """The ``thresholds`` keys the engine's reliability gate reads (``engine.findings.unchecked``):
+    ``auroc`` = each finding's lower bootstrap CI bound of its zero-shot AUROC, ``auroc_statistic`` =
+    ``"ci_lower"``, ``auroc_point`` = the point estimates, ``auroc_ci`` = how the bound was drawn.
+    Without a finite lower bound for every finding whose AUROC is defined (no bootstrap), ``auroc`` is the
+    point estimate and ``auroc_statistic`` says ``"point"``: one statistic for all findings, never a mix."""
+    per = {k: v for k, v in zero_shot["per_finding"].items()
+           if v.get("auroc") is not None and np.isfinite(v["auroc"])}
+    point = {k: float(v["auroc"]) for k, v in per.items()}
+    lower = {k: v.get("ci", {}).get("auroc", [float("nan")])[0] for k, v in per.items()}
+    if per and all(lo is not None and np.isfinite(lo) for lo in lower.values()):
+        return {"auroc": {k: float(min(max(lo, 0.0), 1.0)) for k, lo in lower.items()}, "auroc_statistic": "ci_lower",
+                "auroc_point": point,
+                "auroc_ci": {"level": float(zero_shot.get("level", 0.95)), "n_boot": int(zero_shot.get("n_boot", 0)),
+                             "seed": int(zero_shot.get("seed", 0)), "resampled": "studies, with replacement"}}
+    return {"auroc": point, "auroc_statistic": "point"}

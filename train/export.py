@@ -10,7 +10,12 @@ teacher's text tower, kind ``text``).
 Thresholds: from ``train.evaluate.bundle_thresholds`` (the ROC-corner threshold per label of the
 text teacher, from the run's ``evaluation/evaluation.json`` or chosen on the valid split of
 ``data``); when that is unavailable the bundle has no ``thresholds`` section and the provenance
-says why.
+says why. Beside them, what the engine's reliability gate reads (``engine.findings.unchecked``):
+``thresholds.auroc`` = each finding's *lower* bootstrap CI bound of its zero-shot AUROC
+(``auroc_statistic: "ci_lower"``, the point estimates in ``auroc_point``, the draws in
+``auroc_ci``; ``train.evaluate.gate_auroc``), so a finding is checked against the dictation only
+when it clears ``engine.findings.RELIABLE_AUROC`` with 95 % confidence. An evaluation without a
+bootstrap gives the point estimate, named ``"point"`` (as older bundles carry it, unnamed).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 
 from engine.errors import BundleError, DataError
 from engine.findings import LABELS
-from engine.models.dictation import CLASSES, build_head, head_config_from_dict
+from engine.models.dictation import CLASS_SETS, build_head, head_config_from_dict
 from engine.weights.bundle import save_bundle, speech_entry
 from train.recipes import load_student, load_teacher, prompt_texts, stage_dir
 
@@ -66,6 +71,48 @@ def evaluation_hook(run: Path, bundle_tensors: dict, manifest: dict,
     if thresholds is None:
         return None, evaluation, "none: no evaluation.json in the run and no data folder given"
     return thresholds, evaluation, "train.evaluate.bundle_thresholds"
+
+
+def _gate_provenance(thresholds: dict | None) -> str:
+    """One line saying which AUROC statistic ``thresholds.auroc`` carries (for ``bundle-info``'s readers)."""
+    if not thresholds or not thresholds.get("auroc"):
+        return "none: no per-finding AUROC, every finding is checked against the dictation"
+    if thresholds.get("auroc_statistic") == "ci_lower":
+        ci = thresholds.get("auroc_ci", {})
+        return (f"thresholds.auroc = lower bound of each finding's {100 * ci.get('level', 0.95):g} % bootstrap CI "
+                f"of its zero-shot AUROC ({ci.get('n_boot')} draws); point estimates in thresholds.auroc_point")
+    return "thresholds.auroc = the point estimate of each finding's zero-shot AUROC (no bootstrap CI available)"
+
+
+def choose_dictation_reader(run: Path) -> dict:
+    """The ``dictation_reader`` section: the speech-native reader unless the ASR + rule cascade scored
+    higher on the validation split's held-out voices (paired bootstrap CI of speech − cascade below 0,
+    from ``<run>/evaluation/evaluation.json``); the rule lexicon always travels, so the choice is visible
+    and reversible."""
+    from train.labeler import training_lexicon
+
+    section: dict[str, Any] = {"choice": "speech", "lexicon": training_lexicon().to_dict()}
+    path = run / "evaluation" / "evaluation.json"
+    if not path.is_file():
+        section["why"] = "no evaluation.json in the run: the speech-native reader by default"
+        return section
+    result = json.loads(path.read_text())
+    groups = result.get("groups", {})
+    group = next((g for name, g in groups.items() if "held-out" in name), next(iter(groups.values()), {}))
+    paired = group.get("systems", {}).get("ASR cascade", {}).get("dictation_paired", {})
+    p = paired.get("distilled student − cascade")
+    if p is None:
+        section["why"] = "the evaluation has no paired reader comparison: the speech-native reader by default"
+        return section
+    section["validation"] = {"split": result.get("split"), "speech_macro_f1": p["a"], "cascade_macro_f1": p["b"],
+                             "difference": p["diff"], "ci": p["ci"], "n": p["n"]}
+    if p["ci"][1] < 0:
+        section["choice"] = "cascade"
+        section["why"] = "the ASR + rule cascade scored higher on the validation split (paired bootstrap)"
+    else:
+        section["why"] = ("the speech-native reader scored at least as high on the validation split "
+                          "(paired bootstrap), and needs no transcription")
+    return section
 
 
 def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Path | None = None,
@@ -116,7 +163,8 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
                     "layout": "for each label: present, not present"},
     }
     if "dictation_head" in tensors:
-        manifest["dictation_head"] = {"labels": list(LABELS), "classes": list(CLASSES), "group": "dictation_head",
+        manifest["dictation_head"] = {"labels": list(LABELS), "classes": list(CLASS_SETS[head.config.n_classes]),
+                                      "group": "dictation_head",
                                       "config": head_meta["config"],
                                       "input": ("the speech student's encoder frames before pooling, all windows "
                                                 "in order" if head.input == "frames" else
@@ -132,6 +180,8 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
                            if k in head_meta},
     }
     manifest["evaluation"] = {**(evaluation or {}), "monitors": monitors}
+    if "dictation_head" in manifest:
+        manifest["dictation_reader"] = choose_dictation_reader(run)
     cfg = tmeta["config"]
     manifest["provenance"] = {
         "data": data or cfg.get("data"),
@@ -150,6 +200,7 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
                       "student_prep": smeta.get("prep_seconds"), "student_train": smeta.get("summary", {}).get("seconds"),
                       "dictation_head": head_meta.get("seconds")},
         "thresholds": thresholds_how,
+        "reliability_gate": _gate_provenance(thresholds),
         **(extra_provenance or {}),
     }
     path = save_bundle(bundle, manifest=manifest, tensors=tensors, overwrite=overwrite)

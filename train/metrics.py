@@ -28,6 +28,23 @@ Bootstrap statistics are computed from confusion counts and ranks, vectorised ov
 (1000 draws × 18 findings through scikit-learn calls take about a minute per system on this
 CPU); ``tests/train/test_metrics.py`` proves them equal to scikit-learn's on every draw kind.
 
+Beyond CT-CLIP, per finding (:data:`SKILL_METRICS`, on the same bootstrap draws, skipped alike):
+
+* AUPRC = average precision (``sklearn.metrics.average_precision_score``: the step sum
+  ``Σ (R_k − R_{k−1}) P_k`` over distinct score thresholds, no interpolation); a random score's
+  AUPRC is the finding's prevalence, reported beside it;
+* ECE (expected calibration error) of P(present) with :data:`ECE_BINS` equal-width bins on [0, 1]
+  (bin ``min(floor(10 p), 9)``): ``Σ_b (n_b / N) · |mean(y in b) − mean(p in b)|``;
+* the centred AUROC: each study's zero-shot logits (``s · (cos(x, present) − cos(x, absent))``,
+  :func:`pair_logits`) minus their mean over the model's findings, then AUROC per finding. A
+  shared "how abnormal is this chest" axis raises every finding's logit of a sick chest together:
+  it inflates the plain AUROC (findings co-occur) and cancels in the centred one, which keeps only
+  what tells one finding from the others in the same study.
+
+The encoder's ceiling, :func:`linear_probe`: a supervised linear read-out of the same CT embeddings,
+cross-validated on the evaluated studies (see its docstring); AUROC per finding with bootstrap CIs
+on the out-of-fold scores (:func:`auroc_with_ci`).
+
 Retrieval (speech→CT, CT→speech): Recall@k = fraction of queries whose own partner ranks in
 the top k by cosine (ties counted in the query's favour only when strictly equal scores exist,
 see :func:`recall_at_k`), with the random baseline ``min(k, N) / N`` beside it.
@@ -47,13 +64,24 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
-from sklearn.metrics import accuracy_score, f1_score, precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_score,
+    roc_auc_score,
+    roc_curve,
+)
 
 from engine.findings import LABELS, rad_chestct_labels, to_rad_chestct, zero_shot_probabilities
 
 #: CT-CLIP's threshold grid: ``np.linspace(0, 1, 100)`` (100 points, step 1/99).
 THRESHOLD_GRID = np.linspace(0.0, 1.0, 100)
 METRICS = ("auroc", "f1", "accuracy", "precision")
+#: Finding-specific skill beyond CT-CLIP's protocol (module docstring); ECE is lower-is-better.
+SKILL_METRICS = ("auprc", "ece", "centred_auroc")
+#: Equal-width calibration bins of P(present) on [0, 1].
+ECE_BINS = 10
 RECALL_KS = (1, 5, 10, 50, 100)
 MAP_KS = (1, 5, 10, 50)
 
@@ -159,6 +187,85 @@ def _threshold_rows(s: np.ndarray, y: np.ndarray, threshold: float) -> dict[str,
     }
 
 
+def _average_precision_rows(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Average precision per row of ``s [B, N]`` with 0/1 ``y [B, N]``, exactly
+    ``average_precision_score``: each positive contributes the precision at the end of its group of
+    tied scores (a threshold admits a whole tie group at once); NaN where a row has no positive."""
+    n = s.shape[1]
+    order = np.argsort(-s, axis=1, kind="stable")
+    ss = np.take_along_axis(s, order, axis=1)
+    yy = np.take_along_axis(y, order, axis=1).astype(np.float64)
+    precision = np.cumsum(yy, axis=1) / np.arange(1, n + 1)
+    end = np.ones(ss.shape, dtype=bool)
+    end[:, :-1] = ss[:, :-1] != ss[:, 1:]
+    group_end = np.where(end, np.arange(n), n)  # position → the last position of its tie group
+    group_end = np.minimum.accumulate(group_end[:, ::-1], axis=1)[:, ::-1]
+    pos = yy.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (yy * np.take_along_axis(precision, group_end, axis=1)).sum(axis=1) / pos
+    ap[pos == 0] = np.nan
+    return ap
+
+
+def _ece_rows(p: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Expected calibration error per row (module docstring; equal-width bins, the last one closed).
+
+    ``Σ_b (n_b / N) |ȳ_b − p̄_b|`` is ``Σ_b |Σ_{i∈b} (y_i − p_i)| / N``, which is what is summed."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    bins = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    gap = np.asarray(y, dtype=np.float64) - p
+    rows = p.shape[0]
+    flat = (bins + n_bins * np.arange(rows)[:, None]).ravel()  # (row, bin) → one index
+    per_bin = np.bincount(flat, weights=gap.ravel(), minlength=rows * n_bins).reshape(rows, n_bins)
+    return np.abs(per_bin).sum(axis=1) / p.shape[1]
+
+
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE of one finding's P(present) ``p [N]`` against 0/1 ``y [N]`` (module docstring)."""
+    return float(_ece_rows(np.asarray(p).reshape(1, -1), np.asarray(y).reshape(1, -1), n_bins)[0])
+
+
+def pair_logits(image_emb, present, absent, logit_scale: float) -> np.ndarray:
+    """The zero-shot logit per image and finding, ``[N, L]`` float64: ``s · (cos(x, present_l) −
+    cos(x, absent_l))``, whose sigmoid is :func:`engine.findings.zero_shot_probabilities`'s softmax over
+    the prompt pair (computed here in float64, where P(present) in float32 saturates at 0 or 1).
+    ``present`` / ``absent`` are a :class:`PromptBank`'s ``[L, D]`` (voices already averaged)."""
+    def unit(a):
+        a = np.asarray(a, dtype=np.float64)
+        return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+
+    x = unit(np.atleast_2d(image_emb))
+    return float(logit_scale) * (x @ unit(present).T - x @ unit(absent).T)
+
+
+def logits_from_probabilities(p: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """``log(p / (1 − p))`` with ``p`` clipped to ``[eps, 1 − eps]`` (when only probabilities are known)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def centre_logits(logits: np.ndarray) -> np.ndarray:
+    """Each study's logits minus their mean over its findings (``[N, L]``): removes the shared axis."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return logits - logits.mean(axis=1, keepdims=True)
+
+
+def _skill_draw_metrics(scores, labels, centred, idx) -> dict[str, np.ndarray]:
+    """:data:`SKILL_METRICS` per draw and finding ``{metric: [B, L]}``, NaN where a draw is skipped."""
+    b, L = idx.shape[0], scores.shape[1]
+    out = {m: np.full((b, L), np.nan) for m in SKILL_METRICS}
+    for j in range(L):
+        y = labels[idx, j].astype(np.int64)
+        pos = y.sum(axis=1)
+        skip = (pos == 0) | (pos == y.shape[1])
+        out["auprc"][:, j] = _average_precision_rows(scores[idx, j], y)
+        out["ece"][:, j] = _ece_rows(scores[idx, j], y)
+        out["centred_auroc"][:, j] = _auroc_rows(centred[idx, j], y)
+        for m in SKILL_METRICS:
+            out[m][skip, j] = np.nan
+    return out
+
+
 def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     """``[n_boot, n]`` study indices drawn with replacement (one generator, seeded)."""
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
@@ -241,17 +348,27 @@ def zero_shot_metrics(
     config: ZeroShotConfig | None = None,
     *,
     thresholds: np.ndarray | None = None,
+    logits: np.ndarray | None = None,
 ) -> dict:
-    """Per-finding and macro AUROC / weighted F1 / accuracy / precision with bootstrap CIs.
+    """Per-finding and macro AUROC / weighted F1 / accuracy / precision with bootstrap CIs, and the
+    finding-specific :data:`SKILL_METRICS` (AUPRC, ECE, centred AUROC) on the same draws.
 
     ``scores [N, L]`` P(present), ``labels [N, L]`` 0/1, ``names`` the L finding names.
-    ``thresholds`` (``[L]``, e.g. a bundle's) skip threshold selection when given. Returns a
-    JSON-ready dict: ``macro`` {metric: {value, ci: [lo, hi], std}}, ``per_finding`` {name:
-    {metric: value, threshold, positives, skipped_draws, ci: {metric: [lo, hi]}}}, ``thresholds``,
-    ``n_studies``, ``threshold_on``, ``notes``.
+    ``thresholds`` (``[L]``, e.g. a bundle's) skip threshold selection when given. ``logits [N, L]``:
+    the zero-shot logits the centred AUROC centres (:func:`pair_logits`); else they are recovered
+    from ``scores`` (clipped where P saturated). Centring is over all L findings, before a 16-label
+    selection. Returns a JSON-ready dict: ``macro`` {metric: {value, ci: [lo, hi], std}},
+    ``per_finding`` {name: {metric: value, threshold, positives, prevalence, skipped_draws, ci:
+    {metric: [lo, hi]}}}, ``thresholds``, ``n_studies``, ``threshold_on``, ``ece_bins``, ``notes``.
     """
     cfg = config or ZeroShotConfig()
-    scores, labels, names = select_labels(scores, labels, names, cfg.labels_mode)
+    all_names = list(names)
+    raw = logits_from_probabilities(scores) if logits is None else np.asarray(logits, dtype=np.float64)
+    if raw.shape != np.shape(scores):
+        raise ValueError(f"logits {raw.shape} and scores {np.shape(scores)} differ in shape")
+    centred_all = centre_logits(raw)
+    centred = select_labels(centred_all, labels, all_names, cfg.labels_mode)[0]
+    scores, labels, names = select_labels(scores, labels, all_names, cfg.labels_mode)
     scores = np.asarray(scores, dtype=np.float64)
     labels = (np.asarray(labels) > 0).astype(np.int64)
     if scores.shape != labels.shape or scores.ndim != 2 or scores.shape[1] != len(names):
@@ -272,31 +389,37 @@ def zero_shot_metrics(
         notes.append(f"thresholds chosen on {cal_idx.size} calibration studies, metrics on the other {eval_idx.size}")
     else:
         raise ValueError(f"threshold_on must be 'eval' or 'calibration', got {cfg.threshold_on!r}")
-    s, y = scores[eval_idx], labels[eval_idx]
+    s, y, c = scores[eval_idx], labels[eval_idx], centred[eval_idx]
+    all_metrics = METRICS + SKILL_METRICS
 
-    point = {m: np.full(len(names), np.nan) for m in METRICS}
+    point = {m: np.full(len(names), np.nan) for m in all_metrics}
     for j in range(len(names)):
         for m, v in binary_metrics(s[:, j], y[:, j], thresholds[j]).items():
             point[m][j] = v
+        if 0 < y[:, j].sum() < y.shape[0]:
+            point["auprc"][j] = average_precision_score(y[:, j], s[:, j])
+            point["ece"][j] = expected_calibration_error(s[:, j], y[:, j])
+            point["centred_auroc"][j] = roc_auc_score(y[:, j], c[:, j])
     one_class = [names[j] for j in range(len(names)) if not 0 < y[:, j].sum() < y.shape[0]]
     if one_class:
         notes.append(f"one class only (AUROC undefined, left out of macro means): {', '.join(one_class)}")
-        for m in METRICS:
+        for m in all_metrics:
             for j, name in enumerate(names):
                 if name in one_class:
                     point[m][j] = np.nan
 
     idx = bootstrap_indices(s.shape[0], cfg.n_boot, cfg.seed) if cfg.n_boot > 0 else np.zeros((0, s.shape[0]), int)
     draws, skipped = _draw_metrics(s, y, thresholds, idx)
-    macro_draws = {m: _nanmean_rows(draws[m]) for m in METRICS}
+    draws.update(_skill_draw_metrics(s, y, c, idx))
+    macro_draws = {m: _nanmean_rows(draws[m]) for m in all_metrics}
     skipped_counts = skipped.sum(axis=0)
-    partly = [j for j, c in enumerate(skipped_counts) if c and names[j] not in one_class]
+    partly = [j for j, k in enumerate(skipped_counts) if k and names[j] not in one_class]
     if partly:
         notes.append("bootstrap draws with no positive (or no negative) study for a finding skip that finding: "
                      + ", ".join(f"{names[j]} {int(skipped_counts[j])} of {cfg.n_boot}" for j in partly))
 
     macro = {}
-    for m in METRICS:
+    for m in all_metrics:
         lo, hi = _ci(macro_draws[m], cfg.level)
         v = macro_draws[m][~np.isnan(macro_draws[m])]
         macro[m] = {"value": float(np.nanmean(point[m])) if np.isfinite(point[m]).any() else float("nan"),
@@ -304,11 +427,12 @@ def zero_shot_metrics(
     per = {}
     for j, name in enumerate(names):
         per[name] = {
-            **{m: float(point[m][j]) for m in METRICS},
+            **{m: float(point[m][j]) for m in all_metrics},
             "threshold": float(thresholds[j]),
             "positives": int(y[:, j].sum()),
+            "prevalence": float(y[:, j].mean()) if y.shape[0] else float("nan"),  # a random score's AUPRC
             "skipped_draws": int(skipped_counts[j]),
-            "ci": {m: list(_ci(draws[m][:, j], cfg.level)) for m in METRICS},
+            "ci": {m: list(_ci(draws[m][:, j], cfg.level)) for m in all_metrics},
         }
     return {
         "macro": macro,
@@ -320,6 +444,7 @@ def zero_shot_metrics(
         "seed": int(cfg.seed),
         "level": cfg.level,
         "labels_mode": int(cfg.labels_mode),
+        "ece_bins": ECE_BINS,
         "notes": notes,
     }
 
@@ -381,6 +506,82 @@ def paired_bootstrap_difference(
                 "p_le_0": float((d <= 0).mean()) if d.size else float("nan"),
                 "excludes_zero": bool(lo > 0 or hi < 0),
             }
+    return out
+
+
+# --------------------------------------------------------------------------- ceilings
+
+
+#: Linear probe: folds over studies and the ridge penalties tried (on standardised embeddings).
+PROBE_FOLDS = 5
+PROBE_ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
+
+
+def linear_probe_scores(embeddings: np.ndarray, labels: np.ndarray, *, folds: int = PROBE_FOLDS, seed: int = 0,
+                        alphas: Sequence[float] = PROBE_ALPHAS) -> np.ndarray:
+    """Out-of-fold scores ``[N, L]`` of a supervised linear read-out of ``embeddings [N, D]``.
+
+    The studies are cut into ``folds`` folds by a seeded permutation (the same folds for every
+    finding). For each fold, on the other folds only: the embeddings are standardised, and a ridge
+    regression of each finding's 0/1 label (a least-squares linear classifier) is fitted with its
+    penalty chosen per finding from ``alphas`` by efficient leave-one-out (``RidgeCV``); the held-out
+    fold gets ``standardised x · w``. The intercept is left out of the score: it is the training
+    folds' prevalence, which anti-correlates with the held-out fold's and would push pooled scores
+    below chance. Even so, with no signal the pooled out-of-fold AUROC reads a little below 0.5
+    (about −0.02 on random labels, a known property of cross-validated shrinkage): a conservative
+    ceiling. Scores rank, they are not probabilities.
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.asarray(embeddings, dtype=np.float64)
+    y = (np.asarray(labels) > 0).astype(np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"embeddings {x.shape} and labels {y.shape} must be [N, D] and [N, L]")
+    if not 2 <= folds <= x.shape[0]:
+        raise ValueError(f"a {folds}-fold probe needs 2 to {x.shape[0]} folds")
+    out = np.zeros(y.shape)
+    for train, held in KFold(folds, shuffle=True, random_state=seed).split(x):
+        scaler = StandardScaler().fit(x[train])
+        ridge = RidgeCV(alphas=tuple(alphas), alpha_per_target=True).fit(scaler.transform(x[train]), y[train])
+        out[held] = scaler.transform(x[held]) @ np.atleast_2d(ridge.coef_).T
+    return out
+
+
+def auroc_with_ci(scores: np.ndarray, labels: np.ndarray, names: Sequence[str], *, n_boot: int = 1000,
+                  seed: int = 0, level: float = 0.95) -> dict:
+    """AUROC per finding and its macro mean with bootstrap CIs (:func:`bootstrap_indices` with the
+    same ``n_boot`` and ``seed`` as :func:`zero_shot_metrics`, so both see the same resampled studies).
+    ``{"macro": {value, ci}, "per_finding": {name: {auroc, ci, positives}}}``."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = (np.asarray(labels) > 0).astype(np.int64)
+    point = _auroc_rows(s.T, y.T)
+    idx = bootstrap_indices(s.shape[0], n_boot, seed) if n_boot > 0 else np.zeros((0, s.shape[0]), int)
+    draws = np.stack([_auroc_rows(s[idx, j], y[idx, j]) for j in range(s.shape[1])], axis=1) if len(idx) else \
+        np.zeros((0, s.shape[1]))
+    finite = point[np.isfinite(point)]
+    return {
+        "macro": {"value": float(finite.mean()) if finite.size else float("nan"),
+                  "ci": list(_ci(_nanmean_rows(draws), level))},
+        "per_finding": {name: {"auroc": float(point[j]), "ci": list(_ci(draws[:, j], level)),
+                               "positives": int(y[:, j].sum())} for j, name in enumerate(names)},
+    }
+
+
+def linear_probe(embeddings: np.ndarray, labels: np.ndarray, names: Sequence[str] = LABELS, *,
+                 folds: int = PROBE_FOLDS, seed: int = 0, n_boot: int = 1000, level: float = 0.95,
+                 labels_mode: int | str = 18) -> dict:
+    """The encoder's ceiling: :func:`linear_probe_scores` on all ``len(names)`` findings, then (16-label
+    mode: merged as :func:`select_labels` does) AUROC with CIs; ``method`` says how, in words."""
+    oof = linear_probe_scores(embeddings, labels, folds=folds, seed=seed)
+    oof, y, sel = select_labels(oof, labels, names, labels_mode)
+    out = auroc_with_ci(oof, y, sel, n_boot=n_boot, seed=seed, level=level)
+    out["method"] = (f"ridge regression of each finding's 0/1 label on the standardised CT embedding, "
+                     f"{folds}-fold cross-validation over the {len(y)} evaluated studies (seeded permutation, "
+                     f"seed {seed}; penalty per finding by leave-one-out inside the training folds), "
+                     f"AUROC of the pooled out-of-fold scores")
+    out["folds"] = int(folds)
     return out
 
 
@@ -469,25 +670,57 @@ def label_overlap_map_at_k(embeddings: np.ndarray, labels: np.ndarray, ks: Seque
 
 
 def dictation_f1(predicted: np.ndarray, target: np.ndarray, classes: Sequence[str], names: Sequence[str]) -> dict:
-    """F1 of the 3-way dictation head: per class over all (study, finding) pairs, their macro mean,
-    and the macro-over-classes F1 of each finding. ``predicted``/``target`` are class indices
-    ``[N, L]``."""
+    """F1 of the dictation head (mention states): per class over all (study, finding) pairs, their macro
+    mean (over the states that occur in the target or the prediction), the macro-over-classes F1 of each finding, the confusion counts (``confusion[true][predicted]``)
+    and the share of present mentions read as absent. ``predicted``/``target`` are class indices ``[N, L]``."""
     p, t = np.asarray(predicted).reshape(-1), np.asarray(target).reshape(-1)
     k = list(range(len(classes)))
     per_class = f1_score(t, p, labels=k, average=None, zero_division=0)
+    occurring = [i for i in k if (t == i).any() or (p == i).any()]  # a state nobody said is not averaged in
     P, T = np.asarray(predicted), np.asarray(target)
     per_finding = {
-        name: float(f1_score(T[:, j], P[:, j], labels=k, average="macro", zero_division=0))
+        name: float(f1_score(T[:, j], P[:, j], average="macro", zero_division=0))
         for j, name in enumerate(names)
     }
     support = {c: int((t == i).sum()) for i, c in enumerate(classes)}
+    confusion = {c: {d: int(((t == i) & (p == j)).sum()) for j, d in enumerate(classes)} for i, c in enumerate(classes)}
+    out_extra = {"confusion": confusion}
+    if "present" in classes and "absent" in classes and support["present"]:
+        out_extra["present_read_absent"] = confusion["present"]["absent"] / support["present"]
     return {
-        "macro_f1": float(np.mean(per_class)),
+        **out_extra,
+        "macro_f1": float(np.mean(per_class[occurring])) if occurring else float("nan"),
         "per_class": {c: float(v) for c, v in zip(classes, per_class)},
         "support": support,
         "per_finding_macro_f1": per_finding,
         "accuracy": float((p == t).mean()),
     }
+
+
+def _macro_f1_fast(t: np.ndarray, p: np.ndarray, k: int) -> float:
+    """Macro F1 over the classes (of ``k``) that occur in ``t`` or ``p``, from flat integer arrays."""
+    f1 = []
+    for c in range(k):
+        tp = np.sum((t == c) & (p == c))
+        denom = np.sum(t == c) + np.sum(p == c)
+        if denom:
+            f1.append(2.0 * tp / denom)
+    return float(np.mean(f1)) if f1 else float("nan")
+
+
+def dictation_f1_paired(pred_a: np.ndarray, pred_b: np.ndarray, target: np.ndarray, n_classes: int, *,
+                        n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Macro F1 of two readers on the same studies (``[N, L]`` class indices), and the paired bootstrap
+    over studies of ``a − b``: {"a", "b", "diff", "ci": [lo, hi], "n"}."""
+    a, b, t = (np.asarray(x) for x in (pred_a, pred_b, target))
+    n = t.shape[0]
+    fa, fb = _macro_f1_fast(t.ravel(), a.ravel(), n_classes), _macro_f1_fast(t.ravel(), b.ravel(), n_classes)
+    diffs = []
+    for idx in bootstrap_indices(n, n_boot, seed):
+        tt = t[idx].ravel()
+        diffs.append(_macro_f1_fast(tt, a[idx].ravel(), n_classes) - _macro_f1_fast(tt, b[idx].ravel(), n_classes))
+    lo, hi = _ci(np.asarray(diffs), level) if diffs else (float("nan"), float("nan"))
+    return {"a": fa, "b": fb, "diff": fa - fb, "ci": [lo, hi], "n": int(n)}
 
 
 def report_zero_shot_auroc(query_emb: np.ndarray, present: np.ndarray, absent: np.ndarray, logit_scale: float,

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import DataError
-from engine.findings import LABELS, prompt_pair
+from engine.findings import DICTATION_CLASSES, LABELS, prompt_pair
 from engine.models.ct import CTEncoder, load_ct_config
 from engine.models.dictation import (
     DictationHead,
@@ -48,7 +48,6 @@ from engine.models.dictation import (
     build_head,
     dictation_loss,
     head_config_class,
-    mention_to_class,
 )
 from engine.models.space import CTCLIP_LOG_SCALE_INIT, LogitScale, info_nce, student_loss
 from engine.models.speech import (
@@ -128,9 +127,9 @@ class Study:
     volume_path: Path
     overrides: dict[str, Any]
     findings: str  # the text the teacher is trained on
-    spoken: str  # the text read aloud (the distillation target's text)
+    spoken: str  # the text read aloud (the written Findings are the distillation target)
     labels: np.ndarray  # (18,) 0/1
-    mentions: np.ndarray  # (18,) 1/0/-1
+    mentions: np.ndarray  # (18,) class indices into DICTATION_CLASSES (train.mentions)
     audio_path: Path | None
     record: Any
 
@@ -438,11 +437,15 @@ def load_teacher(folder: str | Path, device: str | torch.device = "cpu") -> Froz
         raise DataError("no trained teacher here (run speechct-train teacher first)", folder)
     meta = json.loads((folder / MODEL_JSON).read_text())
     cfg = meta["config"]
+    text_cfg = cfg.get("text_tower")
+    if isinstance(text_cfg, dict) and text_cfg.get("path") and not Path(text_cfg["path"]).is_absolute():
+        # a text backbone inside the teacher folder (train.ctclip_teacher): the folder may have moved
+        cfg = {**cfg, "text_tower": {**text_cfg, "path": str(folder / text_cfg["path"])}}
     model, text = build_teacher(cfg)
     state = load_file(str(folder / MODEL_FILE))
     model.load_state_dict(state)
     model.requires_grad_(False).eval().to(device)
-    text.to(device).eval()
+    text.requires_grad_(False).to(device).eval()
     return FrozenTeacher(model, text, PreprocessSpec.from_dict(meta["preprocess"]), meta, C.state_hash(state))
 
 
@@ -557,7 +560,9 @@ class StudentRecipe:
                     emb = t.model.ct(_ct_batch(keys, self.cache, self.env.device)).float().cpu().numpy()
                 got = [self.cache.put("teacher_ct", k, e, dtype=np.float32) for k, e in zip(ek, emb)]
             ct_emb.extend(got)
-        feat_keys, feats = text_features([s.spoken for s in studies], t.text, self.cache, text_backbone_hash(t.text))
+        # the teacher's embedding of the written report (the paper's target), not of the dictation's
+        # spoken commands and self-corrections; on Speech-RATE proper the two are the same text
+        feat_keys, feats = text_features([s.findings for s in studies], t.text, self.cache, text_backbone_hash(t.text))
         txt = []
         for fk, f in zip(feat_keys, feats):
             k = C.embedding_key(fk, t.weights_hash, "teacher_text")
@@ -782,10 +787,11 @@ def train_dictation_head(recipe: StudentRecipe, out: str | Path, *, progress: bo
                             for i in range(0, len(x_valid), 32)])
         valid_loss = float(dictation_loss(logits, y_valid))
         pred = logits.argmax(-1).reshape(-1).numpy()
-    truth = mention_to_class(y_valid).reshape(-1).numpy()
-    per_class = f1_score(truth, pred, labels=[0, 1, 2], average=None, zero_division=0)
-    summary = {"valid_loss": valid_loss, "valid_macro_f1": float(np.mean(per_class)),
-               "valid_f1_per_class": dict(zip(("present", "absent", "not mentioned"), map(float, per_class))),
+    truth = y_valid.reshape(-1).long().numpy()
+    per_class = f1_score(truth, pred, labels=list(range(len(DICTATION_CLASSES))), average=None, zero_division=0)
+    occurring = [i for i in range(len(DICTATION_CLASSES)) if (truth == i).any() or (pred == i).any()]
+    summary = {"valid_loss": valid_loss, "valid_macro_f1": float(np.mean(per_class[occurring])),
+               "valid_f1_per_class": dict(zip(DICTATION_CLASSES, map(float, per_class))),
                "valid_accuracy": float((pred == truth).mean()), "epochs": epochs,
                "seconds": round(time.perf_counter() - t0, 1), "features_seconds": round(features_s, 1),
                "history": history, "config": head.config.to_dict()}
@@ -796,5 +802,5 @@ def train_dictation_head(recipe: StudentRecipe, out: str | Path, *, progress: bo
     (out / "head.json").write_text(json.dumps(summary, indent=1))
     if progress:
         print(f"dictation head ({head.config.kind}): valid macro F1 {summary['valid_macro_f1']:.3f} "
-              f"(present/absent/not mentioned {per_class.round(3).tolist()}), {summary['seconds']} s")
+              f"({'/'.join(DICTATION_CLASSES)} {per_class.round(3).tolist()}), {summary['seconds']} s")
     return summary

@@ -2,7 +2,9 @@
 
 Validates the bundle like the app does (schema, file sizes and sha256, speech backbone), then
 prints its configs, the size and parameter count of every tensor file, provenance and the
-evaluation summary. Exit code 2 with a one-line message when the bundle is unusable.
+evaluation summary, and which AUROC per finding the engine's reliability gate reads
+(``thresholds.auroc``: the lower bootstrap CI bound, or the point estimate in older bundles;
+``engine.findings.AUROC_STATISTICS``). Exit code 2 with a one-line message when the bundle is unusable.
 
 ``--json`` prints one object::
 
@@ -20,7 +22,9 @@ evaluation summary. Exit code 2 with a one-line message when the bundle is unusa
                   "text": {...} | null, "space": {...}},
       "backbone": {"name": str, "status": "ok" | "sha256 differs" | "not checked"} | null,
       "prompts": {"kind": str, "count": int, "group": str} | null,
-      "thresholds": {"method": str, "count": int} | null,
+      "thresholds": {"method": str, "count": int,
+                     "auroc": {"statistic": "ci_lower" | "point", "describes": str,
+                               "level": float | null, "n_boot": int | null} | null} | null,
       "dictation_head": {...} | null,
       "provenance": {...},
       "evaluation": {...} | null,
@@ -89,6 +93,21 @@ def bundle_summary(bundle: Bundle, backbone_checked: bool = True) -> dict[str, A
         backbone = {"name": m["speech"]["backbone"], "status": status}
     prompts = m.get("prompts")
     thresholds = m.get("thresholds")
+    warnings = list(bundle.warnings)
+    gate = None
+    if thresholds is not None:
+        from engine.findings import AUROC_STATISTICS, auroc_statistic
+
+        try:
+            statistic = auroc_statistic(thresholds)
+        except ValueError as exc:
+            statistic = None
+            warnings.append(f"{exc}; the reliability gate reads thresholds.auroc as it is")
+        if statistic is not None:
+            ci = thresholds.get("auroc_ci") or {}
+            gate = {"statistic": statistic, "describes": AUROC_STATISTICS[statistic],
+                    "level": ci.get("level") if statistic == "ci_lower" else None,
+                    "n_boot": ci.get("n_boot") if statistic == "ci_lower" else None}
     return {
         "path": str(bundle.path),
         "name": m.get("name"),
@@ -105,11 +124,11 @@ def bundle_summary(bundle: Bundle, backbone_checked: bool = True) -> dict[str, A
         else {"kind": prompts["kind"], "count": len(prompts["texts"]), "group": prompts["group"]},
         "thresholds": None
         if thresholds is None
-        else {"method": thresholds["method"], "count": len(thresholds["values"])},
+        else {"method": thresholds["method"], "count": len(thresholds["values"]), "auroc": gate},
         "dictation_head": m.get("dictation_head"),
         "provenance": m["provenance"],
         "evaluation": m.get("evaluation"),
-        "warnings": list(bundle.warnings),
+        "warnings": warnings,
     }
 
 
@@ -155,6 +174,17 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(
             f"  {'thresholds':<12} {s['thresholds']['count']} labels, method {s['thresholds']['method']}"
         )
+        gate = s["thresholds"].get("auroc")
+        if gate is None:
+            lines.append(f"  {'gate':<12} no per-finding AUROC: every finding is checked against the dictation")
+        elif gate["statistic"] == "ci_lower":
+            level = f"{100 * gate['level']:g} % " if gate.get("level") else ""
+            draws = f", {gate['n_boot']} draws" if gate.get("n_boot") else ""
+            lines.append(f"  {'gate':<12} reads each finding's AUROC as the lower bound of its {level}"
+                         f"bootstrap CI{draws} (thresholds.auroc)")
+        else:
+            lines.append(f"  {'gate':<12} reads each finding's AUROC as the point estimate (thresholds.auroc; "
+                         f"a bundle exported before the gate used the lower CI bound)")
     if s["dictation_head"] is not None:
         d = s["dictation_head"]
         lines.append(

@@ -19,9 +19,9 @@ Timings per stage are printed (model loading is reported apart from the encoding
       "findings": [{"label": str, "probability": float, "threshold": float, "positive": bool,
                     "auroc": float | null}],           # most probable first; positive = probability > threshold;
                                                        # auroc: the bundle's validation AUROC of the finding
-      "dictation": null | [{"label": str, "status": "present" | "absent" | "not mentioned",
-                            "confidence": float, "probabilities": {"present": float, "absent": float,
-                                                                   "not mentioned": float}}],  # label order
+      "dictation": null | [{"label": str, "status": "present" | "uncertain" | "absent" | "not mentioned",
+                            "confidence": float, "probabilities": {state: float}}],  # label order; states of
+                                                       # the bundle's head (bundles before "uncertain" have 3)
       "discrepancies": null | [{"label": str, "kind": "negated" | "omitted" | "unsupported",
                                 "probability": float, "threshold": float, "margin": float,
                                 "dictation_status": str, "dictation_confidence": float}],  # most serious first

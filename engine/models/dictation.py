@@ -1,8 +1,9 @@
 """The dictation heads: what the radiologist *said* about each finding.
 
-For every one of the 18 findings a 3-way classifier — present / absent (negated) / not
-mentioned (the paper's speech-classification task), output logits ``[B, n_labels, 3]`` in
-:data:`CLASSES` order. Two kinds, named by ``kind`` in their config:
+For every one of the 18 findings a classifier over the mention states — present / uncertain (hedged) /
+absent (negated) / not mentioned, as the CheXpert labeler has them (the paper's speech-classification
+task had three) — output logits ``[B, n_labels, n_classes]`` in :data:`CLASSES` order. Heads shipped
+before the fourth state have ``n_classes = 3`` (:data:`engine.findings.LEGACY_DICTATION_CLASSES`). Two kinds, named by ``kind`` in their config:
 
 - ``embedding`` (:class:`DictationHead`): on the pooled speech embedding ``[B, dim]``. Cheap,
   but mean pooling over 30 s windows keeps little of "no X" against "X".
@@ -10,8 +11,7 @@ mentioned (the paper's speech-classification task), output logits ``[B, n_labels
   (``SpeechStudent.upper_frames``), one learned query per finding attending over the whole
   dictation, with a learned "nothing here" slot so an unmentioned finding has somewhere to look.
 
-Targets come from the synthetic mentions CSV (1 = reported present, 0 = reported absent,
-−1 = not mentioned); :func:`mention_to_class` maps them to class indices.
+Targets are class indices into :data:`CLASSES` (training reads them from the mentions file).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.findings import DICTATION_CLASSES, LABELS
+from engine.findings import DICTATION_CLASSES, LABELS, LEGACY_DICTATION_CLASSES
 from engine.models.speech import padding_mask
 
 #: Class order of the head's last axis.
 CLASSES: tuple[str, ...] = DICTATION_CLASSES  # one spelling, defined beside the findings
-#: mentions CSV value -> class index.
-_MENTION_TO_CLASS = {1: 0, 0: 1, -1: 2}
+#: The class tuples a head may have, by its ``n_classes``.
+CLASS_SETS = {len(CLASSES): CLASSES, len(LEGACY_DICTATION_CLASSES): LEGACY_DICTATION_CLASSES}
 
 
 class _HeadConfig:
@@ -39,6 +39,8 @@ class _HeadConfig:
     def __post_init__(self):
         if self.kind != self.KIND:
             raise ValueError(f"{type(self).__name__}.kind must be {self.KIND!r}, got {self.kind!r}")
+        if self.n_classes not in CLASS_SETS:
+            raise ValueError(f"n_classes must be one of {sorted(CLASS_SETS)}, got {self.n_classes}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,19 +64,11 @@ class DictationHeadConfig(_HeadConfig):
     n_labels: int = len(LABELS)
     dropout: float = 0.1
     kind: str = "embedding"
-
-
-def mention_to_class(mentions: Tensor) -> Tensor:
-    """Mentions (1 / 0 / −1, any integer tensor) -> class indices (0 present, 1 absent, 2 not mentioned)."""
-    mentions = mentions.long()
-    out = torch.full_like(mentions, -100)  # ignore_index for anything unexpected
-    for value, cls in _MENTION_TO_CLASS.items():
-        out[mentions == value] = cls
-    return out
+    n_classes: int = len(CLASSES)
 
 
 class DictationHead(nn.Module):
-    """Speech embedding ``[B, dim]`` -> logits ``[B, n_labels, 3]``."""
+    """Speech embedding ``[B, dim]`` -> logits ``[B, n_labels, n_classes]``."""
 
     input = "embedding"
 
@@ -82,7 +76,7 @@ class DictationHead(nn.Module):
         super().__init__()
         self.config = config or DictationHeadConfig()
         c = self.config
-        out = c.n_labels * len(CLASSES)
+        out = c.n_labels * c.n_classes
         if c.hidden > 0:
             self.net = nn.Sequential(nn.Linear(c.dim, c.hidden), nn.GELU(), nn.Dropout(c.dropout),
                                      nn.Linear(c.hidden, out))
@@ -91,11 +85,11 @@ class DictationHead(nn.Module):
 
     def forward(self, speech: Tensor) -> Tensor:
         x = F.normalize(speech.float(), dim=-1)
-        return self.net(x).view(speech.shape[0], self.config.n_labels, len(CLASSES))
+        return self.net(x).view(speech.shape[0], self.config.n_labels, self.config.n_classes)
 
     @torch.no_grad()
     def probabilities(self, speech: Tensor) -> Tensor:
-        """``[B, n_labels, 3]`` class probabilities (eval mode)."""
+        """``[B, n_labels, n_classes]`` class probabilities (eval mode)."""
         was = self.training
         self.eval()
         try:
@@ -107,13 +101,15 @@ class DictationHead(nn.Module):
         """Per utterance ``{finding: class name}`` for the most probable class of each finding."""
         best = self.probabilities(speech).argmax(dim=-1)
         labels = LABELS[: self.config.n_labels]
-        return [{lab: CLASSES[int(k)] for lab, k in zip(labels, row)} for row in best]
+        classes = CLASS_SETS[self.config.n_classes]
+        return [{lab: classes[int(k)] for lab, k in zip(labels, row)} for row in best]
 
 
-def dictation_loss(logits: Tensor, mentions: Tensor) -> Tensor:
-    """Mean cross-entropy over utterances and findings; ``mentions`` ``[B, n_labels]`` in 1/0/−1."""
-    targets = mention_to_class(mentions.to(logits.device))
-    return F.cross_entropy(logits.reshape(-1, len(CLASSES)).float(), targets.reshape(-1), ignore_index=-100)
+def dictation_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy over utterances and findings; ``targets`` ``[B, n_labels]`` class indices
+    (``-100`` ignored)."""
+    targets = targets.to(logits.device).long()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
 
 
 # --------------------------------------------------------------------------- frame head
@@ -133,6 +129,7 @@ class FrameDictationHeadConfig(_HeadConfig):
     heads: int = 4
     dropout: float = 0.1
     kind: str = "frames"
+    n_classes: int = len(CLASSES)
 
     KIND = "frames"
 
@@ -175,7 +172,7 @@ def pad_utterances(frames: list[Tensor]) -> tuple[Tensor, Tensor]:
 
 
 class FrameDictationHead(nn.Module):
-    """Encoder frames ``[U, T, dim]`` + ``lengths [U]`` -> logits ``[U, n_labels, 3]``.
+    """Encoder frames ``[U, T, dim]`` + ``lengths [U]`` -> logits ``[U, n_labels, n_classes]``.
 
     One utterance = all frames of its windows, in order (``SpeechStudent.speech_frames``).
     Padding past each length never reaches a real frame's output.
@@ -199,8 +196,8 @@ class FrameDictationHead(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.norm_out = nn.LayerNorm(c.hidden)
         self.mix = nn.Linear(c.hidden, c.hidden)
-        self.out_weight = nn.Parameter(torch.randn(c.n_labels, c.hidden, len(CLASSES)) * c.hidden**-0.5)
-        self.out_bias = nn.Parameter(torch.zeros(c.n_labels, len(CLASSES)))
+        self.out_weight = nn.Parameter(torch.randn(c.n_labels, c.hidden, c.n_classes) * c.hidden**-0.5)
+        self.out_bias = nn.Parameter(torch.zeros(c.n_labels, c.n_classes))
 
     def downsample(self, frames: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Average real frames in groups of ``stride`` (a partial last group averages what it has)."""
@@ -240,7 +237,7 @@ class FrameDictationHead(nn.Module):
 
     @torch.no_grad()
     def probabilities(self, frames: Tensor, lengths: Tensor) -> Tensor:
-        """``[U, n_labels, 3]`` class probabilities (eval mode)."""
+        """``[U, n_labels, n_classes]`` class probabilities (eval mode)."""
         was = self.training
         self.eval()
         try:

@@ -20,7 +20,9 @@ listed sub-fields are required when the section is present::
     space: {dim: int, logit_scale: number}   # logit_scale = the multiplier of cosines (exp of the log param)
     prompts?: {kind: "text"|"spoken", texts: [str], group: str}   # group's tensor "embeddings" [n, dim]
     thresholds?: {method: str, values: {label: number}, auroc?: {label: number in [0, 1]}}
-    dictation_head?: {labels: [str], classes: [str], group: str}
+    dictation_head?: {labels: [str], classes: [str], group: str}   # classes: 4 mention states (3 before)
+    dictation_reader?: {choice: "speech"|"cascade", why: str, validation?: {...},
+                        lexicon: {...}}   # engine.mention_rules.RuleLexicon as a dict
     provenance: {...}                   # data, seeds, commit, timings (free-form)
     evaluation?: {...}                  # the summary table (free-form)
     files: {"<group>.safetensors": {sha256: hex, bytes: int}}   # written by save_bundle
@@ -100,6 +102,9 @@ _FIELDS: tuple[tuple[str, type | tuple[type, ...], bool], ...] = (
     ("dictation_head.labels", list, True),
     ("dictation_head.classes", list, True),
     ("dictation_head.group", str, True),
+    ("dictation_reader", dict, False),
+    ("dictation_reader.choice", str, True),
+    ("dictation_reader.lexicon", dict, True),
     ("provenance", dict, True),
     ("evaluation", dict, False),
     ("files", dict, True),

@@ -169,15 +169,22 @@ def _meta_state(config: CTEncoderConfig) -> dict[str, Tensor]:
         return CTEncoder(config).state_dict()
 
 
-def import_ctclip(state_dict_or_path, config: CTEncoderConfig | None = None, strict: bool = True) -> CTCLIPImport:
+def import_ctclip(state_dict_or_path, config: CTEncoderConfig | None = None, strict: bool = True, *,
+                  base: CTEncoderConfig | None = None) -> CTCLIPImport:
     """Split a CT-CLIP checkpoint (path to .pt/.pth/.safetensors, or a state dict).
 
-    Raises :class:`WeightsError` naming every unknown key (when ``strict``), every key
-    the encoder needs but the checkpoint lacks, and every shape that disagrees.
+    Without ``config`` the CTViT settings are read from the tensor shapes on top of ``base``
+    (default: the paper config; see :func:`infer_ctclip_config`). Raises :class:`WeightsError`
+    naming the file and every unknown key (when ``strict``), every key the encoder needs but
+    the checkpoint lacks, and every shape that disagrees.
     """
     where = "<state dict>" if isinstance(state_dict_or_path, dict) else str(state_dict_or_path)
     state = _read_state(state_dict_or_path, where)
-    config = config or infer_ctclip_config(state)
+    if config is None:
+        try:
+            config = infer_ctclip_config(state, base)
+        except WeightsError as exc:
+            raise WeightsError(exc.message, where) from exc
     result = CTCLIPImport(config=config, ct_state={})
     drops = [(re.compile(p), why) for p, why in _DROPS]
     renames = [(re.compile(p), repl) for p, repl in _RENAMES]

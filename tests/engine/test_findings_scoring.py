@@ -18,7 +18,6 @@ from engine.findings import (
     average_prompt_voices,
     dictation_findings,
     discrepancies,
-    mentions_to_classes,
     prompt_pair,
     rad_chestct_labels,
     rank_findings,
@@ -127,22 +126,36 @@ def test_rank_findings_sorted_with_thresholds():
         rank_findings(np.array([1.0, 0.0]), bank, 10.0, [0.5])
 
 
-def test_dictation_findings_and_mentions_coding():
-    logits = torch.full((len(LABELS), 3), -5.0)
+def test_dictation_findings_four_states():
+    assert DICTATION_CLASSES == ("present", "uncertain", "absent", "not mentioned")
+    logits = torch.full((len(LABELS), 4), -5.0)
     logits[0, 0] = 5.0  # present
-    logits[1, 1] = 2.0  # absent
-    logits[2:, 2] = 1.0  # not mentioned
+    logits[1, 1] = 2.0  # uncertain
+    logits[2, 2] = 2.0  # absent
+    logits[3:, 3] = 1.0  # not mentioned
     out = dictation_findings(logits)
     assert [d.label for d in out] == list(LABELS)
-    assert (out[0].status, out[1].status, out[2].status) == ("present", "absent", "not mentioned")
-    assert out[0].confidence == pytest.approx(math.exp(5) / (math.exp(5) + 2 * math.exp(-5)), rel=1e-5)
+    assert [o.status for o in out[:4]] == ["present", "uncertain", "absent", "not mentioned"]
+    assert out[0].confidence == pytest.approx(math.exp(5) / (math.exp(5) + 3 * math.exp(-5)), rel=1e-5)
     assert sum(out[1].probabilities.values()) == pytest.approx(1.0)
     assert tuple(out[0].probabilities) == DICTATION_CLASSES
     with pytest.raises(ValueError):
-        dictation_findings(torch.zeros(3, 3))
-    np.testing.assert_array_equal(mentions_to_classes(np.array([[1, 0, -1]])), [[0, 1, 2]])
-    with pytest.raises(ValueError):
-        mentions_to_classes(np.array([2]))
+        dictation_findings(torch.zeros(3, 4))
+
+
+def test_dictation_findings_legacy_three_states():
+    from engine.findings import LEGACY_DICTATION_CLASSES
+
+    logits = torch.full((len(LABELS), 3), -5.0)
+    logits[:, 1] = 5.0
+    out = dictation_findings(logits, classes=LEGACY_DICTATION_CLASSES)
+    assert {o.status for o in out} == {"absent"} and tuple(out[0].probabilities) == LEGACY_DICTATION_CLASSES
+
+
+def test_uncertain_mention_is_never_a_discrepancy():
+    f = [FindingScore("A", 0.9, 0.5, True), FindingScore("B", 0.1, 0.5, False)]
+    said = [DictationFinding("A", "uncertain", 0.9, {}), DictationFinding("B", "uncertain", 0.9, {})]
+    assert discrepancies(f, said) == []
 
 
 def test_discrepancies_kinds_and_order():
@@ -198,3 +211,54 @@ def test_weak_findings_are_carried_and_left_unchecked():
     assert unchecked(findings, 0.75) == ["Atelectasis"]  # unknown AUROC (None) is checked
     assert [d.label for d in discrepancies(findings, said, min_auroc=0.75)] == ["Emphysema", "Consolidation"]
     assert len(discrepancies(findings, said)) == 3
+
+
+def _bundle_with_gate(folder, thresholds_update: dict):
+    import json
+
+    from tests.engine.tiny_bundle import write_tiny_bundle
+
+    path = write_tiny_bundle(folder)
+    manifest = json.loads((path / "bundle.json").read_text())
+    manifest["thresholds"].update(thresholds_update)
+    (path / "bundle.json").write_text(json.dumps(manifest))
+    return path
+
+
+def test_gate_reads_the_lower_ci_bound_of_a_bundle(tmp_path):
+    """A bundle exported now carries each finding's lower CI bound in ``thresholds.auroc``: Lung nodule's
+    point estimate (0.82) clears the 0.75 bar, its lower bound (0.70) does not, so the engine leaves it
+    unchecked; ``bundle-info`` says which statistic the bundle carries."""
+    from engine.commands.bundle_info import bundle_summary, format_summary
+    from engine.findings import RELIABLE_AUROC, auroc_statistic
+    from engine.runtime import Engine
+    from engine.weights.bundle import load_bundle
+    from tests.engine.tiny_bundle import embedding
+
+    point = {label: 0.9 for label in LABELS}
+    point["Lung nodule"] = 0.82
+    lower = {label: 0.85 for label in LABELS}
+    lower["Lung nodule"] = 0.70
+    path = _bundle_with_gate(tmp_path / "new", {"auroc": lower, "auroc_statistic": "ci_lower", "auroc_point": point,
+                                                "auroc_ci": {"level": 0.95, "n_boot": 1000, "seed": 0}})
+    engine = Engine(path, cache_dir=tmp_path / "cache", device="cpu")
+    ct = embedding(present=("Lung nodule", "Emphysema"))
+    speech = embedding(absent=("Lung nodule", "Emphysema"))
+    by = {f.label: f for f in engine.rank(ct)}
+    assert by["Lung nodule"].auroc == 0.70 and by["Lung nodule"].positive and point["Lung nodule"] >= RELIABLE_AUROC
+    assert [(d.kind, d.label) for d in engine.discrepancies(ct, speech)] == [("negated", "Emphysema")]
+    bundle = load_bundle(path)
+    assert auroc_statistic(bundle.manifest["thresholds"]) == "ci_lower"
+    summary = bundle_summary(bundle)
+    assert summary["thresholds"]["auroc"] == {"statistic": "ci_lower", "describes": "lower bound of the bootstrap CI",
+                                              "level": 0.95, "n_boot": 1000}
+    assert "lower bound of its 95 % bootstrap CI, 1000 draws" in format_summary(summary)
+
+    old = load_bundle(_bundle_with_gate(tmp_path / "old", {}))  # point estimates only, no statistic named
+    assert auroc_statistic(old.manifest["thresholds"]) == "point"
+    old_summary = bundle_summary(old)
+    assert old_summary["thresholds"]["auroc"]["statistic"] == "point"
+    assert "as the point estimate" in format_summary(old_summary)
+    with pytest.raises(ValueError, match="auroc_statistic"):
+        auroc_statistic({"auroc": {"Emphysema": 0.8}, "auroc_statistic": "median"})
+    assert auroc_statistic({"values": {}}) is None

@@ -19,7 +19,7 @@ from engine.offline import OFFLINE_ENV
 from engine.runtime import ANALYSIS_SCHEMA, Engine, choose_device
 from engine.volume import Volume
 
-from .tiny_bundle import DIM, N, embedding, tiny_bundle_path
+from .tiny_bundle import DIM, N, embedding, tiny_bundle_path, write_tiny_bundle
 
 SAMPLE_WAV = Path(__file__).resolve().parents[2] / "assets" / "samples" / "study-001" / "dictation.wav"
 
@@ -101,9 +101,45 @@ def test_dictation_and_discrepancies_on_controlled_embeddings(engine):
         ("negated", "Lung nodule"), ("omitted", "Consolidation"), ("unsupported", "Emphysema")]
     # embeddings are accepted in place of the lists
     assert engine.discrepancies(ct, speech) == found
+    # a hedged mention of an image-positive finding is a mention: neither omitted nor negated
+    hedged = embedding(present=("Pleural effusion",), uncertain=("Lung nodule", "Consolidation"))
+    said = {d.label: d.status for d in engine.dictation(hedged)}
+    assert said["Lung nodule"] == said["Consolidation"] == "uncertain"
+    assert engine.discrepancies(ct, hedged) == []
     # a dictation that says exactly what the image shows: no discrepancy
     agree = embedding(present=("Lung nodule", "Consolidation", "Pleural effusion"))
     assert engine.discrepancies(ct, agree) == []
+
+
+def test_cascade_reader_when_the_bundle_chose_it(tmp_path):
+    """A bundle whose validation chose the ASR + rules reader: the dictation is transcribed (packaged
+    Whisper-base) and read with the bundle's lexicon, not by the head."""
+    from engine.audio import load_audio
+    from engine.mention_rules import RuleLexicon
+    from engine.runtime import Engine
+
+    lexicon = RuleLexicon(terms={"Lung nodule": ["pulmonary nodules", "pulmonary nodule"],
+                                 "Pericardial effusion": ["pericardial effusion"], "Cardiomegaly": ["cardiomegaly"]},
+                          pre={"absent": ["no"], "uncertain": ["likely"], "pseudo": []},
+                          post={"absent": ["is not seen"], "uncertain": ["is likely"], "pseudo": []})
+    bundle = write_tiny_bundle(tmp_path / "cascade", reader={"choice": "cascade", "why": "test",
+                                                             "lexicon": lexicon.to_dict()})
+    eng = Engine(bundle, device="cpu", cache_dir=False)
+    assert eng.dictation_reader == "cascade"
+    wav = load_audio(Path(__file__).resolve().parents[2] / "assets/samples/study-002/dictation.wav")
+    said = {d.label: d.status for d in eng.read_dictation(wav, 16000)}
+    assert said["Lung nodule"] == "absent" and said["Pericardial effusion"] == "uncertain"
+    assert said["Cardiomegaly"] == "uncertain" and said["Emphysema"] == "not mentioned"  # "likely mild cardiomegaly"
+
+
+def test_legacy_three_state_bundle_still_reads(tmp_path):
+    from engine.runtime import Engine
+
+    eng = Engine(write_tiny_bundle(tmp_path / "legacy", legacy_head=True), device="cpu")
+    speech = embedding(present=("Emphysema",), absent=("Lung nodule",))
+    said = {d.label: d for d in eng.dictation(speech)}
+    assert said["Emphysema"].status == "present" and said["Lung nodule"].status == "absent"
+    assert set(said["Emphysema"].probabilities) == {"present", "absent", "not mentioned"}
 
 
 def test_findings_the_image_model_is_weak_on_are_not_checked(engine, tmp_path):
@@ -172,7 +208,7 @@ def test_analyze_json_schema(engine):
     assert [set(f) for f in result["findings"]] == [{"label", "probability", "threshold", "positive", "auroc"}] * N
     assert len(result["dictation"]) == N
     assert set(result["dictation"][0]) == {"label", "status", "confidence", "probabilities"}
-    assert set(result["dictation"][0]["probabilities"]) == {"present", "absent", "not mentioned"}
+    assert set(result["dictation"][0]["probabilities"]) == {"present", "uncertain", "absent", "not mentioned"}
     assert isinstance(result["discrepancies"], list) and result["similar"] is None
     assert set(result["timings_ms"]) == {"load_study", "load_models", "encode_ct", "encode_speech", "rank",
                                          "dictation", "similar", "total"}
@@ -219,8 +255,6 @@ def test_a_frame_dictation_head_reads_the_same_pass_frames(tmp_path):
     import torch
 
     from engine.models.dictation import CLASSES, FrameDictationHead
-
-    from .tiny_bundle import write_tiny_bundle
 
     torch.set_num_threads(1)
     eng = Engine(write_tiny_bundle(tmp_path / "frames", dictation="frames"), cache_dir=tmp_path / "emb", device="cpu")

@@ -6,9 +6,10 @@
 - text: all-MiniLM-L6-v2 with a random 384→64 projection;
 - prompts: "controlled": present_l = e_l, absent_l = −e_l in the 64-d space, so P(present) for
   finding l is ``sigmoid(2·s·x_l/|x|)`` — positive exactly when the embedding's coordinate l > 0;
-- dictation head: linear, "controlled": logits (present, absent, not mentioned) of finding l are
-  ``(10·x_l, 10·x_{18+l}, 1)`` for the unit embedding x, so coordinate l says "present",
-  coordinate 18 + l says "absent" and neither leaves it "not mentioned";
+- dictation head: linear, "controlled": logits (present, uncertain, absent, not mentioned) of finding l
+  are ``(10·x_l, 10·x_{36+l} - 2, 10·x_{18+l}, 1)`` for the unit embedding x, so coordinate l says
+  "present", 36 + l "uncertain", 18 + l "absent" and none of them leaves it "not mentioned"
+  (``legacy=True``: the three-state head bundles shipped before "uncertain");
 - thresholds: 0.5 each except Cardiomegaly at 0.7 (so a test can see a bundle threshold at work).
 """
 
@@ -22,7 +23,7 @@ import torch
 from engine.findings import LABELS, prompt_pair
 from engine.models.ct import CTEncoder
 from engine.models.ct_config import CTEncoderConfig
-from engine.models.dictation import CLASSES, DictationHead, DictationHeadConfig
+from engine.models.dictation import CLASS_SETS, DictationHead, DictationHeadConfig
 from engine.weights.bundle import save_bundle, speech_entry
 
 DIM = 64
@@ -51,38 +52,48 @@ def controlled_prompts() -> torch.Tensor:
     return torch.stack(rows)
 
 
-def controlled_head() -> DictationHead:
-    head = DictationHead(DictationHeadConfig(dim=DIM, hidden=0, n_labels=N, dropout=0.0))
-    weight = torch.zeros(N * 3, DIM)
-    bias = torch.zeros(N * 3)
+def controlled_head(legacy: bool = False) -> DictationHead:
+    c = 3 if legacy else 4
+    head = DictationHead(DictationHeadConfig(dim=DIM, hidden=0, n_labels=N, dropout=0.0, n_classes=c))
+    weight = torch.zeros(N * c, DIM)
+    bias = torch.zeros(N * c)
+    present, absent, silent = (0, 1, 2) if legacy else (0, 2, 3)
     for i in range(N):
-        weight[3 * i + 0, i] = 10.0
-        weight[3 * i + 1, N + i] = 10.0
-        bias[3 * i + 2] = 1.0
+        weight[c * i + present, i] = 10.0
+        weight[c * i + absent, N + i] = 10.0
+        bias[c * i + silent] = 1.0
+        if not legacy:
+            weight[c * i + 1, 2 * N + i] = 10.0
+            bias[c * i + 1] = -2.0
     with torch.no_grad():
         head.net[0].weight.copy_(weight)
         head.net[0].bias.copy_(bias)
     return head.eval()
 
 
-def embedding(present: tuple[str, ...] = (), absent: tuple[str, ...] = ()) -> np.ndarray:
+def embedding(present: tuple[str, ...] = (), absent: tuple[str, ...] = (),
+              uncertain: tuple[str, ...] = ()) -> np.ndarray:
     """A unit vector that the controlled prompts/head read as: ``present`` positive / dictated present,
-    ``absent`` dictated absent (coordinate 18 + l), everything else negative on the image side."""
+    ``absent`` dictated absent (coordinate 18 + l), ``uncertain`` dictated uncertain (36 + l), everything
+    else negative on the image side."""
     v = np.zeros(DIM, dtype=np.float32)
     v[:N] = -0.05
     for label in present:
         v[LABELS.index(label)] = 1.0
     for label in absent:
         v[N + LABELS.index(label)] = 1.0
+    for label in uncertain:
+        v[2 * N + LABELS.index(label)] = 1.0
     return v / np.linalg.norm(v)
 
 
 def write_tiny_bundle(folder: Path, seed: int = 0, *, ct_config: dict | None = None,
-                      preprocess: dict | None = None, dictation: str = "embedding") -> Path:
+                      preprocess: dict | None = None, dictation: str = "embedding", legacy_head: bool = False,
+                      reader: dict | None = None) -> Path:
     """Write the bundle to ``folder`` (replaced if present) and return it.
 
     ``dictation="frames"`` ships a random ``FrameDictationHead`` (reads the speech frames) instead
-    of the controlled embedding head.
+    of the controlled embedding head; ``legacy_head`` a three-state one, as bundles before "uncertain".
 
     ``ct_config``/``preprocess`` replace the smoke CT encoder and spec (e.g. a benchmark times the
     pilot bundle's encoder with random weights); the CT latent is always forced to :data:`DIM`.
@@ -109,7 +120,7 @@ def write_tiny_bundle(folder: Path, seed: int = 0, *, ct_config: dict | None = N
 
         head = FrameDictationHead(FrameDictationHeadConfig(dim=d_model, hidden=16, heads=2, kernel=3))
     else:
-        head = controlled_head()
+        head = controlled_head(legacy_head)
     manifest = {
         "name": "tiny-test",
         "labels": list(LABELS),
@@ -120,10 +131,12 @@ def write_tiny_bundle(folder: Path, seed: int = 0, *, ct_config: dict | None = N
         "space": {"dim": DIM, "logit_scale": LOGIT_SCALE},
         "prompts": {"kind": "text", "texts": texts, "group": "prompts"},
         "thresholds": {"method": "fixed (test bundle)", "values": THRESHOLDS, "auroc": AUROC},
-        "dictation_head": {"labels": list(LABELS), "classes": list(CLASSES), "group": "dictation_head",
-                           "config": head.config.to_dict()},
+        "dictation_head": {"labels": list(LABELS), "classes": list(CLASS_SETS[head.config.n_classes]),
+                           "group": "dictation_head", "config": head.config.to_dict()},
         "provenance": {"data": "none: random weights for tests", "seeds": {"all": seed}},
     }
+    if reader is not None:  # a dictation_reader section (engine.runtime.Engine.read_dictation)
+        manifest["dictation_reader"] = reader
     return save_bundle(folder, manifest=manifest, overwrite=True, tensors={
         "ct_encoder": ct.state_dict(),
         "speech_head": speech_head,

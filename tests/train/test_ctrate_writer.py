@@ -45,8 +45,12 @@ def test_layout_and_csvs(tree):
                                 "Impressions_EN"]
     labels = _rows(ds / "multi_abnormality_labels" / "valid_predicted_labels.csv")
     assert list(labels[0]) == ["VolumeName", *LABELS]
-    mentions = _rows(ds / "multi_abnormality_labels" / "train_mentions.csv")
-    assert {v for r in mentions for k, v in r.items() if k != "VolumeName"} <= {"1", "0", "-1"}
+    mentions = _rows(ds / "multi_abnormality_labels" / "train_mentions_chexpert.csv")
+    assert {v for r in mentions for k, v in r.items() if k != "VolumeName"} <= {"1", "0", "-1", ""}
+    assert not (ds / "multi_abnormality_labels" / "train_mentions.csv").exists()
+    dictations = _rows(ds / "radiology_text_reports" / "train_dictations.csv")
+    assert [r["VolumeName"] for r in dictations] == [r["VolumeName"] for r in reports]
+    assert all(r["Dictation_EN"] for r in dictations)
     meta = _rows(ds / "metadata" / "validation_metadata.csv")
     assert meta[0]["XYSpacing"] == "[2.8, 2.8]" and meta[0]["PatientAge"].endswith("Y")
     assert len(_rows(ds / "metadata" / "train_metadata.csv")) == len([p for p in plans if p.split == "train"])

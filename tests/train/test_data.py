@@ -49,8 +49,16 @@ def label_row(i: int) -> list[int]:
     return [(i + k) % 2 for k in range(len(LABELS))]
 
 
-def mention_row(i: int) -> list[int]:
-    return [((i + k) % 3) - 1 for k in range(len(LABELS))]
+MENTION_CODES = ("1", "-1", "0", "")  # CheXpert coding: present, uncertain, absent, not mentioned
+
+
+def mention_row(i: int) -> list[str]:
+    return [MENTION_CODES[(i + k) % 4] for k in range(len(LABELS))]
+
+
+def mention_classes(i: int) -> list[int]:
+    """``mention_row(i)`` as the reader returns it: class indices (0 present ... 3 not mentioned)."""
+    return [(i + k) % 4 for k in range(len(LABELS))]
 
 
 def make_ctrate(root: Path, *, mentions: bool = True) -> Path:
@@ -84,7 +92,7 @@ def make_ctrate(root: Path, *, mentions: bool = True) -> Path:
         )
         if mentions:
             write_csv(
-                ds / "multi_abnormality_labels" / f"{split}_mentions.csv",
+                ds / "multi_abnormality_labels" / f"{split}_mentions_chexpert.csv",
                 ["VolumeName", *LABELS],
                 [[n, *mention_row(i)] for i, n in enumerate(names)],
             )
@@ -172,7 +180,7 @@ def test_index_joins_reports_labels_mentions_metadata(ctrate):
     assert not r.fixed
     assert r.findings == "Findings of train_1_a_2.nii.gz."
     assert r.labels.dtype == np.int8 and r.labels.tolist() == label_row(1)
-    assert r.mentions.tolist() == mention_row(1)
+    assert r.mentions.tolist() == mention_classes(1)
     assert (r.meta.slope, r.meta.intercept, r.meta.spacing) == (1.0, -1024.0, (2.5, 0.8, 0.7))
     assert index.labels_matrix().shape == (3, 18)
     assert index.index_of("train_2_b_1.nii.gz") == 2
@@ -180,12 +188,20 @@ def test_index_joins_reports_labels_mentions_metadata(ctrate):
     assert len(CTRateIndex(ctrate / "dataset", "train")) == 3
 
 
-def test_real_ctrate_without_mentions_counts_label_zero_as_absent(ctrate):
+def test_real_ctrate_without_mentions_says_present_or_not_mentioned(ctrate):
     for split in ("train", "valid"):
-        (ctrate / f"dataset/multi_abnormality_labels/{split}_mentions.csv").unlink()
+        (ctrate / f"dataset/multi_abnormality_labels/{split}_mentions_chexpert.csv").unlink()
     index = CTRateIndex(ctrate, "train")
     assert not index.has_mentions
-    assert all(np.array_equal(r.mentions, r.labels) for r in index)
+    assert all(np.array_equal(r.mentions, np.where(r.labels > 0, 0, 3)) for r in index)
+
+
+def test_three_state_mentions_file_is_refused(ctrate):
+    """The old file coded -1 as 'not mentioned'; read as CheXpert's coding it would turn into 'uncertain'."""
+    ds = ctrate / "dataset/multi_abnormality_labels"
+    (ds / "train_mentions_chexpert.csv").rename(ds / "train_mentions.csv")
+    with pytest.raises(DataError, match="three-state mentions file .* is no longer read"):
+        CTRateIndex(ctrate, "train")
 
 
 def test_v1_volumes_get_metadata_overrides_and_v2_fixed_are_read_as_stored(ctrate):
@@ -293,7 +309,7 @@ def _set_cell(name, column, value):
 
 
 LAB = "dataset/multi_abnormality_labels/train_predicted_labels.csv"
-MEN = "dataset/multi_abnormality_labels/train_mentions.csv"
+MEN = "dataset/multi_abnormality_labels/train_mentions_chexpert.csv"
 REP = "dataset/radiology_text_reports/train_reports.csv"
 META = "dataset/metadata/train_metadata.csv"
 
@@ -359,7 +375,7 @@ CT_ERRORS = [
     (
         "mention value 5",
         lambda root: edit_csv(root / MEN, _set_cell("train_1_a_2.nii.gz", "Cardiomegaly", "5")),
-        r"value\(s\) \[5\]; allowed \[-1, 0, 1\]",
+        r"Cardiomegaly has code '5'; allowed 1, -1, 0 or empty",
     ),
     (
         "volume without mentions",
@@ -471,9 +487,11 @@ def test_reads_the_synthetic_ctrate_generator_and_its_speech(tmp_path, version):
         lo, hi = item.volume.hu_range()
         assert -1100 <= lo <= -900 and 0 < hi < 3100  # air outside the body: HU, rescaled exactly once
         assert item.volume.spacing == pytest.approx(ds.index[0].meta.spacing, rel=1e-6)
-        assert set(item.mentions.tolist()) <= {-1, 0, 1}
+        assert set(item.mentions.tolist()) <= {0, 1, 2, 3}
         # every finding reported present is labelled present
-        assert np.all(item.labels[item.mentions == 1] == 1)
+        assert np.all(item.labels[item.mentions == 0] == 1)
         assert item.audio is not None and item.audio.size > 16000
         spoken = SpeechRateIndex(sr, split).get(item.volume_name)
-        assert spoken.text == item.findings
+        dictations = {r["VolumeName"]: r["Dictation_EN"] for r in csv.DictReader(
+            open(ct / f"dataset/radiology_text_reports/{split}_dictations.csv", newline=""))}
+        assert spoken.text == dictations[item.volume_name]  # what a radiologist says, read aloud

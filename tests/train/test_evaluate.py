@@ -66,8 +66,8 @@ def world(tmp_path_factory):
          [[n, "", "", f, ""] for n, f in zip(names, findings)])
     _csv(ds / "multi_abnormality_labels" / "valid_predicted_labels.csv", ["VolumeName", *LABELS],
          [[n, *row] for n, row in zip(names, labels)])
-    _csv(ds / "multi_abnormality_labels" / "valid_mentions.csv", ["VolumeName", *LABELS],
-         [[n, *row] for n, row in zip(names, mentions)])
+    _csv(ds / "multi_abnormality_labels" / "valid_mentions_chexpert.csv", ["VolumeName", *LABELS],
+         [[n, *["" if v == -1 else v for v in row]] for n, row in zip(names, mentions)])  # -1 here: not mentioned
     sroot = root / "speech-rate"
     rows = []
     for i, name in enumerate(names):
@@ -121,13 +121,13 @@ def _models(w, naive_noise=3.0):
 
     def head(emb):  # a perfect head: find the study, return its mentions one-hot
         codes = [next(c for c, v in dtable.items() if np.allclose(v, e)) for e in emb]
-        cls = np.stack([np.select([w["mentions"][c - 1] == 1, w["mentions"][c - 1] == 0], [0, 1], 2) for c in codes])
-        return np.eye(3)[cls] * 10
+        cls = np.stack([np.select([w["mentions"][c - 1] == 1, w["mentions"][c - 1] == 0], [0, 2], 3) for c in codes])
+        return np.eye(4)[cls] * 10
 
     def frame_head(waves):  # the naive embedding + a perfect head that reads the audio itself (dictation_frames)
-        cls = np.stack([np.select([w["mentions"][_code(v) - 1] == 1, w["mentions"][_code(v) - 1] == 0], [0, 1], 2)
+        cls = np.stack([np.select([w["mentions"][_code(v) - 1] == 1, w["mentions"][_code(v) - 1] == 0], [0, 2], 3)
                         for v in waves])
-        return naive(waves), np.eye(3)[cls] * 10
+        return naive(waves), np.eye(4)[cls] * 10
 
     return E.EvalModels(spec=SPEC, logit_scale=20.0, embed_ct=embed_ct,
                         embed_text=lambda texts: np.stack([text_of[t] for t in texts]),
@@ -172,6 +172,11 @@ def test_evaluate_end_to_end(world, tmp_path):
     assert casc["prompt_voices"] == ["mb-en1"]  # cascade_prompt_voices=1; the students use both
     assert casc["retrieval"]["query_to_ct"]["k"][1]["random"] == pytest.approx(0.1)
     assert set(casc["same_subset_retrieval"]) == {"text teacher", "naive student", "distilled student"}
+    # its dictation reader is the rule labeler on the transcripts, compared pairwise with the speech readers
+    assert set(casc["dictation"]["per_class"]) == {"present", "uncertain", "absent", "not mentioned"}
+    paired = casc["dictation_paired"]["distilled student − cascade"]
+    assert paired["n"] == 10 and paired["a"] == 1.0 and paired["ci"][0] <= paired["diff"] <= paired["ci"][1]
+    assert "Dictation readers" in (tmp_path / "evaluation.md").read_text()
     # the cascade transcribes perfectly here, so its scores equal the teacher's on that subset
     assert casc["report_zero_shot"]["macro_auroc"] > 0.8
     assert "distilled − naive" in g["paired"] and g["paired"]["distilled − naive"]["auroc"]["diff"] > 0
@@ -184,7 +189,15 @@ def test_evaluate_end_to_end(world, tmp_path):
     thresholds, summary = E.bundle_thresholds(tmp_path, evaluation=tmp_path / "evaluation.json")
     assert set(thresholds["values"]) == set(LABELS) and "ROC-corner" in thresholds["method"]
     teacher = res["text_teacher_all"]["zero_shot"]["per_finding"]
-    assert thresholds["auroc"] == {k: pytest.approx(v["auroc"]) for k, v in teacher.items()}
+    # the reliability gate reads the lower CI bound; the point estimate travels beside it
+    assert thresholds["auroc_statistic"] == "ci_lower" and thresholds["auroc_ci"]["n_boot"] == 100
+    assert thresholds["auroc"] == {k: pytest.approx(v["ci"]["auroc"][0]) for k, v in teacher.items()}
+    assert thresholds["auroc_point"] == {k: pytest.approx(v["auroc"]) for k, v in teacher.items()}
+    assert all(thresholds["auroc"][k] < thresholds["auroc_point"][k] for k in teacher)
+    from train.export import _gate_provenance
+
+    assert _gate_provenance(thresholds).startswith("thresholds.auroc = lower bound of each finding's 95 % bootstrap CI")
+    assert "point estimate" in _gate_provenance({"auroc": {"Emphysema": 0.8}}) and "none" in _gate_provenance(None)
     assert summary["groups"][E.GROUP_HELDOUT]["systems"]["distilled student"]["dictation_macro_f1"] == 1.0
 
 
@@ -225,12 +238,17 @@ def test_cli_registered_and_errors_are_one_line(tmp_path, capsys):
     args = build_parser().parse_args(["evaluate", "--bundle", str(tmp_path), "--data", str(tmp_path),
                                       "--labels", "16", "--threshold-on", "calibration", "--bootstrap", "10"])
     assert args.labels == 16 and args.threshold_on == "calibration" and args.cascade_n == 100
+    assert args.probe_folds == 5 and args.ceiling is None
     assert main(["evaluate", "--bundle", str(tmp_path / "nope"), "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ct-rate" in err[0]
     (tmp_path / "ct-rate" / "dataset").mkdir(parents=True)
     assert main(["evaluate", "--bundle", str(tmp_path / "nope"), "--data", str(tmp_path)]) == 2
     assert "neither a bundle" in capsys.readouterr().err
+    assert main(["evaluate", "--bundle", str(tmp_path / "nope"), "--data", str(tmp_path),
+                 "--ceiling", str(tmp_path / "none.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "recorded ceiling" in err[0] and "none.json" in err[0]
 
 
 @pytest.mark.slow
@@ -364,3 +382,114 @@ def test_models_from_bundle_with_whisper_base(tmp_path, kind):
         assert logits.shape == (2, 18, 3) and not models.dictation
         np.testing.assert_allclose(both, models.speech["distilled"](waves), atol=1e-5)  # the same pass
     torch.testing.assert_close(models.text_prompts.present[0], prompts[0])
+
+
+def _ceiling_file(path: Path, names: list[str], scores: np.ndarray) -> Path:
+    path.write_text(json.dumps({"kind": "test CNN", "labels": list(LABELS), "split": "valid",
+                                "scores": {n: row.tolist() for n, row in zip(names, scores)}}))
+    return path
+
+
+def test_per_finding_skill_probe_ceiling_and_teacher_training(world, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    models = _models(world)
+    models.provenance["aux_label_weight"] = E.aux_label_weight({"lr": 1e-3, "aux_label_weight": 1.0})
+    names = [f"valid_{i + 1}_a_1.nii.gz" for i in range(N)]
+    order = np.argsort(names)  # evaluation orders studies by volume name
+    rng = np.random.default_rng(5)
+    cnn = world["labels"] + 1.5 * rng.random(world["labels"].shape)  # overlapping: AUROC < 1
+    ceiling = _ceiling_file(tmp_path / "cnn.json", names, cnn)
+    cfg = E.EvalConfig(n_boot=50, cascade_n=0)
+    res = E.evaluate_bundle(models, world["root"] / "ct-rate", None, "valid", config=cfg, ceiling=ceiling,
+                            out_dir=tmp_path / "out", progress=False)
+    zs = res["text_teacher_all"]["zero_shot"]
+    per = zs["per_finding"]["Cardiomegaly"]
+    assert {"auprc", "ece", "centred_auroc", "prevalence"} <= set(per) and per["ci"]["centred_auroc"][0] < 1
+    # the embeddings are a linear map of the labels: the probe reads them, on held-out folds
+    probe = res["linear_probe"]
+    assert probe["macro"]["value"] > 0.8 and "5-fold" in probe["method"] and len(probe["per_finding"]) == 18
+    y = world["labels"][order]
+    j = LABELS.index("Emphysema")
+    assert res["cnn_ceiling"]["per_finding"]["Emphysema"]["auroc"] == pytest.approx(roc_auc_score(y[:, j],
+                                                                                                  cnn[order, j]))
+    assert res["cnn_ceiling"]["kind"] == "test CNN" and res["cnn_ceiling"]["macro"]["ci"][0] < 1
+    assert res["teacher_training"]["aux_label_weight"] == 1.0
+    md = (tmp_path / "out" / "evaluation.md").read_text()
+    assert "## Per finding: the image model on all 48 studies" in md
+    assert "with the auxiliary label loss (teacher.aux_label_weight = 1)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| Emphysema |"))
+    assert row.count("|") == 10 and row.rstrip(" |").endswith(("checked", "weak")) and "not recorded" not in row
+    assert "| **macro** |" in md and "recorded in" in md
+    summary = E.summary_for_bundle(res)
+    assert {"probe_auroc", "cnn_auroc", "centred_auroc", "auroc_ci"} <= set(summary["per_finding"]["Emphysema"])
+    assert summary["teacher_training"]["aux_label_weight"] == 1.0
+
+    # a ceiling measured on other volumes is said, not scored; a file that is not one is refused in one line
+    partial = _ceiling_file(tmp_path / "partial.json", names[:10], cnn[:10])
+    res = E.evaluate_bundle(_models(world), world["root"] / "ct-rate", None, "valid", progress=False,
+                            config=E.EvalConfig(n_boot=0, cascade_n=0, probe_folds=0), ceiling=partial)
+    assert "38 of the 48" in res["cnn_ceiling"]["not_comparable"] and "linear_probe" not in res
+    assert res["teacher_training"]["aux_label_weight"] is None  # the stand-in models do not say
+    assert "not shown" in E.to_markdown(res) and "unknown" in E.to_markdown(res)
+    (tmp_path / "bad.json").write_text('{"scores": {}}')
+    from engine.errors import DataError
+
+    with pytest.raises(DataError, match="not a recorded ceiling"):
+        E.recorded_ceiling(tmp_path / "bad.json", names, world["labels"], LABELS, cfg)
+    short = _ceiling_file(tmp_path / "short.json", names, cnn[:, :5])
+    with pytest.raises(DataError, match="one number per label"):
+        E.recorded_ceiling(short, names, world["labels"], LABELS, cfg)
+    assert E.aux_label_weight(None) is None and E.aux_label_weight({"lr": 1.0}) == 0.0
+    assert "without the auxiliary label loss" in E.teacher_training(0.0)["zero_shot"]
+
+
+def test_gate_falls_back_to_the_point_estimate_without_a_bootstrap(world):
+    res = E.evaluate_bundle(_models(world), world["root"] / "ct-rate", None, "valid", progress=False,
+                            config=E.EvalConfig(n_boot=0, cascade_n=0, probe_folds=0))
+    gate = E.gate_auroc(res["text_teacher_all"]["zero_shot"])
+    assert gate["auroc_statistic"] == "point" and "auroc_point" not in gate
+    assert gate["auroc"]["Emphysema"] == res["text_teacher_all"]["zero_shot"]["per_finding"]["Emphysema"]["auroc"]
+    md = E.to_markdown(res)
+    assert "point estimate of its zero-shot AUROC (no bootstrap here)" in md
+    assert next(line for line in md.splitlines() if line.startswith("| Emphysema |")).rstrip(" |").endswith(
+        ("checked", "weak"))
+
+
+def test_cnn_ceiling_script_on_tiny_data(tmp_path):
+    """scripts/experiments/cnn_ceiling.py trains, checkpoints, resumes and writes a JSON that evaluate reads."""
+    import importlib.util
+
+    import torch
+
+    from tests.train.training_fixtures import make_tiny_data
+    from train.recipes import load_run_config
+
+    torch.set_num_threads(1)
+    spec_path = tmp_path / "smoke.json"
+    spec_path.write_text(json.dumps(load_run_config("smoke")["preprocess"]))
+    data = make_tiny_data(tmp_path / "data", n_train=6, n_valid=6)
+    mod_spec = importlib.util.spec_from_file_location(
+        "cnn_ceiling", Path(__file__).resolve().parents[2] / "scripts" / "experiments" / "cnn_ceiling.py")
+    script = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(script)
+    argv = ["--data", str(data), "--spec", str(spec_path), "--width", "4", "--epochs", "1", "--batch", "3",
+            "--threads", "1", "--checkpoint-every", "1", "--log-every", "1"]
+    assert script.main(argv) == 0
+    out = data / "cnn_ceiling_valid.json"
+    rec = json.loads(out.read_text())
+    assert rec["split"] == "valid" and len(rec["scores"]) == 6 and rec["train"]["steps"] == 2
+    assert all(len(v) == 18 and all(0 <= p <= 1 for p in v) for v in rec["scores"].values())
+    assert out.with_suffix(".ckpt.pt").is_file()
+    first = out.with_suffix(".ckpt.pt").stat().st_mtime_ns
+    assert script.main([*argv, "--epochs", "2"]) == 0  # resumes at step 2 and trains one more epoch
+    assert json.loads(out.read_text())["train"]["steps"] == 4 and out.with_suffix(".ckpt.pt").stat().st_mtime_ns > first
+    assert script.main([*argv, "--width", "2"]) == 0  # another network: starts afresh
+    assert json.loads(out.read_text())["train"]["steps"] == 2
+    from train.data import CTRateIndex
+
+    records = sorted(CTRateIndex(data / "ct-rate", "valid").records, key=lambda r: r.volume_name)
+    got = E.recorded_ceiling(out, [r.volume_name for r in records], np.stack([r.labels for r in records]), LABELS,
+                             E.EvalConfig(n_boot=20))
+    nodule = got["per_finding"]["Lung nodule"]
+    assert 0 <= nodule["auroc"] <= 1 and nodule["positives"] == 3

@@ -16,7 +16,8 @@ def test_stages_in_order_and_resume_flags(tmp_path):
     a = mb.parse_args(["--data", str(tmp_path), "--threads", "1"])
     stages = mb.stages(a)
     assert [s.name for s in stages] == ["synth", "teacher", "audio-cache", "student", "student-naive", "evaluate",
-                                        "export"]
+                                        "evaluate-test", "export"]
+    assert "--n-test" in stages[0].args() and stages[6].args()[stages[6].args().index("--split") + 1] == "test"
     teacher = stages[1]
     assert "--resume" not in teacher.args() and not teacher.done()
     (tmp_path / "run" / "teacher").mkdir(parents=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, f1_score, precision_score, roc_auc_score
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, roc_auc_score
 
 from engine.findings import DICTATION_CLASSES, LABELS
 from train import metrics as M
@@ -162,13 +162,15 @@ def test_label_overlap_map_no_self_fresh_per_k():
 
 
 def test_dictation_f1():
-    t = np.array([[0, 1, 2], [2, 2, 1], [0, 2, 2]])
-    p = np.array([[0, 1, 2], [2, 1, 1], [0, 2, 0]])
+    t = np.array([[0, 2, 3], [3, 3, 2], [0, 3, 1], [0, 1, 3]])
+    p = np.array([[0, 2, 3], [3, 2, 2], [2, 3, 1], [0, 3, 3]])
     out = M.dictation_f1(p, t, DICTATION_CLASSES, LABELS[:3])
-    ref = f1_score(t.ravel(), p.ravel(), labels=[0, 1, 2], average=None)
+    ref = f1_score(t.ravel(), p.ravel(), labels=[0, 1, 2, 3], average=None)
     assert out["per_class"]["present"] == pytest.approx(ref[0])
     assert out["macro_f1"] == pytest.approx(ref.mean())
-    assert out["support"] == {"present": 2, "absent": 2, "not mentioned": 5}
+    assert out["support"] == {"present": 3, "uncertain": 2, "absent": 2, "not mentioned": 5}
+    assert out["confusion"]["present"] == {"present": 2, "uncertain": 0, "absent": 1, "not mentioned": 0}
+    assert out["present_read_absent"] == pytest.approx(1 / 3)
     assert set(out["per_finding_macro_f1"]) == set(LABELS[:3])
 
 
@@ -183,3 +185,103 @@ def test_report_zero_shot_auroc_equals_sklearn():
     for j in range(3):
         assert out["per_finding"][LABELS[j]] == pytest.approx(roc_auc_score(y[:, j], scores[:, j]))
     assert out["macro_auroc"] > 0.6
+
+
+# --------------------------------------------------------------------------- finding-specific skill
+
+
+def test_average_precision_rows_equal_sklearn_with_ties():
+    s, y = _data(n=40, L=1, seed=13)
+    s = np.round(s[:, 0], 1)  # heavy ties: a threshold admits a whole tie group at once
+    idx = M.bootstrap_indices(40, 30, seed=2)
+    got = M._average_precision_rows(s[idx], y[idx, 0])
+    for b in range(idx.shape[0]):
+        yy = y[idx[b], 0]
+        if yy.sum() == 0:
+            assert np.isnan(got[b])
+        else:
+            assert got[b] == pytest.approx(average_precision_score(yy, s[idx[b]]), abs=1e-12)
+
+
+def test_ece_by_hand():
+    # 10 equal-width bins; p = 1.0 falls in the last (closed) bin
+    p = np.array([0.05, 0.08, 0.15, 0.42, 0.48, 0.45, 0.93, 1.0, 0.97, 0.61])
+    y = np.array([0, 1, 0, 1, 0, 0, 1, 1, 0, 1])
+    # bins: [0,.1): .05 .08 (y 0 1); [.1,.2): .15 (0); [.4,.5): .42 .48 .45 (1 0 0); [.6,.7): .61 (1);
+    #       [.9,1]: .93 1.0 .97 (1 1 0)
+    by_hand = (2 * abs(0.5 - 0.065) + 1 * abs(0 - 0.15) + 3 * abs(1 / 3 - 0.45) + 1 * abs(1 - 0.61)
+               + 3 * abs(2 / 3 - (0.93 + 1.0 + 0.97) / 3)) / 10
+    assert M.expected_calibration_error(p, y) == pytest.approx(by_hand, abs=1e-12)
+    assert M.expected_calibration_error(np.full(8, 0.25), np.array([1, 0, 0, 0] * 2)) == pytest.approx(0.0)
+    assert M.expected_calibration_error(np.full(4, 0.9), np.zeros(4)) == pytest.approx(0.9)
+    rows = M._ece_rows(np.stack([p, p[::-1], np.full(10, 0.9)]), np.stack([y, y[::-1], np.zeros(10)]))
+    np.testing.assert_allclose(rows, [by_hand, by_hand, 0.9])  # rows of bootstrap draws kept apart
+
+
+def test_zero_shot_metrics_skill_equals_sklearn_and_hand():
+    s, y = _data(n=70, L=3, seed=14)
+    logits = M.logits_from_probabilities(s)
+    out = M.zero_shot_metrics(s, y, LABELS[:3], M.ZeroShotConfig(n_boot=100, seed=1), logits=logits)
+    centred = logits - logits.mean(axis=1, keepdims=True)
+    for j, name in enumerate(LABELS[:3]):
+        per = out["per_finding"][name]
+        assert per["auprc"] == pytest.approx(average_precision_score(y[:, j], s[:, j]))
+        assert per["prevalence"] == pytest.approx(y[:, j].mean())
+        assert per["ece"] == pytest.approx(M.expected_calibration_error(s[:, j], y[:, j]))
+        assert per["centred_auroc"] == pytest.approx(roc_auc_score(y[:, j], centred[:, j]))
+        for m in M.SKILL_METRICS:
+            lo, hi = per["ci"][m]
+            assert lo <= per[m] <= hi or m == "ece"  # ECE is biased upward under resampling
+    assert out["macro"]["auprc"]["value"] == pytest.approx(np.mean([average_precision_score(y[:, j], s[:, j])
+                                                                     for j in range(3)]))
+    assert out["ece_bins"] == 10
+
+
+def _shared_axis_world(specific: float, n=400, L=18, seed=15):
+    """Labels driven by a per-study severity (findings co-occur); logits = severity (shared by every
+    finding) + ``specific`` × each finding's own label + noise."""
+    rng = np.random.default_rng(seed)
+    severity = rng.normal(size=(n, 1))
+    y = (rng.random((n, L)) < 1 / (1 + np.exp(-(2.5 * severity - 1.0)))).astype(int)
+    logits = 3.0 * severity + specific * (2 * y - 1) + 0.5 * rng.normal(size=(n, L))
+    return logits, y
+
+
+def test_centred_auroc_removes_the_shared_axis():
+    logits, y = _shared_axis_world(specific=0.0)
+    s = 1 / (1 + np.exp(-logits))
+    out = M.zero_shot_metrics(s, y, LABELS, M.ZeroShotConfig(n_boot=50), logits=logits)
+    assert out["macro"]["auroc"]["value"] > 0.8  # the severity axis alone looks like skill
+    assert abs(out["macro"]["centred_auroc"]["value"] - 0.5) < 0.06  # no finding-specific signal
+    logits, y = _shared_axis_world(specific=1.0)
+    out = M.zero_shot_metrics(1 / (1 + np.exp(-logits)), y, LABELS, M.ZeroShotConfig(n_boot=50), logits=logits)
+    assert out["macro"]["centred_auroc"]["value"] > 0.8  # real finding-specific signal survives
+
+
+def test_pair_logits_are_the_zero_shot_probabilities_logits():
+    rng = np.random.default_rng(16)
+    x, present, absent = rng.normal(size=(12, 6)), rng.normal(size=(5, 6)), rng.normal(size=(5, 6))
+    logits = M.pair_logits(x, present, absent, 7.0)
+    p = M.zero_shot_probabilities(x.astype(np.float32), present, absent, 7.0)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), p, atol=1e-5)
+    big = M.pair_logits(x, present, absent, 500.0)  # float32 P saturates; the logits do not
+    assert np.isfinite(big).all() and np.abs(big).max() > 40
+
+
+def test_linear_probe_is_cross_validated():
+    rng = np.random.default_rng(17)
+    n, d = 150, 200  # more dimensions than training studies: an in-sample fit would score 1.0
+    x = rng.normal(size=(n, d))
+    w = rng.normal(size=(16, 4))  # each finding is a direction in a 16-dimensional embedding
+    y = ((x[:, :16] @ w) / 4 + 0.3 * rng.normal(size=(n, 4)) > 0.5).astype(int)
+    out = M.linear_probe(x[:, :16], y, LABELS[:4], folds=5, n_boot=100)
+    assert out["macro"]["value"] > 0.85 and "5-fold" in out["method"]
+    for name in LABELS[:4]:
+        lo, hi = out["per_finding"][name]["ci"]
+        assert lo < out["per_finding"][name]["auroc"] < hi
+    noise = (rng.random((n, 18)) < 0.3).astype(int)
+    chance = M.linear_probe(x, noise, LABELS, folds=5, n_boot=0)
+    assert abs(chance["macro"]["value"] - 0.5) < 0.06  # nothing to learn, nothing leaked
+    oof = M.linear_probe_scores(x[:, :16], y, folds=5, seed=0)
+    assert M.auroc_with_ci(oof, y, LABELS[:4], n_boot=0)["per_finding"][LABELS[0]]["auroc"] == pytest.approx(
+        roc_auc_score(y[:, 0], oof[:, 0]))

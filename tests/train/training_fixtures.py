@@ -50,9 +50,10 @@ def make_tiny_data(root: Path, n_train: int = 16, n_valid: int = 8, seed: int = 
     rng = np.random.default_rng(seed)
     ds = root / "ct-rate" / "dataset"
     sds = root / "speech-rate" / "dataset"
-    csvs = {"train": ("train_reports.csv", "train_predicted_labels.csv", "train_metadata.csv", "train_mentions.csv"),
+    csvs = {"train": ("train_reports.csv", "train_predicted_labels.csv", "train_metadata.csv",
+                      "train_mentions_chexpert.csv"),
             "valid": ("validation_reports.csv", "valid_predicted_labels.csv", "validation_metadata.csv",
-                      "valid_mentions.csv")}
+                      "valid_mentions_chexpert.csv")}
     nodule, emph = LABELS.index("Lung nodule"), LABELS.index("Emphysema")
     for split, n in (("train", n_train), ("valid", n_valid)):
         reports, labels, meta, mentions, manifest = [], [], [], [], []
@@ -70,7 +71,7 @@ def make_tiny_data(root: Path, n_train: int = 16, n_valid: int = 8, seed: int = 
                     else "Centrilobular emphysema is present. No lung nodule.")
             reports.append([name, "Cough.", "Chest CT.", text, "See findings."])
             lab = [0] * len(LABELS)
-            men = [-1] * len(LABELS)
+            men = [""] * len(LABELS)  # CheXpert coding (train.mentions): empty = not mentioned
             lab[nodule if kind == 0 else emph] = 1
             men[nodule], men[emph] = (1, 0) if kind == 0 else (0, 1)
             labels.append([name, *lab])

@@ -10,9 +10,11 @@ from pathlib import Path
 from engine.errors import DataError
 
 
-def add_common(p) -> None:
-    p.add_argument("--config", required=True, help="training config: paper, cpu-default, smoke, or a JSON path")
-    p.add_argument("--data", required=True, type=Path, help="data folder with ct-rate/ and speech-rate/ (cache goes here)")
+def add_common(p, *, required: bool = True) -> None:
+    """``required=False``: ``--config`` and ``--data`` may be left out (the command checks what it needs)."""
+    p.add_argument("--config", required=required, help="training config: paper, cpu-default, smoke, or a JSON path")
+    p.add_argument("--data", required=required, type=Path,
+                   help="data folder with ct-rate/ and speech-rate/ (cache goes here)")
     p.add_argument("--out", required=True, type=Path, help="run folder (teacher/, student/, dictation/ inside)")
     p.add_argument("--resume", action="store_true", help="continue from the stage's last.pt")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: CUDA when present")

@@ -3,8 +3,10 @@
 Rows: text teacher, ASR cascade (faster-whisper + the teacher's text tower), naive student,
 distilled student; per voice group (training voices, held-out voices, recordings): zero-shot
 AUROC / F1 / Acc / Prec with 95 % bootstrap CIs, speech→CT Recall@k beside the random baseline,
-dictation-head macro F1, paired bootstrap distilled − naive. Writes ``evaluation.json`` and
-``evaluation.md`` into ``--out``.
+dictation-head macro F1, paired bootstrap distilled − naive; per finding for the image model:
+zero-shot AUROC with CI, centred AUROC, AUPRC, ECE, the linear probe on the CT embedding (the
+encoder's ceiling) and a recorded 3D CNN's AUROC (the data's ceiling, ``--ceiling``). Writes
+``evaluation.json`` and ``evaluation.md`` into ``--out``.
 
 ``--bundle`` is a bundle folder (its speech student is the distilled row) or a training run
 folder (``teacher/``, ``student/``, ``student-naive/``, ``dictation/``). ``--data`` holds
@@ -25,7 +27,8 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True, type=Path, help="bundle folder or training run folder")
     p.add_argument("--data", required=True, type=Path, help="data folder with ct-rate/ (and speech-rate/)")
-    p.add_argument("--split", default="valid", choices=("train", "valid"))
+    p.add_argument("--split", default="valid", choices=("train", "valid", "test"),
+                   help="test: the held-out test root (DATA/ct-rate-test and DATA/speech-rate-test, test wording)")
     p.add_argument("--out", type=Path, default=None, help="where evaluation.json/.md go (default: BUNDLE/evaluation)")
     p.add_argument("--speech", type=Path, action="append", default=None,
                    help="a Speech-RATE-layout root (repeatable; default DATA/speech-rate)")
@@ -49,6 +52,11 @@ def add_parser(sub) -> None:
     p.add_argument("--cascade-n", type=int, default=100, help="reports per voice group for the ASR cascade (0: skip)")
     p.add_argument("--cache", type=Path, default=None,
                    help="prepared-volume cache of the trainer (default DATA/cache when it exists)")
+    p.add_argument("--probe-folds", type=int, default=5,
+                   help="folds of the linear probe on the CT embeddings, the encoder's ceiling (0: no probe)")
+    p.add_argument("--ceiling", type=Path, default=None,
+                   help="the data's ceiling: scripts/experiments/cnn_ceiling.py's JSON of per-study scores "
+                        "(default DATA/cnn_ceiling_SPLIT.json when it exists)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N studies (by volume name)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
@@ -62,21 +70,31 @@ def run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    ct_root = args.data / "ct-rate"
+    test = args.split == "test"
+    ct_root = args.data / ("ct-rate-test" if test else "ct-rate")
     if not ct_root.is_dir():
-        raise DataError("no ct-rate/ folder in the data folder", args.data)
+        raise DataError(f"no {ct_root.name}/ folder in the data folder"
+                        + (" (speechct-train synth --n-test N writes it)" if test else ""), args.data)
+    split = "valid" if test else args.split  # the test root is a CT-RATE layout whose valid split is the test set
+    training_data = args.training_data or (args.data if test else None)
     speech = args.speech
     if speech is None:
-        default = args.data / "speech-rate"
+        default = args.data / ("speech-rate-test" if test else "speech-rate")
         speech = [default] if default.is_dir() else None
     out = args.out or (args.bundle / "evaluation")
     cfg = EvalConfig(n_boot=args.bootstrap, seed=args.seed, threshold_on=args.threshold_on,
                      calibration_fraction=args.calibration_fraction, labels_mode=args.labels,
-                     cascade_n=args.cascade_n, limit=args.limit)
-    result = evaluate_bundle(args.bundle, ct_root, speech, args.split, config=cfg, prompts=args.prompts,
+                     cascade_n=args.cascade_n, limit=args.limit, probe_folds=args.probe_folds)
+    ceiling = args.ceiling
+    if ceiling is None and (args.data / f"cnn_ceiling_{args.split}.json").is_file():
+        ceiling = args.data / f"cnn_ceiling_{args.split}.json"
+    elif ceiling is not None and not ceiling.is_file():
+        raise DataError("no such recorded ceiling (scripts/experiments/cnn_ceiling.py writes it)", ceiling)
+    result = evaluate_bundle(args.bundle, ct_root, speech, split, config=cfg, prompts=args.prompts,
                              synthesize_missing_prompts=not args.no_prompt_synthesis, out_dir=out,
                              naive=args.naive, progress=not args.quiet, train_voice_copy=args.train_voice_copy,
-                             training_speech=None if args.training_data is None else args.training_data / "speech-rate",
+                             ceiling=ceiling,
+                             training_speech=None if training_data is None else training_data / "speech-rate",
                              ct_cache=args.cache or ((args.data / "cache") if (args.data / "cache").is_dir() else None))
     print(to_markdown(result))
     print(f"wrote {out / 'evaluation.json'} and {out / 'evaluation.md'}")

@@ -7,7 +7,8 @@ Under ``root`` (e.g. ``<data>/ct-rate``)::
     dataset/valid/valid_1/valid_1_a/valid_1_a_1.nii.gz
     dataset/radiology_text_reports/{train_reports.csv,validation_reports.csv}
     dataset/multi_abnormality_labels/{train_predicted_labels.csv,valid_predicted_labels.csv}
-    dataset/multi_abnormality_labels/{train_mentions.csv,valid_mentions.csv}     (synthetic sets only)
+    dataset/multi_abnormality_labels/{train,valid}_mentions_chexpert.csv          (synthetic sets only)
+    dataset/radiology_text_reports/{train,valid}_dictations.csv                   (synthetic sets only)
     dataset/metadata/{train_metadata.csv,validation_metadata.csv}
 
 Like CT-RATE, some patients have a second scan (``_b``) and some scans a second
@@ -20,6 +21,12 @@ Resumable and crash-safe: each volume is written atomically (temporary file + re
 then its record (report, labels, mentions, metadata row, details) goes to
 ``root/.records/<volume>.json``, also atomically; a volume whose record exists is skipped.
 The CSVs are assembled from the records at the end. Same seed → same bytes.
+
+Mentions are four-state (:mod:`train.mentions`); the dictations CSV holds what a radiologist would say
+(``Dictation_EN``: indication, spoken commands, self-corrections, sometimes the impression), which
+Speech-RATE reads aloud. ``wording`` says which part of the report grammar each split uses
+(:mod:`train.synth.grammar`); the held-out test set is a third root whose ``valid`` split reads the
+``test`` wording (:data:`TEST_WORDING`).
 """
 
 from __future__ import annotations
@@ -38,15 +45,20 @@ from pathlib import Path
 import numpy as np
 
 from engine.findings import LABELS
+from train.mentions import MENTIONS_FILE, mentions_csv_bytes
 from train.synth.cohort import sample_cohort
 from train.synth.phantom import SIZES, make_phantom
-from train.synth.reports import SPLIT_PHRASE_SET, write_report
+from train.synth.reports import write_report
 
 SPLITS = ("train", "valid")
 #: CT-RATE's file names for the split-level CSVs.
 REPORT_CSV = {"train": "train_reports.csv", "valid": "validation_reports.csv"}
 LABEL_CSV = {"train": "train_predicted_labels.csv", "valid": "valid_predicted_labels.csv"}
-MENTION_CSV = {"train": "train_mentions.csv", "valid": "valid_mentions.csv"}
+DICTATION_CSV = {"train": "train_dictations.csv", "valid": "valid_dictations.csv"}
+DICTATION_COLUMNS = ("VolumeName", "Dictation_EN")
+#: Wording per split of the main root, and of the test root (CT-RATE's layout has train and valid only).
+MAIN_WORDING = {"train": "train", "valid": "valid"}
+TEST_WORDING = {"valid": "test"}
 METADATA_CSV = {"train": "train_metadata.csv", "valid": "validation_metadata.csv"}
 METADATA_COLUMNS = (
     "VolumeName", "Manufacturer", "ManufacturerModelName", "SeriesDescription", "PatientSex", "PatientAge",
@@ -140,7 +152,8 @@ def _metadata_row(plan: VolumePlan, volume, rng: np.random.Generator, intercept:
     }
 
 
-def write_volume(root: str | Path, plan: VolumePlan, *, size: str = "default", version: int = 1) -> dict:
+def write_volume(root: str | Path, plan: VolumePlan, *, size: str = "default", version: int = 1,
+                 wording: dict[str, str] | None = None) -> dict:
     """Write one volume and its record (skipped when the record already exists); returns the record."""
     from engine.io import write_nifti
 
@@ -159,14 +172,16 @@ def write_volume(root: str | Path, plan: VolumePlan, *, size: str = "default", v
         write_nifti(vol, target, dtype="int16", slope=1.0, intercept=intercept, header_rescale=False)
     else:
         write_nifti(vol, target, dtype="int16", slope=1.0, intercept=0.0, header_rescale=True)
-    phrase_set = SPLIT_PHRASE_SET[plan.split]
-    report = write_report(phantom.findings, phrase_set=phrase_set, seed=plan.report_seed,
+    report = write_report(phantom.findings, wording=(wording or MAIN_WORDING)[plan.split], seed=plan.report_seed,
                           contrast=phantom.patient["contrast"], slice_mm=vol.spacing[0])
     record = {
         "plan": asdict(plan), "path": plan.relpath(version),
         "report": report.row(f"{plan.name}.nii.gz"),
         "labels": {lab: int(phantom.labels[lab]) for lab in LABELS},
         "mentions": report.mentions,
+        "dictation": report.dictation,
+        "forms": report.forms,
+        "wording": (wording or MAIN_WORDING)[plan.split],
         "metadata": _metadata_row(plan, vol, rng, intercept),
         "details": phantom.findings, "patient": phantom.patient,
         "words": len(report.findings.split()),
@@ -197,8 +212,11 @@ def assemble_csvs(root: str | Path, plans: list[VolumePlan]) -> dict[str, Path]:
             ds / "radiology_text_reports" / REPORT_CSV[split]: _csv_bytes(REPORT_COLUMNS, [r["report"] for r in records]),
             ds / "multi_abnormality_labels" / LABEL_CSV[split]: _csv_bytes(
                 ("VolumeName", *LABELS), [{"VolumeName": r["report"]["VolumeName"], **r["labels"]} for r in records]),
-            ds / "multi_abnormality_labels" / MENTION_CSV[split]: _csv_bytes(
-                ("VolumeName", *LABELS), [{"VolumeName": r["report"]["VolumeName"], **r["mentions"]} for r in records]),
+            ds / "multi_abnormality_labels" / MENTIONS_FILE[split]: mentions_csv_bytes(
+                [(r["report"]["VolumeName"], r["mentions"]) for r in records]),
+            ds / "radiology_text_reports" / DICTATION_CSV[split]: _csv_bytes(
+                DICTATION_COLUMNS, [{"VolumeName": r["report"]["VolumeName"], "Dictation_EN": r["dictation"]}
+                                    for r in records]),
             ds / "metadata" / METADATA_CSV[split]: _csv_bytes(METADATA_COLUMNS, [r["metadata"] for r in records]),
         }
         for path, data in files.items():
@@ -208,9 +226,9 @@ def assemble_csvs(root: str | Path, plans: list[VolumePlan]) -> dict[str, Path]:
 
 
 def _job(args):
-    root, plan, size, version = args
+    root, plan, size, version, wording = args
     t = time.perf_counter()
-    rec = write_volume(root, plan, size=size, version=version)
+    rec = write_volume(root, plan, size=size, version=version, wording=wording)
     return plan.name, time.perf_counter() - t, rec["labels"], rec["words"]
 
 
@@ -224,7 +242,7 @@ def _init_worker() -> None:
 
 def write_ctrate(root: str | Path, n_train: int, n_valid: int, *, seed: int = 0, size: str = "default",
                  version: int = 1, workers: int = 1, progress: bool = True,
-                 on_volume: Callable[[str], None] | None = None) -> dict:
+                 on_volume: Callable[[str], None] | None = None, wording: dict[str, str] | None = None) -> dict:
     """Generate the whole CT-RATE-layout tree; returns a summary dict (counts, timings)."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
@@ -233,7 +251,7 @@ def write_ctrate(root: str | Path, n_train: int, n_valid: int, *, seed: int = 0,
     root = Path(root)
     t0 = time.perf_counter()
     plans = plan_dataset(n_train, n_valid, seed)
-    jobs = [(str(root), p, size, version) for p in plans]
+    jobs = [(str(root), p, size, version, wording or MAIN_WORDING) for p in plans]
     results = []
     bar = None
     if progress:

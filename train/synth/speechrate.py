@@ -230,10 +230,17 @@ def _run_jobs(
 
 
 def _report_findings(ctrate_root: Path, split: str) -> list[tuple[str, str]]:
-    """(VolumeName, Findings_EN) of a split's reports CSV, in file order."""
+    """(VolumeName, text to read aloud) of a split's reports CSV, in file order: the synthetic set's
+    dictation (``*_dictations.csv``: spoken commands, indication, impression) where there is one,
+    else Findings_EN (real CT-RATE)."""
     ds = dataset_dir(ctrate_root)
     path = ds / "radiology_text_reports" / REPORTS_CSV[split]
     rows = read_csv_rows(path, ("VolumeName", "Findings_EN"), "reports")
+    dictations: dict[str, str] = {}
+    dpath = ds / "radiology_text_reports" / f"{split}_dictations.csv"
+    if dpath.is_file():
+        dictations = {r["VolumeName"].strip(): (r["Dictation_EN"] or "").strip()
+                      for r in read_csv_rows(dpath, ("VolumeName", "Dictation_EN"), "dictations")}
     seen: set[str] = set()
     out = []
     for row in rows:
@@ -241,7 +248,8 @@ def _report_findings(ctrate_root: Path, split: str) -> list[tuple[str, str]]:
         if name in seen:
             raise DataError(f"reports lists VolumeName {name!r} twice", path)
         seen.add(name)
-        out.append((name, (row["Findings_EN"] or "").strip()))
+        findings = (row["Findings_EN"] or "").strip()
+        out.append((name, dictations.get(name, findings) if findings else ""))
     return out
 
 

@@ -1,0 +1,88 @@
+"""The rule reader's lexicon, built from the report grammar's *training* lists only.
+
+The matching half lives in :mod:`engine.mention_rules` (so a bundle can carry this lexicon and the engine
+read transcripts with it). The rule reader is the peer of the speech-native dictation reader (run on ASR
+transcripts: the cascade), and the way a user with real CT-RATE (18 binary labels, no mentions) gets
+four-state mentions to train a dictation head (``speechct-train label-mentions``). Terms are the
+grammar's finding terms with their slots dropped; triggers are cut out of the training structures (the
+words before a noun phrase are a pre-trigger, the words after it a post-trigger), so the labeler knows
+exactly the wording the speech reader was trained on, no more.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from engine.mention_rules import RuleLexicon, read_mentions
+from engine.mention_rules import normalise as _norm
+from train.synth import grammar as G
+from train.synth.lexicon import FINDINGS, MULTI_NORMALS
+from train.synth.reports import DEVICE_NAMES
+
+
+def _strip_slots(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"\{\w+\}", " ", text)).strip()
+
+
+@lru_cache(maxsize=4)
+def training_lexicon(wording: str = "train") -> RuleLexicon:
+    """Everything the labeler knows, from the grammar's ``core`` + ``wording`` lists (``train`` by default)."""
+    lex = RuleLexicon()
+    for lab, entry in FINDINGS.items():
+        terms = set()
+        for key in ("terms", "neg_terms"):
+            for t in G.part(entry.get(key, {}), wording):
+                text = _strip_slots(t.split(":", 1)[1])
+                if len(text) >= 4 and text not in ("in place", "in situ"):
+                    terms.add(_norm(text))
+                    if t.startswith("a:"):
+                        terms.add(_norm(G._plural(text)))
+        if lab == "Medical material":  # its terms are the device names the grammar fills in
+            terms.update(_norm(k) for k in DEVICE_NAMES)
+        lex.terms[lab] = sorted(terms, key=len, reverse=True)
+        for state in (G.ABSENT, G.PRESENT, G.UNCERTAIN):
+            for sentence in G.part(entry.get("own", {}).get(state, {}), wording):
+                pattern = re.escape(_norm(re.sub(r"\{\w+\}", " zzslot ", sentence)).strip(" ."))
+                lex.normals.append((pattern.replace("zzslot", r"[\w .,-]+"), {lab: state}))
+    for sentence, settles in G.part(MULTI_NORMALS, wording):
+        lex.normals.append((re.escape(_norm(sentence).strip(" .")), dict.fromkeys(settles, G.ABSENT)))
+    for kind in ("absent", "uncertain", "pseudo"):
+        pre, post = set(), set()
+        for s in G.part(G.STRUCTURES[kind], wording):
+            for variant in (s.replace("<be>", "is"), s.replace("<be>", "are")):
+                m = re.search(r"<NPb?>", variant)
+                before, after = variant[:m.start()], variant[m.end():]
+                before = _norm(re.sub(r"<[^>]+>", " ", before))
+                after = _norm(re.sub(r"<[^>]+>", " ", after).replace("<has>", "has"))
+                neutral = before in ("", "the", "a", "there is", "there are")
+                if not neutral:
+                    pre.add(before.strip(" ,."))
+                elif after.strip(" .,"):  # the trigger follows the finding ("... is not seen")
+                    post.add(after.strip(" ,."))
+        lex.pre[kind], lex.post[kind] = sorted(pre, key=len, reverse=True), sorted(post, key=len, reverse=True)
+    for kind in ("list_absent",):
+        for s in G.part(G.STRUCTURES[kind], wording):
+            m = re.search(r"<A>", s)
+            before = _norm(s[:m.start()])
+            if before:
+                lex.pre["absent"] = sorted(set(lex.pre["absent"]) | {before}, key=len, reverse=True)
+    for s in G.part(G.STRUCTURES["present_absent"], wording):
+        m = re.search(r"<B>", s)
+        before = _norm(re.sub(r"<[^>]+>", " ", s[:m.start()]).split(",")[-1])
+        if before and before not in lex.pre["absent"]:
+            lex.pre["absent"] = sorted({*lex.pre["absent"], before.split()[-1] if before.split() else before},
+                                       key=len, reverse=True)
+    for s in G.part(G.STRUCTURES["indication"], wording):
+        lex.indication.append(_norm(s.split("<")[0]).rstrip(" :,"))
+        lex.headings.append(_norm(re.split(r"[:,]", s)[0]))
+    for s in G.part(G.IMPRESSION, wording):  # "Impression:" said as a heading, sometimes as its own sentence
+        lex.headings.append(_norm(s).rstrip(" :,"))
+    # "there is no" style pre-triggers reduce to their negation word for matching inside longer clauses
+    lex.pre["absent"] = sorted({*lex.pre["absent"], "no", "without"}, key=len, reverse=True)
+    return lex
+
+
+def label_report(text: str, lex: RuleLexicon | None = None) -> dict[str, str]:
+    """The mention state of every one of the 18 findings in ``text``, read with the training lexicon."""
+    return read_mentions(text, lex or training_lexicon())
