@@ -191,13 +191,26 @@ def _check_data_size(img, path: Path) -> None:
         )
 
 
+#: deflate cannot compress better than about 1032:1, so a gzip file of n bytes holds at most this many times n.
+MAX_DEFLATE_RATIO = 1032
+
+
 def _check_plain_size(img, path: Path) -> None:
-    """An uncompressed single file shorter than its header promises: say so in numbers."""
+    """A single file shorter than its header promises: say so in numbers, before reading.
+
+    Uncompressed: the file size. Gzip: the most its compressed size can hold. nibabel allocates the
+    whole promised array before it reads a compressed stream, so a 240-byte .nii.gz whose header
+    promises 7 GB would otherwise take 7 GB of memory just to find out it is truncated."""
     pair = path.name.lower().endswith(".hdr")  # data live in the .img beside it
-    if pair or read_head(path, 2) == b"\x1f\x8b" or not hasattr(img.dataobj, "offset"):
+    if pair or not hasattr(img.dataobj, "offset"):
         return
     needed = int(img.dataobj.offset) + int(np.prod(img.dataobj.shape)) * img.dataobj.dtype.itemsize
     on_disk = path.stat().st_size
+    if read_head(path, 2) == b"\x1f\x8b":
+        if needed > MAX_DEFLATE_RATIO * on_disk + 4096:
+            raise StudyError(f"image data is truncated (the header needs {needed} bytes; a gzip file of {on_disk} "
+                             "bytes cannot hold them)", path)
+        return
     if on_disk < needed:
         raise StudyError(f"image data is truncated ({on_disk} bytes on disk, the header needs {needed})", path)
 

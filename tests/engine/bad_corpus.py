@@ -497,6 +497,16 @@ def _(tmp):
     return study_runs(path)
 
 
+@case("NIfTI small gzip whose header promises 7 GB", "nifti", "error", "cannot hold them", study=True)
+def _(tmp):  # found by the fuzzer: nibabel allocated the whole array (10 GB) before reading 240 bytes
+    header = bytearray(nifti(tmp, "small.nii").read_bytes()[:352])
+    header[DIM:DIM + 8] = i16(3, 900, 1900, 2000)
+    path = tmp / "promise.nii.gz"
+    path.write_bytes(gzip.compress(bytes(header) + bytes(200)))
+    (tmp / "small.nii").unlink()
+    return study_runs(path)
+
+
 @case("NIfTI gzip of 64 MiB of zeros named .nii.gz", "nifti", "error", study=True)
 def _(tmp):
     path = tmp / "zeros.nii.gz"
