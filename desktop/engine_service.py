@@ -29,11 +29,12 @@ def worker_threads() -> int:
 class DictationResult:
     analysis: object  # engine.runtime.Analysis
     audio_path: str | None
+    waveform: np.ndarray | None = None  # 16 kHz mono, for the transcript
 
 
 class EngineService(QObject):
     busy = Signal(str)  # what is running, for the status bar
-    idle = Signal()
+    idle = Signal(str)  # the same text as its busy(): that work is over
     ready = Signal(dict)  # Engine.describe() + device + library size, once the engine is up
     failed = Signal(str)  # one-line errors of any call
 
@@ -69,7 +70,7 @@ class EngineService(QObject):
         return info
 
     # ---------------------------------------------------------------- calls (GUI side)
-    def _run(self, what: str, fn, *args, on_result=None, **kwargs):
+    def _run(self, what: str, fn, *args, on_result=None, on_error=None, **kwargs):
         self.busy.emit(what)
         threads = worker_threads()
 
@@ -84,24 +85,27 @@ class EngineService(QObject):
             return fn(*a, **kw)
 
         def done(value):
-            self.idle.emit()
+            self.idle.emit(what)
             if on_result is not None:
                 on_result(value)
 
         def error(msg):
             self.last_error = msg
-            self.idle.emit()
+            self.idle.emit(what)
             self.failed.emit(msg)
+            if on_error is not None:
+                on_error(msg)
 
         return self.runner.run_task(in_worker, *args, on_result=done, on_error=error, name=what, **kwargs)
 
     def start(self):
         return self._run("Loading model bundle…", self.describe, on_result=self.ready.emit)
 
-    def load_study(self, path: str, series: str | None, on_result):
+    def load_study(self, path: str, series: str | None, on_result, on_error=None):
         from engine.io import load_volume
 
-        return self._run(f"Reading {Path(path).name}…", load_volume, path, series, on_result=on_result)
+        return self._run(f"Reading {Path(path).name}…", load_volume, path, series, on_result=on_result,
+                         on_error=on_error)
 
     def analyze_study(self, volume: Volume, on_result):
         """Findings of a study (the CT embedding, cached by the engine)."""
@@ -115,7 +119,10 @@ class EngineService(QObject):
                 k = similar_k if len(eng.library) > 0 else 0
             except Exception:
                 k = 0
-            return DictationResult(eng.analyze(volume, waveform, sample_rate, similar_k=k), audio_path)
+            from engine.audio import to_16k
+
+            return DictationResult(eng.analyze(volume, waveform, sample_rate, similar_k=k), audio_path,
+                                   to_16k(np.asarray(waveform, np.float32), sample_rate))
 
         return self._run("Processing dictation…", work, on_result=on_result)
 

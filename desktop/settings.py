@@ -56,6 +56,10 @@ class Settings:
     def recordings(self) -> Path:
         return Path(self.recordings_dir) if self.recordings_dir else data_dir() / "recordings"
 
+    def transcripts(self) -> Path:
+        """Saved transcripts: beside the recordings (so a test's or a portable install's stay together)."""
+        return self.recordings().parent / "transcripts"
+
     @classmethod
     def load(cls, path: Path | None = None) -> Settings:
         path = path or config_path()

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "engine.commands.index",
     "engine.commands.search",
     "engine.commands.selftest",
+    "engine.commands.pacs",
 )
 
 

@@ -65,19 +65,48 @@ def _sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"[.?!](?=\s|$)|(?<!\d)[.?!](?!\d)", normalise(text)) if s.strip(" .,")]
 
 
-#: How many words may stand between a pre-trigger and its term (NegEx's window is five).
-WINDOW = 6
+#: How many words (a finding term counts as one) may stand between a pre-trigger and its term.
+WINDOW = 8
+_KINDS = {"pseudo": PRESENT, "uncertain": UNCERTAIN, "absent": ABSENT}
 
 
-def _has_before(clause_prefix: str, triggers: list[str]) -> bool:
-    return any(re.search(rf"(^|\W){re.escape(t)}\W+(\S+\s+){{0,{WINDOW}}}$", clause_prefix + " ") for t in triggers)
+def _nearest_before(clause: str, lex: RuleLexicon) -> str | None:
+    """The kind of the pre-trigger that ends closest before the term (within :data:`WINDOW` words)."""
+    best, kind_of_best = -1, None
+    for kind in _KINDS:
+        for t in lex.pre.get(kind, []):
+            for m in re.finditer(rf"(^|\W)({re.escape(t)})(?=\W|$)", clause):
+                gap = len(clause[m.end():].split())
+                if gap <= WINDOW and m.end() > best:
+                    best, kind_of_best = m.end(), kind
+    return kind_of_best
 
 
-def _has_after(suffix: str, triggers: list[str]) -> bool:
-    return any(re.search(rf"(^|\W){re.escape(t)}(\W|$)", suffix) for t in triggers)
+def _nearest_after(clause: str, lex: RuleLexicon) -> str | None:
+    best, kind_of_best = None, None
+    for kind in _KINDS:
+        for t in lex.post.get(kind, []):
+            m = re.search(rf"(^|\W){re.escape(t)}(\W|$)", clause)
+            if m and (best is None or m.start() < best):
+                best, kind_of_best = m.start(), kind
+    return kind_of_best
+
+
+def _collapse_terms(text: str, taken: list[bool]) -> str:
+    """``text`` with every found term reduced to one word, so a list of long terms stays in the window."""
+    out, inside = [], False
+    for c, t in zip(text, taken):
+        if t and not inside:
+            out.append("x")
+        elif not t:
+            out.append(c)
+        inside = t
+    return "".join(out)
 
 
 def label_sentence(sentence: str, lex: RuleLexicon) -> dict[str, str]:
+    """The states of the findings one sentence names (ConText: the nearest trigger before a term in its
+    clause decides, else one after it; no trigger = present)."""
     s = normalise(sentence).strip(" .")
     if any(s.startswith(ind) for ind in lex.indication if ind):
         return {}
@@ -96,21 +125,12 @@ def label_sentence(sentence: str, lex: RuleLexicon) -> dict[str, str]:
     out: dict[str, str] = {}
     masked = "".join("x" if t else c for c, t in zip(s, taken))  # clause words inside a term do not count
     for start, end, lab in sorted(found):
-        prefix = s[:start]
         cut = max((m.end() for m in _CLAUSE_END.finditer(masked[:start])), default=0)
-        clause = prefix[cut:]
-        suffix = s[end:]
+        clause = _collapse_terms(s[cut:start], taken[cut:start])
         stop = _CLAUSE_END.search(masked[end:])
-        suffix_clause = suffix[:stop.start()] if stop else suffix
-        if _has_before(clause, lex.pre["pseudo"]) or _has_after(suffix_clause, lex.post["pseudo"]):
-            state = PRESENT
-        elif _has_before(clause, lex.pre["uncertain"]) or _has_after(suffix_clause, lex.post["uncertain"]) \
-                or _has_before(prefix, ["likely represent", "may represent"]):
-            state = UNCERTAIN
-        elif _has_before(clause, lex.pre["absent"]) or _has_after(suffix_clause, lex.post["absent"]):
-            state = ABSENT
-        else:
-            state = PRESENT
+        suffix_clause = s[end:end + stop.start()] if stop else s[end:]
+        kind = _nearest_before(clause, lex) or _nearest_after(suffix_clause, lex)
+        state = _KINDS[kind] if kind else PRESENT
         if _RANK[state] > _RANK.get(out.get(lab, NOT_MENTIONED), 0):
             out[lab] = state
     return out

@@ -38,7 +38,13 @@ MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer
 #: Distributions whose metadata is read at run time (entry points of pydicom's pixel plugins,
 #: version checks of transformers' own hook cover the rest).
 METADATA = ("pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pyjpegls",
-            "numpy", "torch", "safetensors", "tokenizers", "huggingface-hub", "platformdirs")
+            "numpy", "torch", "safetensors", "tokenizers", "huggingface-hub", "platformdirs",
+            # the department (engine/pacs, engine/report_sr.py): each reads its own version when imported
+            "pynetdicom", "dicomweb-client", "highdicom")
+
+#: Packages whose data files the engine needs (highdicom: the DICOM standard's IOD/module tables and
+#: ICC profiles it reads when building an SR).
+COLLECT_DATA = ("highdicom",)
 
 #: Modules reached only by name (importlib / transformers' lazy module / pydicom plugins).
 HIDDEN_IMPORTS = (
@@ -64,9 +70,10 @@ EXCLUDES = (
     "torchaudio", "torchvision", "torchtext",            # not used; torchaudio does not load beside torch 2.13
     "IPython", "ipykernel", "jupyter", "notebook", "pytest", "_pytest", "pytestqt",
     "sklearn", "faiss",                                  # train metrics; faiss is the optional large-library index
-    "ctranslate2", "faster_whisper", "av", "onnxruntime",  # ASR peer for benchmarks
+    "onnxruntime",                                       # faster-whisper's optional VAD (engine.transcribe does not use it)
     "sentence_transformers", "SimpleITK", "einops", "beartype", "vector_quantize_pytorch",
-    "pandas", "PIL", "cv2",                              # transformers' optional image/table paths
+    "pandas", "cv2",                                     # transformers' optional image/table paths
+    # (not PIL: highdicom and dicomweb-client import it, and `speechct rank --sr` / `pacs` need them)
     "train", "bench", "tests", "scripts",                # our own non-app code
     # (not torch.testing._internal: torch.utils.checkpoint imports it while torch itself is imported)
     "torch.utils.tensorboard", "tensorboard", "torch.utils.benchmark",

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DataError
-from engine.findings import DICTATION_CLASSES, LABELS, PromptBank, prompt_pair
+from engine.findings import DICTATION_CLASSES, LABELS, LEGACY_DICTATION_CLASSES, PromptBank, prompt_pair
 from train import metrics as M
 
 SYSTEMS = ("text teacher", "ASR cascade", "naive student", "distilled student")
@@ -209,10 +209,9 @@ def models_from_bundle(bundle_dir: str | Path, *, naive: str | Path | None = Non
         student.load_trainable_state_dict(b.tensors["speech_head"])
         models.speech["distilled"] = speech_embedder(student)
     if "dictation_head" in m:
-        from engine.models.dictation import build_head, head_config_from_dict
+        from engine.model_loading import build_dictation_head
 
-        head = build_head(head_config_from_dict(m["dictation_head"]["config"]))
-        b.load_into(head, m["dictation_head"]["group"])
+        head = build_dictation_head(b)  # the engine's loader: three-state heads of older bundles included
         if student is not None or getattr(head, "input", "embedding") == "embedding":
             _add_head(models, "distilled", head, student)
     if naive is not None:
@@ -402,6 +401,8 @@ def score_system(ct_emb: np.ndarray, query_emb: np.ndarray | None, bank: PromptB
         }
     if dictation_logits is not None and mentions is not None:
         pred = np.asarray(dictation_logits).argmax(axis=-1)
+        if np.asarray(dictation_logits).shape[-1] == len(LEGACY_DICTATION_CLASSES):  # a head from before "uncertain"
+            pred = np.array([DICTATION_CLASSES.index(c) for c in LEGACY_DICTATION_CLASSES])[pred]
         out["dictation"] = M.dictation_f1(pred, np.asarray(mentions, dtype=np.int64), DICTATION_CLASSES, bank.labels)
         out["dictation_pred"] = pred.tolist()  # per study, for the paired comparison with the cascade
     return out, scores

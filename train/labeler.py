@@ -50,11 +50,13 @@ def training_lexicon(wording: str = "train") -> RuleLexicon:
     for kind in ("absent", "uncertain", "pseudo"):
         pre, post = set(), set()
         for s in G.part(G.STRUCTURES[kind], wording):
-            for variant in (s.replace("<be>", "is"), s.replace("<be>", "are")):
+            for variant in (s.replace("<be>", "is").replace("<has>", "has"), s.replace("<be>", "are")
+                            .replace("<has>", "have")):
                 m = re.search(r"<NPb?>", variant)
-                before, after = variant[:m.start()], variant[m.end():]
-                before = _norm(re.sub(r"<[^>]+>", " ", before))
-                after = _norm(re.sub(r"<[^>]+>", " ", after).replace("<has>", "has"))
+                # the words right next to the noun phrase (a location token splits "Subtle changes <L> likely
+                # represent" into context and trigger: the trigger is the part touching the phrase)
+                before = _norm(re.split(r"<[^>]+>", variant[:m.start()])[-1])
+                after = _norm(re.split(r"<[^>]+>", re.sub(r"^<L>", "", variant[m.end():]))[0])
                 neutral = before in ("", "the", "a", "there is", "there are")
                 if not neutral:
                     pre.add(before.strip(" ,."))

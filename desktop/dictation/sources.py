@@ -18,6 +18,8 @@ from engine.errors import AudioError
 SAMPLE_RATE = 16_000
 BLOCK = 1600  # 0.1 s at 16 kHz
 
+NO_MICROPHONE = "no microphone found: connect one, or choose one in File ▸ Settings ▸ Microphone"
+
 Callback = Callable[[np.ndarray], None]
 ErrorCallback = Callable[[str], None]
 
@@ -64,6 +66,8 @@ class SoundDeviceSource(AudioSource):
         except OSError as exc:
             raise AudioError(f"no audio system (PortAudio not found: {exc})") from exc
         self._on_error = on_error
+        if self.device is None and not input_devices():
+            raise AudioError(NO_MICROPHONE)
 
         def audio_callback(indata, frames, time_info, status):
             # Runs on PortAudio's thread: copy and hand over, nothing else (no locks, no I/O).
@@ -80,6 +84,8 @@ class SoundDeviceSource(AudioSource):
             self._stream.start()
         except Exception as exc:  # PortAudioError, ValueError (no such device)
             self._stream = None
+            if "querying device -1" in str(exc) or "No Default Input Device" in str(exc):
+                raise AudioError(NO_MICROPHONE) from exc  # PortAudio's words for "there is none"
             raise AudioError(f"cannot open the {self.name}: {exc}") from exc
 
     def stop(self) -> None:

@@ -1,5 +1,9 @@
 """The dictation panel: record button (hold-to-talk, or toggle), spoken-query button, level
-meter, recording state, playback of the last dictation, and one-line device messages."""
+meter, recording state, playback of the last dictation, and one-line device messages.
+
+A recording is checked for speech (``engine.speech_presence``) before it is handed on: silence,
+a slip of the finger or a fragment says "no speech heard" / "too little speech" and is dropped,
+so the check on screen stays the last one made from a real dictation."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from PySide6.QtCore import QTimer, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from engine.errors import AudioError
+from engine.speech_presence import check_speech
 
 from .recorder import Recorder
 from .sources import AudioSource
@@ -24,6 +29,7 @@ class DictationWidget(QWidget):
     queryFinished = Signal(str, object, int)
     message = Signal(str)
     recordingChanged = Signal(bool)
+    ignored = Signal(str)  # a recording dropped before analysis (no speech, too little, too short): why
 
     def __init__(self, recordings_dir: str | Path, source_factory: Callable[[], AudioSource], *,
                  mode: str = "hold", key_name: str = "F4", parent=None):
@@ -121,7 +127,13 @@ class DictationWidget(QWidget):
             self._say(self.recorder.error)
         seconds = len(wave) / sr
         if seconds < MIN_SECONDS:
-            self.state_label.setText(f"Too short ({seconds:.1f} s), ignored")
+            self._drop(f"Too short ({seconds:.1f} s), ignored; the previous result stays")
+            return
+        presence = check_speech(wave, sr)
+        if not presence.ok:
+            what = "No speech heard" if presence.verdict == "none" else "Too little speech"
+            self._drop(f"{what} in {seconds:.1f} s of audio ({presence.speech_s:.1f} s voiced); "
+                       "the previous result stays")
             return
         self.state_label.setText(f"{'Dictation' if kind == DICTATION else 'Query'}: {seconds:.1f} s — processing…")
         if kind == DICTATION:
@@ -130,6 +142,10 @@ class DictationWidget(QWidget):
             self.dictationFinished.emit(str(path), wave, sr)
         else:
             self.queryFinished.emit(str(path), wave, sr)
+
+    def _drop(self, text: str) -> None:
+        self._say(text)
+        self.ignored.emit(text)
 
     def _tick(self) -> None:
         level = self.recorder.level

@@ -1,5 +1,8 @@
 """The findings panel: the 18 findings, most probable first, each with a probability bar, its
-threshold mark, what the dictation said, and discrepancies highlighted."""
+threshold mark, what the dictation said, and discrepancies highlighted. Rows are compact so all 18
+fit without scrolling at 1600 × 1000; findings the image model is weak on say "not checked" in
+words (not only in grey); a hedged mention ("uncertain", CheXpert's fourth state) is shown as
+hedged, never as omitted or negated."""
 
 from __future__ import annotations
 
@@ -14,7 +17,10 @@ NEGATIVE_COLOUR = QColor(90, 140, 200)
 # the same hues, muted: a weak finding's bar must not draw the eye the way a reliable one does
 WEAK_POSITIVE_COLOUR = QColor(150, 112, 110)
 WEAK_NEGATIVE_COLOUR = QColor(112, 126, 145)
-DICTATION_TEXT = {"present": "dictated", "absent": "dictated absent", "not mentioned": "not mentioned"}
+DICTATION_TEXT = {"present": "dictated", "absent": "dictated absent", "not mentioned": "not mentioned",
+                  "uncertain": "uncertain (hedged)"}
+NOT_CHECKED = "not checked"  # the weak findings' Dictation cell, before and after a dictation
+ROW_HEIGHT = 22
 KIND_TEXT = {"omitted": "omitted in dictation", "negated": "dictated absent", "unsupported": "not seen on CT"}
 
 
@@ -54,6 +60,10 @@ class FindingsPanel(QWidget):
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setHorizontalHeaderLabels(self.COLUMNS)
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        self.table.verticalHeader().setDefaultSectionSize(ROW_HEIGHT)
+        self.table.setWordWrap(False)
+        self.header.setWordWrap(True)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.setSelectionMode(QTableWidget.SelectionMode.NoSelection)
         hh = self.table.horizontalHeader()
@@ -70,6 +80,16 @@ class FindingsPanel(QWidget):
 
     def show_pending(self, text: str) -> None:
         self.header.setText(text)
+
+    def clear(self, text: str) -> None:
+        """No results on screen (a new study is on its way): only ``text``."""
+        self.findings, self.dictation, self.discrepancies = [], None, None
+        self.unchecked = set()
+        self.table.setRowCount(0)
+        self.header.setText(text)
+
+    def fits_without_scrolling(self) -> bool:
+        return self.table.verticalScrollBar().maximum() == 0
 
     def show_results(self, findings, dictation=None, discrepancies=None, title: str = "",
                      unchecked=None) -> None:
@@ -100,6 +120,8 @@ class FindingsPanel(QWidget):
                            + ("" if f.auroc is None else f"; validation AUROC {f.auroc:.2f}"))
             d = said.get(f.label)
             text = "" if d is None else DICTATION_TEXT.get(d.status, d.status)
+            if weak:  # the image model cannot judge it: say so in words, with what was dictated
+                text = NOT_CHECKED + (f" · {text}" if text else "")
             if f.label in wrong:
                 text = KIND_TEXT.get(wrong[f.label].kind, wrong[f.label].kind)
             item = QTableWidgetItem(text)
@@ -120,7 +142,10 @@ class FindingsPanel(QWidget):
         positives = sum(f.positive for f in self.findings)
         extra = f", {len(wrong)} discrepancies" if discrepancies is not None else ""
         if self.unchecked:
-            extra += f"; {len(self.unchecked)} weak (grey)"
+            extra += f"; {len(self.unchecked)} not checked (weak image model)"
+        hedged = sum(d.status == "uncertain" for d in dictation or [])
+        if hedged:
+            extra += f"; {hedged} dictated as uncertain"
         self.header.setText(f"{title}{positives} of {len(self.findings)} findings above threshold{extra}")
 
     def highlighted_labels(self) -> list[str]:

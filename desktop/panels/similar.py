@@ -22,6 +22,11 @@ class SimilarPanel(QWidget):
         self.list.itemClicked.connect(self._activated)
         self.hits: list[dict] = []
 
+    def clear(self) -> None:
+        self.hits = []
+        self.list.clear()
+        self.header.setText("Similar studies appear after a dictation or a spoken query")
+
     def show_hits(self, hits: list[dict], title: str) -> None:
         self.hits = list(hits)
         self.list.clear()

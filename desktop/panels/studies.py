@@ -5,7 +5,11 @@ shown: only descriptions, dates and UIDs the engine keeps.
 Thumbnails are read from each entry's path in a worker (``desktop.workers.TaskRunner``): the entry
 shows a placeholder until its image arrives, or an error placeholder whose tooltip carries the
 reader's one-line message. Images are kept in a process-wide memory cache keyed by (path, series),
-so a study is read for its thumbnail at most once per session, and optionally as PNGs on disk."""
+so a study is read for its thumbnail at most once per session, and optionally as PNGs on disk.
+
+``hold_thumbnails()`` queues new reads until ``release_thumbnails()``: while a study opens, its
+reading and encoding come first (reading DICOM is Python work that competes for the interpreter
+with the GUI thread, so fewer readers at once means a smoother viewer)."""
 
 from __future__ import annotations
 
@@ -132,6 +136,7 @@ class StudiesPanel(QWidget):
         self.runner = runner or TaskRunner(self, max_threads=1)
         self.thumbnail_threads: list[int] = []  # the thread each thumbnail read ran on (tests check it)
         self._pending: dict[tuple[str, str | None], object] = {}
+        self._held: list[tuple[str, str | None]] | None = None  # queued reads while held
         self._errors: dict[tuple[str, str | None], str] = {}
         self.list = QListWidget()
         self.list.setIconSize(QSize(THUMB, THUMB))
@@ -150,8 +155,7 @@ class StudiesPanel(QWidget):
         layout.addWidget(self.list)
         self.open_folder.clicked.connect(self._choose_folder)
         self.open_file.clicked.connect(self._choose_file)
-        self.list.itemActivated.connect(self._activated)
-        self.list.itemDoubleClicked.connect(self._activated)
+        self.list.itemActivated.connect(self._activated)  # double-click or Enter (once: not also itemDoubleClicked)
         self.series.activated.connect(self._series_chosen)
         self._series_path: str | None = None
         for path in sample_studies():
@@ -189,10 +193,23 @@ class StudiesPanel(QWidget):
             it.setData(STATE_ROLE, state)
             it.setToolTip(tip)
 
+    def hold_thumbnails(self) -> None:
+        if self._held is None:
+            self._held = []
+
+    def release_thumbnails(self) -> None:
+        held, self._held = self._held, None
+        for path, series in held or []:
+            self._request_thumbnail(path, series)
+
     def _request_thumbnail(self, path: str, series: str | None) -> None:
         key = (path, series)
         self._show(key)
         if key in _THUMB_CACHE or key in self._errors or key in self._pending:
+            return
+        if self._held is not None:
+            if key not in self._held:
+                self._held.append(key)
             return
 
         def done(image: QImage) -> None:

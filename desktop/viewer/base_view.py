@@ -1,19 +1,73 @@
 """A QVTKRenderWindowInteractor whose Qt events we handle ourselves (VTK's interactor styles are
-bypassed so every gesture goes through ``ViewerState`` and stays testable without pixels)."""
+bypassed so every gesture goes through ``ViewerState`` and stays testable without pixels).
+
+Renders go through one app-wide queue that draws one view per event-loop turn: with software
+OpenGL a view's first render (its GL context included) takes a large share of 100 ms, and four
+views drawn back to back would hold the event loop (input, timers, the recording meter) for all of
+them. A view draws itself when shown, exposed or resized, without waiting for input."""
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
+import shiboken6
 import vtkmodules.vtkRenderingFreeType  # noqa: F401  (text actors)
 import vtkmodules.vtkRenderingOpenGL2  # noqa: F401  (registers the OpenGL render window)
 import vtkmodules.vtkRenderingVolumeOpenGL2  # noqa: F401  (volume mappers)
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from vtkmodules.qt.QVTKRenderWindowInteractor import QVTKRenderWindowInteractor
 from vtkmodules.vtkRenderingCore import vtkRenderer
 
 from .vtk_image import render_window_rgb
 
 CLICK_SLOP_PX = 3
+
+
+class RenderQueue(QObject):
+    """Views waiting to be drawn, oldest first; one is drawn per event-loop turn. A view deleted
+    while waiting (a study switch) is skipped, never called."""
+
+    _instance: RenderQueue | None = None
+
+    def __init__(self):
+        super().__init__()
+        self.waiting: deque = deque()
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(0)
+        self.timer.timeout.connect(self._next)
+
+    @classmethod
+    def instance(cls) -> RenderQueue:
+        if cls._instance is None or not shiboken6.isValid(cls._instance):
+            cls._instance = cls()
+        return cls._instance
+
+    def add(self, view) -> None:
+        if not any(v is view for v in self.waiting):
+            self.waiting.append(view)
+        if not self.timer.isActive():
+            self.timer.start()
+
+    def _next(self) -> None:
+        while self.waiting:
+            view = self.waiting.popleft()
+            if not shiboken6.isValid(view):
+                continue
+            if view.isVisible():
+                view.render_now()
+                break
+            if view.prepare_requested and not view.initialised:  # a hidden view readied ahead of use
+                view.ensure_initialised()
+                break
+        if self.waiting:
+            self.timer.start()
+
+    def flush(self) -> None:
+        """Draw everything waiting now (tests, screenshots)."""
+        while self.waiting:
+            self._next()
 
 
 class RenderView(QVTKRenderWindowInteractor):
@@ -27,21 +81,37 @@ class RenderView(QVTKRenderWindowInteractor):
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setMinimumSize(120, 120)
         self._initialised = False
-        self._render_pending = False
+        self.prepare_requested = False
         self._press_button = None
         self._press_pos = None
         self._last_pos = None
         self._moved = 0.0
 
     # ---------------------------------------------------------------- rendering
+    @property
+    def initialised(self) -> bool:
+        return self._initialised
+
+    def prepare(self) -> None:
+        """Create the GL context now, through the queue, while the view is still hidden (the app
+        does this while the first study is read, so its images need only a render once it is)."""
+        self.prepare_requested = True
+        RenderQueue.instance().add(self)
+
     def ensure_initialised(self) -> None:
         if not self._initialised:
             self._initialised = True
             self.Initialize()
 
     def showEvent(self, event):  # noqa: N802 (Qt name)
-        self.ensure_initialised()
         super().showEvent(event)
+        self.schedule_render()  # the first picture, without waiting for a wheel, key or click
+
+    def paintEvent(self, ev):  # noqa: N802
+        # Qt repaints (expose, un-maximise, a neighbour closing) must draw the scene as the state says
+        # it is: QVTKRenderWindowInteractor's own paint renders whatever camera VTK last had, and
+        # would create the GL context here, outside the queue.
+        self.schedule_render()
 
     def resizeEvent(self, ev):  # noqa: N802
         # QVTKRenderWindowInteractor calls the *base* vtkRenderWindow.SetSize, which never resizes an
@@ -53,18 +123,11 @@ class RenderView(QVTKRenderWindowInteractor):
         rw.SetSize(w, h)
         self._Iren.SetSize(w, h)
         self._Iren.ConfigureEvent()
-        self.update()
+        self.schedule_render()  # the camera's fit depends on the widget's size: recompute it
 
     def schedule_render(self) -> None:
-        """Coalesce many state changes in one event-loop turn into one render."""
-        if not self._render_pending:
-            self._render_pending = True
-            QTimer.singleShot(0, self._render_now)
-
-    def _render_now(self) -> None:
-        self._render_pending = False
-        if self.isVisible():
-            self.render_now()
+        """Coalesce many state changes into one render, drawn from the queue."""
+        RenderQueue.instance().add(self)
 
     def render_now(self) -> None:
         self.ensure_initialised()

@@ -3,7 +3,9 @@
 Gestures (DESIGN.md §5): wheel or Up/Down one slice (Shift: 10), Home/End first/last, PageUp/Down
 10; left-drag window (horizontal) / level (vertical), 1/2/3 presets; right-drag (up = in) or
 Ctrl+wheel zoom; middle-drag pan; left click moves the linked crosshair; `r` resets; double-click
-maximises (the four-up layout listens).
+maximises (the four-up layout listens). Reading tools (``ViewerState.tool``): `m` ruler, `e` ellipse
+ROI, `w` or Esc back to window/level; Delete removes the view's last measurement. The HU under the
+mouse is shown in the lower-right corner.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from vtkmodules.vtkRenderingImage import vtkImageResliceMapper
 
 from .base_view import RenderView
 from .geometry import NORMAL_AXIS
-from .overlay import SliceOverlay
+from .measure import Measurement, ellipse_stats, hu_at
+from .overlay import SliceOverlay, study_text
 from .presets import PRESET_KEYS
 from .state import ViewerState
 
@@ -38,17 +41,17 @@ def screen_axes(view: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class SliceView(RenderView):
-    def __init__(self, view: str, state: ViewerState, image, placement, parent=None):
+    def __init__(self, view: str, state: ViewerState, image, placement, parent=None, volume=None):
         super().__init__(parent)
         self.view = view
         self.state = state
+        self.volume = volume  # for the HU under the mouse, ROI statistics and the study corner
+        self._drawing: Measurement | None = None
         self.mapper = vtkImageResliceMapper()
-        self.mapper.SetInputData(image)
         self.mapper.SliceFacesCameraOn()
         self.mapper.SliceAtFocalPointOn()
         self.slice = vtkImageSlice()
         self.slice.SetMapper(self.mapper)
-        self.slice.SetUserMatrix(placement)
         self.slice.GetProperty().SetInterpolationTypeToLinear()
         self.renderer.AddViewProp(self.slice)
         self.lines = []
@@ -64,9 +67,29 @@ class SliceView(RenderView):
             self.lines.append((src, actor))
         self.overlay = SliceOverlay(self.renderer, view)
         self.renderer.GetActiveCamera().ParallelProjectionOn()
+        self.set_study(state, image, placement, volume)
+
+    def set_study(self, state: ViewerState, image, placement, volume=None) -> None:
+        """Show another study in this view (its GL window is kept: creating one costs more than a render)."""
+        self.state, self.volume, self._drawing = state, volume, None
+        self.mapper.SetInputData(image)
+        self.slice.SetUserMatrix(placement)
+        self.overlay.set_study(study_text(volume.metadata) if volume is not None else "")
         state.cursorChanged.connect(self.schedule_render)
         state.windowLevelChanged.connect(self.schedule_render)
+        state.measurementsChanged.connect(self.schedule_render)
         state.cameraChanged.connect(lambda v: v == self.view and self.schedule_render())
+        state.hoverChanged.connect(lambda v: v == self.view and self.schedule_render())
+        self.schedule_render()
+
+    def thickness_mm(self) -> float:
+        """The slice thickness this view shows: the acquired thickness on the acquisition plane (axial),
+        the reformat's step elsewhere."""
+        a = NORMAL_AXIS[self.view]
+        step = float(self.state.geometry.step[a])
+        if self.view == "axial" and self.volume is not None:
+            return float(self.volume.metadata.get("slice_thickness") or step)
+        return step
 
     # ---------------------------------------------------------------- scene
     def update_scene(self) -> None:
@@ -98,7 +121,10 @@ class SliceView(RenderView):
             src.SetPoint2(*(lift + axis * span))
             actor.GetProperty().SetColor(*colour)
         self.overlay.update(index=st.slice_index(self.view), count=st.n_slices(self.view), window=st.window,
-                            level=st.level, zoom=st.zoom[self.view], preset=st.preset_name)
+                            level=st.level, zoom=st.zoom[self.view], preset=st.preset_name,
+                            position_mm=float(st.cursor[a]), thickness_mm=self.thickness_mm(),
+                            hover=st.hover.get(self.view))
+        self.overlay.set_measurements(st.measurements_on_slice(self.view), -dop * 0.6 * float(g.step[a]))
 
     def world_at(self, x_px: float, y_px: float) -> np.ndarray:
         """LPS point under widget pixel (x, y) on this view's current slice."""
@@ -111,6 +137,45 @@ class SliceView(RenderView):
         point = np.array([wx, wy, wz]) / (ww or 1.0)
         point[NORMAL_AXIS[self.view]] = self.state.cursor[NORMAL_AXIS[self.view]]
         return point
+
+    # ---------------------------------------------------------------- reading tools
+    def mousePressEvent(self, ev):  # noqa: N802
+        if ev.button() == Qt.MouseButton.LeftButton and self.state.tool != "wl":
+            self.setFocus()
+            p = self.world_at(ev.position().x(), ev.position().y())
+            dop, right, up = screen_axes(self.view)
+            self._drawing = Measurement(self.state.tool, self.view, float(self.state.cursor[NORMAL_AXIS[self.view]]),
+                                        p, p.copy(), right, up)
+            self.state.add_measurement(self._drawing)
+            return
+        super().mousePressEvent(ev)
+
+    def mouseMoveEvent(self, ev):  # noqa: N802
+        x, y = ev.position().x(), ev.position().y()
+        if self._drawing is not None:
+            self._drawing.p2 = self.world_at(x, y)
+            self.state.update_measurement()
+            return
+        if self._press_button is None and self.volume is not None:
+            p = self.world_at(x, y)
+            self.state.set_hover(self.view, p, hu_at(self.volume, p))
+        super().mouseMoveEvent(ev)
+
+    def mouseReleaseEvent(self, ev):  # noqa: N802
+        if self._drawing is not None:
+            m, self._drawing = self._drawing, None
+            m.p2 = self.world_at(ev.position().x(), ev.position().y())
+            if m.length_mm < 1.0:  # a click, not a measurement
+                self.state.remove_last_measurement(self.view)
+                return
+            if m.kind == "ellipse" and self.volume is not None:
+                m.stats = ellipse_stats(self.volume, m)
+            self.state.update_measurement()
+            return
+        super().mouseReleaseEvent(ev)
+
+    def leaveEvent(self, ev):  # noqa: N802
+        self.state.clear_hover(self.view)
 
     # ---------------------------------------------------------------- gestures
     def on_drag(self, button, dx, dy, modifiers) -> None:
@@ -155,6 +220,14 @@ class SliceView(RenderView):
             st.last(self.view)
         elif key == Qt.Key.Key_R:
             st.reset()
+        elif key == Qt.Key.Key_M:
+            st.set_tool("ruler")
+        elif key == Qt.Key.Key_E:
+            st.set_tool("ellipse")
+        elif key in (Qt.Key.Key_W, Qt.Key.Key_Escape):
+            st.set_tool("wl")
+        elif key in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace):
+            st.remove_last_measurement(self.view)
         elif ev.text() in PRESET_KEYS:
             st.apply_preset(PRESET_KEYS[ev.text()])
         else:

@@ -12,6 +12,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from .geometry import NORMAL_AXIS, VIEWS, Geometry
+from .measure import TOOLS, Measurement
 from .presets import DEFAULT_PRESET, WindowPreset
 
 MIN_WINDOW = 1.0
@@ -23,6 +24,9 @@ class ViewerState(QObject):
     windowLevelChanged = Signal(float, float)  # window, level (HU)
     cameraChanged = Signal(str)  # view name: zoom or pan changed
     resetDone = Signal()
+    toolChanged = Signal(str)  # what a left-drag does: "wl", "ruler" or "ellipse"
+    measurementsChanged = Signal()
+    hoverChanged = Signal(str)  # view name: the point (and its HU) under the mouse changed
 
     def __init__(self, geometry: Geometry, parent: QObject | None = None):
         super().__init__(parent)
@@ -33,6 +37,9 @@ class ViewerState(QObject):
         self.preset_name: str | None = DEFAULT_PRESET.name
         self.zoom = {v: 1.0 for v in VIEWS}  # 1 = the whole study fits the view
         self.pan = {v: np.zeros(2) for v in VIEWS}  # mm along the view's screen (right, up)
+        self.tool = "wl"
+        self.measurements: list[Measurement] = []
+        self.hover: dict[str, tuple[np.ndarray, float | None]] = {}  # view -> (LPS point, HU or None)
 
     # ---------------------------------------------------------------- slices and crosshair
     def slice_index(self, view: str) -> int:
@@ -78,6 +85,44 @@ class ViewerState(QObject):
         so a lung window and a bone window both feel the same under the hand."""
         rate = max(self.window, 50.0) / 250.0  # HU per pixel
         self.set_window_level(self.window + dx_px * rate, self.level - dy_px * rate)
+
+    # ---------------------------------------------------------------- reading tools
+    def set_tool(self, tool: str) -> None:
+        if tool not in TOOLS:
+            raise ValueError(f"unknown tool {tool!r}")
+        if tool != self.tool:
+            self.tool = tool
+            self.toolChanged.emit(tool)
+
+    def add_measurement(self, m: Measurement) -> None:
+        self.measurements.append(m)
+        self.measurementsChanged.emit()
+
+    def update_measurement(self) -> None:
+        """The last measurement was changed in place (a drag in progress)."""
+        self.measurementsChanged.emit()
+
+    def remove_last_measurement(self, view: str | None = None) -> bool:
+        for i in range(len(self.measurements) - 1, -1, -1):
+            if view is None or self.measurements[i].view == view:
+                del self.measurements[i]
+                self.measurementsChanged.emit()
+                return True
+        return False
+
+    def measurements_on_slice(self, view: str) -> list[Measurement]:
+        """The measurements drawn on ``view``'s slice now on screen (within half a slice step)."""
+        a = NORMAL_AXIS[view]
+        half = float(self.geometry.step[a]) / 2.0
+        return [m for m in self.measurements if m.view == view and abs(m.position - self.cursor[a]) <= half]
+
+    def set_hover(self, view: str, point, hu: float | None) -> None:
+        self.hover = {view: (np.asarray(point, float), hu)}
+        self.hoverChanged.emit(view)
+
+    def clear_hover(self, view: str) -> None:
+        if self.hover.pop(view, None) is not None:
+            self.hoverChanged.emit(view)
 
     # ---------------------------------------------------------------- zoom / pan
     def zoom_by(self, view: str, factor: float) -> None:

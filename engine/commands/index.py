@@ -1,7 +1,8 @@
 """``speechct index add|list|remove|rebuild``: the study library on the command line.
 
 - ``index add PATH... [--dictation WAV]``: every CT series under each PATH (a DICOM folder or
-  file, a NIfTI file, or a folder tree of studies) is encoded with the bundle's CT encoder and
+  file, a NIfTI file, a folder tree of studies, or ``pacs://SERVER/STUDY_UID[/SERIES_UID]``: the
+  study is fetched into the PACS cache first, see :mod:`engine.pacs.retrieve`) is encoded with the bundle's CT encoder and
   added (one transaction per series; a rerun skips what is there, so a killed import resumes).
   Unreadable studies are skipped with a one-line reason each. ``--dictation`` (one PATH only,
   read as one series) also stores the embedding of its spoken report.
@@ -49,7 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     sub = parser.add_subparsers(dest="index_command", required=True, metavar="ACTION")
 
     add = sub.add_parser("add", help="encode and add CT studies (DICOM folders/files, NIfTI, folder trees)")
-    add.add_argument("paths", nargs="+", metavar="PATH")
+    add.add_argument("paths", nargs="+", metavar="PATH", help="DICOM folder/file, NIfTI file, folder tree, or "
+                     "pacs://SERVER/STUDY_UID[/SERIES_UID] (a server of the PACS settings file)")
     add.add_argument("--dictation", metavar="WAV", help="the spoken report of the study (one PATH only)")
     add.add_argument("--series", metavar="UID", help="with --dictation: which series of PATH")
     add.add_argument("--json", action="store_true", help="print one JSON object (module docstring)")
@@ -88,6 +90,14 @@ def run_add(args: argparse.Namespace) -> int:
         raise SpeechCTError("--dictation goes with exactly one study PATH")
     if args.series and not args.dictation:
         raise SpeechCTError("--series goes with --dictation (a folder import adds every series)")
+    from engine.pacs.retrieve import is_pacs_uri
+
+    if any(is_pacs_uri(p) for p in args.paths):  # pacs://SERVER/STUDY_UID[/SERIES_UID]: into the cache first
+        from engine.commands.pacs import progress_printer
+        from engine.pacs.retrieve import fetch_uri
+
+        show = progress_printer(not args.json and sys.stderr.isatty())
+        args.paths = [str(fetch_uri(p, progress=show)[0]) if is_pacs_uri(p) else p for p in args.paths]
     for path in args.paths:
         if not Path(path).exists():
             raise StudyError("does not exist", path)

@@ -1,4 +1,4 @@
-"""``speechct rank --ct PATH [--audio WAV] [--json] [--series UID] [--similar K --library DIR]``.
+"""``speechct rank --ct PATH [--audio WAV] [--json] [--series UID] [--similar K --library DIR] [--sr OUT.dcm]``.
 
 The main job: the 18 findings of one CT study ranked by P(present) (the bundle's zero-shot prompts,
 CT-CLIP's pair softmax) against the bundle's thresholds; with ``--audio`` also what the dictation
@@ -33,6 +33,10 @@ Timings per stage are printed (model loading is reported apart from the encoding
       "cached": {"ct": bool}
     }
 
+``--ct pacs://SERVER/STUDY_UID[/SERIES_UID]`` fetches the study into the PACS cache first
+(:mod:`engine.pacs.retrieve`). ``--sr OUT.dcm`` also writes the findings as a DICOM SR
+(:mod:`engine.report_sr`; ``--sr-dictation`` adds the dictation check).
+
 ``dictation``/``discrepancies`` are null without ``--audio`` (and when the bundle has no
 dictation head); audio without speech (``engine.speech_presence``) is an error, "no speech heard in
 WAV" (exit 2), never read as a dictation; ``similar`` is null without ``--similar``. Discrepancy kinds: ``negated`` (image
@@ -43,6 +47,7 @@ positive, dictation says absent), ``omitted`` (image positive, not mentioned), `
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from engine.commands.engine_options import (
@@ -68,6 +73,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--similar", type=int, default=0, metavar="K",
                         help="also list the K most similar studies of the library")
     parser.add_argument("--json", action="store_true", help="print one JSON object (schema in the module docstring)")
+    parser.add_argument("--sr", metavar="OUT.dcm", help="also write the findings as a DICOM SR (TID 1500, "
+                        "unverified AI output; a DICOM study only; send it with `speechct pacs send`)")
+    parser.add_argument("--sr-dictation", action="store_true",
+                        help="with --sr and --audio: put the dictation check in the SR too")
     add_engine_arguments(parser, library=True)
     parser.set_defaults(func=run)
     return parser
@@ -135,20 +144,37 @@ def run(args: argparse.Namespace) -> int:
 
     if args.similar < 0:
         raise SpeechCTError(f"--similar must be >= 0, got {args.similar}")
+    if args.sr_dictation and not (args.sr and args.audio):
+        raise SpeechCTError("--sr-dictation goes with --sr and --audio")
     waveform = None
     if args.audio:  # fail on a bad file, or one without speech, before loading models
         from engine.speech_presence import require_speech
 
         waveform = load_audio(args.audio)
         require_speech(waveform, 16_000, args.audio)
+    ct, series = Path(args.ct), args.series
+    from engine.pacs.retrieve import is_pacs_uri
+
+    if is_pacs_uri(args.ct):  # pacs://SERVER/STUDY_UID[/SERIES_UID]: into the cache, then read from there
+        from engine.commands.pacs import progress_printer
+        from engine.pacs.retrieve import fetch_uri
+
+        ct, uri_series, _ = fetch_uri(args.ct, progress=progress_printer(not args.json and sys.stderr.isatty()))
+        series = series or uri_series
     engine = make_engine(args)
-    analysis = engine.analyze(Path(args.ct), waveform, 16_000 if waveform is not None else None,
-                              series=args.series, similar_k=args.similar, audio_path=args.audio)
+    analysis = engine.analyze(ct, waveform, 16_000 if waveform is not None else None,
+                              series=series, similar_k=args.similar, audio_path=args.audio)
     out = analysis.to_json()
     result = {"schema": out.pop("schema"),
               "inputs": {"ct": str(args.ct), "series": args.series, "audio": args.audio}, **out}
+    if args.sr:
+        from engine.report_sr import sr_for_result, write_sr
+
+        write_sr(sr_for_result(result, dictation=args.sr_dictation), args.sr)
     if args.json:
         print_json(result)
     else:
         say(format_text(result))
+        if args.sr:
+            say(f"\nSR       {args.sr} (unverified AI findings; `speechct pacs send {args.sr}` stores it)")
     return 0

@@ -71,7 +71,61 @@ def test_push_to_talk_key_holds_recording(qtbot, window):
                                              "", True))  # auto-repeat while held: ignored
     assert window.dictation.kind == "dictation"
     QApplication.sendEvent(target, QKeyEvent(QEvent.Type.KeyRelease, Qt.Key.Key_F4, Qt.KeyboardModifier.NoModifier))
-    assert window.dictation.kind is None
+    qtbot.waitUntil(lambda: window.dictation.kind is None, timeout=2000)
+
+
+def test_x_key_auto_repeat_pairs_do_not_cut_a_held_dictation(qtbot, window):
+    """X delivers auto-repeat as release + press pairs that Qt does not mark as auto-repeat (660 ms after
+    the press, then 25 a second). A 3 s hold must give one recording of about 3 s, not dozens of
+    fragments ("Too short, ignored") that replace the last good dictation check."""
+    from PySide6.QtCore import QEvent, Qt
+    from PySide6.QtGui import QKeyEvent
+    from PySide6.QtWidgets import QApplication
+
+    window.dictation.source_factory = lambda: FileSource(sample_studies()[0].parent / "dictation.wav", realtime=True)
+    window.activateWindow()
+    target = window.studies.list
+    f4 = Qt.Key.Key_F4
+
+    def key(kind):
+        QApplication.sendEvent(target, QKeyEvent(kind, f4, Qt.KeyboardModifier.NoModifier))
+
+    finished = []
+    window.dictation.dictationFinished.connect(lambda *a: finished.append(a))
+    started = time.perf_counter()
+    key(QEvent.Type.KeyPress)
+    qtbot.wait(660)
+    while time.perf_counter() - started < 3.0:
+        key(QEvent.Type.KeyRelease)  # the pair X sends for each repeat, neither marked as auto-repeat
+        key(QEvent.Type.KeyPress)
+        assert window.dictation.kind == "dictation"
+        qtbot.wait(40)
+    key(QEvent.Type.KeyRelease)
+    qtbot.waitUntil(lambda: window.dictation.kind is None, timeout=2000)
+    qtbot.waitUntil(lambda: bool(finished), timeout=5000)
+    qtbot.wait(300)
+    assert len(finished) == 1 and "Too short" not in window.dictation.state_label.text()
+    assert 2.7 * 16_000 < len(finished[0][1]) < 3.8 * 16_000
+    assert len(list((window.settings.recordings()).glob("*.wav"))) == 1  # one WAV, not one per repeat
+
+
+def test_silence_is_not_a_dictation_and_the_previous_check_stays(qtbot, window, tmp_path):
+    import soundfile as sf
+
+    silent = tmp_path / "silence.wav"
+    sf.write(silent, np.zeros(3 * 16_000, np.float32), 16_000)
+    window.dictation.source_factory = lambda: FileSource(silent)
+    shown = []
+    window.dictationShown.connect(shown.append)
+    window.findings.show_results([], title="previous check: ")
+    before = window.findings.header.text()
+    assert window.dictation.begin()
+    qtbot.waitUntil(window.dictation.recorder.source.finished.is_set, timeout=10_000)
+    window.dictation.end()
+    qtbot.wait(300)
+    assert not shown and window.findings.header.text() == before
+    assert "No speech heard" in window.dictation.state_label.text()
+    assert "No speech heard" in window.activity.text()
 
 
 @pytest.mark.slow  # loads the Whisper backbone (~40 s on this shared CPU)

@@ -219,7 +219,10 @@ def test_findings_panel_greys_findings_the_image_model_cannot_check(qtbot):
     assert "AUROC" in panel.table.item(1, 0).toolTip() and "0.55" in panel.table.item(1, 0).toolTip()
     assert panel.table.item(0, 0).foreground().color() != UNCHECKED_COLOUR
     assert "validation AUROC 0.93" in panel.table.cellWidget(0, 1).toolTip()
-    assert panel.header.text() == "2 of 2 findings above threshold, 0 discrepancies; 1 weak (grey)"
+    assert panel.header.text() == "2 of 2 findings above threshold, 0 discrepancies; 1 not checked (weak image model)"
+    # said in words, not only in grey, with what was dictated
+    assert panel.table.item(1, 2).text() == "not checked · dictated absent"
+    assert panel.table.item(0, 2).text() == "dictated absent"
 
 
 def test_weak_findings_are_greyed_before_any_dictation(qtbot):
@@ -235,7 +238,22 @@ def test_weak_findings_are_greyed_before_any_dictation(qtbot):
     assert panel.table.item(0, 0).foreground().color() != UNCHECKED_COLOUR
     assert "weak" in panel.table.item(1, 0).toolTip()
     assert [panel.table.cellWidget(r, 1).weak for r in range(2)] == [False, True]  # its bar is muted too
-    assert panel.header.text() == "2 of 2 findings above threshold; 1 weak (grey)"
+    assert panel.header.text() == "2 of 2 findings above threshold; 1 not checked (weak image model)"
+    assert panel.table.item(1, 2).text() == "not checked" and panel.table.item(0, 2).text() == ""
+
+
+def test_a_hedged_mention_is_shown_as_uncertain_never_as_omitted(qtbot):
+    from desktop.panels.findings import DISCREPANCY_COLOUR, FindingsPanel
+    from engine.findings import DictationFinding, FindingScore
+
+    panel = FindingsPanel()
+    qtbot.addWidget(panel)
+    findings = [FindingScore("Emphysema", 0.9, 0.5, True, 0.93), FindingScore("Lung nodule", 0.7, 0.5, True, 0.9)]
+    dictation = [DictationFinding("Emphysema", "uncertain", 0.8, {}), DictationFinding("Lung nodule", "present", 0.9, {})]
+    panel.show_results(findings, dictation, [])
+    assert panel.table.item(0, 2).text() == "uncertain (hedged)"
+    assert panel.table.item(0, 0).background().color() != DISCREPANCY_COLOUR
+    assert "1 dictated as uncertain" in panel.header.text()
 
 
 def test_probability_bars_follow_their_column_when_the_dictation_column_grows(qtbot):

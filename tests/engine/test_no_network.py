@@ -1,6 +1,6 @@
-"""``speechct rank`` (CT + dictation) opens no socket: run it in a fresh process whose socket module
-refuses to create or connect anything, with every attempt logged to a file, and check that the
-command still succeeds and nothing was attempted."""
+"""``speechct rank`` (CT + dictation) uses no network: run it in a fresh process whose socket module
+refuses every connection, send, name lookup and non-loopback bind, with every attempt logged to a file,
+and check that the command still succeeds and nothing was attempted."""
 
 from __future__ import annotations
 
@@ -33,15 +33,19 @@ def _refuse(what):
 
 
 class _NoSocket(socket.socket):
-    def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
-        if family != -1 and family == getattr(socket, "AF_UNIX", None):
-            super().__init__(family, type, proto, fileno)  # local IPC is not network
-            return
-        _refuse("socket")(self, family, type)
+    """Creating a socket is not network traffic (urllib3 probes IPv6 support at import by binding one to
+    ::1): connecting, sending and name lookups are refused, binding only to loopback."""
+
+    def bind(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if self.family != getattr(socket, "AF_UNIX", None) and host not in ("::1", "127.0.0.1", "localhost"):
+            _refuse("bind")(self, address)
+        return super().bind(address)
 
 
 _NoSocket.connect = _refuse("connect")
 _NoSocket.connect_ex = _refuse("connect_ex")
+_NoSocket.sendto = _refuse("sendto")
 socket.socket = _NoSocket
 socket.create_connection = _refuse("create_connection")
 socket.getaddrinfo = _refuse("getaddrinfo")

@@ -84,12 +84,12 @@ def test_reference_spread_shrinks_with_set_size(n):
     assert small["floor"] == pytest.approx(small["value"] - 3 * small["std"])
 
 
-#: the dictation goal (issue 5): macro F1 over present / absent / not mentioned on held-out voices
-DICTATION_GOAL = 0.9
+#: the dictation goal on the training wording (the dictation-reader issue): macro F1 over the mention states
+DICTATION_GOAL = 0.95
 
 
 def _dictation(plan):
-    """A fresh study's Findings in the training phrasings, read by a held-out voice at a random rate."""
+    """A fresh study's dictation in the training wording, read by a held-out voice at a random rate."""
     from train.synth.reports import write_report
     from train.synth.speechrate import _draw_reading
     from train.synth.voices import speak, valid_voices
@@ -97,31 +97,32 @@ def _dictation(plan):
     kernel = "standard" if plan.recon == 1 else "sharp"
     p = make_phantom(plan.seed, plan.labels, size="small", sex=plan.sex, age=plan.age, kernel=kernel,
                      recon=plan.recon - 1)
-    report = write_report(p.findings, phrase_set="A", seed=plan.report_seed, contrast=p.patient["contrast"])
+    report = write_report(p.findings, wording="train", seed=plan.report_seed, contrast=p.patient["contrast"])
     voice, rate, pitch = _draw_reading(np.random.default_rng([FRESH_SEED, plan.seed]), valid_voices())
-    return speak(report.findings, voice, rate, pitch), np.array([report.mentions[lab] for lab in LABELS])
+    return speak(report.dictation, voice, rate, pitch), [report.mentions[lab] for lab in LABELS]
 
 
 def test_default_bundle_hears_fresh_dictations_in_held_out_voices():
-    """The bundle's dictation head on 24 fresh reports read by voices no training study used: what
-    the radiologist said about each finding (present / absent / not mentioned), macro F1 over
-    classes must meet the goal. The phrasings are the training ones: a speech-only head cannot know
-    words it never heard (README, "Model bundle", for the held-out-phrasing numbers)."""
-    from sklearn.metrics import f1_score
-
+    """The bundle's dictation head on 24 fresh dictations in the training wording, read by voices no
+    training study used: macro F1 over the mention states must meet the goal (README, "Model bundle",
+    for the held-out wording). A bundle whose head has three states predates the report grammar and its
+    four mention states: it is not scored against them."""
     from engine.models.dictation import CLASSES
+    from train.metrics import dictation_f1
 
+    engine = Engine(device="cpu", cache_dir=False)
+    assert engine.has_dictation_head
+    if tuple(engine.bundle.manifest["dictation_head"]["classes"]) != CLASSES:
+        pytest.skip("the installed bundle's dictation head has three states: it predates the report grammar "
+                    "(retrain with make bundle)")
     plans = [p for p in plan_dataset(40, 0, FRESH_SEED + 1) if p.split == "train"][:24]
     with ProcessPoolExecutor(max_workers=2) as pool:
         items = list(pool.map(_dictation, plans))
-    engine = Engine(device="cpu", cache_dir=False)
-    assert engine.has_dictation_head
     predicted, said = [], []
     for wave, mentions in items:
         emb, frames = engine.encode_speech_frames(wave, 16_000)
         predicted.append([CLASSES.index(d.status) for d in engine.dictation(emb, frames)])
-        said.append([{1: 0, 0: 1, -1: 2}[int(m)] for m in mentions])
-    per_class = f1_score(np.ravel(said), np.ravel(predicted), labels=[0, 1, 2], average=None)
-    print(f"dictation on {len(items)} fresh held-out-voice reports: macro F1 {per_class.mean():.3f} "
-          f"(present/absent/not mentioned {per_class.round(3).tolist()})")
-    assert per_class.mean() >= DICTATION_GOAL, per_class
+        said.append([CLASSES.index(m) for m in mentions])
+    out = dictation_f1(np.array(predicted), np.array(said), CLASSES, LABELS)
+    print(f"dictation on {len(items)} fresh held-out-voice reports: macro F1 {out['macro_f1']:.3f} {out['per_class']}")
+    assert out["macro_f1"] >= DICTATION_GOAL, out["per_class"]

@@ -125,7 +125,7 @@ def test_frame_dictation_head_fits_on_the_students_frames(run, tmp_path):
         torch.testing.assert_close(cached.float(), fresh, atol=0.05, rtol=0.02)
     with torch.no_grad():
         logits = again.eval()(*pad_utterances(frames))
-    assert logits.shape == (2, 18, 3) and torch.isfinite(logits).all()
+    assert logits.shape == (2, 18, 4) and torch.isfinite(logits).all()
 
 
 def test_cached_frozen_work_is_reused(run):
