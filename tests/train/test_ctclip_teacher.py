@@ -157,8 +157,8 @@ def test_student_export_and_rank_on_the_ctclip_teacher(ctclip, run, monkeypatch,
 
     monkeypatch.setenv("SPEECHCT_EMBEDDING_CACHE", str(run / "emb"))
     volume = next((data / "ct-rate").rglob("valid_1_a_1.nii.gz"))
-    # the fixture's dictations are 0.6 s tones, which rank refuses as "no speech heard": a spoken sample instead
-    wav = Path(__file__).resolve().parents[2] / "assets" / "samples" / "study-001" / "dictation.wav"
+    # a spoken dictation (the training fixture's clips are tones, which the engine refuses as no speech)
+    wav = Path(__file__).resolve().parents[2] / "assets" / "samples" / "study-002" / "dictation.wav"
     code = engine_main(["rank", "--bundle", str(bundle), "--ct", str(volume), "--audio", str(wav), "--json",
                         "--threads", "1"])
     out, err = capsys.readouterr()
