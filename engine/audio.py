@@ -29,6 +29,8 @@ N_FFT = 400
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
 WINDOW_FRAMES = 3000  # 30 s: what Whisper's encoder was trained on
 OVERLAP_FRAMES = 200  # 2 s
+#: Sample rates outside this range (Hz) are not audio (a corrupt header).
+MIN_RATE, MAX_RATE = 1000, 768_000
 #: The smallest waveform log_mel accepts: one STFT window (25 ms).
 MIN_SAMPLES = N_FFT
 
@@ -54,6 +56,8 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise AudioError(f"cannot decode audio ({reason})", path) from exc
     if samples.shape[0] == 0:
         raise AudioError("audio file holds no samples (zero length)", path)
+    if not MIN_RATE <= sample_rate <= MAX_RATE:
+        raise AudioError(f"sample rate {sample_rate} Hz is not an audio rate ({MIN_RATE}-{MAX_RATE} Hz)", path)
     if not np.isfinite(samples).all():
         raise AudioError("audio file holds NaN or infinite samples", path)
     return to_16k(samples, sample_rate)
@@ -69,8 +73,9 @@ def to_16k(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
         waveform = waveform.mean(axis=1, dtype=np.float32)
     elif waveform.ndim != 1:
         raise AudioError(f"waveform must be [samples] or [samples, channels], got shape {waveform.shape}")
-    if int(sample_rate) != sample_rate or sample_rate <= 0:
-        raise AudioError(f"sample rate must be a positive integer, got {sample_rate}")
+    if int(sample_rate) != sample_rate or not MIN_RATE <= sample_rate <= MAX_RATE:
+        # a 1 Hz "rate" would be resampled 16000-fold: minutes and gigabytes for nothing
+        raise AudioError(f"sample rate must be an integer audio rate ({MIN_RATE}-{MAX_RATE} Hz), got {sample_rate}")
     sample_rate = int(sample_rate)
     if sample_rate != SAMPLE_RATE and waveform.size:
         divisor = math.gcd(sample_rate, SAMPLE_RATE)

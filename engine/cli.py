@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from engine.errors import SpeechCTError
+from engine.errors import SpeechCTError, one_line
+
+#: Set to see the traceback of an unexpected error instead of its one line.
+ENV_DEBUG = "SPEECHCT_DEBUG"
 
 #: Modules that each define ``add_parser(subparsers)``.
 COMMAND_MODULES = (
@@ -38,22 +42,40 @@ def build_parser(
     return parser
 
 
-def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None = None, *, interrupted: str = "interrupted") -> int:
-    """Parse, run ``func``, and turn engine errors into one line + exit 2 (shared with ``speechct-train``)."""
+def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None = None, *, interrupted: str = "interrupted",
+               catch_all: bool = False) -> int:
+    """Parse, run ``func``, and turn engine errors into one line + exit 2 (shared with ``speechct-train``).
+
+    ``catch_all``: OS errors (a full disk, an I/O error) and unexpected exceptions too become one line
+    and exit 2 (``$SPEECHCT_DEBUG`` set: the traceback); ``speechct`` sets it, training keeps its tracebacks."""
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except SpeechCTError as exc:
-        # One line whatever the message holds (library texts can carry newlines).
-        print(f"{parser.prog}: error: " + " ".join(str(exc).split()), file=sys.stderr)
+        # One printable line whatever the message holds (library texts carry newlines, file names
+        # undecodable bytes, headers escape sequences).
+        print(f"{parser.prog}: error: " + one_line(exc, 0), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: {interrupted}", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if not catch_all:
+            raise
+        # a full disk, a vanished file, an I/O error no reader turned into its own line
+        where = f"{one_line(os.fsdecode(exc.filename), 0)}: " if exc.filename else ""
+        print(f"{parser.prog}: error: {where}{one_line(exc.strerror or exc, 0)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the CLI promises one line, never a traceback
+        if not catch_all or os.environ.get(ENV_DEBUG):
+            raise
+        print(f"{parser.prog}: error: unexpected {type(exc).__name__}: {one_line(exc, 0)} "
+              f"(a bug: set {ENV_DEBUG}=1 for the traceback)", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_parser(build_parser(), argv)
+    return run_parser(build_parser(), argv, catch_all=True)
 
 
 if __name__ == "__main__":

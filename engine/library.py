@@ -54,6 +54,8 @@ folder (SQLite WAL); a process sees another's commits at its next search.
 
 from __future__ import annotations
 
+import re
+import sqlite3
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -66,9 +68,12 @@ from engine.errors import DataError, SpeechCTError, SpeechCTWarning
 from engine.library_store import (
     DB_NAME,
     VECTOR_KINDS,
+    ForeignDatabase,
     StudyRecord,
     connect,
+    db_text,
     decode_vectors,
+    from_db,
     insert_study,
     put_vector,
     select_records,
@@ -113,6 +118,18 @@ def default_library_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("speechct")) / "library"
+
+
+def check_library_location(path) -> None:
+    """A library is a local folder. A URL (``postgresql://...``) would otherwise become a folder named
+    ``postgresql:`` in the working directory: refuse it, saying what is and is not available."""
+    text = "" if path is None else str(path)
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
+    if scheme is None:
+        return
+    if scheme.group(1).lower() in ("postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
+        raise DataError("a PostgreSQL library is not supported yet; give a local library folder", text)
+    raise DataError(f"a library must be a local folder, not a {scheme.group(1)}:// URL", text)
 
 
 def query_uids(volume: Volume, series: str | None = None) -> set[str]:
@@ -161,6 +178,11 @@ class RebuildReport:
     dictations_dropped: list[str] = field(default_factory=list)  # uids whose dictation vector was removed
 
 
+class LibraryWriteError(DataError):
+    """The library file cannot be written (disk full, I/O error, locked): every further add would fail
+    too, so batch imports stop at the first one."""
+
+
 class Library:
     """A folder of studies and their embeddings; see the module docstring for the rules."""
 
@@ -179,6 +201,7 @@ class Library:
             raise DataError("the FAISS backend needs the faiss-cpu package (pip install faiss-cpu)")
         if not bundle_hash:
             raise ValueError("bundle_hash must be a non-empty string")
+        check_library_location(path)
         self.folder = Path(path) if path is not None else default_library_dir()
         self.bundle_hash = str(bundle_hash)
         self.dim = int(dim)
@@ -188,6 +211,9 @@ class Library:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._conn = connect(self.folder / DB_NAME)
+        except ForeignDatabase as exc:
+            raise DataError(f"{exc}; refusing to use it as the study library (nothing was written)",
+                            self.folder / DB_NAME) from exc
         except (OSError, SpeechCTError) as exc:
             raise DataError(f"cannot open the study library ({exc})", self.folder) from exc
         except Exception as exc:  # sqlite3.DatabaseError: not a database, locked, ...
@@ -261,19 +287,38 @@ class Library:
 
     # ------------------------------------------------------------------ transactions
     class _Txn:
-        def __init__(self, conn):
+        """One write transaction. A database error (disk full, I/O error, locked too long) rolls it
+        back, so nothing half-written stays, and becomes a :class:`LibraryWriteError` naming the file."""
+
+        def __init__(self, conn, db_path: Path):
             self.conn = conn
+            self.db_path = db_path
 
         def __enter__(self):
-            self.conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+            except sqlite3.Error as exc:
+                raise LibraryWriteError(f"cannot write the study library ({exc})", self.db_path) from exc
             return self.conn
 
         def __exit__(self, exc_type, exc, tb):
-            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                try:
+                    self.conn.execute("COMMIT")
+                    return False
+                except sqlite3.Error as commit_error:
+                    exc = commit_error
+            if self.conn.in_transaction:
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite already rolled back (it does on SQLITE_FULL)
+            if isinstance(exc, sqlite3.Error):
+                raise LibraryWriteError(f"cannot write the study library ({exc})", self.db_path) from exc
             return False
 
     def _transaction(self) -> Library._Txn:
-        return Library._Txn(self._conn)
+        return Library._Txn(self._conn, self.folder / DB_NAME)
 
     def close(self) -> None:
         with self._lock:
@@ -297,13 +342,13 @@ class Library:
 
     def _find(self, ident: str) -> tuple[int, StudyRecord] | None:
         """By uid, else SeriesInstanceUID, else stored path (the first match, in that order)."""
-        ident = str(ident)
+        ident = db_text(str(ident))
         for where in ("WHERE s.uid = ?", "WHERE s.series_uid = ?", "WHERE s.path = ?"):
             found = select_records(self._conn, where, (ident,))
             if found:
                 return found[0]
-        if Path(ident).exists():
-            found = select_records(self._conn, "WHERE s.path = ?", (str(Path(ident).resolve()),))
+        if Path(from_db(ident)).exists():
+            found = select_records(self._conn, "WHERE s.path = ?", (db_text(str(Path(from_db(ident)).resolve())),))
             if found:
                 return found[0]
         return None
@@ -320,7 +365,7 @@ class Library:
     def has_path(self, path: str | Path) -> bool:
         with self._lock:
             q = "SELECT 1 FROM studies WHERE path = ? LIMIT 1"
-            return self._conn.execute(q, (str(Path(path).resolve()),)).fetchone() is not None
+            return self._conn.execute(q, (db_text(str(Path(path).resolve())),)).fetchone() is not None
 
     def remove(self, uid: str) -> StudyRecord:
         """Remove one study and its vectors (one transaction); DataError when it is not there."""
@@ -352,8 +397,13 @@ class Library:
         dictation_path: str | Path | None = None,
         dictation_embedding=None,
         series: str | None = None,
-    ) -> StudyRecord:
+        replace: bool = True,
+    ) -> StudyRecord | None:
         """Add (or update) one CT series with its CT embedding and optional dictation; one transaction.
+
+        ``replace=False``: a study already present is left as it is and None is returned; the check
+        and the insert are one write transaction, so of several processes adding the same study
+        exactly one adds it (a batch import counts the others as "already in the library").
 
         ``volume_or_path``: a loaded Volume, or a path that :func:`engine.io.load_volume` reads (with
         ``series``). The key is :func:`study_key`: adding a series already present replaces its CT
@@ -377,6 +427,8 @@ class Library:
                 old = self._conn.execute(
                     "SELECT id, added_at FROM studies WHERE uid = ?", (rec.uid,)
                 ).fetchone()
+                if old is not None and not replace:
+                    return None
                 if old is None:
                     sid = insert_study(self._conn, rec)
                 else:  # same series again: new vectors and metadata, same row id and added_at
@@ -511,7 +563,7 @@ class Library:
         return out
 
     def _excluded_ids(self, exclude_uids: Iterable[str]) -> np.ndarray:
-        idents = sorted({str(u) for u in exclude_uids if u})
+        idents = sorted({db_text(str(u)) for u in exclude_uids if u}, key=repr)
         if not idents:
             return np.empty(0, np.int64)
         marks = ", ".join("?" * len(idents))

@@ -11,6 +11,7 @@ study either fully in the library (row + vectors) or absent; the next run skips 
 from __future__ import annotations
 
 import os
+import sqlite3
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +40,7 @@ def find_study_units(root: str | Path) -> tuple[list[Path], list[tuple[str, str]
     root = Path(root).resolve()
     if not root.exists():
         raise StudyError("does not exist", root)
-    if root.is_file():
+    if not root.is_dir():  # a file, or a FIFO / socket / device that load_volume refuses by name
         return [root], [], 0
     units: list[Path] = []
     unreadable: list[tuple[str, str]] = []
@@ -88,12 +89,14 @@ def import_tree(
     """Add every CT series under ``root`` to ``library``; returns an :class:`engine.library.ImportReport`.
 
     Unreadable studies are skipped with a one-line reason each (printed above the progress bar
-    when ``progress``); non-CT series and localizers are skipped and named. ``encode_ct`` may raise
-    a :class:`SpeechCTError` for one study (it is then skipped); any other exception stops the import
-    (studies already added stay added).
+    when ``progress``); non-CT series and localizers are skipped and named. Whatever one study raises
+    (a :class:`SpeechCTError`, or an unexpected error of a reader or ``encode_ct``) fails that study
+    only: the import goes on with the next. Only the library itself stops it: a database error (disk
+    full, locked, corrupt) or a library that refuses every add (made with another bundle); studies
+    already added stay added.
     """
     from engine.io import list_series, load_volume
-    from engine.library import ImportReport
+    from engine.library import ImportReport, LibraryWriteError
 
     report = ImportReport()
     units, unreadable, report.ignored_files = find_study_units(root)
@@ -128,11 +131,23 @@ def import_tree(
                         report.already.append(info.uid)
                         continue
                     embedding = encode_ct(volume)
-                record = library.add_study(volume, embedding, series=None if is_nifti else info.uid)
+                # check-then-add in one transaction: a concurrent import of the same tree adds it once
+                record = library.add_study(volume, embedding, series=None if is_nifti else info.uid, replace=False)
             except SpeechCTError as exc:
-                if isinstance(exc, DataError) and library.built_with != library.bundle_hash:
-                    raise  # the library refuses every add: stop now, with its message
-                _fail(report, progress, where, exc.message if exc.path else str(exc))
+                if isinstance(exc, LibraryWriteError) or (
+                        isinstance(exc, DataError) and library.built_with != library.bundle_hash):
+                    raise  # the library refuses every add (disk full, another bundle): stop now, with its message
+                # the reason names the file when it is not the study itself (one slice of a folder)
+                inside = exc.path is not None and exc.path not in (str(unit), info.uid)
+                _fail(report, progress, where, str(exc) if inside or not exc.path else exc.message)
+                continue
+            except sqlite3.Error:
+                raise  # the library cannot be written (full disk, locked, corrupt): no point going on
+            except Exception as exc:  # noqa: BLE001 - one study's surprise must not stop the batch
+                _fail(report, progress, where, f"unexpected {type(exc).__name__}: {one_line(exc)}")
+                continue
+            if record is None:
+                report.already.append(info.uid)
                 continue
             report.added.append(record.uid)
             report.warnings.extend(str(w.message) for w in caught if issubclass(w.category, SpeechCTWarning))

@@ -27,6 +27,7 @@ metadata of :data:`engine.volume.SAFE_METADATA_KEYS`).
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -79,9 +80,52 @@ _STUDY_COLUMNS = (
 )
 
 
+#: The tables (and the columns) a library file holds; any other table means another program's file.
+LIBRARY_TABLES = {
+    "meta": {"key", "value"},
+    "studies": {c.strip() for c in ("id, " + _STUDY_COLUMNS).split(",")},
+    "vectors": {"study_id", "kind", "dtype", "vector"},
+}
+
+
+class ForeignDatabase(Exception):
+    """The file is SQLite but not a SpeechCT library (or one of a newer schema); nothing was written."""
+
+
+def check_schema(conn: sqlite3.Connection) -> None:
+    """Read-only: raise :class:`ForeignDatabase` unless the file is empty or a library of our schema.
+
+    Runs before anything is written, so a foreign file is left exactly as it was (no WAL switch, no
+    ``meta`` table)."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+              if not r[0].startswith("sqlite_")}
+    if not tables and version == 0:
+        return  # a new (or empty) file: ours to create
+    if version > SCHEMA_VERSION:
+        raise ForeignDatabase(f"made by a newer SpeechCT (library schema {version}, this one reads {SCHEMA_VERSION})")
+    other = sorted(tables - set(LIBRARY_TABLES))
+    missing = sorted(set(LIBRARY_TABLES) - tables)
+    if other or missing:
+        found = ", ".join(sorted(tables)) or "none"
+        raise ForeignDatabase(f"is an SQLite database but not a SpeechCT library (tables: {found})")
+    for table, expected in LIBRARY_TABLES.items():
+        columns = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if not expected <= columns:
+            raise ForeignDatabase(f"table {table} lacks columns {', '.join(sorted(expected - columns))}: "
+                                  "not a SpeechCT library")
+
+
 def connect(db_path: Path) -> sqlite3.Connection:
-    """Open (creating) the library database: WAL, foreign keys on, autocommit (explicit BEGINs)."""
+    """Open (creating) the library database: WAL, foreign keys on, autocommit (explicit BEGINs).
+
+    A file that is not a library (:func:`check_schema`) raises :class:`ForeignDatabase` untouched."""
     conn = sqlite3.connect(str(db_path), timeout=30.0, isolation_level=None, check_same_thread=False)
+    try:
+        check_schema(conn)
+    except BaseException:
+        conn.close()
+        raise
     conn.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a killed process never loses a committed transaction; only a power cut
     # may drop the last few, and the file stays consistent either way.
@@ -123,8 +167,26 @@ class StudyRecord:
         return d
 
 
+def db_text(value):
+    """``value`` as SQLite can store it: a str that is not valid UTF-8 (a file name with undecodable
+    bytes, which Python holds as surrogate escapes) goes in as its raw bytes, so it round-trips exactly
+    and still matches itself in ``WHERE path = ?``; everything else unchanged."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return os.fsencode(value)
+    return value
+
+
+def from_db(value):
+    """The inverse of :func:`db_text`."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
 def record_from_row(row: tuple, has_dictation: bool) -> StudyRecord:
     """A StudyRecord from the ``_STUDY_COLUMNS`` values (spacing stored as three columns)."""
+    row = tuple(from_db(v) for v in row)
     sz, sy, sx = row[10:13]
     spacing = (sz, sy, sx) if sz is not None else None
     return StudyRecord(*row[:10], spacing, *row[13:], has_dictation=has_dictation)
@@ -144,7 +206,11 @@ def select_records(
 
 
 def _study_values(rec: StudyRecord) -> tuple:
-    """The record's values in ``_STUDY_COLUMNS`` order."""
+    """The record's values in ``_STUDY_COLUMNS`` order, as stored (:func:`db_text`)."""
+    return tuple(db_text(v) for v in _raw_values(rec))
+
+
+def _raw_values(rec: StudyRecord) -> tuple:
     return (
         rec.uid,
         rec.study_uid,

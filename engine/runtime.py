@@ -68,6 +68,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -77,7 +78,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.errors import AudioError, BundleError, SpeechCTError
+from engine.errors import AudioError, BundleError, SpeechCTError, SpeechCTWarning
 from engine.findings import (
     RELIABLE_AUROC,
     DictationFinding,
@@ -216,6 +217,7 @@ class _EmbeddingCache:
         self.size = size
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self._write_failed = False
 
     def _file(self, key: str) -> Path | None:
         if self.folder is None:
@@ -242,14 +244,19 @@ class _EmbeddingCache:
         path = self._file(key)
         if path is None:
             return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             with open(tmp, "wb") as fh:
                 np.save(fh, vec, allow_pickle=False)
             os.replace(tmp, path)
-        except OSError as exc:  # a read-only cache folder costs speed, not correctness
-            log.warning("embedding cache not written (%s): %s", path.parent, exc)
+        except OSError as exc:  # a full or read-only cache folder costs speed, not correctness
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # never a half-written file left behind
+            if not self._write_failed:  # said once per cache, not once per study
+                self._write_failed = True
+                warnings.warn(f"{path.parent}: embedding cache not written ({exc.strerror or exc}); "
+                              "embeddings are recomputed next time", SpeechCTWarning, stacklevel=2)
 
     def clear_memory(self) -> None:
         with self._lock:
@@ -288,8 +295,10 @@ class Engine:
     ):
         """``min_finding_auroc``: findings whose validation AUROC (from the bundle) is below it are
         not checked against the dictation (0 checks every finding)."""
+        from engine.library import check_library_location
         from engine.weights.bundle import load_bundle
 
+        check_library_location(library)  # before anything slow: a URL is refused at once
         started = time.perf_counter()
         if threads is not None:
             if threads < 1:
@@ -439,7 +448,7 @@ class Engine:
             model = self._model("ct")
             with torch.inference_mode(), self._autocast():
                 emb = model(x.to(self.device))
-        vec = _unit(emb[0])
+        vec = _unit(emb[0], volume.metadata.get("source"))
         self._ct_cache.put(key, vec)
         return vec, False
 

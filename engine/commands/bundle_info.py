@@ -38,6 +38,9 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from engine.commands.engine_options import say
+from engine.errors import printable
+
 if TYPE_CHECKING:  # torch is imported only when the command runs: `speechct info` must start fast
     from engine.weights.bundle import Bundle
 
@@ -198,7 +201,8 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("  -")
     for w in s["warnings"]:
         lines.append(f"warning: {w}")
-    return "\n".join(lines)
+    # names, provenance and warnings come from the bundle's files: one line each, nothing for the terminal
+    return "\n".join(printable(line, newlines=False) for line in lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,5 +213,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
-        print(format_summary(summary))
+        say(format_summary(summary))
     return 0

@@ -31,11 +31,17 @@ All take ``--library DIR`` (default: platformdirs' user data folder ``speechct/l
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from engine.commands.engine_options import add_engine_arguments, make_engine, one_line_warnings, open_library
+from engine.commands.engine_options import (
+    add_engine_arguments,
+    make_engine,
+    one_line_warnings,
+    open_library,
+    print_json,
+    say,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -73,8 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _print_json(obj) -> None:
-    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    print_json(obj)
 
 
 @one_line_warnings
@@ -119,17 +124,21 @@ def run_add(args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         for where, reason in result["skipped"]:
-            print(f"skipped      {where}: {reason}")
+            say(f"skipped      {where}: {reason}")
         for where, reason in result["failed"]:
-            print(f"unreadable   {where}: {reason}")
+            say(f"unreadable   {where}: {reason}")
         for uid in result["added"]:
-            print(f"added        {uid}")
-        print(f"{len(result['added'])} added, {len(result['already'])} already in the library, "
+            say(f"added        {uid}")
+        say(f"{len(result['added'])} added, {len(result['already'])} already in the library, "
               f"{len(result['skipped'])} skipped, {len(result['failed'])} unreadable "
               f"({len(library)} studies in {library.folder})")
     if not result["added"] and not result["already"] and result["failed"]:
         raise StudyError(f"nothing added: {len(result['failed'])} unreadable, first: "
                          f"{result['failed'][0][0]}: {result['failed'][0][1]}")
+    if result["failed"]:  # the rest was added; the exit code still says that not everything was
+        total = len(result["added"]) + len(result["already"]) + len(result["failed"])
+        raise StudyError(f"{len(result['failed'])} of {total} studies could not be added (the others were)",
+                         args.paths[0] if len(args.paths) == 1 else None)
     return 0
 
 
@@ -142,13 +151,13 @@ def run_list(args: argparse.Namespace) -> int:
                      "needs_rebuild": library.needs_rebuild, "studies": studies})
         return 0
     if not studies:
-        print(f"the library is empty ({library.folder})")
+        say(f"the library is empty ({library.folder})")
         return 0
-    print(f"{'uid':<66} {'date':<8} {'mod':<3} {'slices':>6} {'dict':<4} description / path")
+    say(f"{'uid':<66} {'date':<8} {'mod':<3} {'slices':>6} {'dict':<4} description / path")
     for s in studies:
-        print(f"{s['uid']:<66} {s['date'] or '-':<8} {s['modality'] or '-':<3} {s['n_slices'] or 0:>6} "
+        say(f"{s['uid']:<66} {s['date'] or '-':<8} {s['modality'] or '-':<3} {s['n_slices'] or 0:>6} "
               f"{'yes' if s['has_dictation'] else '-':<4} {s['description'] or s['path'] or '-'}")
-    print(f"{len(studies)} studies in {library.folder}")
+    say(f"{len(studies)} studies in {library.folder}")
     return 0
 
 
@@ -159,7 +168,7 @@ def run_remove(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"library": str(library.folder), "removed": record.to_json()})
     else:
-        print(f"removed {record.uid} ({record.path or '-'}); {len(library)} studies left")
+        say(f"removed {record.uid} ({record.path or '-'}); {len(library)} studies left")
     return 0
 
 
@@ -174,6 +183,6 @@ def run_rebuild(args: argparse.Namespace) -> int:
                      "failed": [list(f) for f in report.failed], "dictations_dropped": report.dictations_dropped})
     else:
         for uid, reason in report.failed:
-            print(f"not re-embedded {uid}: {reason}")
-        print(f"{len(report.re_embedded)} re-embedded, {len(report.failed)} failed")
+            say(f"not re-embedded {uid}: {reason}")
+        say(f"{len(report.re_embedded)} re-embedded, {len(report.failed)} failed")
     return 0

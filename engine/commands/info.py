@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.commands.engine_options import say
 from engine.errors import SpeechCTError, SpeechCTWarning, StudyError
 from engine.io import list_series, load_volume
 from engine.io.series import SeriesInfo
@@ -287,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
         raise StudyError(f"cannot be read ({type(exc).__name__}: {one_line(exc)})", args.path) from exc
     text = json.dumps(report_json(report), indent=2) if args.json else report_text(report)
     try:
-        print(text, flush=True)
+        say(text)
     except BrokenPipeError:  # e.g. `speechct info X | head`: the reader left, not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -47,11 +47,17 @@ positive, dictation says absent), ``omitted`` (image positive, not mentioned), `
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from engine.commands.engine_options import add_engine_arguments, fmt_ms, make_engine, one_line_warnings
+from engine.commands.engine_options import (
+    add_engine_arguments,
+    fmt_ms,
+    make_engine,
+    one_line_warnings,
+    print_json,
+    say,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -166,10 +172,9 @@ def run(args: argparse.Namespace) -> int:
 
         write_sr(sr_for_result(result, dictation=args.sr_dictation), args.sr)
     if args.json:
-        json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
-        sys.stdout.write("\n")
+        print_json(result)
     else:
-        print(format_text(result))
+        say(format_text(result))
         if args.sr:
-            print(f"\nSR       {args.sr} (unverified AI findings; `speechct pacs send {args.sr}` stores it)")
+            say(f"\nSR       {args.sr} (unverified AI findings; `speechct pacs send {args.sr}` stores it)")
     return 0

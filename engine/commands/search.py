@@ -26,11 +26,15 @@ the bundle's text tower). Several query options together give one combined score
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 
-from engine.commands.engine_options import add_engine_arguments, make_engine, one_line_warnings
+from engine.commands.engine_options import (
+    add_engine_arguments,
+    make_engine,
+    one_line_warnings,
+    print_json,
+    say,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -88,17 +92,16 @@ def run(args: argparse.Namespace) -> int:
         "k": args.k, "hits": hits, "timings_ms": {"encode": round(encode_ms, 2), "search": round(search_ms, 2)},
     }
     if args.json:
-        json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
-        sys.stdout.write("\n")
+        print_json(result)
         return 0
     asked = ", ".join(f"{k} {v!r}" for k, v in result["query"].items() if v)
-    print(f"query    {asked}")
-    print(f"library  {result['library']} ({len(engine.library)} studies)")
+    say(f"query    {asked}")
+    say(f"library  {result['library']} ({len(engine.library)} studies)")
     if not hits:
-        print("no similar studies (the library is empty, or holds only the query study)")
+        say("no similar studies (the library is empty, or holds only the query study)")
     for rank, hit in enumerate(hits, 1):
         s = hit["study"]
-        print(f"{rank:>3}. {hit['score']:+.3f}  {s.get('path') or hit['uid']}"
+        say(f"{rank:>3}. {hit['score']:+.3f}  {s.get('path') or hit['uid']}"
               f"{'  ' + s['description'] if s.get('description') else ''}")
-    print(f"timings  encode {encode_ms:.0f} ms, search {search_ms:.1f} ms")
+    say(f"timings  encode {encode_ms:.0f} ms, search {search_ms:.1f} ms")
     return 0

@@ -128,7 +128,17 @@ def load_volume(
     reader chooses (DICOM: see :func:`engine.io.dicom.read_dicom`; several NIfTI files: the
     one with most voxels, with a warning). ``slope``/``intercept``/``spacing`` ((sz, sy, sx) mm)
     are CT-RATE's metadata overrides, NIfTI only (see :func:`engine.io.nifti.read_nifti`).
+
+    Every volume passes the validation gate (:func:`engine.io.validate.validate_volume`): geometry
+    and intensities that make no physical sense are a StudyError naming the file and the field.
     """
+    from engine.io.validate import validate_volume
+
+    volume = _load_volume(path, series, slope=slope, intercept=intercept, spacing=spacing)
+    return validate_volume(volume)
+
+
+def _load_volume(path, series, *, slope, intercept, spacing) -> Volume:
     from engine.io.nifti import read_nifti
 
     path = Path(path)

@@ -25,6 +25,7 @@ from engine.io.dicom_pixels import read_pixels
 from engine.io.dicom_scan import FolderScan, scan
 from engine.io.dicom_series import DicomSeries, split_series
 from engine.io.series import SeriesInfo
+from engine.io.validate import check_pixel_format, check_rescale
 from engine.volume import SAFE_METADATA_KEYS, Volume
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ def read_dicom(path: str | Path, series: str | None = None, *, workers: int | No
     if not study.series:
         raise _nothing_error(study)
     chosen = _select(study, series)
+    if chosen.error is not None:
+        raise chosen.error
     if chosen.modality != "CT":
         raise StudyError(
             f"modality {chosen.modality or 'unknown'}, not CT ({_sop_name(chosen)})", _where(study, chosen)
@@ -120,6 +123,10 @@ def read_dicom(path: str | Path, series: str | None = None, *, workers: int | No
             f"{path}: {len(study.unreadable)} DICOM file(s) could not be read, e.g. {bad_path}: {why}"
         )
 
+    for h in chosen.slices:  # the validation gate's header checks, before any pixel is read
+        check_pixel_format(h.bits_allocated, h.bits_stored, h.path)
+        if not h.has_modality_lut:
+            check_rescale(h.slope, h.intercept, h.path)
     array = read_pixels(chosen, workers)
     volume = Volume(
         array=array,

@@ -32,6 +32,8 @@ _PIXEL_TAG_BE = b"\x7f\xe0\x00\x10"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 #: Explicit-VR value representations whose length field is 4 bytes (after 2 reserved bytes).
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"}
+#: More frames than this in one file is a corrupt NumberOfFrames (a long multi-frame CT has a few thousand).
+MAX_FRAMES = 100_000
 #: Transfer syntaxes whose pixel bytes can be read straight into a numpy array.
 RAW_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
@@ -242,7 +244,7 @@ def _floats(value, n: int):
 def _int(value, default=0):
     try:
         return int(value) if value is not None and value != "" else default
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: "inf" in an IS field
         return default
 
 
@@ -314,7 +316,7 @@ class _Fields:
         values = self.strings(tag)
         try:
             return int(float(values[0])) if values else default
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: "inf" where a count belongs
             return default
 
 
@@ -393,6 +395,8 @@ def _describe(
         return "non_image", f"no pixel data (not an image: {name})"
     syntax = _syntax(ds)
     n_frames = max(1, f.int(_NUMBER_OF_FRAMES, 1))
+    if n_frames > min(MAX_FRAMES, file_size):  # a corrupt count: one header per frame would never end
+        return "unreadable", f"NumberOfFrames {n_frames} cannot be in a file of {file_size} bytes"
     bits_allocated = f.int(_BITS_ALLOCATED, 16)
     samples = f.int(_SAMPLES_PER_PIXEL, 1)
     n_bytes = rows * columns * samples * n_frames * bits_allocated // 8

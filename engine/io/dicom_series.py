@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.errors import StudyError
 from engine.io.dicom_scan import SliceHeader
 from engine.io.series import SeriesInfo
+from engine.io.validate import check_orientation, check_position, check_spacing
 from engine.volume import Volume
 
 #: Positions closer than this along the normal (mm) are the same slice position.
@@ -35,6 +37,8 @@ class DicomSeries:
     origin: tuple[float, float, float]
     direction: np.ndarray  # columns: +x (column), +y (row), +z (slice) unit vectors
     warnings: list[str] = field(default_factory=list)
+    #: why this stack cannot be loaded (a header field that makes no physical sense), else None
+    error: StudyError | None = None
 
     @property
     def first(self) -> SliceHeader:
@@ -115,7 +119,11 @@ def split_series(slices: list[SliceHeader]) -> list[DicomSeries]:
     out = []
     for uid, group in by_uid.items():
         for suffix, members in _subdivide(group):
-            out.append(build_series(uid + suffix, members))
+            try:
+                out.append(build_series(uid + suffix, members))
+            except StudyError as exc:  # listed (info shows it), refused when loaded
+                out.append(DicomSeries(uid + suffix, members, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3),
+                                       error=exc))
     out.sort(key=lambda s: (s.first.meta.get("series_number") or 0, s.uid))
     return out
 
@@ -169,15 +177,17 @@ def build_series(uid: str, members: list[SliceHeader]) -> DicomSeries:
     sy, sx = first.pixel_spacing or (1.0, 1.0)
     if first.pixel_spacing is None:
         warnings.append(f"{first.path}: no PixelSpacing; assuming 1 mm")
+    else:
+        sy, sx = check_spacing(first.pixel_spacing, first.path, "PixelSpacing")
     if len({h.pixel_spacing for h in members}) > 1:
         warnings.append(f"series {uid}: PixelSpacing differs between slices; using the first slice's")
     if first.orientation is None or any(h.position is None for h in members):
         return _without_positions(uid, members, (sy, sx), warnings)
 
-    x = np.asarray(first.orientation[:3], dtype=np.float64)
-    y = np.asarray(first.orientation[3:], dtype=np.float64)
-    x /= np.linalg.norm(x)
-    y /= np.linalg.norm(y)
+    # the validation gate's header checks (engine.io.validate): before any arithmetic on the fields
+    x, y = check_orientation(first.orientation, first.path, warnings)
+    for h in members:
+        check_position(h.position, h.path)
     normal = np.cross(x, y)
     normal /= np.linalg.norm(normal)
     along = np.array([normal @ np.asarray(h.position) for h in members])

@@ -37,7 +37,9 @@ case: int16 raw, integer slope and intercept), otherwise float32.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import os
 import tempfile
 import warnings
@@ -53,6 +55,7 @@ from nibabel.volumeutils import array_to_file
 from engine.errors import DataError, SpeechCTWarning, StudyError
 from engine.io.series import SeriesInfo
 from engine.io.sniff import one_line, read_head, sniff
+from engine.io.validate import check_rescale, check_spacing
 from engine.volume import Volume
 
 #: RAS ↔ LPS: negate the first two world axes (its own inverse).
@@ -70,7 +73,10 @@ AIR_CHECK_FOV_MM = 150.0
 MAX_DATA_BYTES = 16 * 2**30
 
 _SUFFIXES = (".nii.gz", ".nii")
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, HeaderDataError, ImageFileError, MemoryError)
+#: What nibabel raises on corrupt headers and data (OverflowError: an infinite vox_offset, TypeError,
+#: IndexError, KeyError: fields it cannot interpret); each becomes one line naming the file.
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, HeaderDataError, ImageFileError, MemoryError,
+                OverflowError, TypeError, IndexError, KeyError)
 
 
 def is_ctrate_v2(path: str | Path) -> bool:
@@ -108,7 +114,8 @@ def _open_image(path: Path):
         if not path.name.lower().endswith(".hdr"):
             raise StudyError("is the header of a NIfTI .hdr/.img pair but is not named .hdr", path)
         try:
-            return nib.load(path), None
+            with _nibabel_quiet():
+                return nib.load(path), None
         except _READ_ERRORS as exc:
             raise StudyError(f"NIfTI header/image pair cannot be read ({one_line(exc)})", path) from exc
     gzipped = read_head(path, 2) == b"\x1f\x8b"
@@ -122,10 +129,43 @@ def _open_image(path: Path):
         fobj.seek(0)
         is_nifti2 = 540 in (int.from_bytes(size_field, "little"), int.from_bytes(size_field, "big"))
         klass = nib.Nifti2Image if is_nifti2 else nib.Nifti1Image
-        return klass.from_stream(fobj), fobj
+        _check_raw_pixdim(klass.header_class.from_fileobj(fobj, check=False), path)
+        fobj.seek(0)
+        with _nibabel_quiet():
+            return klass.from_stream(fobj), fobj
+    except StudyError:
+        fobj.close()
+        raise
     except _READ_ERRORS as exc:
         fobj.close()
         raise StudyError(f"NIfTI header cannot be read ({one_line(exc)})", path) from exc
+
+
+@contextlib.contextmanager
+def _nibabel_quiet():
+    """nibabel logs its header checks and fixes to stderr ("pixdim[1,2,3] should be non-zero; setting 0
+    dims to 1", "sizeof_hdr should be 348"): not one line of ours, and not naming the file. Our own
+    checks (here and in engine.io.validate) say what matters, as errors or warnings."""
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_raw_pixdim(header, path: Path) -> None:
+    """Header fields as stored, before nibabel's fixes: the data offset must be a byte offset; pixdim
+    (when the qform or the no-orientation fallback uses it) must be voxel sizes: a zero would become
+    1 mm with only nibabel's own stderr line."""
+    offset = float(header["vox_offset"])
+    if not np.isfinite(offset) or not 0 <= offset < 2.0**40:
+        raise StudyError(f"vox_offset {offset:g} is not a byte offset (NIfTI header is corrupt)", path)
+    if int(header["sform_code"]) > 0:
+        return
+    n = min(3, max(0, int(header["dim"][0])))
+    check_spacing(np.abs(np.asarray(header["pixdim"][1:1 + n], dtype=np.float64)), path, "pixdim[1,2,3]")
 
 
 def _check_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
@@ -151,13 +191,26 @@ def _check_data_size(img, path: Path) -> None:
         )
 
 
+#: deflate cannot compress better than about 1032:1, so a gzip file of n bytes holds at most this many times n.
+MAX_DEFLATE_RATIO = 1032
+
+
 def _check_plain_size(img, path: Path) -> None:
-    """An uncompressed single file shorter than its header promises: say so in numbers."""
+    """A single file shorter than its header promises: say so in numbers, before reading.
+
+    Uncompressed: the file size. Gzip: the most its compressed size can hold. nibabel allocates the
+    whole promised array before it reads a compressed stream, so a 240-byte .nii.gz whose header
+    promises 7 GB would otherwise take 7 GB of memory just to find out it is truncated."""
     pair = path.name.lower().endswith(".hdr")  # data live in the .img beside it
-    if pair or read_head(path, 2) == b"\x1f\x8b" or not hasattr(img.dataobj, "offset"):
+    if pair or not hasattr(img.dataobj, "offset"):
         return
     needed = int(img.dataobj.offset) + int(np.prod(img.dataobj.shape)) * img.dataobj.dtype.itemsize
     on_disk = path.stat().st_size
+    if read_head(path, 2) == b"\x1f\x8b":
+        if needed > MAX_DEFLATE_RATIO * on_disk + 4096:
+            raise StudyError(f"image data is truncated (the header needs {needed} bytes; a gzip file of {on_disk} "
+                             "bytes cannot hold them)", path)
+        return
     if on_disk < needed:
         raise StudyError(f"image data is truncated ({on_disk} bytes on disk, the header needs {needed})", path)
 
@@ -179,6 +232,9 @@ def _choose_affine(header, path: Path, volume_warnings: list[str] | None) -> np.
     qform_code = int(header["qform_code"])
     if sform_code > 0:
         return header.get_sform()
+    # the qform and the no-orientation fallback take voxel sizes from pixdim: nibabel would turn a 0
+    # into 1 mm with its own stderr line; the validation gate refuses it, naming the field
+    pixdim = check_spacing(np.abs(np.asarray(header["pixdim"][1:4], dtype=np.float64)), path, "pixdim[1,2,3]")
     if qform_code > 0:
         return header.get_qform()
     if volume_warnings is not None:
@@ -187,7 +243,7 @@ def _choose_affine(header, path: Path, volume_warnings: list[str] | None) -> np.
             f"{path}: NIfTI header has neither sform nor qform (codes 0); orientation unknown, "
             "voxel axes taken as CT-RATE's (i left, j posterior, k superior) with pixdim spacing",
         )
-    px, py, pz = (abs(float(v)) or 1.0 for v in header["pixdim"][1:4])
+    px, py, pz = pixdim
     return np.diag([-px, -py, pz, 1.0])  # LPS identity, written as the RAS affine the caller expects
 
 
@@ -221,11 +277,12 @@ def _resolve_scaling(img, path: Path, slope, intercept, volume_warnings: list[st
                 f"{path}: CT-RATE v2 volume (a '_fixed' folder) already holds HU; ignoring rescale "
                 f"override slope={slope}, intercept={intercept} (CT-CLIP issue #50)",
             )
+        check_rescale(*from_header, path, "scl_slope/scl_inter")
         return from_header
     use_slope = from_header[0] if slope is None else float(slope)
     use_inter = from_header[1] if intercept is None else float(intercept)
-    if not np.isfinite(use_slope) or use_slope == 0.0 or not np.isfinite(use_inter):
-        raise StudyError(f"rescale slope {use_slope} / intercept {use_inter} is not usable", path)
+    check_rescale(use_slope, use_inter, path,
+                  "scl_slope/scl_inter" if slope is None and intercept is None else "rescale slope/intercept")
     return use_slope, use_inter
 
 

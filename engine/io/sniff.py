@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import StudyError
+from engine.errors import StudyError, one_line  # noqa: F401 (one_line: re-exported)
 
 #: Enough bytes for a NIfTI-2 header (540) plus its 4-byte extension flag.
 HEAD_BYTES = 544
@@ -44,10 +44,6 @@ _DICOM_VRS = {
 }
 
 
-def one_line(exc: BaseException | str, limit: int = 200) -> str:
-    """An exception's text on one line (libraries put newlines in theirs), cut to ``limit`` characters."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def read_head(path: Path, n: int = HEAD_BYTES) -> bytes:

@@ -525,7 +525,17 @@ def save_bundle(
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays
+        if isinstance(exc, SpeechCTError) or not isinstance(exc, Exception):
+            raise
+        if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":  # safetensors' own I/O error
+            if isinstance(exc, OSError) and exc.strerror:
+                reason = exc.strerror
+            elif "os error 28" in str(exc):
+                reason = os.strerror(28)
+            else:
+                reason = " ".join(str(exc).split())[:200]
+            raise BundleError(f"cannot write the bundle ({reason}); nothing was written", folder) from exc
         raise
     return folder

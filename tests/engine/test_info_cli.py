@@ -122,7 +122,9 @@ def test_nifti_file(tmp_path, capsys):
     assert code == 0
     assert out.splitlines()[0] == f"{path}: 1 series (nifti)"
     assert f"chosen: {path} (the only series)" in out
-    assert "warnings: none" in out
+    # a crop this small gets the validation gate's field-of-view note, and nothing else
+    assert out.splitlines()[-2:] == ["warnings (1):", f"  ! {path}: small field of view (5 x 3 mm); the findings "
+                                     "are made for a whole chest (about 300-500 mm across)"]
 
 
 def test_ctrate_v2_note_is_shown(tmp_path, capsys):

@@ -117,7 +117,7 @@ def test_folder_with_one_nifti(tmp_path):
     (tmp_path / "scan" / "readme.txt").write_text("not an image")
     vol = load_volume(tmp_path / "scan")
     assert vol.metadata["series_description"] == "a"
-    assert vol.warnings == []
+    assert len(vol.warnings) == 1 and "a.nii.gz: small field of view" in vol.warnings[0]  # the gate's note only
 
 
 def test_folder_with_several_nifti_chooses_the_largest_and_says_so(tmp_path):

@@ -175,7 +175,7 @@ def test_non_integer_rescale_gives_float32(tmp_path):
 
 def test_bad_overrides_are_refused(tmp_path):
     path = _save(_data_ijk(), np.eye(4), tmp_path / "o.nii")
-    with pytest.raises(StudyError, match="slope 0.0"):
+    with pytest.raises(StudyError, match="rescale slope/intercept 0/0 cannot map stored values to HU"):
         read_nifti(path, slope=0.0)
     with pytest.raises(StudyError, match="spacing override"):
         read_nifti(path, spacing=(1.0, -1.0, 1.0))

@@ -185,6 +185,10 @@ def test_analyze_refuses_silence_before_any_work(tmp_path):
     from engine.runtime import Engine
 
     engine = Engine(tiny_bundle_path(), cache_dir=False, device="cpu")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("analyze() read or encoded something before the speech check")
+
+    engine.load_study = engine.encode_speech_frames = engine.warm_up = no_work
     with pytest.raises(NoSpeechError, match="no speech heard in rec.wav"):
         engine.analyze("/no/such/study", np.zeros(SR * 5, np.float32), SR, audio_path="rec.wav")
-    assert "speech" not in engine._models  # refused before the speech model was even loaded
