@@ -4,7 +4,7 @@ and image/dictation discrepancies.
 Label names are spelled exactly as CT-RATE's label columns, in CT-RATE's order.
 Zero-shot scoring here is the one implementation (``train.metrics`` and the runtime call it):
 CT-CLIP's protocol, P(present) = softmax over the pair of scaled cosines of the CT embedding
-with "{finding} is present." and "{finding} is not present." (DESIGN.md §3).
+with "{finding} is present." and "{finding} is not present." (docs/design.md §3).
 
 Spoken prompts: several voices read each prompt; their embeddings are L2-normalised and averaged
 per (label, polarity) into one prompt direction (:func:`average_prompt_voices`).

@@ -1,6 +1,6 @@
 """Readers for CT-RATE-layout and Speech-RATE-layout trees (the real datasets and ours alike).
 
-Layouts (DESIGN.md §2), under a root that holds ``dataset/`` (or is that folder):
+Layouts (docs/design.md §2), under a root that holds ``dataset/`` (or is that folder):
 
 * CT-RATE: ``dataset/{train,valid}[_fixed]/<split>_<patient>/<split>_<patient>_<scan>/<VolumeName>``
   with ``VolumeName`` like ``train_1_a_1.nii.gz``; CSVs in ``dataset/radiology_text_reports/``,

@@ -1,4 +1,4 @@
-"""Evaluation of a model set on a CT-RATE-layout split with its spoken reports (DESIGN.md §3).
+"""Evaluation of a model set on a CT-RATE-layout split with its spoken reports (docs/design.md §3).
 
 Rows (systems), each scored per voice group:
 
@@ -176,7 +176,7 @@ def aux_label_weight(teacher_options: dict | None) -> float | None:
 
 
 def models_from_bundle(bundle_dir: str | Path, *, naive: str | Path | None = None) -> EvalModels:
-    """Callables from a bundle (DESIGN.md §2; groups as ``train.export`` writes them): its CT encoder,
+    """Callables from a bundle (docs/design.md §2; groups as ``train.export`` writes them): its CT encoder,
     text tower, speech student (as ``distilled``), dictation head and text prompts; ``naive`` = a
     student run folder (``student-naive/``) or a second bundle whose speech student is the naive one."""
     from engine.models.ct import CTEncoder, CTEncoderConfig

@@ -1,4 +1,4 @@
-"""Export a trained run as a model bundle (DESIGN.md §2, ``engine.weights.bundle``).
+"""Export a trained run as a model bundle (docs/design.md §2, ``engine.weights.bundle``).
 
 Tensor groups: ``ct_encoder`` (the teacher's CT encoder), ``speech_head`` (the student's tuned
 top Whisper layers, final norm and projection: ``SpeechStudent.trainable_state_dict()``),

@@ -1,6 +1,6 @@
 """One slice view (axial, coronal or sagittal) of a study, cut along patient axes.
 
-Gestures (DESIGN.md §5): wheel or Up/Down one slice (Shift: 10), Home/End first/last, PageUp/Down
+Gestures (docs/design.md §5): wheel or Up/Down one slice (Shift: 10), Home/End first/last, PageUp/Down
 10; left-drag window (horizontal) / level (vertical), 1/2/3 presets; right-drag (up = in) or
 Ctrl+wheel zoom; middle-drag pan; left click moves the linked crosshair; `r` resets; double-click
 maximises (the four-up layout listens). Reading tools (``ViewerState.tool``): `m` ruler, `e` ellipse

@@ -16,6 +16,6 @@ LUNG = WindowPreset("Lung", 1500.0, -600.0)
 MEDIASTINUM = WindowPreset("Mediastinum", 350.0, 50.0)
 BONE = WindowPreset("Bone", 2000.0, 350.0)
 
-#: Key character -> preset (DESIGN.md §5).
+#: Key character -> preset (docs/design.md §5).
 PRESET_KEYS: dict[str, WindowPreset] = {"1": LUNG, "2": MEDIASTINUM, "3": BONE}
 DEFAULT_PRESET = LUNG

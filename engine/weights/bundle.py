@@ -2,7 +2,7 @@
 
 A bundle holds only what training produced (CT encoder, tuned Whisper layers, heads, projections,
 prompt embeddings); frozen backbones come from installed packages and are named, with a hash,
-in the manifest (DESIGN.md §2).
+in the manifest (docs/design.md §2).
 
 Manifest (``bundle.json``, schema :data:`BUNDLE_SCHEMA`); "?" marks optional sections, whose
 listed sub-fields are required when the section is present::

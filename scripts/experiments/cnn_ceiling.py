@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> Path:
     ckpt = out.with_suffix(".ckpt.pt")
     step, epoch, losses, spent = 0, 0, [], 0.0
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # dicts, tensors and numbers only
         same = {k: v for k, v in state["config"].items() if k != "epochs"} == \
             {k: v for k, v in config.items() if k != "epochs"}
         if same:  # the same run (more epochs continue it); anything else starts afresh

@@ -1,4 +1,4 @@
-"""Viewer gestures change slice, window/level and zoom as DESIGN.md §5 says; screenshots show
+"""Viewer gestures change slice, window/level and zoom as docs/design.md §5 says; screenshots show
 the anatomy where it belongs (lung preset: lungs dark, body wall bright)."""
 
 from __future__ import annotations

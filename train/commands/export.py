@@ -1,6 +1,6 @@
 """``speechct-train export``: a run folder (teacher/, student/, dictation/) as a model bundle.
 
-Writes ``--bundle`` (default ``OUT/bundle``): ``bundle.json`` + safetensors per DESIGN.md §2,
+Writes ``--bundle`` (default ``OUT/bundle``): ``bundle.json`` + safetensors per docs/design.md §2,
 at most 60 MiB.
 """
 

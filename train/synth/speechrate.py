@@ -1,6 +1,6 @@
 """Speech-RATE writer: the Findings of a CT-RATE-layout tree read aloud by offline voices.
 
-Output (DESIGN.md §2): ``<out_root>/dataset/{split}/<patient>/<scan>/<volume stem>_findings.wav``,
+Output (docs/design.md §2): ``<out_root>/dataset/{split}/<patient>/<scan>/<volume stem>_findings.wav``,
 16 kHz mono 16-bit PCM, plus ``<out_root>/dataset/{split}_manifest.csv`` with the columns of
 :data:`train.data.MANIFEST_COLUMNS` followed by ``split, gender, text`` (``text`` is exactly what
 was read aloud, the distillation target).
