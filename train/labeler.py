@@ -47,41 +47,35 @@ def training_lexicon(wording: str = "train") -> RuleLexicon:
                 lex.normals.append((pattern.replace("zzslot", r"[\w .,-]+"), {lab: state}))
     for sentence, settles in G.part(MULTI_NORMALS, wording):
         lex.normals.append((re.escape(_norm(sentence).strip(" .")), dict.fromkeys(settles, G.ABSENT)))
-    for kind in ("absent", "uncertain", "pseudo"):
-        pre, post = set(), set()
+    pre: dict[str, set[str]] = {kind: set() for kind in ("absent", "uncertain", "pseudo")}
+    post: dict[str, set[str]] = {kind: set() for kind in pre}
+    for kind in pre:
         for s in G.part(G.STRUCTURES[kind], wording):
             for variant in (s.replace("<be>", "is").replace("<has>", "has"), s.replace("<be>", "are")
                             .replace("<has>", "have")):
                 m = re.search(r"<NPb?>", variant)
                 # the words right next to the noun phrase (a location token splits "Subtle changes <L> likely
                 # represent" into context and trigger: the trigger is the part touching the phrase)
-                before = _norm(re.split(r"<[^>]+>", variant[:m.start()])[-1])
-                after = _norm(re.split(r"<[^>]+>", re.sub(r"^<L>", "", variant[m.end():]))[0])
-                neutral = before in ("", "the", "a", "there is", "there are")
-                if not neutral:
-                    pre.add(before.strip(" ,."))
-                elif after.strip(" .,"):  # the trigger follows the finding ("... is not seen")
-                    post.add(after.strip(" ,."))
-        lex.pre[kind], lex.post[kind] = sorted(pre, key=len, reverse=True), sorted(post, key=len, reverse=True)
-    for kind in ("list_absent",):
+                before = _norm(re.split(r"<[^>]+>", variant[:m.start()])[-1]).strip(" ,.")
+                after = _norm(re.split(r"<[^>]+>", re.sub(r"^<L>", "", variant[m.end():]))[0]).strip(" ,.")
+                if before not in ("", "the", "a", "there is", "there are"):
+                    pre[kind].add(before)
+                elif after:  # the trigger follows the finding ("... is not seen")
+                    post[kind].add(after)
+    # the negation that governs a list ("no evidence of <A> or <B>") or a sentence's second, absent finding
+    # ("<NP1> without <B>", "..., but no <B>": the last word of its clause)
+    for kind, token in (("list_absent", "<A>"), ("present_absent", "<B>")):
         for s in G.part(G.STRUCTURES[kind], wording):
-            m = re.search(r"<A>", s)
-            before = _norm(s[:m.start()])
-            if before:
-                lex.pre["absent"] = sorted(set(lex.pre["absent"]) | {before}, key=len, reverse=True)
-    for s in G.part(G.STRUCTURES["present_absent"], wording):
-        m = re.search(r"<B>", s)
-        before = _norm(re.sub(r"<[^>]+>", " ", s[:m.start()]).split(",")[-1])
-        if before and before not in lex.pre["absent"]:
-            lex.pre["absent"] = sorted({*lex.pre["absent"], before.split()[-1] if before.split() else before},
-                                       key=len, reverse=True)
+            words = _norm(re.sub(r"<[^>]+>", " ", s[:s.index(token)]).split(",")[-1]).split()
+            if words:
+                pre["absent"].add(words[-1] if kind == "present_absent" else " ".join(words))
+    lex.pre = {k: sorted(v, key=len, reverse=True) for k, v in pre.items()}
+    lex.post = {k: sorted(v, key=len, reverse=True) for k, v in post.items()}
     for s in G.part(G.STRUCTURES["indication"], wording):
         lex.indication.append(_norm(s.split("<")[0]).rstrip(" :,"))
         lex.headings.append(_norm(re.split(r"[:,]", s)[0]))
     for s in G.part(G.IMPRESSION, wording):  # "Impression:" said as a heading, sometimes as its own sentence
         lex.headings.append(_norm(s).rstrip(" :,"))
-    # "there is no" style pre-triggers reduce to their negation word for matching inside longer clauses
-    lex.pre["absent"] = sorted({*lex.pre["absent"], "no", "without"}, key=len, reverse=True)
     return lex
 
 

@@ -717,13 +717,13 @@ def _frame_batches(lengths: list[int], batch_size: int, rng: np.random.Generator
 
 
 def train_dictation_head(recipe: StudentRecipe, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Fit the 3-way-per-finding head on the frozen student (train split) — on its embeddings or,
+    """Fit the per-finding mention-state head on the frozen student (train split) — on its embeddings or,
     with ``dictation.kind = "frames"``, on its encoder frames — report the valid macro F1 per
     class, save ``head.safetensors`` + ``head.json`` in ``out``."""
     from safetensors.torch import save_file
-    from sklearn.metrics import f1_score
 
     from engine.models.dictation import pad_utterances
+    from train.metrics import dictation_f1
 
     hc = dict(recipe.cfg.get("dictation", {}))
     seed = int(recipe.cfg.get("seed", 0)) + 2
@@ -786,13 +786,10 @@ def train_dictation_head(recipe: StudentRecipe, out: str | Path, *, progress: bo
         logits = torch.cat([logits_of(x_valid, np.arange(i, min(i + 32, len(x_valid))))
                             for i in range(0, len(x_valid), 32)])
         valid_loss = float(dictation_loss(logits, y_valid))
-        pred = logits.argmax(-1).reshape(-1).numpy()
-    truth = y_valid.reshape(-1).long().numpy()
-    per_class = f1_score(truth, pred, labels=list(range(len(DICTATION_CLASSES))), average=None, zero_division=0)
-    occurring = [i for i in range(len(DICTATION_CLASSES)) if (truth == i).any() or (pred == i).any()]
-    summary = {"valid_loss": valid_loss, "valid_macro_f1": float(np.mean(per_class[occurring])),
-               "valid_f1_per_class": dict(zip(DICTATION_CLASSES, map(float, per_class))),
-               "valid_accuracy": float((pred == truth).mean()), "epochs": epochs,
+        pred = logits.argmax(-1).numpy()
+    scores = dictation_f1(pred, y_valid.long().numpy(), DICTATION_CLASSES, LABELS[: pred.shape[1]])
+    summary = {"valid_loss": valid_loss, "valid_macro_f1": scores["macro_f1"],
+               "valid_f1_per_class": scores["per_class"], "valid_accuracy": scores["accuracy"], "epochs": epochs,
                "seconds": round(time.perf_counter() - t0, 1), "features_seconds": round(features_s, 1),
                "history": history, "config": head.config.to_dict()}
     out = Path(out)
@@ -802,5 +799,5 @@ def train_dictation_head(recipe: StudentRecipe, out: str | Path, *, progress: bo
     (out / "head.json").write_text(json.dumps(summary, indent=1))
     if progress:
         print(f"dictation head ({head.config.kind}): valid macro F1 {summary['valid_macro_f1']:.3f} "
-              f"({'/'.join(DICTATION_CLASSES)} {per_class.round(3).tolist()}), {summary['seconds']} s")
+              f"({', '.join(f'{k} {v:.3f}' for k, v in scores['per_class'].items())}), {summary['seconds']} s")
     return summary

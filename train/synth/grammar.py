@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from train.synth.lexicon import FINDINGS, part_items
+from train.synth.lexicon import FINDINGS
+from train.synth.lexicon import part_items as part
 
 PRESENT, UNCERTAIN, ABSENT, NOT_MENTIONED = "present", "uncertain", "absent", "not mentioned"
 
-S = dict  # a structure table: part -> list of templates
-
 #: Tokens: <NP> noun phrase with its article, <NPb> without, <be> is/are, <has> has/have, <L> location
 #: phrase (may be empty), <Lf> fronted location ("In the right lower lobe").
-STRUCTURES: dict[str, S] = {
+STRUCTURES: dict[str, dict[str, list[str]]] = {
     "present": {
         "train": ["There <be> <NP><L>.", "<NP><L>.", "<NP><L> <be> seen.", "<NP> <be> noted<L>.",
                   "<NP> <be> present<L>.", "<NP> <be> identified<L>.", "The study shows <NP><L>.",
@@ -100,10 +99,6 @@ CORRECTION = {"train": [", correction, "], "valid": [", sorry, "], "test": [", s
 IMPRESSION = {"train": ["Impression:"], "valid": ["Conclusion:"], "test": ["In summary:"]}
 
 _TOKEN = re.compile(r"<(NP|NPb|be|has|L|Lf|A|B|C|NP1|NP2|L1|L2|be1)>")
-
-
-def part(table: dict, wording: str) -> list:
-    return part_items(table, wording)
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,6 @@ NEGATION_RATE = {
 HEDGE_PRESENT, HEDGE_ABSENT = 0.15, 0.04
 PSEUDO_RATE = 0.1  # a present finding stated as unchanged / stable / "no change in"
 WORDINGS = ("train", "valid", "test")
-#: The wording each split of a CT-RATE-layout root uses (the test root's "valid" split reads "test").
-SPLIT_WORDING = {"train": "train", "valid": "valid"}
 
 CLINICAL = {
     "train": ["Cough.", "Shortness of breath.", "Follow-up of pulmonary nodule.", "Fever and cough.", "Chest pain.",
