@@ -555,21 +555,26 @@ class MainWindow(QMainWindow):
             self.similarShown.emit(a.similar)
         self.dictationShown.emit(result)
         if getattr(result, "waveform", None) is not None:
-            self.transcribe(result.waveform, result.audio_path, a.dictation)
+            self.transcribe(result.waveform, result.audio_path, a.dictation, a.transcript)
 
-    def transcribe(self, waveform: np.ndarray, audio_path: str | None, dictation=None) -> None:
+    def transcribe(self, waveform: np.ndarray, audio_path: str | None, dictation=None,
+                   transcript: str | None = None) -> None:
         """The transcript, after the results are on screen, in the transcript's own worker thread; with
         the reader that decided the check and, when the bundle carries a rule lexicon, where this
-        transcript read by it disagrees with the check."""
+        transcript read by it disagrees with the check. ``transcript``: the engine's, when its cascade
+        reader already made one (never transcribed twice)."""
         self.transcript.pending(audio_path)
 
         def work():
             from engine.transcribe import Transcriber
 
-            if self._transcriber is None:
-                self._transcriber = Transcriber(cpu_threads=1)  # a core stays with the GUI thread
             t = time.perf_counter()
-            text = self._transcriber.transcribe(waveform)
+            if transcript is not None:
+                text = transcript
+            else:
+                if self._transcriber is None:
+                    self._transcriber = Transcriber(cpu_threads=1)  # a core stays with the GUI thread
+                text = self._transcriber.transcribe(waveform)
             seconds = time.perf_counter() - t
             eng = self.service.engine()
             section = eng.bundle.manifest.get("dictation_reader") or {}

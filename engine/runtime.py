@@ -191,6 +191,7 @@ class Analysis:
     cached: dict[str, bool] = field(default_factory=dict)
     ct_embedding: np.ndarray | None = None
     speech_embedding: np.ndarray | None = None
+    transcript: str | None = None  # the dictation's transcript when the cascade reader read it (not in the JSON)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -550,24 +551,33 @@ class Engine:
         section = self.bundle.manifest["dictation_head"]
         return dictation_findings(logits, labels=tuple(section["labels"]), classes=tuple(section["classes"]))
 
-    def read_dictation(self, waveform, sample_rate: int, speech_emb=None, frames=None) -> list[DictationFinding]:
+    def transcribe(self, waveform, sample_rate: int) -> str:
+        """The dictation's words (:mod:`engine.transcribe`; the model is built once per engine)."""
+        from engine.audio import to_16k
+        from engine.transcribe import Transcriber
+
+        with self._lock:
+            if "transcriber" not in self._models:
+                self._models["transcriber"] = Transcriber(cpu_threads=max(1, torch.get_num_threads()))
+            asr = self._models["transcriber"]
+        return asr.transcribe(to_16k(np.asarray(waveform), sample_rate))
+
+    def read_dictation(self, waveform, sample_rate: int, speech_emb=None, frames=None, *,
+                       transcript: str | None = None) -> list[DictationFinding]:
         """What the dictation says about each finding, by the bundle's :attr:`dictation_reader`: the
         speech-native head (on ``speech_emb``/``frames`` when given, else encoded here), or the transcript
-        read by the bundle's rule lexicon (``engine.transcribe`` + ``engine.mention_rules``)."""
+        (``transcript`` when already made, else :meth:`transcribe`) read by the bundle's rule lexicon."""
         if self.dictation_reader == "cascade":
-            from engine.audio import to_16k
             from engine.mention_rules import RuleLexicon, read_mentions
-            from engine.transcribe import Transcriber
 
-            section = self.bundle.manifest["dictation_reader"]
             with self._lock:
-                if "transcriber" not in self._models:
-                    self._models["transcriber"] = Transcriber(cpu_threads=max(1, torch.get_num_threads()))
-                    self._models["rule_lexicon"] = RuleLexicon.from_dict(section["lexicon"])
-                asr, lex = self._models["transcriber"], self._models["rule_lexicon"]
-            states = read_mentions(asr.transcribe(to_16k(np.asarray(waveform), sample_rate)), lex)
+                if "rule_lexicon" not in self._models:
+                    self._models["rule_lexicon"] = RuleLexicon.from_dict(self.bundle.manifest["dictation_reader"]["lexicon"])
+                lex = self._models["rule_lexicon"]
+            text = transcript if transcript is not None else self.transcribe(waveform, sample_rate)
             classes = tuple(self.bundle.manifest["dictation_head"]["classes"])
-            return [DictationFinding(lab, st, 1.0, {c: float(c == st) for c in classes}) for lab, st in states.items()]
+            return [DictationFinding(lab, st, 1.0, {c: float(c == st) for c in classes})
+                    for lab, st in read_mentions(text, lex).items()]
         if speech_emb is None:
             speech_emb, frames = self.encode_speech_frames(waveform, sample_rate)
         return self.dictation(speech_emb, frames)
@@ -676,7 +686,7 @@ class Engine:
         t = time.perf_counter()
         findings = self.rank(ct_emb)
         timings["rank"] = _ms(time.perf_counter() - t)
-        dictation = discrepancies = speech_emb = None
+        dictation = discrepancies = speech_emb = transcript = None
         unchecked_labels = unchecked(findings, self.min_finding_auroc)  # known before any dictation
         if waveform is not None:
             t = time.perf_counter()
@@ -684,7 +694,9 @@ class Engine:
             timings["encode_speech"] = _ms(time.perf_counter() - t)
             if self.has_dictation_head:
                 t = time.perf_counter()
-                dictation = self.read_dictation(waveform, sample_rate, speech_emb, frames)
+                if self.dictation_reader == "cascade":  # made once: the reader and the app's transcript share it
+                    transcript = self.transcribe(waveform, sample_rate)
+                dictation = self.read_dictation(waveform, sample_rate, speech_emb, frames, transcript=transcript)
                 discrepancies = self.discrepancies(findings, dictation)
                 timings["dictation"] = _ms(time.perf_counter() - t)
         uid = self.study_key(volume)
@@ -712,6 +724,6 @@ class Engine:
             dictation=dictation, discrepancies=discrepancies, unchecked=unchecked_labels, similar=hits,
             timings={k: timings[k] for k in ("load_study", "load_models", "encode_ct", "encode_speech", "rank", "dictation",
                                              "similar", "total")},
-            cached={"ct": was_cached}, ct_embedding=ct_emb, speech_embedding=speech_emb,
+            cached={"ct": was_cached}, ct_embedding=ct_emb, speech_embedding=speech_emb, transcript=transcript,
         )
 

@@ -181,6 +181,7 @@ def test_the_transcript_comes_after_the_results_as_an_editable_draft(qtbot, wind
 
     class Analysis:  # what _dictation_ready reads of an engine Analysis
         findings, dictation, discrepancies, unchecked, similar, timings = [], None, None, [], None, {"total": 1.0}
+        transcript = None  # the speech reader decided: the app transcribes
 
     order = []
     window.dictationShown.connect(lambda r: order.append("results"))

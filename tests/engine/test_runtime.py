@@ -130,6 +130,9 @@ def test_cascade_reader_when_the_bundle_chose_it(tmp_path):
     said = {d.label: d.status for d in eng.read_dictation(wav, 16000)}
     assert said["Lung nodule"] == "absent" and said["Pericardial effusion"] == "uncertain"
     assert said["Cardiomegaly"] == "uncertain" and said["Emphysema"] == "not mentioned"  # "likely mild cardiomegaly"
+    a = eng.analyze(phantom(4, uid="4.5.6"), wav, 16000)  # transcribed once: the reader and the app share it
+    assert "pericardial effusion is likely" in a.transcript.lower()
+    assert {d.label: d.status for d in a.dictation} == said and "transcript" not in a.to_json()
 
 
 def test_legacy_three_state_bundle_still_reads(tmp_path):
