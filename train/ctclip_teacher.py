@@ -24,7 +24,6 @@ no teacher behind. Bad input raises ``WeightsError``/``DataError`` naming the fi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -39,6 +38,7 @@ from engine.errors import DataError, WeightsError
 from engine.models.ct_config import CTEncoderConfig
 from engine.models.space import LogitScale
 from engine.models.text import TextTower, TextTowerConfig, _quiet_transformers
+from engine.weights.bundle import file_sha256
 from engine.weights.ctclip import CTCLIPImport, import_ctclip
 from train import cache as C
 from train.recipes import (
@@ -60,14 +60,6 @@ _BERT_SETTINGS = {"hidden_act": "gelu", "layer_norm_eps": 1e-12, "hidden_dropout
                   "attention_probs_dropout_prob": 0.1, "position_embedding_type": "absolute",
                   "pad_token_id": 0, "initializer_range": 0.02}
 _CHECK_TEXT = ["Cardiomegaly is present.", "No pleural effusion. Mild bibasilar atelectasis."]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_ct(imported: CTEncoderConfig, wanted: CTEncoderConfig, spec, config_file: str) -> None:
@@ -240,7 +232,7 @@ def teacher_from_ctclip(checkpoint: str | Path, tokenizer_dir: str | Path, cfg: 
         save_file(state, str(staging / MODEL_FILE), metadata={"format": "pt"})
         stored = teacher_config(cfg, imported.config, tower)
         source = {"kind": "ctclip", "checkpoint": str(checkpoint.resolve()), "bytes": checkpoint.stat().st_size,
-                  "sha256": _sha256(checkpoint), "tokenizer": str(tokenizer_dir.resolve()),
+                  "sha256": file_sha256(checkpoint), "tokenizer": str(tokenizer_dir.resolve()),
                   "dropped_keys": len(imported.dropped),
                   "bert": {k: getattr(tower.backbone.config, k) for k in
                            ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")}}
