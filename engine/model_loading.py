@@ -121,7 +121,8 @@ def build_text_tower(bundle: Bundle):
 
 def build_dictation_head(bundle: Bundle):
     """The dictation head, or None when the bundle has none."""
-    from engine.models.dictation import CLASS_SETS, build_head, head_config_from_dict
+    from engine.labels import CLASS_SETS
+    from engine.models.dictation import build_head, head_config_from_dict
 
     section = bundle.manifest.get("dictation_head")
     if section is None:

@@ -42,7 +42,7 @@ DISCREPANCY_CODES = {"negated": "D1", "omitted": "D2", "unsupported": "D3"}
 def finding_code(label: str, prefix: str = "F"):
     from pydicom.sr.coding import Code
 
-    from engine.findings import LABELS
+    from engine.labels import LABELS
 
     i = LABELS.index(label) + 1
     meaning = label if prefix == "F" else f"Probability of {label}"

@@ -53,7 +53,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DataError
-from engine.findings import DICTATION_CLASSES, LABELS, LEGACY_DICTATION_CLASSES, PromptBank, prompt_pair
+from engine.findings import PromptBank
+from engine.labels import DICTATION_CLASSES, LABELS, LEGACY_DICTATION_CLASSES, prompt_pair
 from train import metrics as M
 
 SYSTEMS = ("text teacher", "ASR cascade", "naive student", "distilled student")

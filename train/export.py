@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from engine.errors import BundleError, DataError
-from engine.findings import LABELS
-from engine.models.dictation import CLASS_SETS, build_head, head_config_from_dict
+from engine.labels import CLASS_SETS, LABELS
+from engine.models.dictation import build_head, head_config_from_dict
 from engine.weights.bundle import save_bundle, speech_entry
 from train.recipes import load_student, load_teacher, prompt_texts, stage_dir
 

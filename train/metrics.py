@@ -73,7 +73,9 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from engine.findings import LABELS, rad_chestct_labels, to_rad_chestct, zero_shot_probabilities
+from engine.findings import zero_shot_probabilities
+from engine.labels import LABELS
+from train.rad_chestct import rad_chestct_labels, to_rad_chestct
 
 #: CT-CLIP's threshold grid: ``np.linspace(0, 1, 100)`` (100 points, step 1/99).
 THRESHOLD_GRID = np.linspace(0.0, 1.0, 100)

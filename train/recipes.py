@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import DataError
-from engine.findings import DICTATION_CLASSES, LABELS, prompt_pair
+from engine.labels import DICTATION_CLASSES, LABELS, prompt_pair
 from engine.models.ct import CTEncoder, load_ct_config
 from engine.models.dictation import (
     DictationHead,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from engine.errors import BundleError, SpeechCTWarning, WeightsError
-from engine.findings import LABELS
+from engine.labels import LABELS
 from engine.weights import bundle as bundle_mod
 from engine.weights.bundle import BUNDLE_SCHEMA, load_bundle, manifest_hash, save_bundle
 

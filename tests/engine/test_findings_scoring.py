@@ -1,5 +1,5 @@
 """engine.findings: zero-shot probabilities (CT-CLIP's protocol), prompt banks, ranking,
-dictation findings and discrepancies, RAD-ChestCT 16-label mapping."""
+dictation findings and discrepancies."""
 
 from __future__ import annotations
 
@@ -10,20 +10,16 @@ import pytest
 import torch
 
 from engine.findings import (
-    DICTATION_CLASSES,
-    LABELS,
     DictationFinding,
     FindingScore,
     PromptBank,
     average_prompt_voices,
     dictation_findings,
     discrepancies,
-    prompt_pair,
-    rad_chestct_labels,
     rank_findings,
-    to_rad_chestct,
     zero_shot_probabilities,
 )
+from engine.labels import DICTATION_CLASSES, LABELS, prompt_pair
 
 torch.set_num_threads(1)
 
@@ -144,7 +140,7 @@ def test_dictation_findings_four_states():
 
 
 def test_dictation_findings_legacy_three_states():
-    from engine.findings import LEGACY_DICTATION_CLASSES
+    from engine.labels import LEGACY_DICTATION_CLASSES
 
     logits = torch.full((len(LABELS), 3), -5.0)
     logits[:, 1] = 5.0
@@ -180,20 +176,6 @@ def test_discrepancies_kinds_and_order():
     assert out[1].margin == pytest.approx(0.4) and out[1].dictation_confidence == 0.9
     sure = discrepancies(f, dic, min_dictation_confidence=0.5)
     assert "G" not in [x.label for x in sure]
-
-
-def test_rad_chestct_sixteen():
-    names = rad_chestct_labels()
-    assert len(names) == 16 and names[1] == "Calcification"
-    assert "Mosaic attenuation pattern" not in names and "Coronary artery wall calcification" not in names
-    x = np.arange(18 * 2, dtype=float).reshape(2, 18)
-    x[0, 4] = 100.0  # coronary larger than arterial in row 0
-    y = to_rad_chestct(x)
-    assert y.shape == (2, 16)
-    assert y[0, 1] == 100.0 and y[1, 1] == x[1, 4]
-    assert y[0, 0] == x[0, 0] and y[0, 2] == x[0, 2] and y[0, 3] == x[0, 3] and y[0, 4] == x[0, 5]
-    assert list(y[0, 12:]) == list(x[0, 14:])  # mosaic (13) gone
-    torch.testing.assert_close(to_rad_chestct(torch.tensor(x)), torch.tensor(y))
 
 
 def test_weak_findings_are_carried_and_left_unchecked():

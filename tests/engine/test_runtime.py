@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from engine.errors import AudioError, BundleError, SpeechCTError
-from engine.findings import LABELS
+from engine.labels import LABELS
 from engine.offline import OFFLINE_ENV
 from engine.runtime import ANALYSIS_SCHEMA, Engine, choose_device
 from engine.volume import Volume

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.findings import LABELS, prompt_pair
+from engine.labels import CLASS_SETS, LABELS, prompt_pair
 from engine.models.ct import CTEncoder
 from engine.models.ct_config import CTEncoderConfig
-from engine.models.dictation import CLASS_SETS, DictationHead, DictationHeadConfig
+from engine.models.dictation import DictationHead, DictationHeadConfig
 from engine.weights.bundle import save_bundle, speech_entry
 
 DIM = 64

@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from engine.runtime import Engine, default_bundle_path
 from train.synth.ctrate import plan_dataset
 from train.synth.phantom import make_phantom

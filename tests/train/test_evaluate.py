@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.findings import LABELS, prompt_pair
+from engine.labels import LABELS, prompt_pair
 from engine.preprocess import PreprocessSpec
 from train import evaluate as E
 from train.cascade import run_cascade

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.findings import LABELS, prompt_pair
+from engine.labels import LABELS, prompt_pair
 from engine.models.ct import CTEncoder
 from engine.models.ct_config import CTEncoderConfig
 from engine.models.dictation import CLASSES, DictationHead, DictationHeadConfig

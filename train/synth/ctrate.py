@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from train.mentions import MENTIONS_FILE, mentions_csv_bytes
 from train.synth.cohort import sample_cohort
 from train.synth.phantom import SIZES, make_phantom

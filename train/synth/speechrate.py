@@ -28,7 +28,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from engine.errors import DataError
-from engine.findings import LABELS, prompt_pair
+from engine.labels import LABELS, prompt_pair
 from train.data import (
     MANIFEST_COLUMNS,
     REPORTS_CSV,
