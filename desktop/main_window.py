@@ -577,12 +577,12 @@ class MainWindow(QMainWindow):
                 text = self._transcriber.transcribe(waveform)
             seconds = time.perf_counter() - t
             eng = self.service.engine()
-            section = eng.bundle.manifest.get("dictation_reader") or {}
+            lexicon = eng.rule_lexicon
             disagreements = []
-            if section.get("lexicon") and dictation:
-                from engine.mention_rules import RuleLexicon, read_mentions
+            if lexicon is not None and dictation:
+                from engine.mention_rules import read_mentions
 
-                states = read_mentions(text, RuleLexicon.from_dict(section["lexicon"]))
+                states = read_mentions(text, lexicon)
                 disagreements = [(d.label, states.get(d.label, "not mentioned"), d.status) for d in dictation
                                  if states.get(d.label, "not mentioned") != d.status]
             return text, seconds, eng.dictation_reader, disagreements

@@ -147,28 +147,9 @@ class PromptBank:
 #: Validation AUROC below which the image model's call on a finding is not checked against the
 #: dictation: a weak score would flag the radiologist far more often wrongly than rightly. It is
 #: compared with the lower bound of the AUROC's bootstrap CI (a bundle's ``thresholds.auroc``, see
-#: :data:`AUROC_STATISTICS`): a finding passes when it is reliable with 95 % confidence, not when a
+#: :data:`engine.weights.manifest.AUROC_STATISTICS`): a finding passes when it is reliable with 95 % confidence, not when a
 #: few hundred validation studies happened to rank it well.
 RELIABLE_AUROC = 0.75
-
-#: What a bundle's ``thresholds.auroc`` holds, named by ``thresholds.auroc_statistic``:
-#: ``"ci_lower"``, each finding's lower bootstrap CI bound of its validation AUROC (what
-#: ``train.export`` writes; ``auroc_point`` and ``auroc_ci`` beside it), or ``"point"``, the point
-#: estimate (bundles exported before the gate moved to the bound name no statistic). The gate reads
-#: ``auroc`` either way, so old bundles keep working, gated on the less cautious number.
-AUROC_STATISTICS = {"ci_lower": "lower bound of the bootstrap CI", "point": "point estimate"}
-
-
-def auroc_statistic(thresholds: Mapping | None) -> str | None:
-    """Which :data:`AUROC_STATISTICS` key a bundle's ``thresholds`` section's ``auroc`` holds; None
-    when it carries no AUROC. A section that names no statistic is an older bundle's: ``"point"``."""
-    if not thresholds or not thresholds.get("auroc"):
-        return None
-    statistic = thresholds.get("auroc_statistic", "point")
-    if statistic not in AUROC_STATISTICS:
-        raise ValueError(f"thresholds.auroc_statistic must be one of {', '.join(AUROC_STATISTICS)}, got {statistic!r}")
-    return statistic
-
 
 @dataclass(frozen=True)
 class FindingScore:
@@ -176,7 +157,7 @@ class FindingScore:
 
     ``auroc``: the bundle's validation AUROC for this finding (how much to trust the call), as the
     reliability gate reads it: the lower CI bound, or the point estimate in older bundles
-    (:data:`AUROC_STATISTICS`); None when the bundle does not say."""
+    (:data:`engine.weights.manifest.AUROC_STATISTICS`); None when the bundle does not say."""
 
     label: str
     probability: float

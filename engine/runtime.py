@@ -320,8 +320,8 @@ class Engine:
                 _device_logged.add(str(self.device))
                 extra = f" with {str(self.amp_dtype).replace('torch.', '')} autocast" if self.amp_dtype else ""
                 log.info("SpeechCT engine runs on %s%s", self.device, extra)
-        self.dim = int(self.bundle.manifest["space"]["dim"])
-        self.logit_scale = float(self.bundle.manifest["space"]["logit_scale"])
+        self.dim = int(self.bundle.manifest.space_dim)
+        self.logit_scale = float(self.bundle.manifest.logit_scale)
         self.labels = tuple(self.bundle.labels)
         shared = _shared_models(self.bundle.hash, self.device)
         self._lock = shared.lock  # one lock per (bundle, device): shared models run one call at a time
@@ -345,27 +345,35 @@ class Engine:
 
     @property
     def bundle_name(self) -> str | None:
-        return self.bundle.manifest.get("name")
+        return self.bundle.manifest.name
 
     @property
     def has_speech(self) -> bool:
-        return "speech" in self.bundle.manifest and "speech_head" in self.bundle.groups
+        return self.bundle.manifest.speech is not None and "speech_head" in self.bundle.groups
 
     @property
     def has_text(self) -> bool:
-        return "text" in self.bundle.manifest and "text_head" in self.bundle.groups
+        return self.bundle.manifest.text is not None and "text_head" in self.bundle.groups
 
     @property
     def has_dictation_head(self) -> bool:
-        return "dictation_head" in self.bundle.manifest
+        return self.bundle.manifest.dictation_head is not None
 
     @property
     def dictation_reader(self) -> str:
         """Which reader says what a dictation states: ``speech`` (the dictation head on the speech encoder's
         frames) or ``cascade`` (the transcript read by the bundle's rule lexicon), whichever scored higher on
         the validation split when the bundle was made (``bundle.json`` -> ``dictation_reader``)."""
-        section = self.bundle.manifest.get("dictation_reader") or {}
-        return str(section.get("choice", "speech"))
+        return self.bundle.manifest.reader_choice
+
+    @property
+    def rule_lexicon(self):
+        """The bundle's rule lexicon (:class:`engine.mention_rules.RuleLexicon`, what the cascade reader reads
+        a transcript with), or None when the bundle carries none."""
+        section = self.bundle.manifest.dictation_reader
+        if section is None or not section.lexicon:
+            return None
+        return self._model("rule_lexicon")
 
     def describe(self) -> dict[str, Any]:
         """``{"name", "hash", "path"}`` of the bundle (the ``bundle`` field of every JSON output)."""
@@ -374,25 +382,16 @@ class Engine:
     # ----------------------------------------------------------------- models
 
     def _model(self, name: str):
-        """Build (once) and return one model: ``ct``, ``speech``, ``text``, ``dictation``, ``prompts``."""
+        """Build (once) and return one bundle part (:data:`engine.weights.factory.PARTS`: ``ct``, ``speech``,
+        ``text``, ``dictation``, ``prompts``, ``rule_lexicon`` ...)."""
         with self._lock:
             if name in self._models:
                 self.load_timings_ms.setdefault(name, 0.0)  # built earlier, by this or another Engine
                 return self._models[name]
-            from engine import model_loading as ml
+            from engine.weights.factory import build_part
 
             started = time.perf_counter()
-            builders = {
-                "ct": ml.build_ct_encoder,
-                "speech": ml.build_speech_student,
-                "text": ml.build_text_tower,
-                "dictation": ml.build_dictation_head,
-                "prompts": ml.build_prompt_bank,
-                "spec": ml.preprocess_spec,
-                "thresholds": ml.thresholds,
-                "auroc": ml.finding_auroc,
-            }
-            model = builders[name](self.bundle)
+            model = build_part(self.bundle, name)
             if isinstance(model, torch.nn.Module):
                 model = model.to(self.device).eval()
             self._models[name] = model
@@ -521,8 +520,8 @@ class Engine:
     @property
     def dictation_reads_frames(self) -> bool:
         """Whether the dictation head reads the speech encoder's frames (else the pooled embedding)."""
-        section = self.bundle.manifest.get("dictation_head") or {}
-        return (section.get("config") or {}).get("kind", "embedding") == "frames"
+        section = self.bundle.manifest.dictation_head
+        return section is not None and section.reads_frames
 
     def dictation(self, speech_emb, frames=None) -> list[DictationFinding]:
         """What the dictation says about each finding (the bundle's dictation head), label order.
@@ -548,8 +547,8 @@ class Engine:
                     raise SpeechCTError(str(err)) from None
             else:
                 logits = head(torch.from_numpy(v)[None].to(device))[0].float().cpu()
-        section = self.bundle.manifest["dictation_head"]
-        return dictation_findings(logits, labels=tuple(section["labels"]), classes=tuple(section["classes"]))
+        section = self.bundle.manifest.dictation_head
+        return dictation_findings(logits, labels=tuple(section.labels), classes=section.classes)
 
     def transcribe(self, waveform, sample_rate: int) -> str:
         """The dictation's words (:mod:`engine.transcribe`; the model is built once per engine)."""
@@ -568,14 +567,11 @@ class Engine:
         speech-native head (on ``speech_emb``/``frames`` when given, else encoded here), or the transcript
         (``transcript`` when already made, else :meth:`transcribe`) read by the bundle's rule lexicon."""
         if self.dictation_reader == "cascade":
-            from engine.mention_rules import RuleLexicon, read_mentions
+            from engine.mention_rules import read_mentions
 
-            with self._lock:
-                if "rule_lexicon" not in self._models:
-                    self._models["rule_lexicon"] = RuleLexicon.from_dict(self.bundle.manifest["dictation_reader"]["lexicon"])
-                lex = self._models["rule_lexicon"]
+            lex = self._model("rule_lexicon")
             text = transcript if transcript is not None else self.transcribe(waveform, sample_rate)
-            classes = tuple(self.bundle.manifest["dictation_head"]["classes"])
+            classes = self.bundle.manifest.dictation_head.classes
             return [DictationFinding(lab, st, 1.0, {c: float(c == st) for c in classes})
                     for lab, st in read_mentions(text, lex).items()]
         if speech_emb is None:

@@ -721,8 +721,8 @@ def _corrupt_vectors(tmp: Path) -> Path:
     b = load_bundle(tiny_bundle_path(), check_hashes=False, check_backbone=False)
     from engine.library import Library
 
-    lib = Library(tmp / "lib", bundle_hash=b.hash, dim=int(b.manifest["space"]["dim"]))
-    lib.add_study(chest(), np.ones(int(b.manifest["space"]["dim"]), np.float32))
+    lib = Library(tmp / "lib", bundle_hash=b.hash, dim=b.manifest.space_dim)
+    lib.add_study(chest(), np.ones(b.manifest.space_dim, np.float32))
     lib.close()
     conn = connect(tmp / "lib" / "library.sqlite")
     conn.execute("UPDATE vectors SET vector = x'0011'")

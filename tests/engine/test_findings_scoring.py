@@ -212,9 +212,10 @@ def test_gate_reads_the_lower_ci_bound_of_a_bundle(tmp_path):
     point estimate (0.82) clears the 0.75 bar, its lower bound (0.70) does not, so the engine leaves it
     unchecked; ``bundle-info`` says which statistic the bundle carries."""
     from engine.commands.bundle_info import bundle_summary, format_summary
-    from engine.findings import RELIABLE_AUROC, auroc_statistic
+    from engine.findings import RELIABLE_AUROC
     from engine.runtime import Engine
     from engine.weights.bundle import load_bundle
+    from engine.weights.manifest import auroc_statistic
     from tests.engine.tiny_bundle import embedding
 
     point = {label: 0.9 for label in LABELS}
@@ -230,14 +231,14 @@ def test_gate_reads_the_lower_ci_bound_of_a_bundle(tmp_path):
     assert by["Lung nodule"].auroc == 0.70 and by["Lung nodule"].positive and point["Lung nodule"] >= RELIABLE_AUROC
     assert [(d.kind, d.label) for d in engine.discrepancies(ct, speech)] == [("negated", "Emphysema")]
     bundle = load_bundle(path)
-    assert auroc_statistic(bundle.manifest["thresholds"]) == "ci_lower"
+    assert auroc_statistic(bundle.manifest.raw["thresholds"]) == "ci_lower" == bundle.manifest.auroc_statistic
     summary = bundle_summary(bundle)
     assert summary["thresholds"]["auroc"] == {"statistic": "ci_lower", "describes": "lower bound of the bootstrap CI",
                                               "level": 0.95, "n_boot": 1000}
     assert "lower bound of its 95 % bootstrap CI, 1000 draws" in format_summary(summary)
 
     old = load_bundle(_bundle_with_gate(tmp_path / "old", {}))  # point estimates only, no statistic named
-    assert auroc_statistic(old.manifest["thresholds"]) == "point"
+    assert auroc_statistic(old.manifest.raw["thresholds"]) == "point" == old.manifest.auroc_statistic
     old_summary = bundle_summary(old)
     assert old_summary["thresholds"]["auroc"]["statistic"] == "point"
     assert "as the point estimate" in format_summary(old_summary)

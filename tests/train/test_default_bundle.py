@@ -112,7 +112,7 @@ def test_default_bundle_hears_fresh_dictations_in_held_out_voices():
 
     engine = Engine(device="cpu", cache_dir=False)
     assert engine.has_dictation_head
-    if tuple(engine.bundle.manifest["dictation_head"]["classes"]) != CLASSES:
+    if engine.bundle.manifest.dictation_head.classes != CLASSES:
         pytest.skip("the installed bundle's dictation head has three states: it predates the report grammar "
                     "(retrain with make bundle)")
     plans = [p for p in plan_dataset(40, 0, FRESH_SEED + 1) if p.split == "train"][:24]
