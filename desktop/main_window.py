@@ -482,10 +482,8 @@ class MainWindow(QMainWindow):
 
         def work():
             eng = self.service.engine()
-            ct = eng.encode_ct(volume)
-            speech = None if last is None else eng.encode_speech(last[1], last[2])
-            eng.library.add_study(volume, ct, dictation_path=None if last is None else str(last[0]),
-                                  dictation_embedding=speech)
+            eng.index_study(volume, None if last is None else (last[1], last[2]),
+                            dictation_path=None if last is None else last[0])
             return len(eng.library)
 
         def done(n):
@@ -501,15 +499,11 @@ class MainWindow(QMainWindow):
         paths = [str(p) for p in paths]
 
         def work():
-            from engine.io import load_volume
+            from engine.library.ingest import dictation_beside
 
             eng = self.service.engine()
             for p in paths:
-                volume = load_volume(p)
-                wav = Path(p).parent / "dictation.wav"
-                speech = eng.encode_audio_file(wav) if wav.is_file() else None
-                eng.library.add_study(volume, eng.encode_ct(volume), dictation_path=str(wav) if speech is not None
-                                      else None, dictation_embedding=speech)
+                eng.index_study(p, dictation_beside(p))
             return len(eng.library)
 
         def done(n):

@@ -12,10 +12,11 @@ logged once), and offers the public calls:
   (the ``engine.findings`` implementations with this bundle's prompts, thresholds and head;
   findings whose validation AUROC is below ``min_finding_auroc`` are not checked);
 - ``similar(ct=, speech=, text=, k=, exclude_uids=)``: nearest studies of the library;
+  ``index_study(volume, dictation=None)``: add a study (and its dictation) to it;
 - ``analyze(volume, waveform, sample_rate) -> Analysis`` (all of the above, timed per stage).
 
 CT embeddings are cached by study key (the series UID for DICOM, a sha256 of the voxels for
-NIfTI or UID-less series; :func:`engine.library_store.study_key`) + bundle hash: in memory (LRU)
+NIfTI or UID-less series; :func:`engine.study_identity.study_key`) + bundle hash: in memory (LRU)
 and, unless ``cache_dir=False``, on disk under ``<platformdirs user cache>/speechct/embeddings``
 (``$SPEECHCT_EMBEDDING_CACHE`` overrides the folder).
 
@@ -49,7 +50,7 @@ when ``engine`` is imported, before transformers can load, and every backbone is
                                     # shown as weak, never checked against a dictation
       "similar": null | [{"uid": str, "score": float,         # cosine, or combined z-score (engine.library)
                           "cosines": {"<query>→<library kind>": float},
-                          "study": {...}}],                  # engine.library_store.StudyRecord.to_json()
+                          "study": {...}}],                  # engine.library.store.StudyRecord.to_json()
       "timings_ms": {"load_study": float | null,             # reading the files (null: Volume given)
                      "load_models": float, "encode_ct": float, "encode_speech": float | null,
                      "rank": float, "dictation": float | null, "similar": float | null, "total": float},
@@ -421,7 +422,7 @@ class Engine:
 
     def study_key(self, volume: Volume) -> str:
         """The cache / library key of a volume (series UID, or sha256 of the voxels)."""
-        from engine.library_store import study_key
+        from engine.study_identity import study_key
 
         return study_key(volume)
 
@@ -432,7 +433,7 @@ class Engine:
     def _encode_ct(self, volume, series=None) -> tuple[np.ndarray, bool]:
         if not isinstance(volume, Volume):
             volume = self.load_study(volume, series)
-        from engine.library_store import voxel_fingerprint
+        from engine.study_identity import voxel_fingerprint
 
         # the UID names the series, the fingerprint its pixels: a series rewritten under its old UID
         # (a re-export, a regenerated sample) must not be answered from the cache
@@ -600,6 +601,42 @@ class Engine:
 
                 self._library = Library(self._library_path, bundle_hash=self.bundle_hash, dim=self.dim)
             return self._library
+
+    def index_study(
+        self,
+        volume: Volume | str | Path,
+        dictation: str | Path | tuple[np.ndarray, int] | None = None,
+        *,
+        series: str | None = None,
+        dictation_path: str | Path | None = None,
+        speech_embedding: np.ndarray | None = None,
+    ):
+        """Add one study, with its dictation when given, to the library: the one way the CLI and the app
+        add a study. Returns the library's :class:`engine.library.StudyRecord`.
+
+        ``dictation``: an audio file, or a ``(waveform, sample_rate)`` pair (``dictation_path`` then names
+        the recording the library remembers). A dictation without speech raises
+        :class:`engine.speech_presence.NoSpeechError` before anything is added. ``speech_embedding``: the
+        dictation's embedding when already computed (it is not encoded again). The CT embedding comes from
+        the engine's cache when the study was encoded before.
+        """
+        speech = None if speech_embedding is None else self._check_dim(speech_embedding, "speech")
+        if dictation is not None and speech is None:
+            if isinstance(dictation, tuple):
+                from engine.speech_presence import require_speech
+
+                waveform, sample_rate = dictation
+                require_speech(waveform, sample_rate, None if dictation_path is None else str(dictation_path))
+                speech = self.encode_speech_frames(waveform, sample_rate, keep_frames=False,
+                                                   source=dictation_path)[0]
+            else:
+                dictation_path = dictation
+                speech = self.encode_audio_file(dictation)
+        if not isinstance(volume, Volume):
+            volume = self.load_study(volume, series)
+        return self.library.add_study(volume, self.encode_ct(volume), series=series,
+                                      dictation_path=None if dictation_path is None else str(dictation_path),
+                                      dictation_embedding=speech)
 
     def similar(
         self,

@@ -106,15 +106,16 @@ def run_add(args: argparse.Namespace) -> int:
     result = {"library": str(library.folder), "added": [], "already": [], "skipped": [], "failed": [],
               "warnings": []}
     if args.dictation:
-        speech = engine.encode_audio_file(args.dictation)  # no speech heard: exit 2, nothing added
+        # no speech heard: exit 2, nothing added
         volume = engine.load_study(args.paths[0], args.series)
-        record = library.add_study(volume, engine.encode_ct(volume), dictation_path=args.dictation,
-                                   dictation_embedding=speech, series=args.series)
+        record = engine.index_study(volume, args.dictation, series=args.series)
         result["added"].append(record.uid)
         result["warnings"] += list(volume.warnings)
     else:
         for path in args.paths:
-            report = library.import_tree(path, engine.encode_ct, progress=not args.json and sys.stderr.isatty())
+            from engine.library.ingest import import_tree
+
+            report = import_tree(library, path, engine.encode_ct, progress=not args.json and sys.stderr.isatty())
             result["added"] += report.added
             result["already"] += report.already
             result["skipped"] += [list(s) for s in report.skipped]

@@ -713,7 +713,7 @@ def _truncated_library(tmp: Path) -> Path:
 
 
 def _corrupt_vectors(tmp: Path) -> Path:
-    from engine.library_store import connect
+    from engine.library.store import connect
     from engine.weights.bundle import load_bundle
 
     from .tiny_bundle import tiny_bundle_path

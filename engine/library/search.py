@@ -1,9 +1,9 @@
 """The study library: studies already seen, with their embeddings, searchable by similarity.
 
 One folder (default ``platformdirs.user_data_dir("speechct")/library``) holding ``library.sqlite``
-(see :mod:`engine.library_store` for the schema and why vectors are SQLite BLOBs). The library takes
+(see :mod:`engine.library.store` for the schema and why vectors are SQLite BLOBs). The library takes
 *embeddings*, never models: callers (``engine.runtime.Engine``, the CLI, the app) encode and pass
-vectors, or pass an encoder callable to :meth:`Library.import_tree` / :meth:`Library.rebuild`.
+vectors, or pass an encoder callable to :func:`engine.library.ingest.import_tree` / :meth:`Library.rebuild`.
 
 Vectors are in the model's shared space, unit-normalised here, and compared by cosine. A query is
 one vector or a dict of named vectors; each query kind is compared with these library kinds
@@ -39,7 +39,7 @@ search, and :meth:`Library.rebuild` re-embeds every study from its stored path, 
 study (resumable).
 
 **Backends.** ``"numpy"``: exact search over one contiguous matrix (float16 by default, float32 on
-request, see :mod:`engine.vector_index`). A query reads every stored vector, so search time is memory
+request, see :mod:`engine.library.vectors`). A query reads every stored vector, so search time is memory
 bandwidth: float16 halves it (1e5 × 512 here: 7.8 ms vs 15.5 ms) for top-10 agreement 0.996 with
 float32 (the misses are ties below float16's resolution). ``"faiss"``: a FAISS index over the same rows (flat = exact up to
 ``IVF_MIN_ROWS`` rows per kind, IVF above), whose candidates are re-scored exactly; combined
@@ -55,7 +55,6 @@ folder (SQLite WAL); a process sees another's commits at its next search.
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -65,23 +64,18 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import DataError, SpeechCTError, SpeechCTWarning
-from engine.library_store import (
+from engine.library.store import (
     DB_NAME,
     VECTOR_KINDS,
     ForeignDatabase,
+    SQLiteStore,
     StudyRecord,
-    connect,
-    db_text,
+    StudyStore,
     decode_vectors,
-    from_db,
-    insert_study,
-    put_vector,
-    select_records,
-    study_key,
-    update_study,
     utc_now,
 )
-from engine.vector_index import IVF_MIN_ROWS, ExactIndex, FaissIndex, check_dtype, faiss_available, top_k
+from engine.library.vectors import IVF_MIN_ROWS, ExactIndex, FaissIndex, check_dtype, faiss_available, top_k
+from engine.study_identity import study_key
 from engine.volume import Volume
 
 __all__ = [
@@ -89,7 +83,6 @@ __all__ = [
     "QUERY_KINDS",
     "QUERY_TARGETS",
     "Hit",
-    "ImportReport",
     "Library",
     "RebuildReport",
     "StudyRecord",
@@ -154,33 +147,10 @@ class Hit:
 
 
 @dataclass
-class ImportReport:
-    added: list[str] = field(default_factory=list)  # uids added by this run
-    already: list[str] = field(default_factory=list)  # uids (or NIfTI paths) found in the library and skipped
-    skipped: list[tuple[str, str]] = field(
-        default_factory=list
-    )  # (path, reason): readable but not a CT to add
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason): unreadable
-    warnings: list[str] = field(default_factory=list)  # reader warnings about studies that were added
-    ignored_files: int = 0  # files whose names and bytes say they are not images (CSV, JSON, ...)
-
-    def summary(self) -> str:
-        return (
-            f"{len(self.added)} added, {len(self.already)} already in the library, "
-            f"{len(self.skipped)} skipped, {len(self.failed)} unreadable"
-        )
-
-
-@dataclass
 class RebuildReport:
     re_embedded: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (uid, reason): still stale, not searched
     dictations_dropped: list[str] = field(default_factory=list)  # uids whose dictation vector was removed
-
-
-class LibraryWriteError(DataError):
-    """The library file cannot be written (disk full, I/O error, locked): every further add would fail
-    too, so batch imports stop at the first one."""
 
 
 class Library:
@@ -210,7 +180,7 @@ class Library:
         self._lock = threading.RLock()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._conn = connect(self.folder / DB_NAME)
+            self._store: StudyStore = SQLiteStore(self.folder / DB_NAME)
         except ForeignDatabase as exc:
             raise DataError(f"{exc}; refusing to use it as the study library (nothing was written)",
                             self.folder / DB_NAME) from exc
@@ -227,18 +197,15 @@ class Library:
 
     # ------------------------------------------------------------------ metadata and bundle hash
     def _meta(self, key: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        return self._store.get_meta(key)
 
     def _set_meta(self, **values) -> None:
-        self._conn.executemany(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(k, str(v)) for k, v in values.items()]
-        )
+        self._store.set_meta(**values)
 
     def _init_meta(self) -> None:
         with self._lock, self._transaction():
             built_with = self._meta("bundle_hash")
-            n = self._conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
+            n = self._store.count()
             if built_with is None or (built_with != self.bundle_hash and n == 0):
                 self._set_meta(bundle_hash=self.bundle_hash, dim=self.dim)
                 if self._meta("created_at") is None:
@@ -259,8 +226,7 @@ class Library:
     def stale_count(self) -> int:
         """Studies whose vectors come from another bundle (not searched until re-embedded)."""
         with self._lock:
-            q = "SELECT COUNT(*) FROM studies WHERE bundle_hash != ?"
-            return int(self._conn.execute(q, (self.bundle_hash,)).fetchone()[0])
+            return self._store.count(stale_for=self.bundle_hash)
 
     @property
     def needs_rebuild(self) -> bool:
@@ -286,43 +252,13 @@ class Library:
             raise DataError(self.rebuild_message)
 
     # ------------------------------------------------------------------ transactions
-    class _Txn:
-        """One write transaction. A database error (disk full, I/O error, locked too long) rolls it
-        back, so nothing half-written stays, and becomes a :class:`LibraryWriteError` naming the file."""
-
-        def __init__(self, conn, db_path: Path):
-            self.conn = conn
-            self.db_path = db_path
-
-        def __enter__(self):
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
-            except sqlite3.Error as exc:
-                raise LibraryWriteError(f"cannot write the study library ({exc})", self.db_path) from exc
-            return self.conn
-
-        def __exit__(self, exc_type, exc, tb):
-            if exc_type is None:
-                try:
-                    self.conn.execute("COMMIT")
-                    return False
-                except sqlite3.Error as commit_error:
-                    exc = commit_error
-            if self.conn.in_transaction:
-                try:
-                    self.conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass  # SQLite already rolled back (it does on SQLITE_FULL)
-            if isinstance(exc, sqlite3.Error):
-                raise LibraryWriteError(f"cannot write the study library ({exc})", self.db_path) from exc
-            return False
-
-    def _transaction(self) -> Library._Txn:
-        return Library._Txn(self._conn, self.folder / DB_NAME)
+    def _transaction(self):
+        """One write transaction of the store (all or nothing; a storage failure is a LibraryWriteError)."""
+        return self._store.transaction()
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._store.close()
 
     def __enter__(self) -> Library:
         return self
@@ -333,25 +269,16 @@ class Library:
     # ------------------------------------------------------------------ records
     def __len__(self) -> int:
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0])
+            return self._store.count()
 
     def list(self) -> list[StudyRecord]:
         """Every study, in the order they were added."""
         with self._lock:
-            return [rec for _, rec in select_records(self._conn)]
+            return [rec for _, rec in self._store.records()]
 
     def _find(self, ident: str) -> tuple[int, StudyRecord] | None:
         """By uid, else SeriesInstanceUID, else stored path (the first match, in that order)."""
-        ident = db_text(str(ident))
-        for where in ("WHERE s.uid = ?", "WHERE s.series_uid = ?", "WHERE s.path = ?"):
-            found = select_records(self._conn, where, (ident,))
-            if found:
-                return found[0]
-        if Path(from_db(ident)).exists():
-            found = select_records(self._conn, "WHERE s.path = ?", (db_text(str(Path(from_db(ident)).resolve())),))
-            if found:
-                return found[0]
-        return None
+        return self._store.find(ident)
 
     def get(self, uid: str) -> StudyRecord | None:
         """The study with this uid (or SeriesInstanceUID, or path), None when absent."""
@@ -364,8 +291,7 @@ class Library:
 
     def has_path(self, path: str | Path) -> bool:
         with self._lock:
-            q = "SELECT 1 FROM studies WHERE path = ? LIMIT 1"
-            return self._conn.execute(q, (db_text(str(Path(path).resolve())),)).fetchone() is not None
+            return self._store.has_path(str(Path(path).resolve()))
 
     def remove(self, uid: str) -> StudyRecord:
         """Remove one study and its vectors (one transaction); DataError when it is not there."""
@@ -375,7 +301,7 @@ class Library:
                 raise DataError(f"no study {uid!r} in the library", self.folder)
             sid, rec = found
             with self._transaction():
-                self._conn.execute("DELETE FROM studies WHERE id = ?", (sid,))  # vectors cascade
+                self._store.delete(sid)  # vectors go with it
             self._forget([sid])
             return rec
 
@@ -424,39 +350,26 @@ class Library:
         with self._lock:
             self._require_current()
             with self._transaction():
-                old = self._conn.execute(
-                    "SELECT id, added_at FROM studies WHERE uid = ?", (rec.uid,)
-                ).fetchone()
+                old = self._store.row_of(rec.uid)
                 if old is not None and not replace:
                     return None
                 if old is None:
-                    sid = insert_study(self._conn, rec)
+                    sid = self._store.insert(rec)
                 else:  # same series again: new vectors and metadata, same row id and added_at
                     sid = old[0]
                     keep_dictation = dictation is None
                     rec = _replace(rec, added_at=old[1])
-                    update_study(self._conn, sid, rec, keep_dictation_path=keep_dictation)
+                    self._store.update(sid, rec, keep_dictation_path=keep_dictation)
                     if keep_dictation:
-                        dictation = self._dictation_vector_of(sid)
-                        rec = _replace(
-                            rec,
-                            dictation_path=self._conn.execute(
-                                "SELECT dictation_path FROM studies WHERE id = ?", (sid,)
-                            ).fetchone()[0],
-                        )
-                put_vector(self._conn, sid, "ct", ct.astype(self.dtype))
+                        dictation = self._store.vector_of(sid, "dictation", self.dim)
+                        rec = _replace(rec, dictation_path=self._store.dictation_path_of(sid))
+                self._store.put_vector(sid, "ct", ct.astype(self.dtype))
                 if dictation is not None:
-                    put_vector(self._conn, sid, "dictation", np.asarray(dictation).astype(self.dtype))
+                    self._store.put_vector(sid, "dictation", np.asarray(dictation).astype(self.dtype))
             if old is not None:
                 self._forget([sid])
             self._remember(sid, ct, dictation)
             return _replace(rec, has_dictation=dictation is not None)
-
-    def _dictation_vector_of(self, sid: int) -> np.ndarray | None:
-        row = self._conn.execute(
-            "SELECT dtype, vector FROM vectors WHERE study_id = ? AND kind = 'dictation'", (sid,)
-        ).fetchone()
-        return None if row is None else decode_vectors([row[1]], [row[0]], self.dim, np.float32)[0]
 
     def _record_for(self, volume: Volume, series: str | None, dictation_path) -> StudyRecord:
         meta = volume.metadata
@@ -484,18 +397,14 @@ class Library:
 
     # ------------------------------------------------------------------ in-memory indexes
     def _rows_version(self) -> int:
-        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        return self._store.data_version()
 
     def _ensure_loaded(self) -> dict[str, ExactIndex]:
         """Load (or reload after another process committed) every current vector into memory."""
         version = self._rows_version()
         if self._indexes is not None and version == self._data_version:
             return self._indexes
-        rows = self._conn.execute(
-            "SELECT v.study_id, v.kind, v.dtype, v.vector FROM vectors v JOIN studies s ON s.id = v.study_id "
-            "WHERE s.bundle_hash = ? ORDER BY v.study_id",
-            (self.bundle_hash,),
-        ).fetchall()
+        rows = self._store.current_vectors(self.bundle_hash)
         indexes = {}
         for kind in VECTOR_KINDS:
             mine = [r for r in rows if r[1] == kind]
@@ -563,16 +472,7 @@ class Library:
         return out
 
     def _excluded_ids(self, exclude_uids: Iterable[str]) -> np.ndarray:
-        idents = sorted({db_text(str(u)) for u in exclude_uids if u}, key=repr)
-        if not idents:
-            return np.empty(0, np.int64)
-        marks = ", ".join("?" * len(idents))
-        rows = self._conn.execute(
-            f"SELECT id FROM studies WHERE uid IN ({marks}) OR series_uid IN ({marks}) "
-            f"OR study_uid IN ({marks}) OR path IN ({marks})",
-            idents * 4,
-        ).fetchall()
-        return np.array([r[0] for r in rows], np.int64)
+        return np.array(self._store.ids_matching(list(exclude_uids)), np.int64)
 
     def search(
         self,
@@ -691,24 +591,9 @@ class Library:
         return np.where(weight_sum > 0, score, -np.inf)
 
     def _records_by_id(self, sids: np.ndarray) -> dict[int, StudyRecord]:
-        if len(sids) == 0:
-            return {}
-        marks = ", ".join("?" * len(sids))
-        return dict(select_records(self._conn, f"WHERE s.id IN ({marks})", tuple(int(s) for s in sids)))
+        return self._store.records_by_ids(sids)
 
     # ------------------------------------------------------------------ bulk work
-    def import_tree(
-        self,
-        root: str | Path,
-        encode_ct: Callable[[Volume], np.ndarray],
-        *,
-        progress: bool = True,
-    ) -> ImportReport:
-        """Add every CT series under ``root`` (see :func:`engine.library_import.import_tree`)."""
-        from engine.library_import import import_tree
-
-        return import_tree(self, root, encode_ct, progress=progress)
-
     def rebuild(
         self,
         encode_ct: Callable[[Volume], np.ndarray],
@@ -727,7 +612,7 @@ class Library:
 
         report = RebuildReport()
         with self._lock:
-            stale = select_records(self._conn, "WHERE s.bundle_hash != ?", (self.bundle_hash,))
+            stale = self._store.stale_records(self.bundle_hash)
         for sid, rec in _progress(stale, progress, "re-embedding"):
             try:
                 if not rec.path:
@@ -744,14 +629,12 @@ class Library:
                 _note(progress, f"not re-embedded {rec.uid}: {exc}")
                 continue
             with self._lock, self._transaction():
-                self._conn.execute("UPDATE studies SET bundle_hash = ? WHERE id = ?", (self.bundle_hash, sid))
-                put_vector(self._conn, sid, "ct", ct.astype(self.dtype))
+                self._store.set_bundle_hash(sid, self.bundle_hash)
+                self._store.put_vector(sid, "ct", ct.astype(self.dtype))
                 if dictation is not None:
-                    put_vector(self._conn, sid, "dictation", dictation.astype(self.dtype))
+                    self._store.put_vector(sid, "dictation", dictation.astype(self.dtype))
                 elif rec.has_dictation:
-                    self._conn.execute(
-                        "DELETE FROM vectors WHERE study_id = ? AND kind = 'dictation'", (sid,)
-                    )
+                    self._store.drop_vector(sid, "dictation")
                     report.dictations_dropped.append(rec.uid)
             report.re_embedded.append(rec.uid)
         with self._lock:

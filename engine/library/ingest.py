@@ -14,13 +14,15 @@ import os
 import sqlite3
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from engine.errors import DataError, SpeechCTError, SpeechCTWarning, StudyError
 from engine.io.sniff import one_line, sniff
-from engine.library_store import study_key
+from engine.library.store import LibraryWriteError
+from engine.study_identity import study_key
 from engine.volume import Volume
 
 #: Names that claim to be images: failing to read one is reported; other files (CSV, JSON, ...) are ignored.
@@ -83,6 +85,35 @@ def find_study_units(root: str | Path) -> tuple[list[Path], list[tuple[str, str]
     return units, unreadable, ignored
 
 
+@dataclass
+class ImportReport:
+    added: list[str] = field(default_factory=list)  # uids added by this run
+    already: list[str] = field(default_factory=list)  # uids (or NIfTI paths) found in the library and skipped
+    skipped: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (path, reason): readable but not a CT to add
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason): unreadable
+    warnings: list[str] = field(default_factory=list)  # reader warnings about studies that were added
+    ignored_files: int = 0  # files whose names and bytes say they are not images (CSV, JSON, ...)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.added)} added, {len(self.already)} already in the library, "
+            f"{len(self.skipped)} skipped, {len(self.failed)} unreadable"
+        )
+
+
+#: The recording beside a study that the app's "index studies" takes as that study's dictation.
+DICTATION_NAME = "dictation.wav"
+
+
+def dictation_beside(study: str | Path) -> Path | None:
+    """The dictation paired with a study path: ``dictation.wav`` in the folder that holds the study
+    (the samples' layout, ``study-00N/dicom`` + ``study-00N/dictation.wav``), None when there is none."""
+    wav = Path(study).parent / DICTATION_NAME
+    return wav if wav.is_file() else None
+
+
 def import_tree(
     library, root: str | Path, encode_ct: Callable[[Volume], np.ndarray], *, progress: bool = True
 ):
@@ -96,7 +127,6 @@ def import_tree(
     already added stay added.
     """
     from engine.io import list_series, load_volume
-    from engine.library import ImportReport, LibraryWriteError
 
     report = ImportReport()
     units, unreadable, report.ignored_files = find_study_units(root)
