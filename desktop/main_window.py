@@ -254,7 +254,7 @@ class MainWindow(QMainWindow):
             return a
 
         m = self.menuBar().addMenu("&File")
-        act(m, "Open &folder…", self.studies._choose_folder, "Ctrl+O")
+        act(m, "Open &folder…", self.studies.choose_folder, "Ctrl+O")
         act(m, "Open &file…", self.studies._choose_file, "Ctrl+Shift+O")
         act(m, "Add study to &library", self.add_to_library, "Ctrl+L")
         act(m, "&Settings…", self.edit_settings, "Ctrl+,")
@@ -480,31 +480,17 @@ class MainWindow(QMainWindow):
             return
         volume, last = self.volume, self.dictation.last
 
-        def work():
-            eng = self.service.engine()
-            eng.index_study(volume, None if last is None else (last[1], last[2]),
-                            dictation_path=None if last is None else last[0])
-            return len(eng.library)
-
         def done(n):
             self._library_size(n)
             self._status(f"Added to the library ({n} studies)")
             self.service.library_records(self.studies.set_library)  # its entry shows at once
             self.libraryIndexed.emit(n)
 
-        self.service._run("Adding to the library…", work, on_result=done)
+        self.service.add_to_library(volume, last, on_result=done)
 
     def index_studies(self, paths) -> None:
         """Add studies (and a ``dictation.wav`` beside each DICOM folder, when present) to the library."""
         paths = [str(p) for p in paths]
-
-        def work():
-            from engine.library.ingest import dictation_beside
-
-            eng = self.service.engine()
-            for p in paths:
-                eng.index_study(p, dictation_beside(p))
-            return len(eng.library)
 
         def done(n):
             self._library_size(n)
@@ -512,7 +498,7 @@ class MainWindow(QMainWindow):
             self.service.library_records(self.studies.set_library)
             self.libraryIndexed.emit(n)
 
-        self.service._run(f"Indexing {len(paths)} studies…", work, on_result=done)
+        self.service.index_studies(paths, on_result=done)
 
     # ---------------------------------------------------------------- dictation
     def _toggle_dictation(self) -> None:

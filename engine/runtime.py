@@ -72,7 +72,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -433,14 +433,19 @@ class Engine:
     def _encode_ct(self, volume, series=None) -> tuple[np.ndarray, bool]:
         if not isinstance(volume, Volume):
             volume = self.load_study(volume, series)
+        return self._encode_ct_keyed(volume)[:2]
+
+    def _encode_ct_keyed(self, volume: Volume) -> tuple[np.ndarray, bool, str]:
+        """(embedding, whether it came from the cache, the study key): the key is computed once here."""
         from engine.study_identity import voxel_fingerprint
 
         # the UID names the series, the fingerprint its pixels: a series rewritten under its old UID
         # (a re-export, a regenerated sample) must not be answered from the cache
-        key = f"{self.study_key(volume)}|{voxel_fingerprint(volume)}"
+        uid = self.study_key(volume)
+        key = f"{uid}|{voxel_fingerprint(volume)}"
         cached = self._ct_cache.get(key)
         if cached is not None:
-            return cached, True
+            return cached, True, uid
         from engine.preprocess import prepare_ct
 
         prepared = prepare_ct(volume, self._model("spec"))
@@ -451,7 +456,7 @@ class Engine:
                 emb = model(x.to(self.device))
         vec = _unit(emb[0], volume.metadata.get("source"))
         self._ct_cache.put(key, vec)
-        return vec, False
+        return vec, False, uid
 
     def encode_speech(self, waveform: np.ndarray, sample_rate: int = 16_000) -> np.ndarray:
         """Unit-norm speech embedding ``[D]`` of a mono (or ``[samples, channels]``) waveform."""
@@ -610,6 +615,7 @@ class Engine:
         series: str | None = None,
         dictation_path: str | Path | None = None,
         speech_embedding: np.ndarray | None = None,
+        ct_embedding: np.ndarray | None = None,
     ):
         """Add one study, with its dictation when given, to the library: the one way the CLI and the app
         add a study. Returns the library's :class:`engine.library.StudyRecord`.
@@ -617,8 +623,8 @@ class Engine:
         ``dictation``: an audio file, or a ``(waveform, sample_rate)`` pair (``dictation_path`` then names
         the recording the library remembers). A dictation without speech raises
         :class:`engine.speech_presence.NoSpeechError` before anything is added. ``speech_embedding``: the
-        dictation's embedding when already computed (it is not encoded again). The CT embedding comes from
-        the engine's cache when the study was encoded before.
+        dictation's embedding and ``ct_embedding`` the study's, when already computed (neither is encoded
+        again); otherwise the CT embedding comes from the engine's cache when the study was encoded before.
         """
         speech = None if speech_embedding is None else self._check_dim(speech_embedding, "speech")
         if dictation is not None and speech is None:
@@ -634,7 +640,8 @@ class Engine:
                 speech = self.encode_audio_file(dictation)
         if not isinstance(volume, Volume):
             volume = self.load_study(volume, series)
-        return self.library.add_study(volume, self.encode_ct(volume), series=series,
+        ct = self.encode_ct(volume) if ct_embedding is None else self._check_dim(ct_embedding, "CT")
+        return self.library.add_study(volume, ct, series=series,
                                       dictation_path=None if dictation_path is None else str(dictation_path),
                                       dictation_embedding=speech)
 
@@ -695,52 +702,49 @@ class Engine:
         A waveform without speech (:mod:`engine.speech_presence`) raises
         :class:`engine.speech_presence.NoSpeechError` before anything is loaded or encoded: no
         dictation findings are made from silence or noise. ``audio_path`` names the recording in
-        that message and in other audio errors."""
+        that message and in other audio errors. :class:`engine.session.StudySession` makes the same
+        two steps (:meth:`analyze_study`, :meth:`add_dictation`) one at a time, never repeating the first.
+        """
         t_all = time.perf_counter()
-        timings: dict[str, float | None] = {"load_study": None, "encode_speech": None, "dictation": None,
-                                            "similar": None}
         if waveform is not None:
             if sample_rate is None:
                 raise AudioError("a waveform needs its sample_rate", audio_path)
             from engine.speech_presence import require_speech
 
             require_speech(waveform, sample_rate, audio_path)
+        load_ms = None
         if not isinstance(volume, Volume):
             volume = self.load_study(volume, series)
-            timings["load_study"] = _ms(time.perf_counter() - t_all)
+            load_ms = _ms(time.perf_counter() - t_all)
+        study = self.analyze_study(volume, load_study_ms=load_ms)
+        exclude = query_ids(volume, study, series) if similar_k > 0 else ()
+        if waveform is None:
+            result = study
+            if similar_k > 0:
+                t = time.perf_counter()
+                hits = self.similar(ct=study.ct_embedding, k=similar_k, exclude_uids=exclude)
+                result = replace(study, similar=hits, timings={**study.timings, "similar": _ms(time.perf_counter() - t)})
+        else:
+            result = self.add_dictation(study, waveform, sample_rate, audio_path=audio_path, similar_k=similar_k,
+                                        exclude_uids=exclude, speech_checked=True)
+        return _with_total(result, time.perf_counter() - t_all)
+
+    def analyze_study(self, volume: Volume, *, load_study_ms: float | None = None) -> Analysis:
+        """The image half of :meth:`analyze`: the CT embedding (cached), the ranked findings, the findings
+        left unchecked; no dictation. ``Analysis.ct_embedding`` carries the embedding for later steps."""
+        t_all = time.perf_counter()
+        timings: dict[str, float | None] = {"load_study": load_study_ms, "encode_speech": None, "dictation": None,
+                                            "similar": None}
         t = time.perf_counter()
-        self.warm_up(*(("spec", "ct", "prompts", "thresholds")
-                       + (("speech",) if waveform is not None else ())
-                       + (("dictation",) if waveform is not None and self.has_dictation_head else ())))
+        self.warm_up("spec", "ct", "prompts", "thresholds")
         timings["load_models"] = _ms(time.perf_counter() - t)
         t = time.perf_counter()
-        ct_emb, was_cached = self._encode_ct(volume)
+        ct_emb, was_cached, uid = self._encode_ct_keyed(volume)
         timings["encode_ct"] = _ms(time.perf_counter() - t)
         t = time.perf_counter()
         findings = self.rank(ct_emb)
         timings["rank"] = _ms(time.perf_counter() - t)
-        dictation = discrepancies = speech_emb = transcript = None
         unchecked_labels = unchecked(findings, self.min_finding_auroc)  # known before any dictation
-        if waveform is not None:
-            t = time.perf_counter()
-            speech_emb, frames = self.encode_speech_frames(waveform, sample_rate, source=audio_path)
-            timings["encode_speech"] = _ms(time.perf_counter() - t)
-            if self.has_dictation_head:
-                t = time.perf_counter()
-                if self.dictation_reader == "cascade":  # made once: the reader and the app's transcript share it
-                    transcript = self.transcribe(waveform, sample_rate)
-                dictation = self.read_dictation(waveform, sample_rate, speech_emb, frames, transcript=transcript)
-                discrepancies = self.discrepancies(findings, dictation)
-                timings["dictation"] = _ms(time.perf_counter() - t)
-        uid = self.study_key(volume)
-        hits = None
-        if similar_k > 0:
-            t = time.perf_counter()
-            from engine.library import query_uids
-
-            hits = self.similar(ct=ct_emb, dictation=speech_emb, k=similar_k, exclude_uids=query_uids(volume, series))
-            timings["similar"] = _ms(time.perf_counter() - t)
-        timings["total"] = _ms(time.perf_counter() - t_all)
         md = volume.metadata
         study = {
             "uid": uid,
@@ -752,11 +756,75 @@ class Engine:
             "spacing": [float(s) for s in volume.spacing],
             "warnings": list(volume.warnings),
         }
-        return Analysis(
-            bundle=self.describe(), device=str(self.device), study=study, findings=findings,
-            dictation=dictation, discrepancies=discrepancies, unchecked=unchecked_labels, similar=hits,
-            timings={k: timings[k] for k in ("load_study", "load_models", "encode_ct", "encode_speech", "rank", "dictation",
-                                             "similar", "total")},
-            cached={"ct": was_cached}, ct_embedding=ct_emb, speech_embedding=speech_emb, transcript=transcript,
-        )
+        result = Analysis(bundle=self.describe(), device=str(self.device), study=study, findings=findings,
+                          unchecked=unchecked_labels, timings=timings, cached={"ct": was_cached}, ct_embedding=ct_emb)
+        return _with_total(result, time.perf_counter() - t_all + (load_study_ms or 0.0) / 1000.0)
 
+    def add_dictation(
+        self,
+        study: Analysis,
+        waveform: np.ndarray,
+        sample_rate: int,
+        *,
+        audio_path: str | Path | None = None,
+        similar_k: int = 0,
+        exclude_uids: Iterable[str] = (),
+        speech_checked: bool = False,
+    ) -> Analysis:
+        """:meth:`analyze_study`'s result extended by a dictation: what it says per finding, the
+        discrepancies, and with ``similar_k`` the library's nearest studies (``exclude_uids``: the study's
+        own identifiers). Nothing of the study is computed again. ``speech_checked``: the caller already
+        made the speech-presence check."""
+        t_all = time.perf_counter()
+        if sample_rate is None:
+            raise AudioError("a waveform needs its sample_rate", audio_path)
+        if not speech_checked:
+            from engine.speech_presence import require_speech
+
+            require_speech(waveform, sample_rate, audio_path)
+        timings = dict(study.timings)
+        t = time.perf_counter()
+        self.warm_up(*(("speech",) + (("dictation",) if self.has_dictation_head else ())))
+        timings["load_models"] = round((timings.get("load_models") or 0.0) + _ms(time.perf_counter() - t), 2)
+        t = time.perf_counter()
+        speech_emb, frames = self.encode_speech_frames(waveform, sample_rate, source=audio_path)
+        timings["encode_speech"] = _ms(time.perf_counter() - t)
+        dictation = discrepancies = transcript = None
+        if self.has_dictation_head:
+            t = time.perf_counter()
+            if self.dictation_reader == "cascade":  # made once: the reader and the app's transcript share it
+                transcript = self.transcribe(waveform, sample_rate)
+            dictation = self.read_dictation(waveform, sample_rate, speech_emb, frames, transcript=transcript)
+            discrepancies = self.discrepancies(study.findings, dictation)
+            timings["dictation"] = _ms(time.perf_counter() - t)
+        hits = None
+        if similar_k > 0:
+            t = time.perf_counter()
+            hits = self.similar(ct=study.ct_embedding, dictation=speech_emb, k=similar_k, exclude_uids=exclude_uids)
+            timings["similar"] = _ms(time.perf_counter() - t)
+        result = replace(study, dictation=dictation, discrepancies=discrepancies, similar=hits, timings=timings,
+                         speech_embedding=speech_emb, transcript=transcript)
+        return _with_total(result, time.perf_counter() - t_all)
+
+
+_TIMING_KEYS = ("load_study", "load_models", "encode_ct", "encode_speech", "rank", "dictation", "similar", "total")
+
+
+def _with_total(result: Analysis, seconds: float) -> Analysis:
+    """``result`` with its timings in the schema's order and ``total`` set to ``seconds``."""
+    timings = {**result.timings, "total": _ms(seconds)}
+    return replace(result, timings={k: timings.get(k) for k in _TIMING_KEYS})
+
+
+def query_ids(volume: Volume, study: Analysis, series: str | None = None) -> set[str]:
+    """Every identifier the analysed study may sit under in a library (its key from ``study``, not
+    recomputed): pass as ``exclude_uids`` so a study never finds itself."""
+    ids = {str(study.study["uid"])}
+    if series:
+        ids.add(series)
+    for key in ("series_uid", "study_uid", "source"):
+        if volume.metadata.get(key):
+            ids.add(str(volume.metadata[key]))
+    if volume.metadata.get("source"):
+        ids.add(str(Path(volume.metadata["source"]).resolve()))
+    return ids
