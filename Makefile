@@ -26,10 +26,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) scripts/system-deps.sh
 	# every other version as tested (packaging/constraints.txt, CPython 3.11 on x86_64 Linux): a new release
 	# upstream cannot break CI. Elsewhere (e.g. Python 3.10, where numpy 2.4 does not install) pyproject's ranges.
 	@if $(PY) -c 'import platform, sys; sys.exit(not (sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64"))'; then \
-		$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[desktop,train,faiss,dev,bench,package]'; \
+		$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[desktop,train,faiss,postgres,dev,bench,package]'; \
 	else \
 		echo "note: $(CONSTRAINTS) pins CPython 3.11 on x86_64; installing pyproject's version ranges instead"; \
-		$(PY) -m pip install -q -e '.[desktop,train,faiss,dev,bench,package]'; \
+		$(PY) -m pip install -q -e '.[desktop,train,faiss,postgres,dev,bench,package]'; \
 	fi
 	@rm -f $(VENV)/.installed-*; touch $(STAMP)
 

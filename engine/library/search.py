@@ -74,6 +74,7 @@ from engine.library.store import (
     decode_vectors,
     utc_now,
 )
+from engine.library.pg_store import check_url, is_postgres_url
 from engine.library.vectors import IVF_MIN_ROWS, ExactIndex, FaissIndex, check_dtype, faiss_available, top_k
 from engine.study_identity import study_key
 from engine.volume import Volume
@@ -104,7 +105,10 @@ QUERY_KINDS = tuple(QUERY_TARGETS)
 #: "auto" uses FAISS from this many studies on: below it FAISS's flat index is no faster than numpy here
 #: (bench/library_search.py), at it FAISS switches to IVF.
 AUTO_FAISS_MIN_ROWS = IVF_MIN_ROWS
-BACKENDS = ("numpy", "faiss", "auto")
+#: "auto" on a PostgreSQL library takes candidates from its HNSW index from this many studies on (below it
+#: exact numpy is fast and exact; bench/library_search.py).
+AUTO_PGVECTOR_MIN_ROWS = 100_000
+BACKENDS = ("numpy", "faiss", "pgvector", "auto")
 
 
 def default_library_dir() -> Path:
@@ -114,15 +118,22 @@ def default_library_dir() -> Path:
 
 
 def check_library_location(path) -> None:
-    """A library is a local folder. A URL (``postgresql://...``) would otherwise become a folder named
-    ``postgresql:`` in the working directory: refuse it, saying what is and is not available."""
+    """A library is a local folder or a PostgreSQL URL (``postgresql://USER@HOST:PORT/DB``, no password
+    in it: :mod:`engine.library.pg_store`). Any other URL would otherwise become a folder named after
+    its scheme in the working directory: refuse it at once, before anything slow."""
     text = "" if path is None else str(path)
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", text)
     if scheme is None:
         return
-    if scheme.group(1).lower() in ("postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg2"):
-        raise DataError("a PostgreSQL library is not supported yet; give a local library folder", text)
-    raise DataError(f"a library must be a local folder, not a {scheme.group(1)}:// URL", text)
+    if scheme.group(1).lower() in ("postgres", "postgresql"):
+        from engine.library.pg_store import check_url
+
+        check_url(text)
+        return
+    if scheme.group(1).lower() in ("postgresql+psycopg", "postgresql+psycopg2"):
+        raise DataError("give the library as postgresql://USER@HOST:PORT/DB (no driver suffix)", text)
+    raise DataError(f"a library must be a local folder or a postgresql:// URL, not a {scheme.group(1)}:// URL",
+                    text)
 
 
 def query_uids(volume: Volume, series: str | None = None) -> set[str]:
@@ -172,24 +183,33 @@ class Library:
         if not bundle_hash:
             raise ValueError("bundle_hash must be a non-empty string")
         check_library_location(path)
-        self.folder = Path(path) if path is not None else default_library_dir()
         self.bundle_hash = str(bundle_hash)
         self.dim = int(dim)
         self.dtype = check_dtype(dtype)
         self.backend = backend
         self._lock = threading.RLock()
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._store: StudyStore = SQLiteStore(self.folder / DB_NAME)
-        except ForeignDatabase as exc:
-            raise DataError(f"{exc}; refusing to use it as the study library (nothing was written)",
-                            self.folder / DB_NAME) from exc
-        except (OSError, SpeechCTError) as exc:
-            raise DataError(f"cannot open the study library ({exc})", self.folder) from exc
-        except Exception as exc:  # sqlite3.DatabaseError: not a database, locked, ...
-            raise DataError(f"cannot open the study library ({exc})", self.folder / DB_NAME) from exc
+        if is_postgres_url(path):
+            from engine.library.pg_store import PostgresStore
+
+            self.folder = check_url(str(path))  # a URL without password: what messages name
+            self._store: StudyStore = PostgresStore(str(path), dim=self.dim)  # its errors name the URL
+        else:
+            if backend == "pgvector":
+                raise DataError("the pgvector backend needs a postgresql:// library")
+            self.folder = Path(path) if path is not None else default_library_dir()
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._store = SQLiteStore(self.folder / DB_NAME)
+            except ForeignDatabase as exc:
+                raise DataError(f"{exc}; refusing to use it as the study library (nothing was written)",
+                                self.folder / DB_NAME) from exc
+            except (OSError, SpeechCTError) as exc:
+                raise DataError(f"cannot open the study library ({exc})", self.folder) from exc
+            except Exception as exc:  # sqlite3.DatabaseError: not a database, locked, ...
+                raise DataError(f"cannot open the study library ({exc})", self.folder / DB_NAME) from exc
         self._indexes: dict[str, ExactIndex] | None = None
         self._faiss: dict[str, FaissIndex] = {}
+        self._pgvector = False  # candidates from the PostgreSQL store's HNSW index (backend "pgvector")
         self._data_version = None
         self._init_meta()
         if self.needs_rebuild:
@@ -420,12 +440,18 @@ class Library:
         self._indexes = indexes
         self._data_version = version
         self._faiss = {}
-        if self._use_faiss(len(indexes["ct"])):
+        self._pgvector = self._use_pgvector(len(indexes["ct"]))
+        if not self._pgvector and self._use_faiss(len(indexes["ct"])):
             for kind, index in indexes.items():
                 fi = FaissIndex(self.dim, str(self.dtype))
                 fi.build(index.ids, index.rows)
                 self._faiss[kind] = fi
         return indexes
+
+    def _use_pgvector(self, n: int) -> bool:
+        if not hasattr(self._store, "nearest"):
+            return False
+        return self.backend == "pgvector" or (self.backend == "auto" and n >= AUTO_PGVECTOR_MIN_ROWS)
 
     def _use_faiss(self, n: int) -> bool:
         if self.backend == "faiss":
@@ -436,7 +462,7 @@ class Library:
     def backend_in_use(self) -> str:
         with self._lock:
             self._ensure_loaded()
-            return "faiss" if self._faiss else "numpy"
+            return "pgvector" if self._pgvector else "faiss" if self._faiss else "numpy"
 
     def _remember(self, sid: int, ct: np.ndarray, dictation: np.ndarray | None) -> None:
         """Apply our own add to the loaded indexes (our commits do not change PRAGMA data_version)."""
@@ -500,13 +526,14 @@ class Library:
             if len(universe) == 0 or k <= 0:
                 return []
             excluded = self._excluded_ids(exclude_uids)
-            if self._faiss:
-                cand = self._faiss_candidates(queries, pairs, k, len(excluded))
+            approximate = bool(self._faiss) or self._pgvector
+            if approximate:
+                cand = self._candidates(queries, pairs, k, len(excluded))
             else:
                 cand = np.arange(len(universe))
-            cosines, zs = self._pair_scores(indexes, queries, pairs, cand, exact_stats=not self._faiss)
+            cosines, zs = self._pair_scores(indexes, queries, pairs, cand, exact_stats=not approximate)
             score = self._combine(queries, pairs, cosines, zs, weights)
-            if len(excluded) and self._faiss:
+            if len(excluded) and approximate:
                 score[np.isin(universe.ids[cand], excluded)] = -np.inf
             elif len(excluded):  # cand is every row: positions are binary searches
                 drop = universe.positions(excluded)
@@ -527,12 +554,16 @@ class Library:
                 for b, sid in zip(best, sids)
             ]
 
-    def _faiss_candidates(self, queries, pairs, k: int, n_excluded: int) -> np.ndarray:
-        """Positions (in the CT index) of the union of each pair's FAISS top candidates."""
+    def _candidates(self, queries, pairs, k: int, n_excluded: int) -> np.ndarray:
+        """Positions (in the CT index) of the union of each pair's approximate top candidates (FAISS, or
+        the PostgreSQL store's HNSW index); they are re-scored exactly."""
         depth = k + n_excluded if len(pairs) == 1 else max(4 * k, k + 64) + n_excluded
         found = []
         for q, t in pairs:
-            _, ids = self._faiss[t].search(queries[q][None], depth)
+            if self._pgvector:
+                ids = self._store.nearest(t, queries[q], depth, self.bundle_hash)[None]
+            else:
+                _, ids = self._faiss[t].search(queries[q][None], depth)
             found.append(ids[0][ids[0] >= 0])
         pos = self._indexes["ct"].positions(np.unique(np.concatenate(found)))
         return pos[pos >= 0]

@@ -1,9 +1,13 @@
-"""The SQLite library under concurrent writers and foreign files.
+"""The library under concurrent writers (SQLite and PostgreSQL alike) and foreign files.
 
 - a file that is SQLite but not a library is refused before anything is written to it;
 - two imports of the same tree at once add each study exactly once (check-then-add is one transaction);
 - 4 processes x 200 studies into one library, one of them killed mid-way and then rerun: every study
-  exactly once, nothing lost, ``PRAGMA integrity_check`` ok.
+  exactly once, nothing lost, the database's own checks pass (SQLite: ``PRAGMA integrity_check``;
+  PostgreSQL: its constraints, valid indexes and :meth:`PostgresStore.check_integrity`).
+
+The last two run on both backends (``backend`` fixture: a library folder, or a fresh database of the
+test PostgreSQL server of :mod:`tests.postgres_server`).
 """
 
 from __future__ import annotations
@@ -25,11 +29,20 @@ from engine.errors import DataError
 from engine.io import write_nifti
 from engine.library import Library
 from tests.engine.library_fakes import DIM, make_volume
+from tests.postgres_server import pg_url, postgres  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _importer(tree: Path, lib_dir: Path, delay: float = 0.0) -> subprocess.Popen:
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request, tmp_path) -> str:
+    """Where the library lives: a folder, or a PostgreSQL URL."""
+    if request.param == "postgres":
+        return request.getfixturevalue("pg_url")
+    return str(tmp_path / "lib")
+
+
+def _importer(tree: Path, lib_dir: Path | str, delay: float = 0.0) -> subprocess.Popen:
     script = textwrap.dedent(
         f"""
         import json
@@ -52,7 +65,13 @@ def _result(proc: subprocess.Popen, timeout: float = 300) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _rows(db: Path) -> int:
+def _rows(db: Path | str) -> int:
+    if str(db).startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(str(db)) as conn:
+            return conn.execute("SELECT COUNT(*) FROM speechct.studies").fetchone()[0]
+    db = Path(db) / "library.sqlite" if Path(db).is_dir() else Path(db)
     if not db.exists():
         return 0
     conn = sqlite3.connect(str(db), timeout=30)
@@ -70,7 +89,30 @@ def _write_studies(root: Path, first_seed: int, n: int) -> None:
         write_nifti(make_volume(seed), root / f"p{seed:05d}" / f"scan_{seed}.nii.gz")
 
 
-def _check_database(db: Path, expected_paths: set[str]) -> None:
+def _check_postgres(url: str, expected_paths: set[str]) -> None:
+    import psycopg
+
+    from engine.library.pg_store import PostgresStore
+
+    store = PostgresStore(url, dim=DIM)
+    try:
+        assert store.check_integrity() == []
+    finally:
+        store.close()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'speechct' "
+                            "AND NOT (i.indisvalid AND i.indisready)").fetchone()[0] == 0
+        paths = [r[0] for r in conn.execute("SELECT path FROM speechct.studies")]
+        assert len(paths) == len(set(paths)), "a study was added twice"
+        assert set(paths) == expected_paths, "studies lost or foreign rows"
+        assert conn.execute("SELECT COUNT(*) FROM speechct.vectors WHERE kind = 'ct'").fetchone()[0] == len(paths)
+
+
+def _check_database(db: Path | str, expected_paths: set[str]) -> None:
+    if str(db).startswith("postgresql://"):
+        return _check_postgres(str(db), expected_paths)
+    db = Path(db) / "library.sqlite" if Path(db).is_dir() else Path(db)
     conn = sqlite3.connect(str(db))
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -116,19 +158,19 @@ def test_a_library_of_a_newer_schema_is_refused_untouched(tmp_path):
     assert db.read_bytes() == before
 
 
-def test_two_imports_of_the_same_tree_add_each_study_once(tmp_path):
+def test_two_imports_of_the_same_tree_add_each_study_once(tmp_path, location):
     tree = tmp_path / "tree"
     _write_studies(tree, 0, 30)
-    lib = tmp_path / "lib"
+    lib = location
     Library(lib, bundle_hash="bundle-a", dim=DIM).close()  # created once, so both start adding at once
     procs = [_importer(tree, lib, delay=0.02) for _ in range(2)]
     results = [_result(p) for p in procs]
     assert sum(r["added"] for r in results) == 30, results  # before: 29 + 28 for 30 rows
     assert all(r["added"] + r["already"] == 30 and not r["failed"] for r in results), results
-    _check_database(lib / "library.sqlite", {str(p.resolve()) for p in tree.rglob("*.nii.gz")})
+    _check_database(lib, {str(p.resolve()) for p in tree.rglob("*.nii.gz")})
 
 
-def test_four_writers_one_killed_then_rerun(tmp_path):
+def test_four_writers_one_killed_then_rerun(tmp_path, location):
     """4 processes x 200 studies on one library; the last is killed with SIGKILL mid-way and rerun."""
     n_each, n_procs = 200, 4
     trees = []
@@ -136,8 +178,7 @@ def test_four_writers_one_killed_then_rerun(tmp_path):
         tree = tmp_path / f"tree{k}"
         _write_studies(tree, 10_000 * (k + 1), n_each)
         trees.append(tree)
-    lib = tmp_path / "lib"
-    db = lib / "library.sqlite"
+    lib = db = location
     Library(lib, bundle_hash="bundle-a", dim=DIM).close()
     started = time.perf_counter()
     procs = [_importer(tree, lib) for tree in trees]
@@ -160,7 +201,7 @@ def test_four_writers_one_killed_then_rerun(tmp_path):
     _check_database(db, expected)
     with Library(lib, bundle_hash="bundle-a", dim=DIM) as library:
         assert len(library) == n_procs * n_each
-    print(f"4 x {n_each} studies, one killed at {partial} and rerun: {time.perf_counter() - started:.1f} s")
+    print(f"{location.split(':')[0]}: 4 x {n_each} studies, one killed at {partial} and rerun: {time.perf_counter() - started:.1f} s")
 
 
 def _holder(db: Path, seconds: float) -> subprocess.Popen:
