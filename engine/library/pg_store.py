@@ -44,7 +44,14 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from engine.errors import DataError, one_line
-from engine.library.store import VECTOR_KINDS, LibraryWriteError, StudyRecord, _raw_values, from_db, record_from_row
+from engine.library.store import (
+    VECTOR_KINDS,
+    LibraryWriteError,
+    StudyRecord,
+    _raw_values,
+    from_db,
+    record_from_row,
+)
 
 SCHEMA = "speechct"
 SCHEMA_VERSION = 1

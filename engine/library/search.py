@@ -64,6 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import DataError, SpeechCTError, SpeechCTWarning
+from engine.library.pg_store import check_url, is_postgres_url
 from engine.library.store import (
     DB_NAME,
     VECTOR_KINDS,
@@ -74,7 +75,6 @@ from engine.library.store import (
     decode_vectors,
     utc_now,
 )
-from engine.library.pg_store import check_url, is_postgres_url
 from engine.library.vectors import IVF_MIN_ROWS, ExactIndex, FaissIndex, check_dtype, faiss_available, top_k
 from engine.study_identity import study_key
 from engine.volume import Volume
