@@ -746,7 +746,9 @@ def _lib_case(name, expect, fragments, make):
 
 
 _LIBRARIES = {
-    "PostgreSQL URL": ("error", "a PostgreSQL library is not supported yet", lambda t: "postgresql://user@db/speechct"),
+    "PostgreSQL URL with a password": ("error", "the library URL holds a password",
+                                       lambda t: "postgresql://user:secret@db/speechct"),
+    "PostgreSQL down": ("error", "cannot open the study library", lambda t: "postgresql://user@127.0.0.1:1/speechct"),
     "other URL": ("error", "must be a local folder", lambda t: "https://example.org/lib"),
     "a file, not a folder": ("error", "cannot open the study library", lambda t: put(t / "f", "x")),
     "foreign SQLite file": ("error", "not a SpeechCT library (tables: invoices)", _foreign_sqlite),

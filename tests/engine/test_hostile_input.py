@@ -197,14 +197,22 @@ def test_a_1x1x1_nifti_is_refused(tmp_path, capsys):
         _one_error_line(err, "dot.nii.gz: is 1x1x1 voxels: too small for a CT image")
 
 
-def test_library_url_is_not_supported_yet(tmp_path, capsys, monkeypatch):
+def test_a_library_url_with_a_password_is_refused_without_showing_it(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for argv in (["index", "list", "--library", "postgresql://user@db/speechct"],
-                 ["search", "--text", "x", "--library", "postgresql://user@db/speechct"]):
-        code, _, err = _cli(capsys, *argv)
-        assert code == 2
-        _one_error_line(err, "postgresql://user@db/speechct: a PostgreSQL library is not supported yet")
+    for argv in (["index", "list", "--library", "postgresql://user:s3cret@db/speechct"],
+                 ["search", "--text", "x", "--library", "postgresql://user:s3cret@db/speechct"]):
+        code, out, err = _cli(capsys, *argv)
+        assert code == 2 and "s3cret" not in out + err
+        _one_error_line(err, "postgresql://user@db/speechct: the library URL holds a password")
     assert list(tmp_path.iterdir()) == []  # no local folder named 'postgresql:'
+
+
+def test_a_library_url_of_another_scheme_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _cli(capsys, "index", "list", "--library", "mysql://user@db/speechct")
+    assert code == 2
+    _one_error_line(err, "mysql://user@db/speechct: a library must be a local folder or a postgresql:// URL")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_speech_errors_name_the_file(tmp_path):
