@@ -1,4 +1,4 @@
-"""``speechct-app [PATH] [--bundle DIR] [--library DIR] [--selftest [--selftest-out DIR]]``.
+"""``speechct-app [PATH] [--bundle DIR] [--library DIR|URL] [--selftest [--selftest-out DIR]]``.
 
 Opens straight into the first sample study when no PATH is given. ``--selftest`` runs offscreen
 (see ``desktop.selftest``) and exits 0 when every check passed, 1 otherwise.
@@ -17,10 +17,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("path", nargs="?", help="a DICOM folder/file or NIfTI file (default: the sample study)")
     p.add_argument("--series", help="series UID to open when PATH holds several")
     p.add_argument("--bundle", help="model bundle folder (default: settings, then the engine's default)")
-    p.add_argument("--library", help="study library folder (default: settings, then the engine's default)")
+    p.add_argument("--library", help="study library folder or postgresql://USER@HOST:PORT/DB "
+                   "(default: settings, then the engine's default)")
     p.add_argument("--selftest", action="store_true", help="run the offscreen self-test and exit 0/1")
     p.add_argument("--selftest-out", help="folder for the self-test's PNGs (default: a temporary folder)")
     return p.parse_args(argv)
+
+
+def library_setting(text: str) -> str:
+    """``--library`` as the settings keep it: a folder made absolute, a postgresql:// URL as given."""
+    if "://" in text:
+        return text
+    return str(Path(text).expanduser().resolve())
 
 
 def main(argv=None) -> int:
@@ -45,7 +53,7 @@ def main(argv=None) -> int:
     if args.bundle:
         settings.bundle = str(Path(args.bundle).expanduser().resolve())
     if args.library:
-        settings.library = str(Path(args.library).expanduser().resolve())
+        settings.library = library_setting(args.library)
     source_factory = None
     tmp = None
     if args.selftest:

@@ -100,7 +100,7 @@ class SettingsDialog(QDialog):
         self.bundle = QLineEdit(settings.bundle)
         self.bundle.setPlaceholderText("default bundle")
         self.library = QLineEdit(settings.library)
-        self.library.setPlaceholderText("default library")
+        self.library.setPlaceholderText("default library (or postgresql://user@host:port/db)")
         self.microphone = QComboBox()
         self.microphone.addItem("System default", "")
         for _, name in devices:

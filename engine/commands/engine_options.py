@@ -22,8 +22,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser, *, library: bool = Fal
     group.add_argument("--no-cache", action="store_true", help="do not read or write the on-disk embedding cache")
     group.add_argument("-v", "--verbose", action="store_true", help="log the device and model loading to stderr")
     if library:
-        parser.add_argument("--library", metavar="DIR",
-                            help="study library folder (default: the user data folder's speechct/library)")
+        parser.add_argument("--library", metavar="DIR|URL",
+                            help="study library: a folder (default: the user data folder's speechct/library) or "
+                                 "postgresql://USER@HOST:PORT/DB (password from PGPASSWORD or a PGPASSFILE)")
 
 
 def make_engine(args: argparse.Namespace):

@@ -61,14 +61,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     lst = sub.add_parser("list", help="list the studies of the library")
     lst.add_argument("--json", action="store_true")
     lst.add_argument("--bundle", metavar="DIR", help="model bundle folder (its hash tells stale vectors apart)")
-    lst.add_argument("--library", metavar="DIR", help="study library folder")
+    lst.add_argument("--library", metavar="DIR|URL", help="study library folder or postgresql:// URL")
     lst.set_defaults(func=run_list)
 
     rm = sub.add_parser("remove", help="remove one study (by uid, SeriesInstanceUID or path)")
     rm.add_argument("uid")
     rm.add_argument("--json", action="store_true")
     rm.add_argument("--bundle", metavar="DIR", help="model bundle folder")
-    rm.add_argument("--library", metavar="DIR", help="study library folder")
+    rm.add_argument("--library", metavar="DIR|URL", help="study library folder or postgresql:// URL")
     rm.set_defaults(func=run_remove)
 
     rb = sub.add_parser("rebuild", help="re-embed studies made with another model bundle")

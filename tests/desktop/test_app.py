@@ -24,6 +24,15 @@ def test_arguments():
     assert a.path is None and a.selftest and a.selftest_out == "o"
 
 
+def test_a_postgresql_library_stays_a_url(tmp_path, monkeypatch):
+    from desktop.app import library_setting
+
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://reader@pacs-db.example:5432/speechct"
+    assert library_setting(url) == url  # not resolved into a folder named 'postgresql:'
+    assert library_setting("lib") == str(tmp_path / "lib")
+
+
 def test_no_display_is_a_clear_exit(monkeypatch, capsys):
     from desktop.app import main
 
