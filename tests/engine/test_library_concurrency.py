@@ -29,7 +29,6 @@ from engine.errors import DataError
 from engine.io import write_nifti
 from engine.library import Library
 from tests.engine.library_fakes import DIM, make_volume
-from tests.postgres_server import pg_url, postgres  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 

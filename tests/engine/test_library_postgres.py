@@ -14,7 +14,7 @@ from engine.io import write_nifti
 from engine.library import Library, LibraryWriteError
 from engine.library.ingest import import_tree
 from tests.engine.library_fakes import DIM, FakeEncoder, make_volume
-from tests.postgres_server import PASSWORD, USER, free_port, pg_url, postgres  # noqa: F401 - fixtures
+from tests.postgres_server import PASSWORD, USER, free_port
 
 
 def _tree(root, n: int, first: int = 0):
