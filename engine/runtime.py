@@ -335,7 +335,11 @@ class Engine:
         else:
             folder = Path(cache_dir).expanduser()
         self._ct_cache = _EmbeddingCache(self.bundle.hash, folder)
-        self._library_path = None if library is None else Path(library).expanduser()
+        from engine.library.pg_store import is_postgres_url
+
+        # a folder, or a postgresql:// URL kept as given (a Path would fold its "//" into "/")
+        self._library_path = (None if library is None else str(library) if is_postgres_url(library)
+                              else Path(library).expanduser())
         self._library = None
 
     # ----------------------------------------------------------------- bundle facts

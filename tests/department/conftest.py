@@ -1,4 +1,5 @@
-"""Fixtures for the department tests: a real Orthanc per test (see :mod:`tests.department.orthanc`).
+"""Fixtures for the department tests: a real Orthanc per test (see :mod:`tests.department.orthanc`) and
+a real PostgreSQL + pgvector for the shared library (:mod:`tests.postgres_server`).
 
 Without Orthanc the tests that need it are skipped, except under ``CI=true`` where a missing
 server fails the run (CI installs it through scripts/system-deps.sh).
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 
 import pytest
+
+from tests.postgres_server import pg_url, postgres  # noqa: F401 - fixtures (the shared library)
 
 from . import orthanc as orthanc_mod
 
