@@ -1,7 +1,8 @@
-"""Similar-study search speed: exact numpy (float32, float16) at 1e5 and FAISS (flat, IVF) at 1e6.
+"""Similar-study search speed: exact numpy (float32, float16) at 1e5, FAISS (flat, IVF) and pgvector HNSW.
 
     .venv/bin/python bench/library_search.py [--n 100000] [--n-large 1000000] [--dim 512]
                                              [--queries 50] [--threads 2] [--skip-large]
+                                             [--clustered] [--pgvector N] [--ef 40 100 200]
 
 Random unit vectors at the bundle's dim (512) stand in for CT embeddings. Each row is one top-10
 query (one vector): the median wall time over ``--queries`` queries after one warm-up, and the
@@ -14,6 +15,17 @@ median process-CPU time (all threads; steadier than wall on a shared machine).
 - ``faiss flat``: ``IndexFlatIP`` (exact). ``faiss ivf nprobe=p``: ``IndexIVFFlat`` with √n lists,
   recall@10 against the exact top 10. Random vectors have no cluster structure, the worst case
   for IVF: real embeddings cluster and reach a given recall with fewer probes.
+- ``--pgvector N``: N rows (``--clustered`` recommended) into a PostgreSQL 16 + pgvector 0.6 server
+  started for the run (the ``pgserver`` wheel, :mod:`tests.postgres_server`, on loopback); the HNSW
+  index build time (m 16, ef_construction 64, cosine, as :mod:`engine.library.pg_store` builds it),
+  then top-10 through psycopg per ``--ef`` (hnsw.ef_search): median and p95 wall time of the whole
+  round trip, recall@10 against exact numpy float32 on the same rows, next to exact numpy, FAISS flat
+  and FAISS IVF on the same rows and queries. Then :meth:`Library.search` end to end on the same rows
+  in a PostgreSQL library (backend "pgvector": HNSW candidates re-scored exactly).
+
+Clustered rows (``--clustered``): 1000 random unit centres; each row is a centre plus Gaussian noise of
+norm ≈ 1 (cosine to its centre ≈ 0.7), normalised: studies of one kind of chest and finding pattern
+sit together, as CT embeddings do, and queries are drawn the same way (not copies of rows).
 """
 
 from __future__ import annotations
@@ -129,6 +141,103 @@ def bench_library(rows: np.ndarray, queries: np.ndarray) -> tuple[float, float, 
     return load, wall, cpu
 
 
+def _pg_table(conn, name: str, rows: np.ndarray, first_id: int = 0) -> None:
+    """COPY ``rows`` (binary) into ``name (id bigint, embedding vector)``."""
+    with conn.cursor() as cur, cur.copy(f"COPY {name} (id, embedding) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(["int8", "vector"])
+        for i, row in enumerate(rows):
+            copy.write_row((first_id + i, row))
+
+
+def bench_pgvector(rows: np.ndarray, queries: np.ndarray, truth: list, efs: list[int], threads: int) -> list:
+    """pgvector rows of the table: HNSW build, then top-10 per ef_search (module doc)."""
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    from engine.library.pg_store import HNSW_EF_CONSTRUCTION, HNSW_M
+    from tests.postgres_server import PASSWORD, start_postgres
+
+    n, dim = rows.shape
+    out = []
+    server = start_postgres()
+    try:
+        with psycopg.connect(server.url(), password=PASSWORD, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            register_vector(conn)
+            conn.execute(f"CREATE TABLE items (id bigint PRIMARY KEY, embedding vector({dim}))")
+            t = time.perf_counter()
+            _pg_table(conn, "items", rows)
+            loaded = time.perf_counter() - t
+            conn.execute("SET maintenance_work_mem = '4GB'")
+            conn.execute(f"SET max_parallel_maintenance_workers = {max(0, threads - 1)}")
+            t = time.perf_counter()
+            conn.execute(f"CREATE INDEX ON items USING hnsw (embedding vector_cosine_ops) "
+                         f"WITH (m = {HNSW_M}, ef_construction = {HNSW_EF_CONSTRUCTION})")
+            built = time.perf_counter() - t
+            for ef in efs:
+                conn.execute(f"SET hnsw.ef_search = {ef}")
+
+                def run(q):
+                    return [r[0] for r in conn.execute(
+                        "SELECT id FROM items ORDER BY embedding <=> %s LIMIT 10", (q,), prepare=True)]
+
+                wall, cpu, got = timed(run, queries)
+                walls = []
+                for q in queries:
+                    w = time.perf_counter()
+                    run(q)
+                    walls.append((time.perf_counter() - w) * 1e3)
+                p95 = float(np.percentile(walls, 95))
+                out.append((f"pgvector hnsw ef_search={ef}", n, wall, cpu,
+                            f"recall@10 {recall(got, truth):.3f}, p95 {p95:.2f} ms, build {built:.1f} s "
+                            f"(COPY {loaded:.1f} s)"))
+        out.append(bench_pg_library(server, rows, queries, truth))
+    finally:
+        server.stop()
+    return out
+
+
+def bench_pg_library(server, rows: np.ndarray, queries: np.ndarray, truth: list) -> tuple:
+    """Library.search (backend "pgvector") end to end on a PostgreSQL library holding ``rows``."""
+    import os
+
+    import psycopg
+    from pgvector.psycopg import register_vector
+
+    from engine.library import Library
+    from engine.library.pg_store import PostgresStore
+    from engine.library.store import utc_now
+    from tests.postgres_server import PASSWORD
+
+    n, dim = rows.shape
+    os.environ["PGPASSWORD"] = PASSWORD
+    url = server.url(server.create_database())
+    Library(url, bundle_hash="bench", dim=dim, backend="pgvector").close()  # the schema and its indexes
+    with psycopg.connect(url, autocommit=True) as conn:
+        register_vector(conn)
+        conn.execute(f"DROP INDEX speechct.vectors_hnsw_ct_{dim}")  # bulk build after the COPY: faster
+        now = utc_now()
+        with conn.cursor() as cur, cur.copy("COPY speechct.studies (id, uid, modality, format, n_slices, "
+                                            "bundle_hash, added_at) FROM STDIN") as copy:
+            for i in range(n):
+                copy.write_row((i + 1, f"1.2.{i}", "CT", "dicom", 1, "bench", now))
+        with conn.cursor() as cur, cur.copy("COPY speechct.vectors (study_id, kind, dtype, embedding) "
+                                            "FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "text", "text", "vector"])
+            for i, row in enumerate(rows):
+                copy.write_row((i + 1, "ct", "float32", row))
+        conn.execute("SET maintenance_work_mem = '4GB'")
+        conn.execute(PostgresStore._index_ddl("ct", dim))
+        conn.execute("ANALYZE speechct.vectors; ANALYZE speechct.studies")
+    lib = Library(url, bundle_hash="bench", dim=dim, backend="pgvector")
+    t = time.perf_counter()
+    lib.search(queries[0], k=K)  # the first search loads every vector
+    load = time.perf_counter() - t
+    wall, cpu, got = timed(lambda q: [int(h.record.uid.split(".")[-1]) for h in lib.search(q, k=K)], queries)
+    lib.close()
+    return ("library pgvector (search)", n, wall, cpu, f"recall@10 {recall(got, truth):.3f}, load {load:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
@@ -142,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--clustered", action="store_true", help="rows and queries around 1000 centres instead of uniform"
     )
+    ap.add_argument("--pgvector", type=int, metavar="N", default=0,
+                    help="also pgvector HNSW on N rows, beside exact numpy and FAISS on the same rows")
+    ap.add_argument("--ef", type=int, nargs="+", default=[40, 100, 200], help="hnsw.ef_search values")
     args = ap.parse_args(argv)
 
     from threadpoolctl import threadpool_limits
@@ -215,12 +327,36 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
 
+    if args.pgvector:
+        n = args.pgvector
+        rows = make(n, args.dim, seed=3)
+        index = ExactIndex(args.dim)
+        index.reset(np.arange(n), rows)
+        wall, cpu, truth = timed(exact_top(index), queries)
+        table.append(("numpy f32", n, wall, cpu, "exact (truth for the rows below)"))
+        del index
+        if faiss_available():
+            flat = FaissIndex(args.dim, ivf_min_rows=n + 1)
+            flat.build(np.arange(n), rows)
+            wall, cpu, got = timed(faiss_top(flat), queries)
+            table.append(("faiss flat", n, wall, cpu, f"recall@10 {recall(got, truth):.3f}"))
+            del flat
+            ivf = FaissIndex(args.dim, ivf_min_rows=1, nprobe=32)
+            t = time.perf_counter()
+            ivf.build(np.arange(n), rows)
+            built = time.perf_counter() - t
+            wall, cpu, got = timed(faiss_top(ivf), queries)
+            table.append((f"faiss ivf nlist={ivf._index.nlist} nprobe=32", n, wall, cpu,
+                          f"recall@10 {recall(got, truth):.3f}, build {built:.1f} s"))
+            del ivf
+        table.extend(bench_pgvector(rows, queries, [[int(i) for i in t] for t in truth], args.ef, args.threads))
+
     data = "clustered (1000 centres)" if args.clustered else "uniform random"
     print(
         f"\n{data} unit vectors; top-{K} query, dim {args.dim}, {args.queries} queries, {args.threads} threads "
         "(wall times depend on what else runs on the machine)"
     )
-    print(f"{'index':34s} {'rows':>9s} {'wall ms':>9s} {'cpu ms':>9s}  note")
+    print(f"{'index':34s} {'rows':>9s} {'wall ms':>9s} {'cpu ms':>9s}  note  (pgvector cpu ms: the client's only)")
     for name, n, wall, cpu, note in table:
         print(f"{name:34s} {n:9d} {wall:9.2f} {cpu:9.2f}  {note}")
 

@@ -13,6 +13,7 @@ need it are skipped, except under ``CI=true`` where a missing server fails the r
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -128,6 +129,7 @@ def start_postgres(*, timeout: float = 60.0) -> PostgresServer:
          "-c", "max_connections=50", "-c", "shared_buffers=64MB"],
         stdout=log, stderr=subprocess.STDOUT, **drop)
     server = PostgresServer(folder, port, process)
+    atexit.register(server.stop)  # a script that dies leaves no server behind (stop is idempotent)
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -1,10 +1,12 @@
-"""The study library, as a package of four parts, top to bottom:
+"""The study library, as a package of five parts, top to bottom:
 
 - :mod:`~engine.library.ingest`: the only part that reads study files: folder import, dictation pairing;
 - :mod:`~engine.library.search`: :class:`Library`, the searchable library (similarity scores, the bundle
   hash check, rebuild);
 - :mod:`~engine.library.store`: the SQLite storage (schema, rows, vector BLOBs) behind
-  :class:`~engine.library.store.StudyStore`, the interface a PostgreSQL backend implements;
+  :class:`~engine.library.store.StudyStore`, the storage interface;
+- :mod:`~engine.library.pg_store`: the same interface on a department's PostgreSQL + pgvector
+  (``postgresql://`` libraries; psycopg imported only then);
 - :mod:`~engine.library.vectors`: the in-memory vector indexes (numpy exact, FAISS).
 
 The library takes embeddings, never models: ``engine.runtime.Engine.index_study`` encodes and adds.

@@ -1,7 +1,9 @@
 """The study library: studies already seen, with their embeddings, searchable by similarity.
 
 One folder (default ``platformdirs.user_data_dir("speechct")/library``) holding ``library.sqlite``
-(see :mod:`engine.library.store` for the schema and why vectors are SQLite BLOBs). The library takes
+(see :mod:`engine.library.store` for the schema and why vectors are SQLite BLOBs), or a department's
+PostgreSQL database given as ``postgresql://USER@HOST:PORT/DB`` (:mod:`engine.library.pg_store`;
+``Library.folder`` is then that URL), which every workstation shares. The library takes
 *embeddings*, never models: callers (``engine.runtime.Engine``, the CLI, the app) encode and pass
 vectors, or pass an encoder callable to :func:`engine.library.ingest.import_tree` / :meth:`Library.rebuild`.
 
@@ -46,10 +48,14 @@ float32 (the misses are ties below float16's resolution). ``"faiss"``: a FAISS i
 queries then rank the union of each pair's top candidates. ``"auto"``: FAISS (IVF) when it is
 installed and the library holds ≥ :data:`AUTO_FAISS_MIN_ROWS` studies (1e6), numpy otherwise: on this
 CPU FAISS's flat search is slower than numpy's matrix-vector product (``bench/library_search.py``). Both keep the numpy
-matrix (for exact re-scoring), so FAISS doubles the memory of the vectors.
+matrix (for exact re-scoring), so FAISS doubles the memory of the vectors. ``"pgvector"`` (PostgreSQL
+libraries only): the candidates come from the database's HNSW index (cosine) and are re-scored
+exactly in the same way; ``"auto"`` takes it on a PostgreSQL library from
+:data:`AUTO_PGVECTOR_MIN_ROWS` studies on, exact numpy below.
 
 Thread-safe: one lock serialises calls of one ``Library``; several processes may open the same
-folder (SQLite WAL); a process sees another's commits at its next search.
+folder (SQLite WAL) or database (PostgreSQL); a process sees another's commits at its next search
+(which then reloads the vectors).
 """
 
 from __future__ import annotations

@@ -289,7 +289,8 @@ class LibraryWriteError(DataError):
 class StudyStore(Protocol):
     """What :class:`engine.library.Library` needs from its storage: every read and write of study rows,
     vectors and library metadata. :class:`SQLiteStore` is the embedded implementation; a department's
-    PostgreSQL (+ pgvector) backend implements the same methods (docs/design.md, "Storage interface").
+    PostgreSQL (+ pgvector) backend, :class:`engine.library.pg_store.PostgresStore`, implements the same
+    methods (docs/design.md, "Storage interface").
 
     Row ids are the store's integer keys; vectors go in and come out as ``[dim]`` arrays of the
     library's dtype. Writes happen inside ``with store.transaction():`` (one atomic unit: all or
