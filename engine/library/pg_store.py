@@ -232,6 +232,7 @@ class PostgresStore:
         self._conn = None
         self._txn_conn = None  # the connection of the open write transaction: never replaced inside it
         self._own_commits = 0
+        self._ef_search: int | None = None  # hnsw.ef_search set on the current connection
         with self._errors("cannot open the study library"):
             self._connection()
             self._create_schema()
@@ -273,6 +274,7 @@ class PostgresStore:
             if self._conn is not None:
                 self._conn.close()
             self._conn = None
+            self._ef_search = None
             self._conn = self._connect()
         return self._conn
 
@@ -481,13 +483,15 @@ class PostgresStore:
         ef = max(HNSW_EF_SEARCH, int(k))
         with self._mutex, self._errors("cannot search the study library"):
             conn = self._connection()
-            with conn.transaction():
-                conn.execute(f"SET LOCAL hnsw.ef_search = {min(ef, 1000)}")
-                rows = conn.execute(
-                    f"SELECT v.study_id FROM {SCHEMA}.vectors v JOIN {SCHEMA}.studies s ON s.id = v.study_id "
-                    f"WHERE v.kind = %s AND vector_dims(v.embedding) = {dim} AND s.bundle_hash = %s "
-                    f"ORDER BY v.embedding::vector({dim}) <=> %s::vector({dim}) LIMIT %s",
-                    (kind, bundle_hash, q, int(k))).fetchall()
+            ef = min(ef, 1000)
+            if self._ef_search != ef:  # a session setting, set again only when it changes
+                conn.execute(f"SET hnsw.ef_search = {ef}")
+                self._ef_search = ef
+            rows = conn.execute(
+                f"SELECT v.study_id FROM {SCHEMA}.vectors v JOIN {SCHEMA}.studies s ON s.id = v.study_id "
+                f"WHERE v.kind = %s AND vector_dims(v.embedding) = {dim} AND s.bundle_hash = %s "
+                f"ORDER BY v.embedding::vector({dim}) <=> %s::vector({dim}) LIMIT %s",
+                (kind, bundle_hash, q, int(k)), prepare=True).fetchall()
         return np.array([r[0] for r in rows], np.int64)
 
     def check_integrity(self) -> list[str]:
