@@ -49,6 +49,7 @@ class EngineService(QObject):
         self.bundle, self.library_path, self.cache_dir = bundle, library, cache_dir
         self._engine = None
         self._session = None  # the StudySession of the study on screen (made in a worker)
+        self._sources: dict = {}  # path -> engine.io.StudySource of the study on screen
         self._lock = threading.Lock()
         self.last_error: str | None = None
 
@@ -119,10 +120,30 @@ class EngineService(QObject):
         return self.run("Loading model bundle…", self.describe, on_result=self.ready.emit)
 
     def load_study(self, path: str, series: str | None, on_result, on_error=None):
-        from engine.io import load_volume
+        """Read one series of the study at ``path``; the opened study (:func:`engine.io.open_study`) is
+        kept, so that :meth:`list_series` answers from the headers already read."""
+        def work():
+            from engine.io import open_study
 
-        return self.run(f"Reading {Path(path).name}…", load_volume, path, series, on_result=on_result,
-                         on_error=on_error)
+            source = open_study(path)
+            volume = source.load(series)
+            with self._lock:
+                self._sources = {path: source}  # the study on screen only
+            return volume
+
+        return self.run(f"Reading {Path(path).name}…", work, on_result=on_result, on_error=on_error)
+
+    def list_series(self, path: str, on_result, on_error=None):
+        """The series of ``path``, from the opened study when it is the one :meth:`load_study` read."""
+        def work():
+            from engine.io import open_study
+
+            with self._lock:
+                source = self._sources.get(path)
+            return (source or open_study(path)).series
+
+        return self.runner.run_task(work, on_result=on_result, on_error=on_error or (lambda _msg: None),
+                                    name="list series")
 
     def analyze_study(self, volume: Volume, on_result):
         """Findings of a study (its session's, made once; the CT embedding is cached by the engine)."""

@@ -368,10 +368,7 @@ class MainWindow(QMainWindow):
 
     def _list_series(self, path: str) -> None:
         """The series choice of the opened path, read after the study is on screen (not beside it)."""
-        from engine.io import list_series
-
-        self.runner.run_task(list_series, path, on_result=lambda infos: self.studies.set_series(path, infos),
-                             on_error=lambda _msg: None, name="list series")
+        self.service.list_series(path, on_result=lambda infos: self.studies.set_series(path, infos))
 
     def _load_failed(self, path: str, msg: str) -> None:
         if self._loading == path:

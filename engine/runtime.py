@@ -721,7 +721,9 @@ class Engine:
             volume = self.load_study(volume, series)
             load_ms = _ms(time.perf_counter() - t_all)
         study = self.analyze_study(volume, load_study_ms=load_ms)
-        exclude = query_ids(volume, study, series) if similar_k > 0 else ()
+        from engine.library import query_uids
+
+        exclude = query_uids(volume, series, key=study.study["uid"]) if similar_k > 0 else ()
         if waveform is None:
             result = study
             if similar_k > 0:
@@ -819,16 +821,3 @@ def _with_total(result: Analysis, seconds: float) -> Analysis:
     timings = {**result.timings, "total": _ms(seconds)}
     return replace(result, timings={k: timings.get(k) for k in _TIMING_KEYS})
 
-
-def query_ids(volume: Volume, study: Analysis, series: str | None = None) -> set[str]:
-    """Every identifier the analysed study may sit under in a library (its key from ``study``, not
-    recomputed): pass as ``exclude_uids`` so a study never finds itself."""
-    ids = {str(study.study["uid"])}
-    if series:
-        ids.add(series)
-    for key in ("series_uid", "study_uid", "source"):
-        if volume.metadata.get(key):
-            ids.add(str(volume.metadata[key]))
-    if volume.metadata.get("source"):
-        ids.add(str(Path(volume.metadata["source"]).resolve()))
-    return ids

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.runtime import Analysis, Engine, query_ids
+from engine.library import query_uids
+from engine.runtime import Analysis, Engine
 from engine.volume import Volume
 
 
@@ -61,7 +62,7 @@ class StudySession:
         return self._dictation_path
 
     def _exclude(self) -> set[str]:
-        return query_ids(self.volume, self.findings(), self.series)
+        return query_uids(self.volume, self.series, key=self.findings().study["uid"])
 
     def add_dictation(self, waveform: np.ndarray, sample_rate: int, *, audio_path: str | Path | None = None,
                       similar_k: int = 0) -> Analysis:

@@ -126,7 +126,7 @@ def import_tree(
     full, locked, corrupt) or a library that refuses every add (made with another bundle); studies
     already added stay added.
     """
-    from engine.io import list_series, load_volume
+    from engine.io import open_study
 
     report = ImportReport()
     units, unreadable, report.ignored_files = find_study_units(root)
@@ -137,7 +137,8 @@ def import_tree(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SpeechCTWarning)  # said again by load_volume, and recorded
-                infos = list_series(unit)
+                source = open_study(unit)  # one walk and one header parse for every series of the unit
+                infos = source.series
         except SpeechCTError as exc:
             _fail(report, progress, str(unit), exc.message)
             continue
@@ -156,7 +157,7 @@ def import_tree(
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", SpeechCTWarning)
-                    volume = load_volume(unit, series=info.uid)
+                    volume = source.load(info.uid)
                     if is_nifti and study_key(volume) in library:  # the same voxels under another path
                         report.already.append(info.uid)
                         continue

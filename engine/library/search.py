@@ -142,9 +142,10 @@ def check_library_location(path) -> None:
                     text)
 
 
-def query_uids(volume: Volume, series: str | None = None) -> set[str]:
-    """Every identifier under which ``volume`` (a query study) may sit in a library: pass as ``exclude_uids``."""
-    ids = {study_key(volume, series)}
+def query_uids(volume: Volume, series: str | None = None, *, key: str | None = None) -> set[str]:
+    """Every identifier under which ``volume`` (a query study) may sit in a library: pass as ``exclude_uids``.
+    ``key``: the volume's :func:`study_key` when already known (it is not computed again)."""
+    ids = {study_key(volume, series)} if key is None else {key, *([series] if series else [])}
     for key in ("series_uid", "study_uid", "source"):
         if volume.metadata.get(key):
             ids.add(str(volume.metadata[key]))
