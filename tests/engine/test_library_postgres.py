@@ -199,3 +199,35 @@ def test_an_import_cut_off_mid_way_resumes(pg_url, postgres, tmp_path):
     assert len(report.already) == 3 and len(report.added) == 3 and not report.failed
     assert len(lib) == 6 and lib._store.check_integrity() == []
     lib.close()
+
+
+def test_searches_while_another_workstation_adds(pg_url):
+    """One Library adds 60 studies while another searches all along: no error, counts only grow, and the
+    last search sees every study (each Library has its own connection, as two workstations do)."""
+    import threading
+
+    vecs = _rng_vectors(60, seed=5)
+    writer = Library(pg_url, bundle_hash="bundle-a", dim=DIM)
+    reader = Library(pg_url, bundle_hash="bundle-a", dim=DIM, backend="pgvector")
+    seen, errors = [], []
+    done = threading.Event()
+
+    def search_all_along():
+        try:
+            while not done.is_set():
+                seen.append(len(reader.search(vecs[0], k=100)))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=search_all_along)
+    thread.start()
+    try:
+        for i, v in enumerate(vecs):
+            writer.add_study(make_volume(100 + i, shape=(4, 8, 8)), v)
+    finally:
+        done.set()
+        thread.join(60)
+    assert not errors and len(seen) > 1 and seen == sorted(seen), (errors, seen)
+    assert len(reader.search(vecs[0], k=100)) == 60
+    writer.close()
+    reader.close()
