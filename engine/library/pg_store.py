@@ -20,10 +20,11 @@ HNSW index with cosine distance per kind and dim (a partial expression index, so
 bundle of another dim can hold both sizes while it runs) answers :meth:`PostgresStore.nearest`,
 which :class:`Library` uses for candidates on large libraries (its module doc, "Backends").
 
-**Concurrency.** Every write transaction first increments the one ``version`` row: writers queue
-on that row lock (as SQLite's ``BEGIN IMMEDIATE`` makes them queue), so a check-then-insert
-(``add_study(replace=False)``) is atomic across workstations, and ``data_version()`` (the row's
-count minus our own commits) changes exactly when another process has committed.
+**Concurrency.** Every write transaction first locks the one ``version`` row (``FOR UPDATE``): writers
+queue on it (as SQLite's ``BEGIN IMMEDIATE`` makes them queue), so a check-then-insert
+(``add_study(replace=False)``) is atomic across workstations. Its first write statement increments
+the row, so ``data_version()`` (the row's count minus our own commits) changes exactly when another
+process has committed a change.
 
 **Failures.** A server that is down, refuses the login or drops the connection raises
 :class:`LibraryWriteError` with one line naming the library (``postgresql://user@host:port/db``);
@@ -158,7 +159,8 @@ class _PgTxn:
                 self._tx = conn.transaction()
                 self._tx.__enter__()
                 store._txn_conn = conn
-                conn.execute(f"UPDATE {SCHEMA}.version SET n = n + 1 WHERE id = 1")
+                store._bumped = False
+                conn.execute(f"SELECT n FROM {SCHEMA}.version WHERE id = 1 FOR UPDATE")  # queue behind writers
         except BaseException:
             self._close_failed()
             store._mutex.release()
@@ -182,7 +184,7 @@ class _PgTxn:
                 try:
                     store._txn_conn = None
                     self._tx.__exit__(None, None, None)  # COMMIT
-                    store._own_commits += 1
+                    store._own_commits += store._bumped
                     return False
                 except psycopg.Error as commit_error:
                     exc = commit_error
@@ -232,6 +234,7 @@ class PostgresStore:
         self._conn = None
         self._txn_conn = None  # the connection of the open write transaction: never replaced inside it
         self._own_commits = 0
+        self._bumped = False  # the open transaction has counted itself in the version row
         self._ef_search: int | None = None  # hnsw.ef_search set on the current connection
         with self._errors("cannot open the study library"):
             self._connection()
@@ -306,6 +309,11 @@ class PostgresStore:
         one-line :class:`LibraryWriteError`\\ s naming the library."""
         doing = "cannot read the study library" if self._txn_conn is None else "cannot write the study library"
         with self._mutex, self._errors(doing):
+            if self._txn_conn is not None and not self._bumped and not sql.lstrip().upper().startswith("SELECT"):
+                # the transaction's first write: count it, so other processes reload (a read-only
+                # transaction, such as opening an up-to-date library, makes nobody reload)
+                self._txn_conn.execute(f"UPDATE {SCHEMA}.version SET n = n + 1 WHERE id = 1")
+                self._bumped = True
             cur = self._connection().cursor(binary=binary)
             cur.execute(sql, params)
             if fetch == "all":

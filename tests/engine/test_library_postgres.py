@@ -79,6 +79,8 @@ def test_another_workstation_sees_adds_at_its_next_search(pg_url):
         version = b._store.data_version()
         b.add_study(make_volume(2), vecs[1])  # our own commit: no reload needed
         assert b._store.data_version() == version
+        Library(pg_url, bundle_hash="bundle-a", dim=DIM).close()  # a third opening it changes nothing
+        assert b._store.data_version() == version
         a.add_study(make_volume(3), vecs[2])  # theirs: b reloads
         assert b._store.data_version() != version
         assert len(b.search(vecs[2], k=5)) == 3 and b.search(vecs[2], k=1)[0].record.uid == a.list()[-1].uid
