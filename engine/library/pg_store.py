@@ -236,9 +236,13 @@ class PostgresStore:
         self._own_commits = 0
         self._bumped = False  # the open transaction has counted itself in the version row
         self._ef_search: int | None = None  # hnsw.ef_search set on the current connection
-        with self._errors("cannot open the study library"):
-            self._connection()
-            self._create_schema()
+        try:
+            with self._errors("cannot open the study library"):
+                self._connection()
+                self._create_schema()
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ connection and errors
     def _connect(self):

@@ -233,3 +233,18 @@ def test_searches_while_another_workstation_adds(pg_url):
     assert len(reader.search(vecs[0], k=100)) == 60
     writer.close()
     reader.close()
+
+
+def test_a_foreign_or_newer_schema_is_refused_untouched(pg_url, postgres):
+    database = pg_url.rsplit("/", 1)[1]
+    postgres.admin("CREATE SCHEMA speechct; CREATE TABLE speechct.invoices (id int)", database)
+    with pytest.raises(DataError, match="schema speechct exists but is not a SpeechCT library .tables: invoices"):
+        Library(pg_url, bundle_hash="bundle-a", dim=DIM)
+    tables = postgres.admin("SELECT table_name FROM information_schema.tables WHERE table_schema = 'speechct'",
+                            database)
+    assert tables == [("invoices",)]
+    postgres.admin("DROP SCHEMA speechct CASCADE", database)
+    Library(pg_url, bundle_hash="bundle-a", dim=DIM).close()
+    postgres.admin("UPDATE speechct.meta SET value = '99' WHERE key = 'schema_version'", database)
+    with pytest.raises(DataError, match="newer SpeechCT .library schema 99"):
+        Library(pg_url, bundle_hash="bundle-a", dim=DIM)
