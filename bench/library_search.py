@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/library_search.py [--n 100000] [--n-large 1000000] [--dim 512]
                                              [--queries 50] [--threads 2] [--skip-large]
-                                             [--clustered] [--pgvector N] [--ef 40 100 200]
+                                             [--clustered [--centres 1000] [--spread 1.0]]
+                                             [--pgvector N] [--ef 40 100 200]
 
 Random unit vectors at the bundle's dim (512) stand in for CT embeddings. Each row is one top-10
 query (one vector): the median wall time over ``--queries`` queries after one warm-up, and the
@@ -251,6 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--clustered", action="store_true", help="rows and queries around 1000 centres instead of uniform"
     )
+    ap.add_argument("--centres", type=int, default=1000, help="--clustered: how many centres")
+    ap.add_argument("--spread", type=float, default=1.0,
+                    help="--clustered: noise norm around a centre (1: cosine to it ≈ 0.7; 1.5: ≈ 0.55)")
     ap.add_argument("--pgvector", type=int, metavar="N", default=0,
                     help="also pgvector HNSW on N rows, beside exact numpy and FAISS on the same rows")
     ap.add_argument("--ef", type=int, nargs="+", default=[40, 100, 200], help="hnsw.ef_search values")
@@ -268,7 +272,11 @@ def main(argv: list[str] | None = None) -> None:
         faiss.omp_set_num_threads(args.threads)
 
     table: list[tuple[str, int, float, float, str]] = []
-    make = clustered_rows if args.clustered else unit_rows
+    if args.clustered:
+        def make(n, dim, seed):
+            return clustered_rows(n, dim, seed, n_clusters=args.centres, spread=args.spread)
+    else:
+        make = unit_rows
     queries = make(args.queries, args.dim, seed=1)
     rows = make(args.n, args.dim, seed=0) if not args.skip_small else np.empty((0, args.dim), np.float32)
     truth: list = []
@@ -351,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
             del ivf
         table.extend(bench_pgvector(rows, queries, [[int(i) for i in t] for t in truth], args.ef, args.threads))
 
-    data = "clustered (1000 centres)" if args.clustered else "uniform random"
+    data = f"clustered ({args.centres} centres, spread {args.spread})" if args.clustered else "uniform random"
     print(
         f"\n{data} unit vectors; top-{K} query, dim {args.dim}, {args.queries} queries, {args.threads} threads "
         "(wall times depend on what else runs on the machine)"
