@@ -89,11 +89,11 @@ def build_sr(result: dict, headers: list, *, dictation: bool = False, now: datet
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
-    import engine
+    from engine.version import __version__
 
     bundle = result["bundle"]
     bundle_name = bundle.get("name") or "bundle"
-    version = f"{engine.__version__} {bundle_name} {bundle['hash'][:12]}"
+    version = f"{__version__} {bundle_name} {bundle['hash'][:12]}"
     device = ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(

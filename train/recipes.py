@@ -59,6 +59,7 @@ from engine.models.speech import (
 )
 from engine.models.text import TextTowerConfig, create_text_tower
 from engine.preprocess import PreprocessSpec, get_spec, prepare_ct
+from engine.weights.factory import speech_student_from_backbone
 from train import cache as C
 from train.distributed import DistEnv, gather_with_grad
 
@@ -495,7 +496,7 @@ def cache_whisper_lower(speech: SpeechStudent, studies: list[Study], cache: C.Fr
 def prepare_student_audio(cfg: dict, data: str | Path, *, progress: bool = True,
                           limit: dict[str, int] | None = None) -> dict[str, int]:
     """Fill the Whisper lower-layer cache for both splits without a teacher (runs beside the teacher)."""
-    speech = SpeechStudent.from_backbone(_speech_config(cfg))
+    speech = speech_student_from_backbone(_speech_config(cfg))
     cache = C.FrozenCache(Path(data) / "cache")
     limit = limit or cfg.get("student_limit") or cfg.get("limit") or {}
     counts = {}
@@ -533,7 +534,7 @@ class StudentRecipe:
         self.teacher = load_teacher(teacher_dir, env.device)
         self.spec = self.teacher.spec
         torch.manual_seed(int(cfg.get("seed", 0)) + 1)
-        self.speech = student if student is not None else SpeechStudent.from_backbone(_speech_config(cfg))
+        self.speech = student if student is not None else speech_student_from_backbone(_speech_config(cfg))
         self.speech.to(env.device)
         self.dictation_weight = float(cfg["student"].get("dictation_weight") or 0.0)
         joint = dictation_head(cfg, self.speech.config.latent_dim, "embedding").to(env.device) if self.dictation_weight else None
@@ -677,7 +678,7 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu",
     if not (folder / MODEL_FILE).is_file() or not (folder / MODEL_JSON).is_file():
         raise DataError("no trained student here (run speechct-train student first)", folder)
     meta = json.loads((folder / MODEL_JSON).read_text())
-    speech = student if student is not None else SpeechStudent.from_backbone(SpeechStudentConfig.from_dict(meta["speech"]))
+    speech = student if student is not None else speech_student_from_backbone(SpeechStudentConfig.from_dict(meta["speech"]))
     speech.load_trainable_state_dict(load_file(str(folder / MODEL_FILE)))
     # requires_grad stays as the student set it: trainable_state_dict() selects by it
     return speech.to(device).eval(), meta

@@ -336,9 +336,10 @@ def test_models_from_bundle_with_whisper_base(tmp_path, kind):
         FrameDictationHead,
         FrameDictationHeadConfig,
     )
-    from engine.models.speech import SpeechStudent, load_speech_config
+    from engine.models.speech import load_speech_config
     from engine.models.text import create_text_tower
     from engine.weights.bundle import save_bundle
+    from engine.weights.factory import speech_student_from_backbone
     from engine.weights.manifest import speech_entry
     from train.recipes import load_run_config, prompt_texts
 
@@ -348,7 +349,7 @@ def test_models_from_bundle_with_whisper_base(tmp_path, kind):
     text = create_text_tower("minilm", latent_dim=64)
     sc = load_speech_config("whisper-base-top2")
     sc.latent_dim = 64
-    student = SpeechStudent.from_backbone(sc)
+    student = speech_student_from_backbone(sc)
     head = (DictationHead(DictationHeadConfig(dim=64, hidden=0)) if kind == "embedding" else
             FrameDictationHead(FrameDictationHeadConfig(dim=512, hidden=16, heads=2)))
     with torch.no_grad():
