@@ -23,8 +23,6 @@ this report only; SpeechCT never stores them (the library keeps none).
 from __future__ import annotations
 
 import datetime
-import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -155,12 +153,12 @@ def write_sr(sr, out: str | Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StudyError(f"cannot create the folder ({exc.strerror or exc})", out.parent) from None
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    from engine.atomic import atomic_path
+
     try:
-        sr.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            sr.save_as(tmp, enforce_file_format=True)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StudyError(f"cannot write the SR ({exc.strerror or exc})", out) from None
     return out
 

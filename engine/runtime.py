@@ -246,15 +246,12 @@ class _EmbeddingCache:
         path = self._file(key)
         if path is None:
             return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        from engine.atomic import atomic_write
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
+            with atomic_write(path) as fh:  # never a half-written file left behind
                 np.save(fh, vec, allow_pickle=False)
-            os.replace(tmp, path)
         except OSError as exc:  # a full or read-only cache folder costs speed, not correctness
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)  # never a half-written file left behind
             if not self._write_failed:  # said once per cache, not once per study
                 self._write_failed = True
                 warnings.warn(f"{path.parent}: embedding cache not written ({exc.strerror or exc}); "
