@@ -242,10 +242,13 @@ def augment_ct(batch: np.ndarray, rng: np.random.Generator, shift: tuple[int, in
 
 
 def recall_at_k(query: torch.Tensor, gallery: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """Fraction of queries whose paired gallery row (same index) ranks in the top k (cosine)."""
-    sims = F.normalize(query.float(), dim=-1) @ F.normalize(gallery.float(), dim=-1).T
-    rank = (sims > sims.diag().unsqueeze(1)).sum(dim=1)
-    return {f"R@{k}": float((rank < k).float().mean()) for k in ks if k <= gallery.shape[0]}
+    """Training monitor: :func:`train.metrics.recall_at_k` (the one implementation) as ``{"R@k": recall}``
+    for the k the gallery can hold."""
+    from train.metrics import recall_at_k as recall
+
+    ks = [k for k in ks if k <= gallery.shape[0]]
+    found = recall(query.detach().float().cpu().numpy(), gallery.detach().float().cpu().numpy(), ks)
+    return {f"R@{k}": entry["recall"] for k, entry in found["k"].items()}
 
 
 def zero_shot_auroc(ct: torch.Tensor, prompts: torch.Tensor, labels: np.ndarray, scale: float) -> float:
