@@ -64,7 +64,7 @@ test-all: $(STAMP) lint
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check engine train desktop tests bench
+	$(VENV)/bin/ruff check engine train desktop tests bench scripts packaging
 	$(VENV)/bin/lint-imports
 
 # One-folder app bundle (PyInstaller) -> dist/speechct-<version>-linux-<arch>.tar.gz, selftested offline
