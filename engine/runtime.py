@@ -26,39 +26,9 @@ No network: ``engine.offline`` sets ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``
 when ``engine`` is imported, before transformers can load, and every backbone is opened with
 ``local_files_only``.
 
-``Analysis.to_json()`` schema (``ANALYSIS_SCHEMA`` = 1)::
-
-    {
-      "schema": 1,
-      "bundle": {"name": str | null, "hash": str, "path": str},
-      "device": str,                              # "cpu" | "cuda:0" ...
-      "study": {"uid": str, "path": str | null, "study_uid": str | null, "series_uid": str | null,
-                "format": str | null, "shape": [int, int, int],        # (z, y, x) voxels
-                "spacing": [float, float, float],                      # (z, y, x) mm
-                "warnings": [str]},
-      "findings": [{"label": str, "probability": float,   # P(present), CT-CLIP pair softmax
-                    "threshold": float, "positive": bool,    # most probable first
-                    "auroc": float | null}],                 # the bundle's validation AUROC of this finding
-      "dictation": null | [{"label": str, "status": "present" | "uncertain" | "absent" | "not mentioned",
-                            "confidence": float,
-                            "probabilities": {state: float}}],  # the bundle head's states (3 before "uncertain")
-      "discrepancies": null | [{"label": str, "kind": "negated" | "omitted" | "unsupported",
-                                "probability": float, "threshold": float,
-                                "margin": float,             # probability - threshold
-                                "dictation_status": str, "dictation_confidence": float}],
-      "unchecked": [str],           # findings the image model is weak on (validation AUROC below the bar):
-                                    # shown as weak, never checked against a dictation
-      "similar": null | [{"uid": str, "score": float,         # cosine, or combined z-score (engine.library)
-                          "cosines": {"<query>→<library kind>": float},
-                          "study": {...}}],                  # engine.library.store.StudyRecord.to_json()
-      "timings_ms": {"load_study": float | null,             # reading the files (null: Volume given)
-                     "load_models": float, "encode_ct": float, "encode_speech": float | null,
-                     "rank": float, "dictation": float | null, "similar": float | null, "total": float},
-      "cached": {"ct": bool}                      # the CT embedding came from the cache
-    }
-
-``dictation`` and ``discrepancies`` are null without audio; ``similar`` is null when no library
-search was asked for. ``dictation`` keeps label order; ``discrepancies`` are most serious first.
+``Analysis.to_json()`` is the ``speechct rank --json`` object without its ``inputs``; the schema
+(``ANALYSIS_SCHEMA`` = 1) is written out once, in :mod:`engine.commands.rank`'s docstring, and a test
+checks the output against it.
 """
 
 from __future__ import annotations
