@@ -54,6 +54,12 @@ def test_layout_and_csvs(tree):
     meta = _rows(ds / "metadata" / "validation_metadata.csv")
     assert meta[0]["XYSpacing"] == "[2.8, 2.8]" and meta[0]["PatientAge"].endswith("Y")
     assert len(_rows(ds / "metadata" / "train_metadata.csv")) == len([p for p in plans if p.split == "train"])
+    # where each finding lies (train.footprints): one file per volume, naming exactly its findings
+    from train.footprints import footprint_path, read_footprints
+
+    for row in labels:
+        present = [lab for lab in LABELS if row[lab] == "1"]
+        assert list(read_footprints(footprint_path(tree, row["VolumeName"]))) == present
 
 
 def test_v1_volume_reads_back_with_metadata_overrides(tree):

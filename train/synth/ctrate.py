@@ -10,6 +10,7 @@ Under ``root`` (e.g. ``<data>/ct-rate``)::
     dataset/multi_abnormality_labels/{train,valid}_mentions_chexpert.csv          (synthetic sets only)
     dataset/radiology_text_reports/{train,valid}_dictations.csv                   (synthetic sets only)
     dataset/metadata/{train_metadata.csv,validation_metadata.csv}
+    dataset/footprints/<volume>.npz        where each finding lies (synthetic sets only, train.footprints)
 
 Like CT-RATE, some patients have a second scan (``_b``) and some scans a second
 reconstruction (``_2``, a sharper kernel of the same acquisition). v1 volumes store
@@ -45,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.findings import LABELS
+from train.footprints import footprint_path, write_footprints
 from train.mentions import MENTIONS_FILE, mentions_csv_bytes
 from train.synth.cohort import sample_cohort
 from train.synth.phantom import SIZES, make_phantom
@@ -160,12 +162,14 @@ def write_volume(root: str | Path, plan: VolumePlan, *, size: str = "default", v
     root = Path(root)
     rec_path = _record_path(root, plan.name)
     target = root / plan.relpath(version)
-    if rec_path.exists() and target.exists():
+    prints = footprint_path(root, f"{plan.name}.nii.gz")
+    if rec_path.exists() and target.exists() and prints.exists():
         return json.loads(rec_path.read_text())
     kernel = "standard" if plan.recon == 1 else "sharp"
     phantom = make_phantom(plan.seed, plan.labels, size=size, sex=plan.sex, age=plan.age, kernel=kernel,
-                           recon=plan.recon - 1)
+                           recon=plan.recon - 1, with_footprints=True)
     vol = phantom.volume
+    write_footprints(prints, phantom.footprints)
     rng = np.random.default_rng([plan.seed, 41])
     intercept = -1024.0
     if version == 1:
