@@ -260,6 +260,17 @@ def zero_shot_auroc(ct: torch.Tensor, prompts: torch.Tensor, labels: np.ndarray,
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
+def prompt_direction_cosine(prompts: torch.Tensor) -> float:
+    """Mean pairwise cosine of the 18 findings' present − absent prompt directions (``prompts``
+    interleaved as :func:`prompt_texts`): near 1 when "not" moves every prompt the same way, so that
+    zero-shot scores share one "how abnormal" axis instead of reading each finding."""
+    p = F.normalize(prompts.float(), dim=-1)
+    d = F.normalize(p[0::2] - p[1::2], dim=-1)
+    c = d @ d.T
+    n = c.shape[0]
+    return float((c.sum() - c.diagonal().sum()) / (n * (n - 1)))
+
+
 def prompt_texts() -> list[str]:
     """The 36 zero-shot prompts: for each label in order, "… is present." then "… is not present."."""
     return [t for lab in LABELS for t in prompt_pair(lab)]
@@ -400,6 +411,14 @@ class TeacherRecipe:
             parts["info_nce"] = float(loss.detach())
             parts["label_bce"] = float(bce.detach())
             loss = loss + weight * bce
+            text_weight = float(self.cfg["teacher"].get("text_label_weight") or 0.0)
+            if text_weight:
+                # The same read-out on the report's embedding: each finding gets one direction that both
+                # towers must use, so "no pleural effusion" moves the text away from effusion and not
+                # along one shared "normal" axis (present - absent prompt directions were ~parallel).
+                text_bce = F.binary_cross_entropy_with_logits(self.module.label_head(txt.float()), target)
+                parts["text_label_bce"] = float(text_bce.detach())
+                loss = loss + text_weight * text_bce
         dense = float(self.cfg["teacher"].get("dense_aux_weight") or 0.0)
         if dense and self.train_tokens is not None:
             # Where each finding lies (the phantom's footprints) tells the encoder where to look: a
@@ -433,7 +452,8 @@ class TeacherRecipe:
         prompts = self.module.text_projection(torch.from_numpy(self.prompt_feats).to(env.device)).float().cpu()
         labels = np.stack([s.labels for s in self.valid])
         out = {"valid_loss": float(np.mean(losses)) if losses else float("nan"),
-               "zero_shot_auroc": zero_shot_auroc(ct, prompts, labels, scale)}
+               "zero_shot_auroc": zero_shot_auroc(ct, prompts, labels, scale),
+               "prompt_direction_cos": prompt_direction_cosine(prompts)}
         out.update({f"text2ct_{k}": v for k, v in recall_at_k(txt, ct).items()})
         return out
 
