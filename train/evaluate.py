@@ -53,7 +53,14 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DataError
-from engine.findings import DICTATION_CLASSES, LABELS, LEGACY_DICTATION_CLASSES, PromptBank, prompt_pair
+from engine.findings import (
+    DICTATION_CLASSES,
+    LABELS,
+    LEGACY_DICTATION_CLASSES,
+    RELIABLE_AUROC,
+    PromptBank,
+    prompt_pair,
+)
 from train import metrics as M
 
 SYSTEMS = ("text teacher", "ASR cascade", "naive student", "distilled student")
@@ -405,6 +412,14 @@ def score_system(ct_emb: np.ndarray, query_emb: np.ndarray | None, bank: PromptB
             pred = np.array([DICTATION_CLASSES.index(c) for c in LEGACY_DICTATION_CLASSES])[pred]
         out["dictation"] = M.dictation_f1(pred, np.asarray(mentions, dtype=np.int64), DICTATION_CLASSES, bank.labels)
         out["dictation_pred"] = pred.tolist()  # per study, for the paired comparison with the cascade
+        # the dictation check end to end: this system's image calls (its thresholds, and the reliability
+        # gate read from this evaluation's AUROC lower bounds) against the reader's mention states
+        zs = out["zero_shot"]
+        if set(bank.labels) <= set(zs["thresholds"]):
+            thresholds = np.array([zs["thresholds"][n] for n in bank.labels])
+            checked = np.array([zs["per_finding"][n]["ci"]["auroc"][0] >= RELIABLE_AUROC for n in bank.labels])
+            out["discrepancy"] = M.discrepancy_measures(pred, mentions, labels, bank.labels,
+                                                        image_positive=scores > thresholds, checked=checked)
     return out, scores
 
 
@@ -1029,6 +1044,15 @@ def _readers_markdown(systems: dict) -> list[str]:
         tail = f" | {pra:.3f} |" if pra is not None else " | – |"
         out.append(f"| {label} | {n} | {d['macro_f1']:.3f} | "
                    + " | ".join(f"{d['per_class'][c]:.3f}" for c in classes) + tail)
+    for name, s in systems.items():
+        d = s.get("discrepancy")
+        if d:
+            out.append(f"- {name}, the dictation check: with the image side replaced by the truth, "
+                       f"{d['false_alarm_studies']:.1%} of {d['n_studies']} studies show a discrepancy the dictation "
+                       f"did not plant ({d['false_alarms']} false; {d['true_discrepancies']} planted in "
+                       f"{d['studies_with_true_discrepancy']:.0%} of studies); with its own image calls on the "
+                       f"{len(d['checked_findings'])} findings that pass the gate: precision {d['precision']:.2f} "
+                       f"({d['true_shown']} of {d['shown']} shown), recall {d['recall']:.2f}")
     for name, p in systems.get("ASR cascade", {}).get("dictation_paired", {}).items():
         star = " *" if p["ci"][0] > 0 or p["ci"][1] < 0 else ""
         out.append(f"- paired bootstrap {name} (n = {p['n']}): macro F1 {p['diff']:+.3f} "
