@@ -509,3 +509,31 @@ def test_models_from_bundle_builds_every_part_through_the_engine_factory(monkeyp
     models = E.models_from_bundle(tiny_bundle_path())
     assert set(built) == {"spec", "ct", "text", "prompts", "speech", "dictation"}
     assert models.labels == tuple(LABELS) and "distilled" in models.speech
+
+
+def test_transcript_reader_is_scored_on_the_cascade_transcripts(world, tmp_path, monkeypatch):
+    import torch
+
+    from engine.models.dictation import FrameDictationHead, FrameDictationHeadConfig
+    from train import text_reader
+
+    class Tower:  # token states that spell out the text: enough to check the plumbing, not a language model
+        def token_states(self, texts):
+            return [torch.tensor([[float(ord(ch) % 7), float(len(t))] for ch in t[:40] or " "]) for t in texts]
+
+    torch.manual_seed(0)
+    head = FrameDictationHead(FrameDictationHeadConfig(dim=2, hidden=8, stride=1, kernel=3, heads=2)).eval()
+    seen = {}
+    monkeypatch.setattr(text_reader, "load_text_reader", lambda folder: seen.setdefault("folder", folder) and
+                        (Tower(), head))
+    cfg = E.EvalConfig(n_boot=50, seed=0, cascade_n=6, cascade_prompt_voices=1)
+    res = E.evaluate_bundle(_models(world), world["root"] / "ct-rate", world["root"] / "speech-rate", "valid",
+                            config=cfg, out_dir=tmp_path, transcribe=_transcribe(world), progress=False,
+                            text_reader=tmp_path / "reader")
+    assert seen["folder"] == tmp_path / "reader"
+    tr = res["groups"][E.GROUP_HELDOUT]["systems"]["ASR cascade"]["transcript_reader"]
+    assert 0.0 <= tr["dictation"]["macro_f1"] <= 1.0 and tr["seconds_per_report"] > 0
+    assert tr["discrepancy"]["n_studies"] == 6 and "precision" in tr["discrepancy"]
+    assert tr["paired"]["distilled student − transcript reader"]["n"] == 6
+    md = (tmp_path / "evaluation.md").read_text()
+    assert "| ASR + transcript reader |" in md and "the dictation check" in md
