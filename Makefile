@@ -66,6 +66,7 @@ test-all: $(STAMP) lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check engine train desktop tests bench scripts packaging
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # One-folder app bundle (PyInstaller) -> dist/speechct-<version>-linux-<arch>.tar.gz, selftested offline
 # from the unpacked archive; fails when the selftest fails. PACKAGE_ARGS e.g. --first-window (packaging/README.md).

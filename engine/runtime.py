@@ -60,6 +60,7 @@ from engine.findings import (
     unchecked,
 )
 from engine.findings import discrepancies as find_discrepancies
+from engine.labels import DICTATION_CLASSES
 from engine.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -521,6 +522,7 @@ class Engine:
             else:
                 logits = head(torch.from_numpy(v)[None].to(device))[0].float().cpu()
         section = self.bundle.manifest.dictation_head
+        assert section is not None  # has_dictation_head was checked above
         return dictation_findings(logits, labels=tuple(section.labels), classes=section.classes)
 
     def transcribe(self, waveform, sample_rate: int) -> str:
@@ -544,7 +546,8 @@ class Engine:
 
             lex = self._model("rule_lexicon")
             text = transcript if transcript is not None else self.transcribe(waveform, sample_rate)
-            classes = self.bundle.manifest.dictation_head.classes
+            head = self.bundle.manifest.dictation_head
+            classes = head.classes if head is not None else DICTATION_CLASSES
             return [DictationFinding(lab, st, 1.0, {c: float(c == st) for c in classes})
                     for lab, st in read_mentions(text, lex).items()]
         if speech_emb is None:
@@ -733,7 +736,7 @@ class Engine:
         self,
         study: Analysis,
         waveform: np.ndarray,
-        sample_rate: int,
+        sample_rate: int | None,
         *,
         audio_path: str | Path | None = None,
         similar_k: int = 0,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine.commands.engine_options import (
     add_engine_arguments,
@@ -103,7 +104,7 @@ def run_add(args: argparse.Namespace) -> int:
             raise StudyError("does not exist", path)
     engine = make_engine(args)
     library = engine.library
-    result = {"library": str(library.folder), "added": [], "already": [], "skipped": [], "failed": [],
+    result: dict[str, Any] = {"library": str(library.folder), "added": [], "already": [], "skipped": [], "failed": [],
               "warnings": []}
     if args.dictation:
         # no speech heard: exit 2, nothing added

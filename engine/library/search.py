@@ -54,6 +54,7 @@ folder (SQLite WAL); a process sees another's commits at its next search.
 
 from __future__ import annotations
 
+import builtins
 import re
 import threading
 import warnings
@@ -191,7 +192,7 @@ class Library:
             raise DataError(f"cannot open the study library ({exc})", self.folder / DB_NAME) from exc
         self._indexes: dict[str, ExactIndex] | None = None
         self._faiss: dict[str, FaissIndex] = {}
-        self._data_version = None
+        self._data_version: int | None = None
         self._init_meta()
         if self.needs_rebuild:
             warnings.warn(self.rebuild_message, SpeechCTWarning, stacklevel=2)
@@ -389,7 +390,7 @@ class Library:
             modality=meta.get("modality") or None,
             format=fmt,
             n_slices=int(volume.shape[0]),
-            spacing=tuple(float(s) for s in volume.spacing),
+            spacing=(float(volume.spacing[0]), float(volume.spacing[1]), float(volume.spacing[2])),
             bundle_hash=self.bundle_hash,
             dictation_path=str(Path(dictation_path).resolve()) if dictation_path else None,
             added_at=utc_now(),
@@ -450,7 +451,7 @@ class Library:
             if kind in self._faiss:
                 self._faiss[kind].add(np.array([sid]), vec[None])
 
-    def _forget(self, sids: list[int]) -> None:
+    def _forget(self, sids: builtins.list[int]) -> None:
         if self._indexes is None:
             return
         for kind, index in self._indexes.items():
@@ -482,7 +483,7 @@ class Library:
         *,
         exclude_uids: Iterable[str] = (),
         weights: Mapping[str, float] | None = None,
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:
         """The ``k`` most similar studies, best first; see the module docstring for the score.
 
         ``query``: a ``[dim]`` vector (taken as a CT query) or ``{kind: vector}`` with kinds from
@@ -535,6 +536,7 @@ class Library:
         for q, t in pairs:
             _, ids = self._faiss[t].search(queries[q][None], depth)
             found.append(ids[0][ids[0] >= 0])
+        assert self._indexes is not None  # loaded before any FAISS search
         pos = self._indexes["ct"].positions(np.unique(np.concatenate(found)))
         return pos[pos >= 0]
 
@@ -542,11 +544,12 @@ class Library:
         """Per pair: cosines over ``cand`` (NaN where the study lacks that kind) and their z-scores."""
         universe = indexes["ct"]
         cand_ids = universe.ids[cand]
-        cosines, zs = {}, {}
+        cosines: dict = {}
+        zs: dict = {}
         for q, t in pairs:
             index = indexes[t]
             qv = queries[q][None]
-            cos = np.full(len(cand), np.nan, np.float32)
+            cos: np.ndarray = np.full(len(cand), np.nan, np.float32)
             pos = np.arange(len(cand)) if t == "ct" and exact_stats else index.positions(cand_ids)
             have = pos >= 0
             if exact_stats:  # every row of this kind is scored: exact mean and std over the library
