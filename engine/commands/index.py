@@ -178,8 +178,10 @@ def run_remove(args: argparse.Namespace) -> int:
 def run_rebuild(args: argparse.Namespace) -> int:
     engine = make_engine(args)
     library = engine.library
-    report = library.rebuild(engine.encode_ct, encode_dictation=engine.encode_audio_file,
-                             progress=not args.json and sys.stderr.isatty())
+    from engine.library.ingest import rebuild
+
+    report = rebuild(library, engine.encode_ct, encode_dictation=engine.encode_audio_file,
+                     progress=not args.json and sys.stderr.isatty())
     if args.json:
         _print_json({"library": str(library.folder), "re_embedded": report.re_embedded,
                      "failed": [list(f) for f in report.failed], "dictations_dropped": report.dictations_dropped})
