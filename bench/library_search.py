@@ -33,18 +33,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from engine.library.vectors import ExactIndex, FaissIndex, faiss_available, top_k  # noqa: E402
+from engine.library.vectors import ExactIndex, FaissIndex, faiss_available, top_k
 
 K = 10
 

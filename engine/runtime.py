@@ -26,39 +26,9 @@ No network: ``engine.offline`` sets ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``
 when ``engine`` is imported, before transformers can load, and every backbone is opened with
 ``local_files_only``.
 
-``Analysis.to_json()`` schema (``ANALYSIS_SCHEMA`` = 1)::
-
-    {
-      "schema": 1,
-      "bundle": {"name": str | null, "hash": str, "path": str},
-      "device": str,                              # "cpu" | "cuda:0" ...
-      "study": {"uid": str, "path": str | null, "study_uid": str | null, "series_uid": str | null,
-                "format": str | null, "shape": [int, int, int],        # (z, y, x) voxels
-                "spacing": [float, float, float],                      # (z, y, x) mm
-                "warnings": [str]},
-      "findings": [{"label": str, "probability": float,   # P(present), CT-CLIP pair softmax
-                    "threshold": float, "positive": bool,    # most probable first
-                    "auroc": float | null}],                 # the bundle's validation AUROC of this finding
-      "dictation": null | [{"label": str, "status": "present" | "uncertain" | "absent" | "not mentioned",
-                            "confidence": float,
-                            "probabilities": {state: float}}],  # the bundle head's states (3 before "uncertain")
-      "discrepancies": null | [{"label": str, "kind": "negated" | "omitted" | "unsupported",
-                                "probability": float, "threshold": float,
-                                "margin": float,             # probability - threshold
-                                "dictation_status": str, "dictation_confidence": float}],
-      "unchecked": [str],           # findings the image model is weak on (validation AUROC below the bar):
-                                    # shown as weak, never checked against a dictation
-      "similar": null | [{"uid": str, "score": float,         # cosine, or combined z-score (engine.library)
-                          "cosines": {"<query>→<library kind>": float},
-                          "study": {...}}],                  # engine.library.store.StudyRecord.to_json()
-      "timings_ms": {"load_study": float | null,             # reading the files (null: Volume given)
-                     "load_models": float, "encode_ct": float, "encode_speech": float | null,
-                     "rank": float, "dictation": float | null, "similar": float | null, "total": float},
-      "cached": {"ct": bool}                      # the CT embedding came from the cache
-    }
-
-``dictation`` and ``discrepancies`` are null without audio; ``similar`` is null when no library
-search was asked for. ``dictation`` keeps label order; ``discrepancies`` are most serious first.
+``Analysis.to_json()`` is the ``speechct rank --json`` object without its ``inputs``; the schema
+(``ANALYSIS_SCHEMA`` = 1) is written out once, in :mod:`engine.commands.rank`'s docstring, and a test
+checks the output against it.
 """
 
 from __future__ import annotations
@@ -90,6 +60,7 @@ from engine.findings import (
     unchecked,
 )
 from engine.findings import discrepancies as find_discrepancies
+from engine.labels import DICTATION_CLASSES
 from engine.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -246,15 +217,12 @@ class _EmbeddingCache:
         path = self._file(key)
         if path is None:
             return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        from engine.atomic import atomic_write
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
+            with atomic_write(path) as fh:  # never a half-written file left behind
                 np.save(fh, vec, allow_pickle=False)
-            os.replace(tmp, path)
         except OSError as exc:  # a full or read-only cache folder costs speed, not correctness
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)  # never a half-written file left behind
             if not self._write_failed:  # said once per cache, not once per study
                 self._write_failed = True
                 warnings.warn(f"{path.parent}: embedding cache not written ({exc.strerror or exc}); "
@@ -558,6 +526,7 @@ class Engine:
             else:
                 logits = head(torch.from_numpy(v)[None].to(device))[0].float().cpu()
         section = self.bundle.manifest.dictation_head
+        assert section is not None  # has_dictation_head was checked above
         return dictation_findings(logits, labels=tuple(section.labels), classes=section.classes)
 
     def transcribe(self, waveform, sample_rate: int) -> str:
@@ -581,7 +550,8 @@ class Engine:
 
             lex = self._model("rule_lexicon")
             text = transcript if transcript is not None else self.transcribe(waveform, sample_rate)
-            classes = self.bundle.manifest.dictation_head.classes
+            head = self.bundle.manifest.dictation_head
+            classes = head.classes if head is not None else DICTATION_CLASSES
             return [DictationFinding(lab, st, 1.0, {c: float(c == st) for c in classes})
                     for lab, st in read_mentions(text, lex).items()]
         if speech_emb is None:
@@ -770,7 +740,7 @@ class Engine:
         self,
         study: Analysis,
         waveform: np.ndarray,
-        sample_rate: int,
+        sample_rate: int | None,
         *,
         audio_path: str | Path | None = None,
         similar_k: int = 0,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.library import query_uids
+from engine.library import StudyRecord, query_uids
 from engine.runtime import Analysis, Engine
 from engine.volume import Volume
 
@@ -40,6 +40,7 @@ class StudySession:
         """The study's volume, read on first use."""
         with self._lock:
             if self._volume is None:
+                assert not isinstance(self.source, Volume)  # a Volume source is set in __init__
                 self._volume = self.engine.load_study(self.source, self.series)
             return self._volume
 
@@ -85,7 +86,7 @@ class StudySession:
         return self.engine.similar(ct=latest.ct_embedding, dictation=latest.speech_embedding, k=k,
                                    exclude_uids=self._exclude())
 
-    def index(self):
+    def index(self) -> StudyRecord | None:
         """Add the study, with its last dictation, to the library (:meth:`Engine.index_study`), from the
         embeddings already made. Returns the library's record."""
         latest = self._latest or self.findings()

@@ -8,6 +8,7 @@ its voxels, so one image gets one key wherever its file lives.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ def content_uid(volume: Volume) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _geometry_digest(volume: Volume):
+def _geometry_digest(volume: Volume) -> Any:
     """sha256 started with the voxels' dtype, shape and spacing (what the pixel bytes alone do not say)."""
     arr = volume.array
     return hashlib.sha256(f"{arr.dtype.str}|{arr.shape}|{tuple(round(s, 6) for s in volume.spacing)}|".encode())

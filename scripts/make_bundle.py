@@ -1,4 +1,5 @@
-"""Reproduce the default model bundle: synthesis, teacher, audio cache, both students, evaluation, export.
+"""Reproduce the default model bundle: synthesis, teacher, transcript reader, audio cache, both students,
+evaluation, export.
 
 ``make bundle`` runs this. Every stage is its own ``speechct-train`` process and is resumable: a
 stage whose output exists is skipped, an interrupted teacher or student continues from its
@@ -57,6 +58,10 @@ def stages(a: argparse.Namespace) -> list[Stage]:
         Stage("teacher", lambda: ["teacher", *common, *resume(run / "teacher")],
               lambda: (run / "teacher" / "model.safetensors").exists(),
               "CT-text CLIP teacher (prepared-volume and text-feature caches first)"),
+        Stage("text-reader", lambda: ["text-reader", "--config", a.config, "--data", str(data), "--out", str(run),
+                                      "--threads", str(a.threads), "--quiet"],
+              lambda: (run / "text_reader" / "head.safetensors").exists(),
+              "the cascade's learned transcript reader (text only: train dictations + extra training-wording reports)"),
         Stage("audio-cache", lambda: ["student", *common, "--prepare-audio-only"],
               lambda: (data / "cache" / "pipeline-audio-cache.done").exists(),
               "frozen lower Whisper layers for every dictation"),

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
             shutil.rmtree(dicom)
         series = thick_slices(ph.volume)
         write_dicom_series(series, dicom, series_description=f"SYNTHETIC CHEST {name}", seed=seed)
-        rep = write_report(ph.findings, phrase_set="A", seed=seed, contrast=ph.patient["contrast"],
+        rep = write_report(ph.findings, wording="train", seed=seed, contrast=ph.patient["contrast"],
                            slice_mm=series.spacing[0])
         (folder / "findings.json").write_text(json.dumps({"seed": seed, "patient": ph.patient,
                                                           "findings": ph.findings}, indent=1, sort_keys=True) + "\n")

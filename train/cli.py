@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "train.commands.export",
     "train.commands.evaluate",
     "train.commands.label_mentions",
+    "train.commands.text_reader",
 )
 
 

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DataError
-from engine.findings import PromptBank
+from engine.findings import RELIABLE_AUROC, PromptBank
 from engine.labels import DICTATION_CLASSES, LABELS, LEGACY_DICTATION_CLASSES, prompt_pair
 from train import metrics as M
 
@@ -394,6 +394,14 @@ def score_system(ct_emb: np.ndarray, query_emb: np.ndarray | None, bank: PromptB
             pred = np.array([DICTATION_CLASSES.index(c) for c in LEGACY_DICTATION_CLASSES])[pred]
         out["dictation"] = M.dictation_f1(pred, np.asarray(mentions, dtype=np.int64), DICTATION_CLASSES, bank.labels)
         out["dictation_pred"] = pred.tolist()  # per study, for the paired comparison with the cascade
+        # the dictation check end to end: this system's image calls (its thresholds, and the reliability
+        # gate read from this evaluation's AUROC lower bounds) against the reader's mention states
+        zs = out["zero_shot"]
+        if set(bank.labels) <= set(zs["thresholds"]):
+            thresholds = np.array([zs["thresholds"][n] for n in bank.labels])
+            checked = np.array([zs["per_finding"][n]["ci"]["auroc"][0] >= RELIABLE_AUROC for n in bank.labels])
+            out["discrepancy"] = M.discrepancy_measures(pred, mentions, labels, bank.labels,
+                                                        image_positive=scores > thresholds, checked=checked)
     return out, scores
 
 
@@ -413,6 +421,28 @@ def _cascade_dictation(transcripts: list[str], target: np.ndarray, systems: dict
             paired[f"{name} − cascade"] = M.dictation_f1_paired(
                 np.asarray(speech_pred)[pos], pred, target, len(DICTATION_CLASSES), n_boot=cfg.n_boot, seed=cfg.seed)
     return out, paired
+
+
+def _transcript_reader(reader, transcripts: list[str], target: np.ndarray, labels: np.ndarray,
+                       image_positive: np.ndarray | None, systems: dict, pos: list[int], cfg: EvalConfig) -> dict:
+    """The learned transcript reader (:mod:`train.text_reader`) on the cascade's transcripts: its F1, the
+    dictation check's false alarms (and precision / recall with the text teacher's image calls), and the
+    paired bootstrap of each speech-native reader against it on the same studies."""
+    from train.text_reader import read_texts
+
+    tower, head = reader
+    t0 = time.perf_counter()
+    pred = read_texts(tower, head, transcripts)
+    out = {"dictation": M.dictation_f1(pred, target, DICTATION_CLASSES, LABELS),
+           "seconds_per_report": (time.perf_counter() - t0) / max(1, len(transcripts)),
+           "discrepancy": M.discrepancy_measures(pred, target, labels, LABELS, image_positive=image_positive),
+           "paired": {}}
+    for name in ("distilled student", "naive student"):
+        speech_pred = systems.get(name, {}).get("dictation_pred")
+        if speech_pred is not None:
+            out["paired"][f"{name} − transcript reader"] = M.dictation_f1_paired(
+                np.asarray(speech_pred)[pos], pred, target, len(DICTATION_CLASSES), n_boot=cfg.n_boot, seed=cfg.seed)
+    return out
 
 
 def _paired(scores_a, scores_b, labels, names, res_a, res_b, cfg: EvalConfig) -> dict:
@@ -485,6 +515,7 @@ def evaluate_bundle(
     train_voice_copy: bool = False,
     training_speech: str | Path | Sequence[str | Path] | None = None,
     ceiling: str | Path | None = None,
+    text_reader: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluate a model set (see the module docstring); returns the JSON-ready result.
@@ -501,8 +532,9 @@ def evaluate_bundle(
     ``training_speech``: the Speech-RATE root(s) the models were trained on, whose train manifest
     names the training voices (default: the evaluated roots', right when the split is theirs; a
     separate test set read by other voices needs it). ``ceiling``: a recorded data ceiling (the JSON
-    of ``scripts/experiments/cnn_ceiling.py``, :func:`recorded_ceiling`). With ``out_dir``, writes
-    ``evaluation.json`` and ``evaluation.md`` there.
+    of ``scripts/experiments/cnn_ceiling.py``, :func:`recorded_ceiling`). ``text_reader``: a trained
+    transcript reader folder (:mod:`train.text_reader`), scored on the cascade's transcripts beside the rule
+    labeler. With ``out_dir``, writes ``evaluation.json`` and ``evaluation.md`` there.
     """
     from train.data import CTRateIndex
 
@@ -598,6 +630,11 @@ def evaluate_bundle(
     cache = _Embeddings()
     transcriber = transcribe
     memo = _load_memo(out_dir) if transcribe is None else {}
+    reader = None
+    if text_reader is not None:
+        from train.text_reader import load_text_reader
+
+        reader = load_text_reader(text_reader)
     for group_name, items in groups.items():
         items = sorted(items, key=lambda s: s.volume_name)
         rows = np.array([row_of[s.volume_name] for s in items], dtype=int) if items else np.arange(len(records))
@@ -699,6 +736,14 @@ def evaluate_bundle(
             if mentions is not None:  # the cascade's dictation reader: the rule labeler on the transcripts
                 res["dictation"], res["dictation_paired"] = _cascade_dictation(
                     casc.transcripts, mentions[pos], g["systems"], pos, cfg)
+                teacher = g["systems"]["text teacher"]["zero_shot"]
+                image = None
+                if set(names) <= set(teacher["thresholds"]):
+                    image = raw["text teacher"][pos] > np.array([teacher["thresholds"][n] for n in names])
+                if reader is not None:  # the learned transcript reader on the same transcripts
+                    say(f"[{group_name}] transcript reader on {len(subset)} transcripts ...")
+                    res["transcript_reader"] = _transcript_reader(reader, casc.transcripts, mentions[pos],
+                                                                  labels_all[sub_rows], image, g["systems"], pos, cfg)
             g["systems"]["ASR cascade"] = res
 
         if "distilled student" in raw and "naive student" in raw:
@@ -1003,22 +1048,39 @@ def per_finding_markdown(result: dict) -> list[str]:
 
 def _readers_markdown(systems: dict) -> list[str]:
     """The dictation readers of one voice group: macro F1 over the mention states, per state, and how
-    often a present mention is read as absent; the cascade's paired comparison."""
-    rows = [(name, s["dictation"]) for name, s in systems.items() if s.get("dictation")]
-    if not rows:
+    often a present mention is read as absent; the dictation check each reader gives; the paired
+    comparisons with the cascade's readers."""
+    transcript = systems.get("ASR cascade", {}).get("transcript_reader")
+    readers = [(f"{name} (speech-native)" if name != "ASR cascade" else "ASR + rule labeler", s)
+               for name, s in systems.items() if s.get("dictation")]
+    readers += [("ASR + transcript reader", transcript)] if transcript else []
+    if not readers:
         return []
-    classes = list(rows[0][1]["per_class"])
+    classes = list(readers[0][1]["dictation"]["per_class"])
     out = ["Dictation readers (macro F1 over the mention states):", "",
            "| reader | n | macro F1 | " + " | ".join(classes) + " | present read absent |",
            "|" + "---|" * (4 + len(classes))]
-    for name, d in rows:
-        label = "ASR + rule labeler" if name == "ASR cascade" else f"{name} (speech-native)"
+    for label, s in readers:
+        d = s["dictation"]
         n = sum(d["support"].values()) // max(1, len(d["per_finding_macro_f1"]))
         pra = d.get("present_read_absent")
         tail = f" | {pra:.3f} |" if pra is not None else " | – |"
         out.append(f"| {label} | {n} | {d['macro_f1']:.3f} | "
                    + " | ".join(f"{d['per_class'][c]:.3f}" for c in classes) + tail)
-    for name, p in systems.get("ASR cascade", {}).get("dictation_paired", {}).items():
+    for label, s in readers:
+        d = s.get("discrepancy")
+        if not d:
+            continue
+        line = (f"- {label}, the dictation check: with the image side replaced by the truth, "
+                f"{d['false_alarm_studies']:.1%} of {d['n_studies']} studies show a discrepancy the dictation did "
+                f"not plant ({d['false_alarms']} false; {d['true_discrepancies']} planted)")
+        if "precision" in d:
+            line += (f"; with the image model's calls on the {len(d['checked_findings'])} findings that pass the "
+                     f"gate: precision {d['precision']:.2f} ({d['true_shown']} of {d['shown']} shown), "
+                     f"recall {d['recall']:.2f}")
+        out.append(line)
+    paired = {**systems.get("ASR cascade", {}).get("dictation_paired", {}), **(transcript or {}).get("paired", {})}
+    for name, p in paired.items():
         star = " *" if p["ci"][0] > 0 or p["ci"][1] < 0 else ""
         out.append(f"- paired bootstrap {name} (n = {p['n']}): macro F1 {p['diff']:+.3f} "
                    f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]{star}")

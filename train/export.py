@@ -119,13 +119,28 @@ def choose_dictation_reader(run: Path) -> dict:
     return section
 
 
+def tensor_bytes(tensors: dict[str, dict[str, torch.Tensor]]) -> int:
+    """The bytes the tensor groups take in safetensors files (their headers add a few KiB)."""
+    return sum(t.numel() * t.element_size() for group in tensors.values() for t in group.values())
+
+
+def as_float16(tensors: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """Floating-point tensors stored as float16 (the engine casts them back when it loads them into its
+    float32 modules); integer buffers unchanged."""
+    return {g: {k: (v.half() if v.is_floating_point() else v) for k, v in group.items()}
+            for g, group in tensors.items()}
+
+
 def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Path | None = None,
                   dictation_dir: str | Path | None = None, name: str = "default", data: str | None = None,
-                  overwrite: bool = True, extra_provenance: dict | None = None, speech=None) -> Path:
+                  overwrite: bool = True, extra_provenance: dict | None = None, speech=None,
+                  max_bytes: int = MAX_BUNDLE_BYTES, float16: bool = False) -> Path:
     """Write the bundle of the run folder ``run`` (teacher/, student/, dictation/) to ``bundle``.
 
     ``speech``: an untrained ``SpeechStudent`` to load the student's weights into (tests use a
     tiny one); by default it is built from the student's config and the installed backbone.
+    ``max_bytes``: a bundle whose tensors would exceed it is refused before anything is written.
+    ``float16``: store floating-point weights in half precision (half the size).
     """
     run = Path(run)
     teacher = load_teacher(run / "teacher")
@@ -173,6 +188,12 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
                                       "input": ("the speech student's encoder frames before pooling, all windows "
                                                 "in order" if head.input == "frames" else
                                                 "speech embedding (L2-normalised inside the head)")}
+    if float16:
+        tensors = as_float16(tensors)
+    if tensor_bytes(tensors) > max_bytes:
+        raise BundleError(f"its weights take {tensor_bytes(tensors) / 2**20:.1f} MiB, over the "
+                          f"{max_bytes / 2**20:.0f} MiB limit (store them as float16, or raise the limit); "
+                          "nothing was written", bundle)
     thresholds, evaluation, thresholds_how = evaluation_hook(run, tensors, manifest, data)
     if thresholds is not None:
         manifest["thresholds"] = thresholds
@@ -207,9 +228,6 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
         "reliability_gate": _gate_provenance(thresholds),
         **(extra_provenance or {}),
     }
-    path = save_bundle(bundle, manifest=manifest, tensors=tensors, overwrite=overwrite,
+    manifest["provenance"]["storage"] = "float16" if float16 else "float32"
+    return save_bundle(bundle, manifest=manifest, tensors=tensors, overwrite=overwrite,
                        documents={CARD_NAME: model_card(manifest)})
-    size = sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
-    if size > MAX_BUNDLE_BYTES:
-        raise BundleError(f"bundle is {size / 2**20:.1f} MiB, over the 60 MiB limit", path)
-    return path

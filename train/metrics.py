@@ -61,6 +61,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -736,3 +737,56 @@ def report_zero_shot_auroc(query_emb: np.ndarray, present: np.ndarray, absent: n
     per = {name: float(a) for name, a in zip(names, aucs)}
     vals = aucs[np.isfinite(aucs)]
     return {"macro_auroc": float(vals.mean()) if vals.size else float("nan"), "per_finding": per}
+
+
+def _shown_discrepancies(image_positive: np.ndarray, said: np.ndarray, names: Sequence[str],
+                         checked: np.ndarray) -> list[set[str]]:
+    """Per study, the findings :func:`engine.findings.discrepancies` would show (the product's rule)."""
+    from engine.findings import DictationFinding, FindingScore, discrepancies
+    from engine.labels import DICTATION_CLASSES
+
+    out = []
+    for pos, states in zip(np.asarray(image_positive, bool), np.asarray(said)):
+        findings = [FindingScore(n, float(p), 0.5, bool(p)) for n, p, c in zip(names, pos, checked) if c]
+        dictation = [DictationFinding(n, DICTATION_CLASSES[int(s)], 1.0, {}) for n, s in zip(names, states)]
+        out.append({d.label for d in discrepancies(findings, dictation)})
+    return out
+
+
+def discrepancy_measures(predicted: np.ndarray, mentions: np.ndarray, labels: np.ndarray, names: Sequence[str],
+                         image_positive: np.ndarray | None = None, checked: np.ndarray | None = None) -> dict:
+    """How the dictation check would serve a radiologist, from a reader's mention states ``predicted``
+    ``[N, L]`` (class indices into :data:`engine.findings.DICTATION_CLASSES`), the dictated states
+    ``mentions`` and the image truth ``labels``.
+
+    A *true* discrepancy is one the product's rule finds between the truth and what was really dictated
+    (in synthetic test sets: the planted slips, ``train.synth.ctrate.PLANTED_CSV``).
+
+    - ``false_alarm_studies``: with the image side replaced by the truth, the share of studies showing a
+      discrepancy that is not true (the reader's own errors);
+    - with ``image_positive`` (the image model's thresholded calls) and ``checked`` (findings that pass the
+      reliability gate): ``precision`` (shown discrepancies that are true) and ``recall`` (true ones
+      shown), matched by study and finding.
+    """
+    labels = np.asarray(labels).astype(bool)
+    all_checked = np.ones(len(names), bool)
+    truth = _shown_discrepancies(labels, mentions, names, all_checked)
+    read = _shown_discrepancies(labels, predicted, names, all_checked)
+    false = [r - t for r, t in zip(read, truth)]
+    out: dict[str, Any] = {
+        "n_studies": int(len(labels)),
+        "true_discrepancies": int(sum(len(t) for t in truth)),
+        "studies_with_true_discrepancy": float(np.mean([bool(t) for t in truth])) if truth else float("nan"),
+        "false_alarm_studies": float(np.mean([bool(f) for f in false])) if false else float("nan"),
+        "false_alarms": int(sum(len(f) for f in false)),
+    }
+    if image_positive is not None:
+        gate = all_checked if checked is None else np.asarray(checked, bool)
+        shown = _shown_discrepancies(image_positive, predicted, names, gate)
+        hits = sum(len(s & t) for s, t in zip(shown, truth))
+        n_shown, n_true = sum(len(s) for s in shown), sum(len(t) for t in truth)
+        out.update({"shown": int(n_shown), "true_shown": int(hits),
+                    "precision": hits / n_shown if n_shown else float("nan"),
+                    "recall": hits / n_true if n_true else float("nan"),
+                    "checked_findings": [n for n, c in zip(names, gate) if c]})
+    return out

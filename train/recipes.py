@@ -59,6 +59,7 @@ from engine.models.speech import (
 )
 from engine.models.text import TextTowerConfig, create_text_tower
 from engine.preprocess import PreprocessSpec, get_spec, prepare_ct
+from engine.weights.factory import speech_student_from_backbone
 from train import cache as C
 from train.distributed import DistEnv, gather_with_grad
 
@@ -241,10 +242,13 @@ def augment_ct(batch: np.ndarray, rng: np.random.Generator, shift: tuple[int, in
 
 
 def recall_at_k(query: torch.Tensor, gallery: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """Fraction of queries whose paired gallery row (same index) ranks in the top k (cosine)."""
-    sims = F.normalize(query.float(), dim=-1) @ F.normalize(gallery.float(), dim=-1).T
-    rank = (sims > sims.diag().unsqueeze(1)).sum(dim=1)
-    return {f"R@{k}": float((rank < k).float().mean()) for k in ks if k <= gallery.shape[0]}
+    """Training monitor: :func:`train.metrics.recall_at_k` (the one implementation) as ``{"R@k": recall}``
+    for the k the gallery can hold."""
+    from train.metrics import recall_at_k as recall
+
+    ks = [k for k in ks if k <= gallery.shape[0]]
+    found = recall(query.detach().float().cpu().numpy(), gallery.detach().float().cpu().numpy(), ks)
+    return {f"R@{k}": entry["recall"] for k, entry in found["k"].items()}
 
 
 def zero_shot_auroc(ct: torch.Tensor, prompts: torch.Tensor, labels: np.ndarray, scale: float) -> float:
@@ -258,6 +262,17 @@ def zero_shot_auroc(ct: torch.Tensor, prompts: torch.Tensor, labels: np.ndarray,
     aucs = [roc_auc_score(labels[:, j], p_present[:, j]) for j in range(labels.shape[1])
             if 0 < labels[:, j].sum() < labels.shape[0]]
     return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def prompt_direction_cosine(prompts: torch.Tensor) -> float:
+    """Mean pairwise cosine of the 18 findings' present − absent prompt directions (``prompts``
+    interleaved as :func:`prompt_texts`): near 1 when "not" moves every prompt the same way, so that
+    zero-shot scores share one "how abnormal" axis instead of reading each finding."""
+    p = F.normalize(prompts.float(), dim=-1)
+    d = F.normalize(p[0::2] - p[1::2], dim=-1)
+    c = d @ d.T
+    n = c.shape[0]
+    return float((c.sum() - c.diagonal().sum()) / (n * (n - 1)))
 
 
 def prompt_texts() -> list[str]:
@@ -274,12 +289,14 @@ class TeacherModel(nn.Module):
     only shapes training: bundles do not carry it."""
 
     def __init__(self, ct: CTEncoder, text_projection: nn.Linear, logit_scale: LogitScale,
-                 label_head: nn.Linear | None = None):
+                 label_head: nn.Linear | None = None, token_head: nn.Linear | None = None):
         super().__init__()
         self.ct = ct
         self.text_projection = text_projection
         self.logit_scale = logit_scale
         self.label_head = label_head
+        #: per-token finding classifier for the dense loss (``teacher.dense_aux_weight``); training only
+        self.token_head = token_head
 
 
 def build_teacher(cfg: dict, *, pretrained_text: bool = True):
@@ -293,7 +310,32 @@ def build_teacher(cfg: dict, *, pretrained_text: bool = True):
     init = cfg.get("logit_scale_init")
     scale = LogitScale(math.log(init) if init else CTCLIP_LOG_SCALE_INIT, max_scale=cfg.get("logit_scale_max", 100.0))
     head = nn.Linear(ct_config.latent_dim, len(LABELS)) if cfg["teacher"].get("aux_label_weight") else None
-    return TeacherModel(ct, proj, scale, head), text
+    tokens = nn.Linear(ct_config.dim, len(LABELS)) if cfg["teacher"].get("dense_aux_weight") else None
+    return TeacherModel(ct, proj, scale, head, tokens), text
+
+
+#: Weight of a finding's tokens against the (many more) tokens without it in the dense loss.
+DENSE_POS_WEIGHT = 5.0
+
+
+def footprint_targets(studies: list[Study], keys: list[str], ct_root: Path, spec: PreprocessSpec,
+                      ct_config, cache: C.FrozenCache) -> np.ndarray:
+    """``(n, 18, t, h, w)`` uint8 per-token finding targets from the synthetic studies' footprints
+    (:mod:`train.footprints`), cached beside the prepared volumes."""
+    from train.footprints import footprint_path, read_footprints, token_targets
+
+    tubelet = (ct_config.temporal_patch_size, ct_config.patch_size, ct_config.patch_size)
+    out = []
+    for study, key in zip(studies, keys):
+        path = footprint_path(ct_root, study.volume_name)
+        if not path.is_file():
+            raise DataError("teacher.dense_aux_weight needs the synthetic footprints, and this study has none "
+                            "(real CT-RATE has none: set dense_aux_weight to 0; a synthetic set from before "
+                            "footprints existed: run speechct-train synth again on the same folder)", path)
+        ckey = C.json_hash({"ct": key, "tubelet": tubelet, "footprint": C.file_sha256(path)})
+        out.append(cache.get_or_compute("footprint_tokens", ckey,
+                                        lambda p=path: token_targets(read_footprints(p), spec, tubelet), dtype=np.uint8))
+    return np.stack(out).astype(np.uint8)
 
 
 #: Training volumes the CT encoder's density-path standardisation is fitted on (deterministic: the first ones).
@@ -331,6 +373,10 @@ class TeacherRecipe:
         _, self.train_text = text_features([s.findings for s in self.train], self.text, self.cache, self.backbone_hash)
         _, self.valid_text = text_features([s.findings for s in self.valid], self.text, self.cache, self.backbone_hash)
         _, self.prompt_feats = text_features(prompt_texts(), self.text, self.cache, self.backbone_hash)
+        self.train_tokens = None
+        if self.cfg["teacher"].get("dense_aux_weight"):
+            self.train_tokens = footprint_targets(self.train, self.train_keys, Path(data) / "ct-rate", self.spec,
+                                                  self.module.ct.config, self.cache)
         self.prep_seconds = time.perf_counter() - t0
 
     @property
@@ -339,21 +385,23 @@ class TeacherRecipe:
 
     def head_parameters(self) -> set[int]:
         heads = {id(p) for p in self.module.text_projection.parameters()} | {id(self.module.logit_scale.log_scale)}
-        if self.module.label_head is not None:
-            heads |= {id(p) for p in self.module.label_head.parameters()}
+        for head in (self.module.label_head, self.module.token_head):
+            if head is not None:
+                heads |= {id(p) for p in head.parameters()}
         return heads
 
     def _embed(self, keys: list[str], feats: np.ndarray, augment: dict | None = None,
-               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+               seed: int = 0, with_tokens: bool = False):
         dev = self.env.device
-        ct = self.module.ct(_ct_batch(keys, self.cache, dev, augment, seed))
+        ct, tokens = self.module.ct.forward_with_tokens(_ct_batch(keys, self.cache, dev, augment, seed))
         txt = self.module.text_projection(torch.from_numpy(feats).to(dev))
-        return ct, txt
+        return (ct, txt, tokens) if with_tokens else (ct, txt)
 
     def loss(self, rows: list[int], offset: int, env: DistEnv):
         augment = self.cfg["teacher"].get("augment")
-        ct, txt = self._embed([self.train_keys[i] for i in rows], self.train_text[rows], augment=augment,
-                              seed=hash((int(self.cfg.get("seed", 0)), *map(int, rows))) & 0xFFFFFFFF)
+        ct, txt, tokens = self._embed([self.train_keys[i] for i in rows], self.train_text[rows], augment=augment,
+                                      seed=hash((int(self.cfg.get("seed", 0)), *map(int, rows))) & 0xFFFFFFFF,
+                                      with_tokens=True)
         all_ct, all_txt = gather_with_grad(ct, env), gather_with_grad(txt, env)
         loss = info_nce(ct, txt, self.module.logit_scale, all_a=all_ct, all_b=all_txt, offset=offset)
         parts = {"logit_scale": self.module.logit_scale.value}
@@ -367,6 +415,25 @@ class TeacherRecipe:
             parts["info_nce"] = float(loss.detach())
             parts["label_bce"] = float(bce.detach())
             loss = loss + weight * bce
+            text_weight = float(self.cfg["teacher"].get("text_label_weight") or 0.0)
+            if text_weight:
+                # The same read-out on the report's embedding: each finding gets one direction that both
+                # towers must use, so "no pleural effusion" moves the text away from effusion and not
+                # along one shared "normal" axis (present - absent prompt directions were ~parallel).
+                text_bce = F.binary_cross_entropy_with_logits(self.module.label_head(txt.float()), target)
+                parts["text_label_bce"] = float(text_bce.detach())
+                loss = loss + text_weight * text_bce
+        dense = float(self.cfg["teacher"].get("dense_aux_weight") or 0.0)
+        if dense and self.train_tokens is not None:
+            # Where each finding lies (the phantom's footprints) tells the encoder where to look: a
+            # per-token classifier on the tokens the latent is pooled from. Tokens are mostly
+            # negative, so positives weigh DENSE_POS_WEIGHT times more.
+            target = torch.from_numpy(self.train_tokens[rows]).to(tokens.device).float()  # (B, 18, t, h, w)
+            logits = self.module.token_head(tokens.float()).permute(0, 4, 1, 2, 3)
+            pos_weight = torch.full((len(LABELS), 1, 1, 1), DENSE_POS_WEIGHT, device=tokens.device)
+            token_bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+            parts["token_bce"] = float(token_bce.detach())
+            loss = loss + dense * token_bce
         return loss, parts
 
     def embed_valid(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,7 +456,8 @@ class TeacherRecipe:
         prompts = self.module.text_projection(torch.from_numpy(self.prompt_feats).to(env.device)).float().cpu()
         labels = np.stack([s.labels for s in self.valid])
         out = {"valid_loss": float(np.mean(losses)) if losses else float("nan"),
-               "zero_shot_auroc": zero_shot_auroc(ct, prompts, labels, scale)}
+               "zero_shot_auroc": zero_shot_auroc(ct, prompts, labels, scale),
+               "prompt_direction_cos": prompt_direction_cosine(prompts)}
         out.update({f"text2ct_{k}": v for k, v in recall_at_k(txt, ct).items()})
         return out
 
@@ -495,7 +563,7 @@ def cache_whisper_lower(speech: SpeechStudent, studies: list[Study], cache: C.Fr
 def prepare_student_audio(cfg: dict, data: str | Path, *, progress: bool = True,
                           limit: dict[str, int] | None = None) -> dict[str, int]:
     """Fill the Whisper lower-layer cache for both splits without a teacher (runs beside the teacher)."""
-    speech = SpeechStudent.from_backbone(_speech_config(cfg))
+    speech = speech_student_from_backbone(_speech_config(cfg))
     cache = C.FrozenCache(Path(data) / "cache")
     limit = limit or cfg.get("student_limit") or cfg.get("limit") or {}
     counts = {}
@@ -533,7 +601,7 @@ class StudentRecipe:
         self.teacher = load_teacher(teacher_dir, env.device)
         self.spec = self.teacher.spec
         torch.manual_seed(int(cfg.get("seed", 0)) + 1)
-        self.speech = student if student is not None else SpeechStudent.from_backbone(_speech_config(cfg))
+        self.speech = student if student is not None else speech_student_from_backbone(_speech_config(cfg))
         self.speech.to(env.device)
         self.dictation_weight = float(cfg["student"].get("dictation_weight") or 0.0)
         joint = dictation_head(cfg, self.speech.config.latent_dim, "embedding").to(env.device) if self.dictation_weight else None
@@ -677,7 +745,7 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu",
     if not (folder / MODEL_FILE).is_file() or not (folder / MODEL_JSON).is_file():
         raise DataError("no trained student here (run speechct-train student first)", folder)
     meta = json.loads((folder / MODEL_JSON).read_text())
-    speech = student if student is not None else SpeechStudent.from_backbone(SpeechStudentConfig.from_dict(meta["speech"]))
+    speech = student if student is not None else speech_student_from_backbone(SpeechStudentConfig.from_dict(meta["speech"]))
     speech.load_trainable_state_dict(load_file(str(folder / MODEL_FILE)))
     # requires_grad stays as the student set it: trainable_state_dict() selects by it
     return speech.to(device).eval(), meta

@@ -132,7 +132,8 @@ def bundle_summary(bundle: Bundle, backbone_checked: bool = True) -> dict[str, A
     }
 
 
-def _human_bytes(n: int) -> str:
+def _human_bytes(size: int) -> str:
+    n = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine.commands.engine_options import (
     add_engine_arguments,
@@ -103,7 +104,7 @@ def run_add(args: argparse.Namespace) -> int:
             raise StudyError("does not exist", path)
     engine = make_engine(args)
     library = engine.library
-    result = {"library": str(library.folder), "added": [], "already": [], "skipped": [], "failed": [],
+    result: dict[str, Any] = {"library": str(library.folder), "added": [], "already": [], "skipped": [], "failed": [],
               "warnings": []}
     if args.dictation:
         # no speech heard: exit 2, nothing added
@@ -177,8 +178,10 @@ def run_remove(args: argparse.Namespace) -> int:
 def run_rebuild(args: argparse.Namespace) -> int:
     engine = make_engine(args)
     library = engine.library
-    report = library.rebuild(engine.encode_ct, encode_dictation=engine.encode_audio_file,
-                             progress=not args.json and sys.stderr.isatty())
+    from engine.library.ingest import rebuild
+
+    report = rebuild(library, engine.encode_ct, encode_dictation=engine.encode_audio_file,
+                     progress=not args.json and sys.stderr.isatty())
     if args.json:
         _print_json({"library": str(library.folder), "re_embedded": report.re_embedded,
                      "failed": [list(f) for f in report.failed], "dictations_dropped": report.dictations_dropped})

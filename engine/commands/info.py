@@ -150,13 +150,13 @@ def inspect_study(path: str | Path, series: str | None = None) -> StudyReport:
     candidates = [r for r in reports if series is not None and r.info.uid == series]
     if not candidates:
         candidates = [r for r in reports if _matches(r.info, chosen_volume)]
-    loaded: dict[int, Volume] = {}
+    loaded: dict[int, Volume | None] = {}
     if len(candidates) > 1:
         # Two stacks share a UID and a shape: tell them apart by their voxels.
         want = _fingerprint(chosen_volume)
         for r in candidates:
             loaded[id(r)] = _load_quietly(source, r)
-        candidates = [r for r in candidates if loaded[id(r)] is not None and _fingerprint(loaded[id(r)]) == want]
+        candidates = [r for r in candidates if (v := loaded[id(r)]) is not None and _fingerprint(v) == want]
     chosen_report = candidates[0] if candidates else None
     skipped = 0
     for r in reports:

@@ -15,11 +15,15 @@ import stat
 import threading
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import SpeechCTWarning, StudyError
 from engine.io.series import SeriesInfo
 from engine.io.sniff import FolderFormats, describe, one_line, read_head, scan_folder, sniff
 from engine.volume import Volume
+
+if TYPE_CHECKING:
+    from engine.io.dicom import DicomStudy
 
 
 def _stat(path: Path) -> os.stat_result:
@@ -79,7 +83,8 @@ def _choose_nifti(files: list[Path], series: str | None, folder: Path) -> tuple[
     return chosen, message
 
 
-def _check_no_overrides(path: Path, slope, intercept, spacing) -> None:
+def _check_no_overrides(path: Path, slope: float | None, intercept: float | None,
+                        spacing: tuple[float, float, float] | None) -> None:
     if slope is not None or intercept is not None or spacing is not None:
         raise ValueError(
             f"{path}: slope/intercept/spacing overrides apply to NIfTI only; DICOM carries its own"
@@ -97,21 +102,25 @@ class StudySource:
         self.is_folder = is_folder
         self.formats = formats  # a folder's files by format (None for a single file)
         self.kind = kind  # a single file's format ("dicom" / "nifti"), None for a folder
-        self._dicom = None  # engine.io.dicom.DicomStudy, read on first use
+        self._dicom: DicomStudy | None = None  # read on first use
         self._series: list[SeriesInfo] | None = None
         self._lock = threading.Lock()
 
+    def _folder(self) -> FolderFormats:
+        assert self.formats is not None, "a folder source has its files by format"
+        return self.formats
+
     @property
     def has_dicom(self) -> bool:
-        return bool(self.formats.dicom) if self.is_folder else self.kind == "dicom"
+        return bool(self._folder().dicom) if self.is_folder else self.kind == "dicom"
 
     @property
     def nifti_files(self) -> list[Path]:
         if self.is_folder:
-            return list(self.formats.nifti)
+            return list(self._folder().nifti)
         return [] if self.kind == "dicom" else [self.path]
 
-    def dicom_study(self):
+    def dicom_study(self) -> DicomStudy:
         """The DICOM headers of the source split into series (:class:`engine.io.dicom.DicomStudy`),
         parsed on the first call only."""
         from engine.io.dicom import scan_dicom
@@ -119,7 +128,7 @@ class StudySource:
         with self._lock:
             if self._dicom is None:
                 if self.is_folder:
-                    f = self.formats
+                    f = self._folder()
                     self._dicom = scan_dicom(self.path, files=f.dicom, n_files=f.n_files,
                                              non_dicom=[*f.nifti, *f.other, *(p for p, _ in f.unreadable)])
                 else:
@@ -152,7 +161,8 @@ class StudySource:
             raise StudyError(f"cannot be read ({one_line(exc.strerror or exc)})", exc.filename or self.path) from exc
         return validate_volume(volume)
 
-    def _load(self, series, *, slope, intercept, spacing) -> Volume:
+    def _load(self, series: str | None, *, slope: float | None, intercept: float | None,
+              spacing: tuple[float, float, float] | None) -> Volume:
         from engine.io.dicom import read_dicom_series
         from engine.io.nifti import read_nifti
 
@@ -164,7 +174,7 @@ class StudySource:
             if series is not None and not _nifti_matches(series, path):
                 raise StudyError(f"series {series!r} not found (a NIfTI file holds one volume, uid = its path)", path)
             return read_nifti(path, slope=slope, intercept=intercept, spacing=spacing)
-        f = self.formats
+        f = self._folder()
         if f.dicom:
             if series is not None:
                 for nifti in f.nifti:

@@ -1,8 +1,9 @@
 """The study library, as a package of five parts, top to bottom:
 
-- :mod:`~engine.library.ingest`: the only part that reads study files: folder import, dictation pairing;
+- :mod:`~engine.library.ingest`: the only part that reads study files: folder import, rebuild, dictation
+  pairing;
 - :mod:`~engine.library.search`: :class:`Library`, the searchable library (similarity scores, the bundle
-  hash check, rebuild);
+  hash check);
 - :mod:`~engine.library.store`: the SQLite storage (schema, rows, vector BLOBs) behind
   :class:`~engine.library.store.StudyStore`, the storage interface;
 - :mod:`~engine.library.pg_store`: the same interface on a department's PostgreSQL + pgvector
@@ -16,7 +17,6 @@ from engine.library.search import (
     BACKENDS,
     Hit,
     Library,
-    RebuildReport,
     check_library_location,
     default_library_dir,
     query_uids,
@@ -24,5 +24,5 @@ from engine.library.search import (
 from engine.library.store import LibraryWriteError, StudyRecord
 from engine.study_identity import study_key
 
-__all__ = ["BACKENDS", "Hit", "Library", "LibraryWriteError", "RebuildReport", "StudyRecord",
+__all__ = ["BACKENDS", "Hit", "Library", "LibraryWriteError", "StudyRecord",
            "check_library_location", "default_library_dir", "query_uids", "study_key"]

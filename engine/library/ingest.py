@@ -187,6 +187,57 @@ def import_tree(
     return report
 
 
+@dataclass
+class RebuildReport:
+    re_embedded: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (uid, reason): still stale, not searched
+    dictations_dropped: list[str] = field(default_factory=list)  # uids whose dictation vector was removed
+
+
+def rebuild(
+    library,
+    encode_ct: Callable[[Volume], np.ndarray],
+    *,
+    encode_dictation: Callable[[Path], np.ndarray] | None = None,
+    progress: bool = True,
+) -> RebuildReport:
+    """Re-embed every study of ``library`` made with another bundle, from its stored path (one transaction
+    each).
+
+    Killed half-way, the next call continues with the studies still stale. Dictation vectors
+    are re-embedded with ``encode_dictation(dictation_path)`` when given, else removed (they
+    would be from the old model). Studies whose files cannot be read stay stale, are left out
+    of searches and are listed in the report; the library then records the new bundle hash.
+    """
+    from engine.io import load_volume
+
+    report = RebuildReport()
+    stale = library.stale_studies()
+    for sid, rec in (_bar(stale, progress, "re-embedding") if progress else stale):
+        try:
+            if not rec.path:
+                raise DataError("no stored path to read the study from")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SpeechCTWarning)  # already said when first added
+                volume = load_volume(rec.path, rec.series)
+            ct = encode_ct(volume)
+            dictation = None
+            if rec.has_dictation and rec.dictation_path and encode_dictation is not None:
+                dictation = encode_dictation(Path(rec.dictation_path))
+        except SpeechCTError as exc:
+            report.failed.append((rec.uid, str(exc)))
+            if progress:
+                from tqdm import tqdm
+
+                tqdm.write(f"not re-embedded {rec.uid}: {exc}")
+            continue
+        if library.replace_vectors(sid, rec, ct, dictation):
+            report.dictations_dropped.append(rec.uid)
+        report.re_embedded.append(rec.uid)
+    library.finish_rebuild()
+    return report
+
+
 def _fail(report, progress: bool, path: str, reason: str) -> None:
     report.failed.append((path, reason))
     if progress:
@@ -195,9 +246,9 @@ def _fail(report, progress: bool, path: str, reason: str) -> None:
         tqdm.write(f"skipped {path}: {reason}")
 
 
-def _bar(units, progress: bool):
+def _bar(units, progress: bool, desc: str = "importing"):
     if not progress:
         return units
     from tqdm import tqdm
 
-    return tqdm(units, desc="importing", unit="study")
+    return tqdm(units, desc=desc, unit="study")

@@ -5,7 +5,7 @@ One folder (default ``platformdirs.user_data_dir("speechct")/library``) holding 
 PostgreSQL database given as ``postgresql://USER@HOST:PORT/DB`` (:mod:`engine.library.pg_store`;
 ``Library.folder`` is then that URL), which every workstation shares. The library takes
 *embeddings*, never models: callers (``engine.runtime.Engine``, the CLI, the app) encode and pass
-vectors, or pass an encoder callable to :func:`engine.library.ingest.import_tree` / :meth:`Library.rebuild`.
+vectors, or pass an encoder callable to :func:`engine.library.ingest.import_tree` / :func:`~engine.library.ingest.rebuild`.
 
 Vectors are in the model's shared space, unit-normalised here, and compared by cosine. A query is
 one vector or a dict of named vectors; each query kind is compared with these library kinds
@@ -37,7 +37,7 @@ StudyInstanceUID or path matches, so all series of the query's study are left ou
 
 **Bundle hash.** The library records the bundle its vectors came from. Opened with another bundle
 it says so (a :class:`SpeechCTWarning`, ``needs_rebuild``, ``rebuild_message``), refuses to add or
-search, and :meth:`Library.rebuild` re-embeds every study from its stored path, one transaction per
+search, and :func:`engine.library.ingest.rebuild` re-embeds every study from its stored path, one transaction per
 study (resumable).
 
 **Backends.** ``"numpy"``: exact search over one contiguous matrix (float16 by default, float32 on
@@ -60,11 +60,12 @@ folder (SQLite WAL) or database (PostgreSQL); a process sees another's commits a
 
 from __future__ import annotations
 
+import builtins
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +92,6 @@ __all__ = [
     "QUERY_TARGETS",
     "Hit",
     "Library",
-    "RebuildReport",
     "StudyRecord",
     "default_library_dir",
     "query_uids",
@@ -164,13 +164,6 @@ class Hit:
         return {"score": self.score, "cosines": dict(self.cosines), "study": self.record.to_json()}
 
 
-@dataclass
-class RebuildReport:
-    re_embedded: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (uid, reason): still stale, not searched
-    dictations_dropped: list[str] = field(default_factory=list)  # uids whose dictation vector was removed
-
-
 class Library:
     """A folder of studies and their embeddings; see the module docstring for the rules."""
 
@@ -217,7 +210,7 @@ class Library:
         self._indexes: dict[str, ExactIndex] | None = None
         self._faiss: dict[str, FaissIndex] = {}
         self._pgvector = False  # candidates from the PostgreSQL store's HNSW index (backend "pgvector")
-        self._data_version = None
+        self._data_version: int | None = None
         self._init_meta()
         if self.needs_rebuild:
             warnings.warn(self.rebuild_message, SpeechCTWarning, stacklevel=2)
@@ -344,7 +337,7 @@ class Library:
 
     def add_study(
         self,
-        volume_or_path: Volume | str | Path,
+        volume: Volume,
         embedding,
         *,
         dictation_path: str | Path | None = None,
@@ -358,17 +351,10 @@ class Library:
         and the insert are one write transaction, so of several processes adding the same study
         exactly one adds it (a batch import counts the others as "already in the library").
 
-        ``volume_or_path``: a loaded Volume, or a path that :func:`engine.io.load_volume` reads (with
-        ``series``). The key is :func:`study_key`: adding a series already present replaces its CT
+        ``volume``: the loaded study (``series``: its series uid when the reader split it). The key is :func:`study_key`: adding a series already present replaces its CT
         vector and metadata (a dictation given now replaces the old one; none keeps the old one).
         ``embedding``/``dictation_embedding``: ``[dim]`` vectors in the bundle's space (normalised here).
         """
-        if isinstance(volume_or_path, Volume):
-            volume = volume_or_path
-        else:
-            from engine.io import load_volume
-
-            volume = load_volume(volume_or_path, series)
         ct = self._unit(embedding, "CT embedding")
         dictation = (
             None if dictation_embedding is None else self._unit(dictation_embedding, "dictation embedding")
@@ -415,7 +401,7 @@ class Library:
             modality=meta.get("modality") or None,
             format=fmt,
             n_slices=int(volume.shape[0]),
-            spacing=tuple(float(s) for s in volume.spacing),
+            spacing=(float(volume.spacing[0]), float(volume.spacing[1]), float(volume.spacing[2])),
             bundle_hash=self.bundle_hash,
             dictation_path=str(Path(dictation_path).resolve()) if dictation_path else None,
             added_at=utc_now(),
@@ -482,7 +468,7 @@ class Library:
             if kind in self._faiss:
                 self._faiss[kind].add(np.array([sid]), vec[None])
 
-    def _forget(self, sids: list[int]) -> None:
+    def _forget(self, sids: builtins.list[int]) -> None:
         if self._indexes is None:
             return
         for kind, index in self._indexes.items():
@@ -514,7 +500,7 @@ class Library:
         *,
         exclude_uids: Iterable[str] = (),
         weights: Mapping[str, float] | None = None,
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:
         """The ``k`` most similar studies, best first; see the module docstring for the score.
 
         ``query``: a ``[dim]`` vector (taken as a CT query) or ``{kind: vector}`` with kinds from
@@ -572,6 +558,7 @@ class Library:
             else:
                 _, ids = self._faiss[t].search(queries[q][None], depth)
             found.append(ids[0][ids[0] >= 0])
+        assert self._indexes is not None  # loaded before any approximate search
         pos = self._indexes["ct"].positions(np.unique(np.concatenate(found)))
         return pos[pos >= 0]
 
@@ -579,11 +566,12 @@ class Library:
         """Per pair: cosines over ``cand`` (NaN where the study lacks that kind) and their z-scores."""
         universe = indexes["ct"]
         cand_ids = universe.ids[cand]
-        cosines, zs = {}, {}
+        cosines: dict = {}
+        zs: dict = {}
         for q, t in pairs:
             index = indexes[t]
             qv = queries[q][None]
-            cos = np.full(len(cand), np.nan, np.float32)
+            cos: np.ndarray = np.full(len(cand), np.nan, np.float32)
             pos = np.arange(len(cand)) if t == "ct" and exact_stats else index.positions(cand_ids)
             have = pos >= 0
             if exact_stats:  # every row of this kind is scored: exact mean and std over the library
@@ -631,73 +619,37 @@ class Library:
     def _records_by_id(self, sids: np.ndarray) -> dict[int, StudyRecord]:
         return self._store.records_by_ids(sids)
 
-    # ------------------------------------------------------------------ bulk work
-    def rebuild(
-        self,
-        encode_ct: Callable[[Volume], np.ndarray],
-        *,
-        encode_dictation: Callable[[Path], np.ndarray] | None = None,
-        progress: bool = True,
-    ) -> RebuildReport:
-        """Re-embed every study made with another bundle, from its stored path (one transaction each).
-
-        Killed half-way, the next call continues with the studies still stale. Dictation vectors
-        are re-embedded with ``encode_dictation(dictation_path)`` when given, else removed (they
-        would be from the old model). Studies whose files cannot be read stay stale, are left out
-        of searches and are listed in the report; the library then records the new bundle hash.
-        """
-        from engine.io import load_volume
-
-        report = RebuildReport()
+    # ------------------------------------------------------------------ rebuild (engine.library.ingest.rebuild)
+    def stale_studies(self) -> builtins.list[tuple[int, StudyRecord]]:
+        """(row id, record) of every study whose vectors another bundle made."""
         with self._lock:
-            stale = self._store.stale_records(self.bundle_hash)
-        for sid, rec in _progress(stale, progress, "re-embedding"):
-            try:
-                if not rec.path:
-                    raise DataError("no stored path to read the study from")
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", SpeechCTWarning)  # already said when first added
-                    volume = load_volume(rec.path, rec.series)
-                ct = self._unit(encode_ct(volume), "CT embedding")
-                dictation = None
-                if rec.has_dictation and rec.dictation_path and encode_dictation is not None:
-                    dictation = self._unit(encode_dictation(Path(rec.dictation_path)), "dictation embedding")
-            except SpeechCTError as exc:
-                report.failed.append((rec.uid, str(exc)))
-                _note(progress, f"not re-embedded {rec.uid}: {exc}")
-                continue
-            with self._lock, self._transaction():
-                self._store.set_bundle_hash(sid, self.bundle_hash)
-                self._store.put_vector(sid, "ct", ct.astype(self.dtype))
-                if dictation is not None:
-                    self._store.put_vector(sid, "dictation", dictation.astype(self.dtype))
-                elif rec.has_dictation:
-                    self._store.drop_vector(sid, "dictation")
-                    report.dictations_dropped.append(rec.uid)
-            report.re_embedded.append(rec.uid)
+            return self._store.stale_records(self.bundle_hash)
+
+    def replace_vectors(self, sid: int, rec: StudyRecord, ct, dictation=None) -> bool:
+        """One stale study re-embedded with this bundle, in one transaction: its CT vector, and its
+        dictation's (or, without one, its old dictation vector removed). Returns whether one was removed."""
+        ct = self._unit(ct, "CT embedding")
+        dictation = None if dictation is None else self._unit(dictation, "dictation embedding")
+        dropped = False
+        with self._lock, self._transaction():
+            self._store.set_bundle_hash(sid, self.bundle_hash)
+            self._store.put_vector(sid, "ct", ct.astype(self.dtype))
+            if dictation is not None:
+                self._store.put_vector(sid, "dictation", dictation.astype(self.dtype))
+            elif rec.has_dictation:
+                self._store.drop_vector(sid, "dictation")
+                dropped = True
+        return dropped
+
+    def finish_rebuild(self) -> None:
+        """Record this bundle as the one the library's vectors come from (after a rebuild)."""
         with self._lock:
             with self._transaction():
                 self._set_meta(bundle_hash=self.bundle_hash, dim=self.dim)
             self._indexes = None  # vectors changed wholesale: reload at the next search
-        return report
 
 
 def _replace(rec: StudyRecord, **changes) -> StudyRecord:
     import dataclasses
 
     return dataclasses.replace(rec, **changes)
-
-
-def _progress(items, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="study")
-
-
-def _note(enabled: bool, line: str) -> None:
-    if enabled:
-        from tqdm import tqdm
-
-        tqdm.write(line)

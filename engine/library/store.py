@@ -33,9 +33,10 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from engine.errors import DataError
 
@@ -169,7 +170,7 @@ class StudyRecord:
         return d
 
 
-def db_text(value):
+def db_text(value: Any) -> Any:
     """``value`` as SQLite can store it: a str that is not valid UTF-8 (a file name with undecodable
     bytes, which Python holds as surrogate escapes) goes in as its raw bytes, so it round-trips exactly
     and still matches itself in ``WHERE path = ?``; everything else unchanged."""
@@ -181,17 +182,17 @@ def db_text(value):
     return value
 
 
-def from_db(value):
+def from_db(value: Any) -> Any:
     """The inverse of :func:`db_text`."""
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 def record_from_row(row: tuple, has_dictation: bool) -> StudyRecord:
     """A StudyRecord from the ``_STUDY_COLUMNS`` values (spacing stored as three columns)."""
-    row = tuple(from_db(v) for v in row)
-    sz, sy, sx = row[10:13]
+    values: tuple[Any, ...] = tuple(from_db(v) for v in row)
+    sz, sy, sx = values[10:13]
     spacing = (sz, sy, sx) if sz is not None else None
-    return StudyRecord(*row[:10], spacing, *row[13:], has_dictation=has_dictation)
+    return StudyRecord(*values[:10], spacing, *values[13:], has_dictation=has_dictation)  # type: ignore[misc,call-arg]
 
 
 def select_records(
@@ -236,6 +237,7 @@ def insert_study(conn: sqlite3.Connection, rec: StudyRecord) -> int:
     cur = conn.execute(
         f"INSERT INTO studies ({_STUDY_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values
     )
+    assert cur.lastrowid is not None  # an INSERT always sets it
     return int(cur.lastrowid)
 
 
@@ -258,7 +260,7 @@ def put_vector(conn: sqlite3.Connection, study_id: int, kind: str, vector: np.nd
     )
 
 
-def decode_vectors(blobs: list[bytes], dtypes: list[str], dim: int, out_dtype: np.dtype) -> np.ndarray:
+def decode_vectors(blobs: list[bytes], dtypes: list[str], dim: int, out_dtype: npt.DTypeLike) -> np.ndarray:
     """Stack BLOBs (each ``dim`` little-endian values of its dtype) into one ``[n, dim]`` matrix.
 
     Raises ValueError when a BLOB does not hold exactly ``dim`` values (a corrupt file).
@@ -332,14 +334,14 @@ class _Txn:
         self.conn = conn
         self.db_path = db_path
 
-    def __enter__(self):
+    def __enter__(self) -> sqlite3.Connection:
         try:
             self.conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
         except sqlite3.Error as exc:
             raise LibraryWriteError(f"cannot write the study library ({exc})", self.db_path) from exc
         return self.conn
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> Literal[False]:
         if exc_type is None:
             try:
                 self.conn.execute("COMMIT")

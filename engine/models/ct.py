@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from engine.models.ct_config import CTEncoderConfig, available_ct_configs, load_ct_config
 from engine.models.ct_layers import (
     ContinuousPositionBias,
+    ConvStem,
     CosineCodebook,
     DensityPath,
     FactorisedTransformer,
@@ -81,8 +82,11 @@ class CTEncoder(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.patch_embed = TubeletEmbedding(c.channels, c.patch_size, c.temporal_patch_size, c.dim,
-                                           patch_norm=c.patch_norm)
+        if c.stem == "conv":
+            self.patch_embed = ConvStem(c.channels, c.patch_size, c.temporal_patch_size, c.dim, c.stem_widths)
+        else:
+            self.patch_embed = TubeletEmbedding(c.channels, c.patch_size, c.temporal_patch_size, c.dim,
+                                               patch_norm=c.patch_norm)
         self.density = (DensityPath(c.input_size, c.density_pool, c.density_thresholds, c.density_rank,
                                     c.latent_dim) if c.density_path else None)
         self.rel_pos_bias = ContinuousPositionBias(c.rel_pos_width, c.heads, c.rel_pos_layers)
@@ -136,7 +140,12 @@ class CTEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, 1, Z, Y, X)`` -> ``(B, latent_dim)``, unnormalised."""
-        latent = self.pool(self.encode_tokens(x))
+        return self.forward_with_tokens(x)[0]
+
+    def forward_with_tokens(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The latent and the ``(B, t, h, w, dim)`` tokens it was pooled from (for dense training losses)."""
+        tokens = self.encode_tokens(x)
+        latent = self.pool(tokens)
         if self.density is not None:
             latent = latent + self.density(x)
-        return latent
+        return latent, tokens

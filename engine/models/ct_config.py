@@ -30,6 +30,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "ct"
 
 POOLINGS = ("ctclip", "attention")
 PEG_LAYOUTS = ("ctclip", "grid")
+STEMS = ("tubelet", "conv")
 
 
 @dataclass
@@ -83,12 +84,25 @@ class CTEncoderConfig:
     density_pool: tuple[int, int, int] = (8, 8, 8)
     density_thresholds: tuple[float, ...] = ()
     density_rank: int = 128
+    #: How voxels become tokens: "tubelet" (CT-CLIP's linear map of each flattened tubelet) or "conv"
+    #: (``ct_layers.ConvStem``: stride-2 3D convolutions of ``stem_widths`` channels, one stage per
+    #: halving of ``patch_size``, to the same token grid).
+    stem: str = "tubelet"
+    stem_widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(v) for v in self.input_size)
         self.density_thresholds = tuple(float(v) for v in self.density_thresholds)
         self.density_pool = tuple(int(v) for v in self.density_pool)
+        self.stem_widths = tuple(int(v) for v in self.stem_widths)
         problems = []
+        if self.stem not in STEMS:
+            problems.append(f"stem must be one of {STEMS}, got {self.stem!r}")
+        elif self.stem == "conv" and (2 ** len(self.stem_widths) != self.patch_size
+                                      or self.temporal_patch_size & (self.temporal_patch_size - 1)
+                                      or self.temporal_patch_size > self.patch_size):
+            problems.append(f"a conv stem needs log2(patch_size) = {self.patch_size.bit_length() - 1} stem_widths "
+                            f"(got {len(self.stem_widths)}) and a power-of-2 temporal_patch_size <= patch_size")
         if len(self.input_size) != 3:
             problems.append(f"input_size must be (z, y, x), got {self.input_size}")
         else:
@@ -136,6 +150,7 @@ class CTEncoderConfig:
         d["input_size"] = list(self.input_size)
         d["density_thresholds"] = list(self.density_thresholds)
         d["density_pool"] = list(self.density_pool)
+        d["stem_widths"] = list(self.stem_widths)
         return d
 
     @classmethod

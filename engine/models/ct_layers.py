@@ -62,6 +62,39 @@ class TubeletEmbedding(nn.Module):
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
+class ConvStem(nn.Module):
+    """``(B, C, Z, Y, X)`` voxels -> ``(B, t, h, w, dim)`` tokens through stride-2 3D convolutions.
+
+    A non-linear, shift-tolerant alternative to the linear tubelet embedding (as hybrid ViTs and 3D
+    ResNets start): each stage is a 3x3x3 convolution, GroupNorm and GELU, halving rows and columns,
+    and slices in the last ``log2(temporal_patch)`` stages, so the output has the tubelet grid and the
+    transformer, pooling and imported CTViT weights are unchanged. A small lesion anywhere in a
+    token's box reaches it through the same filters, which a single linear map of the flattened
+    tubelet cannot learn from a few hundred studies.
+    """
+
+    def __init__(self, channels: int, patch: int, temporal_patch: int, dim: int, widths: tuple[int, ...]):
+        super().__init__()
+        n = len(widths)
+        if 2**n != patch or temporal_patch > patch or temporal_patch & (temporal_patch - 1):
+            raise ValueError(f"conv stem: {n} stride-2 stages give {2**n}, not patch {patch} "
+                             f"(and temporal_patch {temporal_patch} must be a power of 2 <= patch)")
+        z_stages = temporal_patch.bit_length() - 1
+        layers: list[nn.Module] = []
+        cin = channels
+        for i, width in enumerate(widths):
+            sz = 2 if i >= n - z_stages else 1
+            layers += [nn.Conv3d(cin, width, 3, stride=(sz, 2, 2), padding=1, bias=False),
+                       nn.GroupNorm(min(8, width), width), nn.GELU()]
+            cin = width
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Linear(cin, dim)
+        self.norm_out = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm_out(self.proj(self.convs(x).permute(0, 2, 3, 4, 1)))
+
+
 class DensityPath(nn.Module):
     """``(B, C, Z, Y, X)`` voxels -> ``(B, latent)``: a linear read-out of pooled density maps,
     added to the transformer's latent.

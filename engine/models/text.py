@@ -284,6 +284,18 @@ class TextTower(nn.Module):
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
+    def token_states(self, texts: list[str], batch: int = 32) -> list[Tensor]:
+        """The backbone's last hidden state of every real token of each text, ``[T_i, hidden]`` float32 on
+        the CPU (no projection): the input of a transcript reader (a frame dictation head over tokens)."""
+        out: list[Tensor] = []
+        with torch.no_grad():
+            for i in range(0, len(texts), batch):
+                tokens = self.tokenize(list(texts[i : i + batch]))
+                hidden = self.backbone(**tokens).last_hidden_state.float().cpu()
+                mask = tokens["attention_mask"].bool().cpu()
+                out += [h[m] for h, m in zip(hidden, mask)]
+        return out
+
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
     ) -> Tensor:

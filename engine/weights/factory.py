@@ -72,6 +72,16 @@ def speech_config(bundle: Bundle):
                    lambda: SpeechStudentConfig.from_dict(section.student_config(bundle.manifest.space_dim)))
 
 
+def speech_student_from_backbone(config, cache_dir=None):
+    """A fresh :class:`engine.models.speech.SpeechStudent` on the Whisper backbone ``config`` names (resolved
+    and loaded here; training starts from it). ``cache_dir``: where the converted backbone is cached."""
+    from engine.models.speech import SpeechStudent
+    from engine.weights.whisper import load_whisper_encoder, resolve_whisper_backbone
+
+    backbone = resolve_whisper_backbone(config.backbone, cache_dir=cache_dir)
+    return SpeechStudent(config, load_whisper_encoder(backbone), backbone)
+
+
 def build_speech_student(bundle: Bundle, encoder: torch.nn.Module | None = None):
     """The speech student: the resolved Whisper backbone + the bundle's ``speech_head`` tensors.
 

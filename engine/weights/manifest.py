@@ -106,8 +106,8 @@ _FIELDS: tuple[tuple[str, type | tuple[type, ...], bool], ...] = (
 
 
 def _type_name(types: type | tuple[type, ...]) -> str:
-    if types == _NUMBER:
-        return "a number"
+    if isinstance(types, tuple):
+        return "a number"  # the one tuple of types the schema uses: _NUMBER
     return {int: "an integer", str: "a string", bool: "true/false", list: "a list", dict: "an object"}[types]
 
 

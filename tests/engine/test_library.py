@@ -13,7 +13,7 @@ import pytest
 
 from engine.errors import DataError, SpeechCTWarning
 from engine.library import Library, query_uids, study_key
-from engine.library.ingest import import_tree
+from engine.library.ingest import import_tree, rebuild
 from engine.library.vectors import ExactIndex, FaissIndex, faiss_available, top_k
 from tests.engine.library_fakes import DIM, FakeEncoder, make_volume, random_unit, write_tree
 
@@ -197,7 +197,7 @@ def test_bundle_hash_mismatch_and_rebuild(tmp_path):
     gone = next(r for r in other.list() if r.format == "nifti")
     Path(gone.path).unlink()
     new_encoder = FakeEncoder(seed=99)
-    rebuilt = other.rebuild(new_encoder, progress=False)
+    rebuilt = rebuild(other, new_encoder, progress=False)
     assert len(rebuilt.re_embedded) == 3 and [u for u, _ in rebuilt.failed] == [gone.uid]
     assert other.built_with == "bundle-b" and other.stale_count == 1 and other.needs_rebuild
     assert "left out of searches" in other.rebuild_message
@@ -364,11 +364,11 @@ def test_rebuild_interrupted_resumes(tmp_path):
     with pytest.warns(SpeechCTWarning):
         lib = _lib(tmp_path, bundle_hash="bundle-b")
     with pytest.raises(KeyboardInterrupt):
-        lib.rebuild(Interrupting(seed=5), progress=False)
+        rebuild(lib, Interrupting(seed=5), progress=False)
     assert lib.built_with == "bundle-a" and lib.stale_count == 2  # two done, committed one by one
     with pytest.raises(DataError):
         lib.search(random_unit(1, DIM, 0)[0])
     enc = FakeEncoder(seed=5)
-    report = lib.rebuild(enc, progress=False)
+    report = rebuild(lib, enc, progress=False)
     assert len(report.re_embedded) == 2 and enc.calls == 2 and not lib.needs_rebuild
     assert len(lib.search(random_unit(1, DIM, 0)[0], k=10)) == 4

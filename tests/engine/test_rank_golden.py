@@ -89,3 +89,38 @@ if __name__ == "__main__":  # rewrite the goldens from the installed bundle
     for name in STUDIES:
         (GOLDEN / f"{name}.json").write_text(json.dumps(comparable(rank_json(name)), indent=2) + "\n")
         print("wrote", GOLDEN / f"{name}.json", file=sys.stderr)
+
+
+def _documented_schema() -> dict[str, str]:
+    """Top-level key -> its text in the one written-out schema (engine/commands/rank.py's docstring)."""
+    import re
+
+    import engine.commands.rank as rank
+
+    doc = rank.__doc__
+    block = doc[doc.index("{\n"):doc.index("\n    }\n")]
+    sections: dict[str, str] = {}
+    current = None
+    for line in block.splitlines()[1:]:
+        m = re.match(r'^      "(\w+)":', line)
+        if m:
+            current = m.group(1)
+            sections[current] = ""
+        if current:
+            sections[current] += line + "\n"
+    return sections
+
+
+def test_the_documented_schema_is_the_output():
+    """Every key the output has is written out in the schema, in its order, and nothing more."""
+    doc = _documented_schema()
+    got = json.loads((GOLDEN / "study-002.json").read_text())
+    assert [k for k in doc if k not in IGNORED] == list(got)
+    for key, value in got.items():
+        items = value if isinstance(value, list) else [value]
+        for item in items[:1]:
+            if isinstance(item, dict):
+                for sub in item:
+                    assert f'"{sub}"' in doc[key], f"{key}.{sub} is not in the documented schema"
+    assert '"timings_ms"' in doc["timings_ms"] and all(f'"{k}"' in doc["timings_ms"] for k in (
+        "load_study", "load_models", "encode_ct", "encode_speech", "rank", "dictation", "similar", "total"))

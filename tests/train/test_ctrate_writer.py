@@ -54,6 +54,12 @@ def test_layout_and_csvs(tree):
     meta = _rows(ds / "metadata" / "validation_metadata.csv")
     assert meta[0]["XYSpacing"] == "[2.8, 2.8]" and meta[0]["PatientAge"].endswith("Y")
     assert len(_rows(ds / "metadata" / "train_metadata.csv")) == len([p for p in plans if p.split == "train"])
+    # where each finding lies (train.footprints): one file per volume, naming exactly its findings
+    from train.footprints import footprint_path, read_footprints
+
+    for row in labels:
+        present = [lab for lab in LABELS if row[lab] == "1"]
+        assert list(read_footprints(footprint_path(tree, row["VolumeName"]))) == present
 
 
 def test_v1_volume_reads_back_with_metadata_overrides(tree):
@@ -93,3 +99,24 @@ def test_v2_fixed_folders_hold_hu(tmp_path):
     assert files
     vol = load_volume(files[0])
     assert np.median(vol.array) < -500
+
+
+def test_planted_slips_leave_a_present_finding_out_of_the_dictation(tmp_path):
+    from train.synth.ctrate import TEST_WORDING
+
+    root = tmp_path / "ct-rate-test"
+    write_ctrate(root, 0, 8, seed=3, size="small", workers=1, progress=False, wording=TEST_WORDING, plant_rate=1.0)
+    ds = root / "dataset" / "multi_abnormality_labels"
+    planted = {r["VolumeName"]: r["Planted"] for r in _rows(ds / "valid_planted.csv")}
+    labels = {r["VolumeName"]: r for r in _rows(ds / "valid_predicted_labels.csv")}
+    mentions = {r["VolumeName"]: r for r in _rows(ds / "valid_mentions_chexpert.csv")}
+    with_findings = [v for v, r in labels.items() if any(r[lab] == "1" for lab in LABELS)]
+    assert sorted(planted) == sorted(with_findings) and planted
+    for volume, finding in planted.items():
+        assert labels[volume][finding] == "1"  # the image has it ...
+        assert mentions[volume][finding] in ("0", "")  # ... and the dictation negates it or says nothing
+        others = [lab for lab in LABELS if labels[volume][lab] == "1" and lab != finding]
+        assert all(mentions[volume][lab] in ("1", "-1") for lab in others)  # the rest is said
+    # the main root plants nothing
+    write_ctrate(tmp_path / "main", 2, 1, seed=3, size="small", workers=1, progress=False)
+    assert not list((tmp_path / "main").rglob("*_planted.csv"))

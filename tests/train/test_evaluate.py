@@ -336,9 +336,10 @@ def test_models_from_bundle_with_whisper_base(tmp_path, kind):
         FrameDictationHead,
         FrameDictationHeadConfig,
     )
-    from engine.models.speech import SpeechStudent, load_speech_config
+    from engine.models.speech import load_speech_config
     from engine.models.text import create_text_tower
     from engine.weights.bundle import save_bundle
+    from engine.weights.factory import speech_student_from_backbone
     from engine.weights.manifest import speech_entry
     from train.recipes import load_run_config, prompt_texts
 
@@ -348,7 +349,7 @@ def test_models_from_bundle_with_whisper_base(tmp_path, kind):
     text = create_text_tower("minilm", latent_dim=64)
     sc = load_speech_config("whisper-base-top2")
     sc.latent_dim = 64
-    student = SpeechStudent.from_backbone(sc)
+    student = speech_student_from_backbone(sc)
     head = (DictationHead(DictationHeadConfig(dim=64, hidden=0)) if kind == "embedding" else
             FrameDictationHead(FrameDictationHeadConfig(dim=512, hidden=16, heads=2)))
     with torch.no_grad():
@@ -508,3 +509,31 @@ def test_models_from_bundle_builds_every_part_through_the_engine_factory(monkeyp
     models = E.models_from_bundle(tiny_bundle_path())
     assert set(built) == {"spec", "ct", "text", "prompts", "speech", "dictation"}
     assert models.labels == tuple(LABELS) and "distilled" in models.speech
+
+
+def test_transcript_reader_is_scored_on_the_cascade_transcripts(world, tmp_path, monkeypatch):
+    import torch
+
+    from engine.models.dictation import FrameDictationHead, FrameDictationHeadConfig
+    from train import text_reader
+
+    class Tower:  # token states that spell out the text: enough to check the plumbing, not a language model
+        def token_states(self, texts):
+            return [torch.tensor([[float(ord(ch) % 7), float(len(t))] for ch in t[:40] or " "]) for t in texts]
+
+    torch.manual_seed(0)
+    head = FrameDictationHead(FrameDictationHeadConfig(dim=2, hidden=8, stride=1, kernel=3, heads=2)).eval()
+    seen = {}
+    monkeypatch.setattr(text_reader, "load_text_reader", lambda folder: seen.setdefault("folder", folder) and
+                        (Tower(), head))
+    cfg = E.EvalConfig(n_boot=50, seed=0, cascade_n=6, cascade_prompt_voices=1)
+    res = E.evaluate_bundle(_models(world), world["root"] / "ct-rate", world["root"] / "speech-rate", "valid",
+                            config=cfg, out_dir=tmp_path, transcribe=_transcribe(world), progress=False,
+                            text_reader=tmp_path / "reader")
+    assert seen["folder"] == tmp_path / "reader"
+    tr = res["groups"][E.GROUP_HELDOUT]["systems"]["ASR cascade"]["transcript_reader"]
+    assert 0.0 <= tr["dictation"]["macro_f1"] <= 1.0 and tr["seconds_per_report"] > 0
+    assert tr["discrepancy"]["n_studies"] == 6 and "precision" in tr["discrepancy"]
+    assert tr["paired"]["distilled student − transcript reader"]["n"] == 6
+    md = (tmp_path / "evaluation.md").read_text()
+    assert "| ASR + transcript reader |" in md and "the dictation check" in md

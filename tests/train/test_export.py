@@ -142,3 +142,27 @@ def student_frames_of(recipe, keys):
     from train.recipes import student_frames
 
     return student_frames(recipe, keys)[0].float()
+
+
+def test_export_refuses_an_oversized_bundle_before_writing_and_float16_halves_it(bundle_dir, tmp_path):
+    from engine.errors import BundleError
+    from engine.weights.bundle import load_bundle
+
+    path, _, _ = bundle_dir
+    run = path.parent / "run"
+    full = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    with pytest.raises(BundleError, match="nothing was written"):
+        export_bundle(run, tmp_path / "small", speech=tiny_student(), max_bytes=full // 4)
+    assert not (tmp_path / "small").exists() and not list(tmp_path.glob(".small*"))
+    half = export_bundle(run, tmp_path / "half", speech=tiny_student(), float16=True)
+    size = sum(p.stat().st_size for p in half.iterdir() if p.is_file())
+    assert size < 0.6 * full
+    manifest = json.loads((half / "bundle.json").read_text())
+    assert manifest["provenance"]["storage"] == "float16"
+    b = load_bundle(half, resolve_backbone=_resolver(manifest["speech"]["backbone_sha256"]))
+    ct = CTEncoder(CTEncoderConfig.from_dict(manifest["ct_encoder"]))
+    b.load_into(ct, "ct_encoder")  # float16 weights into the engine's float32 module
+    assert ct.pool.proj.weight.dtype == torch.float32
+    x = torch.rand(1, 1, *ct.config.input_size) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(ct.eval()(x), bundle_dir[2].module.ct.eval()(x), atol=2e-2)

@@ -15,9 +15,10 @@ spec.loader.exec_module(mb)
 def test_stages_in_order_and_resume_flags(tmp_path):
     a = mb.parse_args(["--data", str(tmp_path), "--threads", "1"])
     stages = mb.stages(a)
-    assert [s.name for s in stages] == ["synth", "teacher", "audio-cache", "student", "student-naive", "evaluate",
-                                        "evaluate-test", "export"]
-    assert "--n-test" in stages[0].args() and stages[6].args()[stages[6].args().index("--split") + 1] == "test"
+    assert [s.name for s in stages] == ["synth", "teacher", "text-reader", "audio-cache", "student", "student-naive",
+                                        "evaluate", "evaluate-test", "export"]
+    assert "--n-test" in stages[0].args() and stages[7].args()[stages[7].args().index("--split") + 1] == "test"
+    assert stages[2].args()[0] == "text-reader" and not stages[2].done()
     teacher = stages[1]
     assert "--resume" not in teacher.args() and not teacher.done()
     (tmp_path / "run" / "teacher").mkdir(parents=True)
@@ -25,7 +26,7 @@ def test_stages_in_order_and_resume_flags(tmp_path):
     assert "--resume" in teacher.args()  # decided when the stage starts, from what is on disk
     (tmp_path / "run" / "teacher" / "model.safetensors").write_bytes(b"x")
     assert teacher.done()
-    naive = stages[4].args()
+    naive = stages[5].args()
     assert naive[naive.index("--distill-weight") + 1] == "0"
 
 
@@ -75,6 +76,8 @@ def _finished_up_to_students(data):
     (data / "synth_summary.json").write_text("{}")
     (data / "run" / "teacher").mkdir(parents=True)
     (data / "run" / "teacher" / "model.safetensors").write_bytes(b"x")
+    (data / "run" / "text_reader").mkdir(parents=True)
+    (data / "run" / "text_reader" / "head.safetensors").write_bytes(b"x")
     (data / "cache").mkdir()
     (data / "cache" / "pipeline-audio-cache.done").touch()
 

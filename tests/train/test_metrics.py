@@ -301,3 +301,12 @@ def test_rad_chestct_sixteen():
     assert y[0, 0] == x[0, 0] and y[0, 2] == x[0, 2] and y[0, 3] == x[0, 3] and y[0, 4] == x[0, 5]
     assert list(y[0, 12:]) == list(x[0, 14:])  # mosaic (13) gone
     torch.testing.assert_close(to_rad_chestct(torch.tensor(x)), torch.tensor(y))
+
+
+def test_the_training_monitor_reads_the_one_recall_at_k():
+    from train.recipes import recall_at_k as monitor
+
+    g = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    q = g + 0.5 * torch.randn(12, 8, generator=torch.Generator().manual_seed(1))
+    want = M.recall_at_k(q.numpy(), g.numpy(), ks=(1, 5, 10))["k"]
+    assert monitor(q, g, ks=(1, 5, 10, 50)) == {f"R@{k}": want[k]["recall"] for k in (1, 5, 10)}

@@ -70,3 +70,25 @@ def _batch(recipe, keys):
     from train.recipes import _ct_batch
 
     return _ct_batch(keys, recipe.cache, recipe.env.device)
+
+
+def test_text_label_loss_reads_the_report_with_the_same_head(tiny):
+    cfg = copy.deepcopy(load_run_config(SMOKE_CONFIG))
+    cfg["teacher"].update(aux_label_weight=1.0, text_label_weight=0.5)
+    recipe = TeacherRecipe(cfg, tiny, env=DistEnv(), progress=False)
+    loss, parts = recipe.loss(list(range(4)), 0, DistEnv())
+    assert float(loss.detach()) == pytest.approx(parts["info_nce"] + parts["label_bce"]
+                                                 + 0.5 * parts["text_label_bce"], rel=1e-5)
+    loss.backward()
+    assert recipe.module.text_projection.weight.grad.abs().sum() > 0
+    assert 0.0 < recipe.validate(DistEnv())["prompt_direction_cos"] <= 1.0
+
+
+def test_prompt_direction_cosine():
+    from train.recipes import prompt_direction_cosine
+
+    shared = torch.tensor([1.0, 0.0, 0.0])
+    parallel = torch.stack([v for j in range(18) for v in (torch.eye(3)[1] + 0.01 * j + shared, torch.eye(3)[1])])
+    assert prompt_direction_cosine(parallel) > 0.99
+    ortho = torch.randn(36, 64)
+    assert abs(prompt_direction_cosine(ortho)) < 0.2

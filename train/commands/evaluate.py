@@ -57,6 +57,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ceiling", type=Path, default=None,
                    help="the data's ceiling: scripts/experiments/cnn_ceiling.py's JSON of per-study scores "
                         "(default DATA/cnn_ceiling_SPLIT.json when it exists)")
+    p.add_argument("--text-reader", type=Path, default=None,
+                   help="a transcript reader folder (speechct-train text-reader) scored on the cascade's transcripts "
+                        "(default BUNDLE/text_reader when the bundle is a run folder that has one)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N studies (by volume name)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true")
@@ -90,10 +93,15 @@ def run(args) -> int:
         ceiling = args.data / f"cnn_ceiling_{args.split}.json"
     elif ceiling is not None and not ceiling.is_file():
         raise DataError("no such recorded ceiling (scripts/experiments/cnn_ceiling.py writes it)", ceiling)
+    text_reader = args.text_reader
+    if text_reader is None and (args.bundle / "text_reader" / "head.safetensors").is_file():
+        text_reader = args.bundle / "text_reader"
+    elif text_reader is not None and not (text_reader / "head.safetensors").is_file():
+        raise DataError("no trained transcript reader here (speechct-train text-reader writes one)", text_reader)
     result = evaluate_bundle(args.bundle, ct_root, speech, split, config=cfg, prompts=args.prompts,
                              synthesize_missing_prompts=not args.no_prompt_synthesis, out_dir=out,
                              naive=args.naive, progress=not args.quiet, train_voice_copy=args.train_voice_copy,
-                             ceiling=ceiling,
+                             ceiling=ceiling, text_reader=text_reader,
                              training_speech=None if training_data is None else training_data / "speech-rate",
                              ct_cache=args.cache or ((args.data / "cache") if (args.data / "cache").is_dir() else None))
     print(to_markdown(result))

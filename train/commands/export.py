@@ -1,7 +1,7 @@
 """``speechct-train export``: a run folder (teacher/, student/, dictation/) as a model bundle.
 
 Writes ``--bundle`` (default ``OUT/bundle``): ``bundle.json`` + safetensors per docs/design.md §2,
-at most 60 MiB.
+at most 60 MiB (``--max-mib``; a larger bundle is refused before anything is written; ``--float16`` halves it).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--student", type=Path, default=None, help="student folder (default OUT/student)")
     p.add_argument("--dictation", type=Path, default=None, help="dictation head folder (default OUT/dictation)")
     p.add_argument("--name", default="default")
+    p.add_argument("--max-mib", type=float, default=60.0, help="refuse a bundle over this size (default 60)")
+    p.add_argument("--float16", action="store_true", help="store the weights in half precision")
     p.set_defaults(func=run)
 
 
@@ -32,7 +34,8 @@ def run(args) -> int:
     t0 = time.perf_counter()
     target = args.bundle or args.out / "bundle"
     path = export_bundle(args.out, target, student_dir=args.student, dictation_dir=args.dictation,
-                         name=args.name, data=str(args.data) if args.data else None)
+                         name=args.name, data=str(args.data) if args.data else None,
+                         max_bytes=int(args.max_mib * 2**20), float16=args.float16)
     bundle = load_bundle(path)
     size = sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
     record_timing(args.out, "export", time.perf_counter() - t0, {"bundle": str(path), "bytes": size})

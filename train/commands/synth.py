@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
                    help="1: raw int16 + slope/intercept in the metadata CSV; 2: HU in *_fixed folders")
     p.add_argument("--voices", nargs="+", default=None, help="voice ids for every split (default: each split its own voices, held-out voices for valid only; naming all voices puts validation voices into train too)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    p.add_argument("--plant-rate", type=float, default=0.3,
+                   help="share of test-root studies with findings whose dictation leaves one out (a slip the "
+                        "dictation check should catch; listed in valid_planted.csv); default 0.3")
     p.add_argument("--no-audio", action="store_true", help="skip the Speech-RATE dictations")
     p.add_argument("--prompts", action="store_true", help="also speak the zero-shot prompt pairs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -53,6 +56,8 @@ def run(args) -> int:
         raise DataError("--out is required (the data folder)")
     if args.n_train < 0 or args.n_valid < 0 or args.n_test < 0 or args.n_train + args.n_valid == 0:
         raise DataError("--n-train, --n-valid and --n-test must be >= 0, and train and valid not both 0")
+    if not 0.0 <= args.plant_rate <= 1.0:
+        raise DataError(f"--plant-rate must be between 0 and 1, got {args.plant_rate}")
     t0 = time.perf_counter()
     out = args.out
     ct_root = out / "ct-rate"
@@ -102,7 +107,8 @@ def write_test_set(args, progress: bool) -> dict:
 
     root = args.out / "ct-rate-test"
     ct = write_ctrate(root, 0, args.n_test, seed=args.seed + TEST_SEED_OFFSET, size=args.size,
-                      version=args.ctrate_version, workers=args.workers, progress=progress, wording=TEST_WORDING)
+                      version=args.ctrate_version, workers=args.workers, progress=progress, wording=TEST_WORDING,
+                      plant_rate=args.plant_rate)
     if not args.no_audio:
         from train.synth.speechrate import synthesize_speech_rate
 

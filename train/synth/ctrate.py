@@ -10,6 +10,8 @@ Under ``root`` (e.g. ``<data>/ct-rate``)::
     dataset/multi_abnormality_labels/{train,valid}_mentions_chexpert.csv          (synthetic sets only)
     dataset/radiology_text_reports/{train,valid}_dictations.csv                   (synthetic sets only)
     dataset/metadata/{train_metadata.csv,validation_metadata.csv}
+    dataset/footprints/<volume>.npz        where each finding lies (synthetic sets only, train.footprints)
+    dataset/multi_abnormality_labels/valid_planted.csv   dictation slips planted in the test root (synthetic)
 
 Like CT-RATE, some patients have a second scan (``_b``) and some scans a second
 reconstruction (``_2``, a sharper kernel of the same acquisition). v1 volumes store
@@ -45,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.labels import LABELS
+from train.footprints import footprint_path, write_footprints
 from train.mentions import MENTIONS_FILE, mentions_csv_bytes
 from train.synth.cohort import sample_cohort
 from train.synth.phantom import SIZES, make_phantom
@@ -60,6 +63,10 @@ DICTATION_COLUMNS = ("VolumeName", "Dictation_EN")
 MAIN_WORDING = {"train": "train", "valid": "valid"}
 TEST_WORDING = {"valid": "test"}
 METADATA_CSV = {"train": "train_metadata.csv", "valid": "validation_metadata.csv"}
+#: Studies whose dictation leaves out a finding the image has (``write_volume(plant_rate=)``): the
+#: finding (a column of the labels CSV) per volume; studies without a planted slip are not listed.
+PLANTED_CSV = {"train": "train_planted.csv", "valid": "valid_planted.csv"}
+PLANTED_COLUMNS = ("VolumeName", "Planted")
 METADATA_COLUMNS = (
     "VolumeName", "Manufacturer", "ManufacturerModelName", "SeriesDescription", "PatientSex", "PatientAge",
     "ReconstructionDiameter", "KVP", "XRayTubeCurrent", "ConvolutionKernel", "PatientPosition", "StudyDate",
@@ -153,26 +160,39 @@ def _metadata_row(plan: VolumePlan, volume, rng: np.random.Generator, intercept:
 
 
 def write_volume(root: str | Path, plan: VolumePlan, *, size: str = "default", version: int = 1,
-                 wording: dict[str, str] | None = None) -> dict:
-    """Write one volume and its record (skipped when the record already exists); returns the record."""
+                 wording: dict[str, str] | None = None, plant_rate: float = 0.0) -> dict:
+    """Write one volume and its record (skipped when the record already exists); returns the record.
+
+    ``plant_rate``: the share of studies with findings whose dictation leaves one present finding out
+    (the report is written as if the finding were absent: negated, settled or not mentioned), as a
+    radiologist's slip the dictation check should catch. The labels stay the image's truth, the mentions
+    say what was dictated, and the record's ``planted`` names the finding (see :data:`PLANTED_CSV`)."""
     from engine.io import write_nifti
 
     root = Path(root)
     rec_path = _record_path(root, plan.name)
     target = root / plan.relpath(version)
-    if rec_path.exists() and target.exists():
+    prints = footprint_path(root, f"{plan.name}.nii.gz")
+    if rec_path.exists() and target.exists() and prints.exists():
         return json.loads(rec_path.read_text())
     kernel = "standard" if plan.recon == 1 else "sharp"
     phantom = make_phantom(plan.seed, plan.labels, size=size, sex=plan.sex, age=plan.age, kernel=kernel,
-                           recon=plan.recon - 1)
+                           recon=plan.recon - 1, with_footprints=True)
     vol = phantom.volume
+    write_footprints(prints, phantom.footprints)
     rng = np.random.default_rng([plan.seed, 41])
     intercept = -1024.0
     if version == 1:
         write_nifti(vol, target, dtype="int16", slope=1.0, intercept=intercept, header_rescale=False)
     else:
         write_nifti(vol, target, dtype="int16", slope=1.0, intercept=0.0, header_rescale=True)
-    report = write_report(phantom.findings, wording=(wording or MAIN_WORDING)[plan.split], seed=plan.report_seed,
+    planted = None
+    if plant_rate and phantom.findings:
+        plant_rng = np.random.default_rng([plan.seed, 43])
+        if plant_rng.random() < plant_rate:
+            planted = str(plant_rng.choice(sorted(phantom.findings)))
+    said = {lab: d for lab, d in phantom.findings.items() if lab != planted}
+    report = write_report(said, wording=(wording or MAIN_WORDING)[plan.split], seed=plan.report_seed,
                           contrast=phantom.patient["contrast"], slice_mm=vol.spacing[0])
     record = {
         "plan": asdict(plan), "path": plan.relpath(version),
@@ -185,6 +205,7 @@ def write_volume(root: str | Path, plan: VolumePlan, *, size: str = "default", v
         "metadata": _metadata_row(plan, vol, rng, intercept),
         "details": phantom.findings, "patient": phantom.patient,
         "words": len(report.findings.split()),
+        "planted": planted,
     }
     _atomic_write_bytes(rec_path, json.dumps(record, sort_keys=True, indent=1).encode())
     return record
@@ -219,6 +240,10 @@ def assemble_csvs(root: str | Path, plans: list[VolumePlan]) -> dict[str, Path]:
                                     for r in records]),
             ds / "metadata" / METADATA_CSV[split]: _csv_bytes(METADATA_COLUMNS, [r["metadata"] for r in records]),
         }
+        if any(r.get("planted") for r in records):
+            files[ds / "multi_abnormality_labels" / PLANTED_CSV[split]] = _csv_bytes(
+                PLANTED_COLUMNS, [{"VolumeName": r["report"]["VolumeName"], "Planted": r["planted"]}
+                                  for r in records if r.get("planted")])
         for path, data in files.items():
             _atomic_write_bytes(path, data)
             out[path.name] = path
@@ -226,9 +251,9 @@ def assemble_csvs(root: str | Path, plans: list[VolumePlan]) -> dict[str, Path]:
 
 
 def _job(args):
-    root, plan, size, version, wording = args
+    root, plan, size, version, wording, plant_rate = args
     t = time.perf_counter()
-    rec = write_volume(root, plan, size=size, version=version, wording=wording)
+    rec = write_volume(root, plan, size=size, version=version, wording=wording, plant_rate=plant_rate)
     return plan.name, time.perf_counter() - t, rec["labels"], rec["words"]
 
 
@@ -242,7 +267,8 @@ def _init_worker() -> None:
 
 def write_ctrate(root: str | Path, n_train: int, n_valid: int, *, seed: int = 0, size: str = "default",
                  version: int = 1, workers: int = 1, progress: bool = True,
-                 on_volume: Callable[[str], None] | None = None, wording: dict[str, str] | None = None) -> dict:
+                 on_volume: Callable[[str], None] | None = None, wording: dict[str, str] | None = None,
+                 plant_rate: float = 0.0) -> dict:
     """Generate the whole CT-RATE-layout tree; returns a summary dict (counts, timings)."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
@@ -251,7 +277,7 @@ def write_ctrate(root: str | Path, n_train: int, n_valid: int, *, seed: int = 0,
     root = Path(root)
     t0 = time.perf_counter()
     plans = plan_dataset(n_train, n_valid, seed)
-    jobs = [(str(root), p, size, version, wording or MAIN_WORDING) for p in plans]
+    jobs = [(str(root), p, size, version, wording or MAIN_WORDING, plant_rate) for p in plans]
     results = []
     bar = None
     if progress:

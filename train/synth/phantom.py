@@ -69,6 +69,9 @@ class Phantom:
     labels: dict[str, int] = field(default_factory=dict)  # all 18 labels, 0/1
     #: body-frame mm (z, y, x) of voxel [0, 0, 0]; index = (point - frame_origin) / spacing
     frame_origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    #: where each present finding lies (``with_footprints=True``): label -> :class:`engine.volume.Volume`
+    #: of the fraction of each block of FOOTPRINT_BLOCK^3 voxels the finding changed (0..1, float32)
+    footprints: dict[str, Volume] | None = None
 
     def body_to_index(self, point) -> np.ndarray:
         """Voxel index (z, y, x), float, of a body-frame point (see :mod:`train.synth.shapes`)."""
@@ -82,7 +85,7 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
 def make_phantom(seed: int, labels: Iterable[str] = (), *, size: str | Size = "default",
                  overrides: Mapping[str, Mapping] | None = None, with_masks: bool = False,
                  sex: str | None = None, age: int | None = None, kernel: str = "standard",
-                 recon: int = 0) -> Phantom:
+                 recon: int = 0, with_footprints: bool = False) -> Phantom:
     """Draw one chest CT with the given findings.
 
     ``labels``: names from :data:`engine.findings.LABELS`. ``overrides`` may fix parts of a
@@ -104,13 +107,13 @@ def make_phantom(seed: int, labels: Iterable[str] = (), *, size: str | Size = "d
     except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
         limiter = None
     try:
-        return _make(seed, labels, sz, overrides, with_masks, sex, age, kernel, recon)
+        return _make(seed, labels, sz, overrides, with_masks, sex, age, kernel, recon, with_footprints)
     finally:
         if limiter is not None:
             limiter.restore_original_limits()
 
 
-def _make(seed, labels, sz: Size, overrides, with_masks, sex, age, kernel, recon) -> Phantom:
+def _make(seed, labels, sz: Size, overrides, with_masks, sex, age, kernel, recon, with_footprints=False) -> Phantom:
     rng_anat = _rng(seed, 0)
     an = sample_anatomy(rng_anat, sex=sex, age=age)
     details = {}
@@ -138,10 +141,14 @@ def _make(seed, labels, sz: Size, overrides, with_masks, sex, age, kernel, recon
     fat = canvas.hu
     canvas.masks["mediastinal_fat"] = canvas.masks["mediastinum"] & (fat > -160) & (fat < -40)
 
+    changed: dict[str, np.ndarray] = {}
     for lab in DRAW_ORDER:
         if lab in details:
             ctx = Context(canvas, an, lm, _rng(seed, 2, LABELS.index(lab)))
+            before = canvas.hu.copy() if with_footprints else None
             DRAW[lab](ctx, details[lab])
+            if before is not None:
+                changed[lab] = np.abs(canvas.hu - before) > FOOTPRINT_MIN_HU
 
     # scanner: point-spread blur with correlated noise (white noise through the same kernel)
     noise_rng = _rng(seed, 4, recon)
@@ -165,8 +172,50 @@ def _make(seed, labels, sz: Size, overrides, with_masks, sex, age, kernel, recon
                 "mediastinal_fat")
         masks = {k: canvas.masks[k] for k in keep if k in canvas.masks}
     patient = an.summary() | {"noise_hu": round(an.noise_hu, 1)}
+    footprints = None
+    if with_footprints:
+        footprints = {lab: _footprint(_finding_region(lab, details[lab], changed.get(lab), canvas.masks), volume)
+                      for lab in LABELS if lab in details}
     return Phantom(volume, present, patient, masks, lm if with_masks else None,
-                   {lab: int(lab in details) for lab in LABELS}, (float(z[0]), float(y[0]), float(x[0])))
+                   {lab: int(lab in details) for lab in LABELS}, (float(z[0]), float(y[0]), float(x[0])),
+                   footprints)
+
+
+#: A voxel belongs to a finding's footprint when drawing the finding changed it by more than this
+#: (before scanner blur and noise, so the difference is the finding alone).
+FOOTPRINT_MIN_HU = 15.0
+#: Footprints are stored as the covered fraction of blocks of this many voxels per axis.
+FOOTPRINT_BLOCK = 4
+#: Findings drawn into the anatomy itself (``PREPARE``), whose footprint is an anatomical region.
+_REGION_OF = {"Cardiomegaly": "heart", "Pericardial effusion": "heart"}
+_LOBE_CODES = {"right upper lobe": 1, "right middle lobe": 2, "right lower lobe": 3, "left upper lobe": 4,
+               "left lower lobe": 5}
+
+
+def _finding_region(label: str, details: dict, changed: np.ndarray | None, masks: dict) -> np.ndarray:
+    """Voxels of one finding: what its draw step changed, and for findings made in the anatomy
+    (an enlarged heart, pericardial fluid, dilated or thickened bronchi) the region they live in."""
+    region = np.zeros(masks["body"].shape, bool) if changed is None else changed.copy()
+    if label in _REGION_OF:
+        region |= masks[_REGION_OF[label]]
+    elif label in ("Bronchiectasis", "Peribronchial thickening") and details.get("lobes"):
+        codes = [_LOBE_CODES[name] for name in details["lobes"] if name in _LOBE_CODES]
+        region |= np.isin(masks["lobes"], codes)
+    return region
+
+
+def _footprint(region: np.ndarray, volume: Volume) -> Volume:
+    """The covered fraction of each FOOTPRINT_BLOCK^3 block of ``region``, on a grid whose voxel
+    centres are the block centres (same orientation as ``volume``)."""
+    b = FOOTPRINT_BLOCK
+    pad = [(0, (-n) % b) for n in region.shape]
+    r = np.pad(region, pad).astype(np.float32)
+    nz, ny, nx = (n // b for n in r.shape)
+    frac = r.reshape(nz, b, ny, b, nx, b).mean(axis=(1, 3, 5))
+    sz, sy, sx = volume.spacing
+    origin = tuple(o + (b - 1) / 2 * s for o, s in zip(volume.origin, (sx, sy, sz)))
+    return Volume(frac.astype(np.float32), spacing=(sz * b, sy * b, sx * b), origin=origin,
+                  direction=volume.direction)
 
 
 def _clean(d: dict) -> dict:
