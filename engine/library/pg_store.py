@@ -40,7 +40,10 @@ import os
 import re
 import threading
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import numpy as np
 
@@ -101,7 +104,7 @@ INSERT INTO {SCHEMA}.version (id, n) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 _BYTES_PREFIX = "speechct-fsbytes:"
 
 
-def is_postgres_url(location) -> bool:
+def is_postgres_url(location: object) -> bool:
     return re.match(r"^(postgres|postgresql)://", str(location or ""), re.IGNORECASE) is not None
 
 
@@ -116,7 +119,7 @@ def check_url(url: str) -> str:
     return urlunsplit((parts.scheme, _netloc(parts), parts.path, parts.query, ""))
 
 
-def _netloc(parts) -> str:
+def _netloc(parts: SplitResult) -> str:
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
@@ -125,7 +128,7 @@ def _netloc(parts) -> str:
     return f"{user}{host}{port}"
 
 
-def pg_text(value):
+def pg_text(value: Any) -> Any:
     """``value`` as PostgreSQL text can hold it: a str that is not valid UTF-8 (a file name with
     undecodable bytes) becomes a marked hex of its bytes, so it round-trips and matches itself."""
     if isinstance(value, str):
@@ -136,7 +139,7 @@ def pg_text(value):
     return value
 
 
-def from_pg(value):
+def from_pg(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_BYTES_PREFIX):
         return from_db(bytes.fromhex(value[len(_BYTES_PREFIX):]))
     return value
@@ -148,9 +151,9 @@ class _PgTxn:
 
     def __init__(self, store: PostgresStore):
         self.store = store
-        self._tx = None
+        self._tx: Any = None
 
-    def __enter__(self):
+    def __enter__(self) -> Any:
         store = self.store
         store._mutex.acquire()
         try:
@@ -176,7 +179,8 @@ class _PgTxn:
                 pass
             self._tx = None
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> Literal[False]:
         store = self.store
         psycopg = store._psycopg
         try:
@@ -202,14 +206,14 @@ class _PgTxn:
             store._mutex.release()
 
 
-def _array(value) -> np.ndarray:
+def _array(value: Any) -> np.ndarray:
     """A pgvector value (text mode: numpy already; binary mode: ``pgvector.Vector``) as float32."""
     if hasattr(value, "to_numpy"):
         value = value.to_numpy()
     return np.asarray(value, np.float32)
 
 
-def _reason(exc) -> str:
+def _reason(exc: BaseException) -> str:
     """psycopg's message on one line, without libpq's "connection failed:" preamble repeated."""
     text = one_line(exc, 300)
     return text or type(exc).__name__
@@ -231,8 +235,8 @@ class PostgresStore:
         self._url = str(url)
         self.dim = int(dim)
         self._mutex = threading.RLock()
-        self._conn = None
-        self._txn_conn = None  # the connection of the open write transaction: never replaced inside it
+        self._conn: Any = None  # psycopg.Connection (psycopg is imported lazily)
+        self._txn_conn: Any = None  # the connection of the open write transaction: never replaced inside it
         self._own_commits = 0
         self._bumped = False  # the open transaction has counted itself in the version row
         self._ef_search: int | None = None  # hnsw.ef_search set on the current connection
@@ -245,7 +249,7 @@ class PostgresStore:
             raise
 
     # ------------------------------------------------------------------ connection and errors
-    def _connect(self):
+    def _connect(self) -> Any:
         psycopg = self._psycopg
         kwargs = {"autocommit": True, "application_name": "speechct"}
         if "connect_timeout" not in self._url:
@@ -271,7 +275,7 @@ class PostgresStore:
             raise
         return conn
 
-    def _connection(self):
+    def _connection(self) -> Any:
         """The open connection, reconnecting once after the server dropped it (a retry resumes).
         Inside a write transaction it is that transaction's connection, broken or not: a statement on a
         new connection would commit on its own, outside the transaction."""
@@ -290,14 +294,15 @@ class PostgresStore:
             self._conn.close()
             self._conn = None
 
-    def _errors(self, doing: str):
+    def _errors(self, doing: str) -> AbstractContextManager[None]:
         store = self
 
         class _Convert:
-            def __enter__(self):
+            def __enter__(self) -> None:
                 return None
 
-            def __exit__(self, exc_type, exc, tb):
+            def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                         tb: TracebackType | None) -> Literal[False]:
                 if exc is not None and isinstance(exc, store._psycopg.Error):
                     message = f"{doing} ({_reason(exc)})"
                     if store._txn_conn is not None:
@@ -308,7 +313,7 @@ class PostgresStore:
 
         return _Convert()
 
-    def _q(self, sql: str, params=(), *, fetch: str = "all", binary: bool = False):
+    def _q(self, sql: str, params: Any = (), *, fetch: str = "all", binary: bool = False) -> Any:
         """Run one statement (inside the open transaction when there is one); database errors become
         one-line :class:`LibraryWriteError`\\ s naming the library."""
         doing = "cannot read the study library" if self._txn_conn is None else "cannot write the study library"
@@ -327,7 +332,7 @@ class PostgresStore:
             return None
 
     def _create_schema(self) -> None:
-        conn = self._conn
+        conn = self._connection()
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             tables = {r[0] for r in conn.execute(

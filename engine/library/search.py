@@ -64,7 +64,7 @@ import builtins
 import re
 import threading
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,22 +191,26 @@ class Library:
         if is_postgres_url(path):
             from engine.library.pg_store import PostgresStore
 
-            self.folder = check_url(str(path))  # a URL without password: what messages name
-            self._store: StudyStore = PostgresStore(str(path), dim=self.dim)  # its errors name the URL
+            #: the library folder, or the database's URL (without password): what messages name
+            self.folder: Path | str = check_url(str(path))
+            pg = PostgresStore(str(path), dim=self.dim)  # its errors name the URL
+            self._store: StudyStore = pg
+            self._nearest: Callable[[str, np.ndarray, int, str], np.ndarray] | None = pg.nearest
         else:
             if backend == "pgvector":
                 raise DataError("the pgvector backend needs a postgresql:// library")
-            self.folder = Path(path) if path is not None else default_library_dir()
+            folder = self.folder = Path(path) if path is not None else default_library_dir()
+            self._nearest = None
             try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self._store = SQLiteStore(self.folder / DB_NAME)
+                folder.mkdir(parents=True, exist_ok=True)
+                self._store = SQLiteStore(folder / DB_NAME)
             except ForeignDatabase as exc:
                 raise DataError(f"{exc}; refusing to use it as the study library (nothing was written)",
-                                self.folder / DB_NAME) from exc
+                                folder / DB_NAME) from exc
             except (OSError, SpeechCTError) as exc:
-                raise DataError(f"cannot open the study library ({exc})", self.folder) from exc
+                raise DataError(f"cannot open the study library ({exc})", folder) from exc
             except Exception as exc:  # sqlite3.DatabaseError: not a database, locked, ...
-                raise DataError(f"cannot open the study library ({exc})", self.folder / DB_NAME) from exc
+                raise DataError(f"cannot open the study library ({exc})", folder / DB_NAME) from exc
         self._indexes: dict[str, ExactIndex] | None = None
         self._faiss: dict[str, FaissIndex] = {}
         self._pgvector = False  # candidates from the PostgreSQL store's HNSW index (backend "pgvector")
@@ -442,7 +446,7 @@ class Library:
         return indexes
 
     def _use_pgvector(self, n: int) -> bool:
-        if not hasattr(self._store, "nearest"):
+        if self._nearest is None:
             return False
         return self.backend == "pgvector" or (self.backend == "auto" and n >= AUTO_PGVECTOR_MIN_ROWS)
 
@@ -553,8 +557,8 @@ class Library:
         depth = k + n_excluded if len(pairs) == 1 else max(4 * k, k + 64) + n_excluded
         found = []
         for q, t in pairs:
-            if self._pgvector:
-                ids = self._store.nearest(t, queries[q], depth, self.bundle_hash)[None]
+            if self._pgvector and self._nearest is not None:
+                ids = self._nearest(t, queries[q], depth, self.bundle_hash)[None]
             else:
                 _, ids = self._faiss[t].search(queries[q][None], depth)
             found.append(ids[0][ids[0] >= 0])

@@ -300,7 +300,10 @@ class StudyStore(Protocol):
     ``data_version()`` changes when another process commits, so in-memory indexes know to reload.
     """
 
-    location: Path
+    @property
+    def location(self) -> Path | str:
+        """What messages name: the database file, or the database's URL (without password)."""
+        ...
 
     def transaction(self) -> AbstractContextManager: ...
     def close(self) -> None: ...

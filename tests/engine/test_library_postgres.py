@@ -12,7 +12,7 @@ import pytest
 from engine.errors import DataError, SpeechCTWarning
 from engine.io import write_nifti
 from engine.library import Library, LibraryWriteError
-from engine.library.ingest import import_tree
+from engine.library.ingest import import_tree, rebuild
 from tests.engine.library_fakes import DIM, FakeEncoder, make_volume
 from tests.postgres_server import PASSWORD, USER, free_port
 
@@ -111,7 +111,7 @@ def test_bundle_guard_and_rebuild_as_with_sqlite(pg_url, tmp_path):
             lib.search(np.ones(DIM))
         with pytest.raises(DataError, match="speechct index rebuild"):
             lib.add_study(make_volume(9), np.ones(DIM))
-        report = lib.rebuild(FakeEncoder(seed=7), progress=False)
+        report = rebuild(lib, FakeEncoder(seed=7), progress=False)
         assert len(report.re_embedded) == 3 and not report.failed
         assert not lib.needs_rebuild and len(lib.search(np.ones(DIM), k=5)) == 3
     finally:
