@@ -64,8 +64,9 @@ test-all: $(STAMP) lint
 	$(PY) -m pytest -q -m "slow or not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check engine train desktop tests bench
+	$(VENV)/bin/ruff check engine train desktop tests bench scripts packaging
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # One-folder app bundle (PyInstaller) -> dist/speechct-<version>-linux-<arch>.tar.gz, selftested offline
 # from the unpacked archive; fails when the selftest fails. PACKAGE_ARGS e.g. --first-window (packaging/README.md).

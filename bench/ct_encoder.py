@@ -31,10 +31,6 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 PAPER = dict(dim=512, codebook_size=8192, image_size=480, patch_size=20, temporal_patch_size=10,
              spatial_depth=4, temporal_depth=4, dim_head=32, heads=8)
 SHAPE = (1, 1, 240, 480, 480)

@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from engine.models.ct import CTEncoder, load_ct_config  # noqa: E402
+from engine.models.ct import CTEncoder, load_ct_config
 
 
 def _sync(device: torch.device) -> None:

@@ -7,7 +7,7 @@ Random unit vectors at the bundle's dim (512) stand in for CT embeddings. Each r
 query (one vector): the median wall time over ``--queries`` queries after one warm-up, and the
 median process-CPU time (all threads; steadier than wall on a shared machine).
 
-- ``numpy f32`` / ``numpy f16``: :class:`engine.vector_index.ExactIndex` (matrix @ q, then
+- ``numpy f32`` / ``numpy f16``: :class:`engine.library.vectors.ExactIndex` (matrix @ q, then
   argpartition); float16 rows are scored by torch's float16 kernel on the same memory.
 - ``library f32``: :meth:`engine.library.Library.search` end to end on a 1e5-study SQLite library
   (scores + exclusion + fetching the 10 records), and the one-off load of its vectors from SQLite.
@@ -20,18 +20,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from engine.vector_index import ExactIndex, FaissIndex, faiss_available, top_k  # noqa: E402
+from engine.library.vectors import ExactIndex, FaissIndex, faiss_available, top_k
 
 K = 10
 
@@ -95,7 +89,7 @@ def recall(got: list, truth: list) -> float:
 def bench_library(rows: np.ndarray, queries: np.ndarray) -> tuple[float, float, float]:
     """(load s, median wall ms, median CPU ms) of Library.search on a library holding ``rows``."""
     from engine.library import Library
-    from engine.library_store import StudyRecord, insert_study, put_vector, utc_now
+    from engine.library.store import StudyRecord, utc_now
 
     with tempfile.TemporaryDirectory() as tmp:
         lib = Library(tmp, bundle_hash="bench", dim=rows.shape[1], backend="numpy")
@@ -118,7 +112,7 @@ def bench_library(rows: np.ndarray, queries: np.ndarray) -> tuple[float, float, 
                     None,
                     now,
                 )
-                put_vector(lib._conn, insert_study(lib._conn, rec), "ct", row)
+                lib._store.put_vector(lib._store.insert(rec), "ct", row)
         lib.close()
         lib = Library(tmp, bundle_hash="bench", dim=rows.shape[1], backend="numpy")
         t = time.perf_counter()

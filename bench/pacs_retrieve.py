@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# The one bench that reaches into tests/: it starts the loopback Orthanc the department tests use
+# (tests.department.orthanc); every other bench imports installed packages only.
 sys.path.insert(0, str(REPO))
 
 

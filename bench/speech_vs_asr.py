@@ -23,9 +23,7 @@ labeler (``engine.mention_rules`` with the training lexicon of ``train.labeler``
 (median over ``--runs``, models already loaded). Wall times depend on what else the machine runs;
 CPU times much less so.
 
-Without ``--bundle`` the default bundle is used; when it does not exist, a random-weight bundle of
-the same encoders is written to a temporary folder (speech and text timings do not depend on the
-weights; the CT encoder then is a tiny one, which the report says).
+Without ``--bundle`` the default bundle is used (exit code 2 when there is none).
 """
 
 from __future__ import annotations
@@ -34,15 +32,12 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 SAMPLES = REPO / "assets" / "samples"
 SR = 16_000
@@ -71,7 +66,7 @@ def timed(fn, runs: int) -> tuple[float, float, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bundle", help="bundle folder (default: the default bundle, else a random one)")
+    parser.add_argument("--bundle", help="bundle folder (default: the default bundle)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")
@@ -87,13 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     bundle = Path(args.bundle) if args.bundle else default_bundle_path()
     note = ""
     if not bundle.exists():
-        from engine.preprocess import get_spec
-        from tests.engine.tiny_bundle import write_tiny_bundle
-
-        pilot = json.loads((REPO / "train" / "configs" / "cpu-pilot.json").read_text())
-        bundle = write_tiny_bundle(Path(tempfile.mkdtemp(prefix="speechct-bench-")) / "random",
-                                   ct_config=pilot["ct_encoder"], preprocess=get_spec(pilot["preprocess"]).to_dict())
-        note = " (random weights, the default bundle being absent; CT encoder and spec of train/configs/cpu-pilot)"
+        print(f"no model bundle at {bundle}: pass --bundle DIR", file=sys.stderr)
+        return 2
     engine = Engine(bundle, device="cpu", cache_dir=False, threads=args.threads)
     engine.warm_up()
     print(f"bundle {bundle}{note}; {args.threads} threads, median of {args.runs} runs after a warm-up")

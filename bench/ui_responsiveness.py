@@ -28,8 +28,6 @@ T_LAUNCH = time.perf_counter()
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 if os.environ["QT_QPA_PLATFORM"] == "offscreen":
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkOSOpenGLRenderWindow")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 PERIOD_MS = 10
 GOAL_MS = 100.0
@@ -80,7 +78,7 @@ def main() -> int:  # noqa: C901  (one scripted session)
     import numpy as np
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", help="model bundle (default: the shipped one; 'tiny' for the test bundle)")
+    ap.add_argument("--bundle", help="model bundle folder (default: the shipped one)")
     args = ap.parse_args()
     from PySide6.QtWidgets import QApplication
 
@@ -95,10 +93,6 @@ def main() -> int:  # noqa: C901  (one scripted session)
 
     tmp = Path(tempfile.mkdtemp(prefix="speechct-bench-ui-"))
     bundle = args.bundle or ""
-    if bundle == "tiny":
-        from tests.engine.tiny_bundle import write_tiny_bundle
-
-        bundle = str(write_tiny_bundle(tmp / "tiny"))
     samples = sample_studies()
     meter = GapMeter()
     meter.start()

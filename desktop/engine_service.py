@@ -1,5 +1,9 @@
 """The app's side of ``engine.Engine``: built lazily in a worker, every call through ``TaskRunner``.
 
+The study on screen is an :class:`engine.session.StudySession` (Qt-free): this service only schedules
+its calls on the thread pool and hands back what they return, so the findings of a study are made once
+and a dictation extends them.
+
 Torch's intra-op threads are set to ``cores - 1`` (at least 1) in every worker before it runs,
 so one core stays free for the GUI thread while a CT is encoded (OpenMP keeps that count per
 calling thread, so setting it once in the Engine is not enough).
@@ -44,6 +48,8 @@ class EngineService(QObject):
         self.runner = runner
         self.bundle, self.library_path, self.cache_dir = bundle, library, cache_dir
         self._engine = None
+        self._session = None  # the StudySession of the study on screen (made in a worker)
+        self._sources: dict = {}  # path -> engine.io.StudySource of the study on screen
         self._lock = threading.Lock()
         self.last_error: str | None = None
 
@@ -58,6 +64,17 @@ class EngineService(QObject):
                                       threads=worker_threads(), cache_dir=self.cache_dir)
             return self._engine
 
+    def session(self, volume: Volume):
+        """The :class:`engine.session.StudySession` of ``volume`` (a new one when another study is asked
+        for); call only from a worker."""
+        eng = self.engine()
+        with self._lock:
+            if self._session is None or self._session.volume is not volume:
+                from engine.session import StudySession
+
+                self._session = StudySession(eng, volume)
+            return self._session
+
     def describe(self) -> dict:
         eng = self.engine()
         info = {"device": str(eng.device), "bundle": eng.bundle_name or eng.bundle_path.name,
@@ -70,7 +87,8 @@ class EngineService(QObject):
         return info
 
     # ---------------------------------------------------------------- calls (GUI side)
-    def _run(self, what: str, fn, *args, on_result=None, on_error=None, **kwargs):
+    def run(self, what: str, fn, *args, on_result=None, on_error=None, **kwargs):
+        """Run ``fn`` in a worker (torch threads set there), announcing ``what`` as busy until it ends."""
         self.busy.emit(what)
         threads = worker_threads()
 
@@ -99,17 +117,37 @@ class EngineService(QObject):
         return self.runner.run_task(in_worker, *args, on_result=done, on_error=error, name=what, **kwargs)
 
     def start(self):
-        return self._run("Loading model bundle…", self.describe, on_result=self.ready.emit)
+        return self.run("Loading model bundle…", self.describe, on_result=self.ready.emit)
 
     def load_study(self, path: str, series: str | None, on_result, on_error=None):
-        from engine.io import load_volume
+        """Read one series of the study at ``path``; the opened study (:func:`engine.io.open_study`) is
+        kept, so that :meth:`list_series` answers from the headers already read."""
+        def work():
+            from engine.io import open_study
 
-        return self._run(f"Reading {Path(path).name}…", load_volume, path, series, on_result=on_result,
-                         on_error=on_error)
+            source = open_study(path)
+            volume = source.load(series)
+            with self._lock:
+                self._sources = {path: source}  # the study on screen only
+            return volume
+
+        return self.run(f"Reading {Path(path).name}…", work, on_result=on_result, on_error=on_error)
+
+    def list_series(self, path: str, on_result, on_error=None):
+        """The series of ``path``, from the opened study when it is the one :meth:`load_study` read."""
+        def work():
+            from engine.io import open_study
+
+            with self._lock:
+                source = self._sources.get(path)
+            return (source or open_study(path)).series
+
+        return self.runner.run_task(work, on_result=on_result, on_error=on_error or (lambda _msg: None),
+                                    name="list series")
 
     def analyze_study(self, volume: Volume, on_result):
-        """Findings of a study (the CT embedding, cached by the engine)."""
-        return self._run("Encoding CT…", lambda: self.engine().analyze(volume), on_result=on_result)
+        """Findings of a study (its session's, made once; the CT embedding is cached by the engine)."""
+        return self.run("Encoding CT…", lambda: self.session(volume).findings(), on_result=on_result)
 
     def analyze_dictation(self, volume: Volume, waveform: np.ndarray, sample_rate: int, audio_path: str | None,
                           on_result, similar_k: int = 5):
@@ -121,17 +159,44 @@ class EngineService(QObject):
                 k = 0
             from engine.audio import to_16k
 
-            return DictationResult(eng.analyze(volume, waveform, sample_rate, similar_k=k), audio_path,
-                                   to_16k(np.asarray(waveform, np.float32), sample_rate))
+            analysis = self.session(volume).add_dictation(waveform, sample_rate, audio_path=audio_path, similar_k=k)
+            return DictationResult(analysis, audio_path, to_16k(np.asarray(waveform, np.float32), sample_rate))
 
-        return self._run("Processing dictation…", work, on_result=on_result)
+        return self.run("Processing dictation…", work, on_result=on_result)
 
     def spoken_query(self, waveform: np.ndarray, sample_rate: int, on_result, k: int = 5):
         def work():
             eng = self.engine()
             return eng.similar(speech=eng.encode_speech(waveform, sample_rate), k=k)
 
-        return self._run("Searching the library by voice…", work, on_result=on_result)
+        return self.run("Searching the library by voice…", work, on_result=on_result)
+
+    def add_to_library(self, volume: Volume, last, on_result):
+        """Add the study on screen, with ``last`` = (path, waveform, sample rate) of its last dictation
+        or None, to the library; ``on_result`` gets the library's size."""
+        def work():
+            session = self.session(volume)
+            if last is None or (session.analysis is not None and session.analysis.speech_embedding is not None
+                                and session.dictation_path == str(last[0])):
+                session.index()  # the embeddings already made
+            else:
+                self.engine().index_study(volume, (last[1], last[2]), dictation_path=last[0])
+            return len(self.engine().library)
+
+        return self.run("Adding to the library…", work, on_result=on_result)
+
+    def index_studies(self, paths: list[str], on_result):
+        """Add studies (with the ``dictation.wav`` beside each, when present) to the library; ``on_result``
+        gets the library's size."""
+        def work():
+            from engine.library.ingest import dictation_beside
+
+            eng = self.engine()
+            for p in paths:
+                eng.index_study(p, dictation_beside(p))
+            return len(eng.library)
+
+        return self.run(f"Indexing {len(paths)} studies…", work, on_result=on_result)
 
     def library_records(self, on_result):
-        return self._run("Reading the library…", lambda: self.engine().library.list(), on_result=on_result)
+        return self.run("Reading the library…", lambda: self.engine().library.list(), on_result=on_result)

@@ -254,7 +254,7 @@ class MainWindow(QMainWindow):
             return a
 
         m = self.menuBar().addMenu("&File")
-        act(m, "Open &folder…", self.studies._choose_folder, "Ctrl+O")
+        act(m, "Open &folder…", self.studies.choose_folder, "Ctrl+O")
         act(m, "Open &file…", self.studies._choose_file, "Ctrl+Shift+O")
         act(m, "Add study to &library", self.add_to_library, "Ctrl+L")
         act(m, "&Settings…", self.edit_settings, "Ctrl+,")
@@ -368,10 +368,7 @@ class MainWindow(QMainWindow):
 
     def _list_series(self, path: str) -> None:
         """The series choice of the opened path, read after the study is on screen (not beside it)."""
-        from engine.io import list_series
-
-        self.runner.run_task(list_series, path, on_result=lambda infos: self.studies.set_series(path, infos),
-                             on_error=lambda _msg: None, name="list series")
+        self.service.list_series(path, on_result=lambda infos: self.studies.set_series(path, infos))
 
     def _load_failed(self, path: str, msg: str) -> None:
         if self._loading == path:
@@ -480,37 +477,17 @@ class MainWindow(QMainWindow):
             return
         volume, last = self.volume, self.dictation.last
 
-        def work():
-            eng = self.service.engine()
-            ct = eng.encode_ct(volume)
-            speech = None if last is None else eng.encode_speech(last[1], last[2])
-            eng.library.add_study(volume, ct, dictation_path=None if last is None else str(last[0]),
-                                  dictation_embedding=speech)
-            return len(eng.library)
-
         def done(n):
             self._library_size(n)
             self._status(f"Added to the library ({n} studies)")
             self.service.library_records(self.studies.set_library)  # its entry shows at once
             self.libraryIndexed.emit(n)
 
-        self.service._run("Adding to the library…", work, on_result=done)
+        self.service.add_to_library(volume, last, on_result=done)
 
     def index_studies(self, paths) -> None:
         """Add studies (and a ``dictation.wav`` beside each DICOM folder, when present) to the library."""
         paths = [str(p) for p in paths]
-
-        def work():
-            from engine.io import load_volume
-
-            eng = self.service.engine()
-            for p in paths:
-                volume = load_volume(p)
-                wav = Path(p).parent / "dictation.wav"
-                speech = eng.encode_audio_file(wav) if wav.is_file() else None
-                eng.library.add_study(volume, eng.encode_ct(volume), dictation_path=str(wav) if speech is not None
-                                      else None, dictation_embedding=speech)
-            return len(eng.library)
 
         def done(n):
             self._library_size(n)
@@ -518,7 +495,7 @@ class MainWindow(QMainWindow):
             self.service.library_records(self.studies.set_library)
             self.libraryIndexed.emit(n)
 
-        self.service._run(f"Indexing {len(paths)} studies…", work, on_result=done)
+        self.service.index_studies(paths, on_result=done)
 
     # ---------------------------------------------------------------- dictation
     def _toggle_dictation(self) -> None:
@@ -577,12 +554,12 @@ class MainWindow(QMainWindow):
                 text = self._transcriber.transcribe(waveform)
             seconds = time.perf_counter() - t
             eng = self.service.engine()
-            section = eng.bundle.manifest.get("dictation_reader") or {}
+            lexicon = eng.rule_lexicon
             disagreements = []
-            if section.get("lexicon") and dictation:
-                from engine.mention_rules import RuleLexicon, read_mentions
+            if lexicon is not None and dictation:
+                from engine.mention_rules import read_mentions
 
-                states = read_mentions(text, RuleLexicon.from_dict(section["lexicon"]))
+                states = read_mentions(text, lexicon)
                 disagreements = [(d.label, states.get(d.label, "not mentioned"), d.status) for d in dictation
                                  if states.get(d.label, "not mentioned") != d.status]
             return text, seconds, eng.dictation_reader, disagreements

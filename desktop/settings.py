@@ -75,10 +75,10 @@ class Settings:
 
     def save(self, path: Path | None = None) -> None:
         path = path or config_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        from engine.atomic import atomic_write
+
+        with atomic_write(path, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(asdict(self), indent=1))
 
 
 def _path_row(edit: QLineEdit, folder: bool = True) -> QWidget:

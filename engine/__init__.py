@@ -7,7 +7,7 @@ from engine.offline import keep_offline
 
 keep_offline()  # before anything can import transformers / huggingface_hub
 
-__version__ = "0.1.0"
+from engine.version import __version__  # noqa: E402,F401
 
 
 def __getattr__(name: str):

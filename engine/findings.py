@@ -1,7 +1,6 @@
-"""The 18 CT-RATE findings, their zero-shot prompts, zero-shot scoring, dictation findings
-and image/dictation discrepancies.
+"""Zero-shot scoring of the findings, prompt banks, dictation findings and image/dictation discrepancies.
 
-Label names are spelled exactly as CT-RATE's label columns, in CT-RATE's order.
+The labels, mention states and prompt pairs themselves are in :mod:`engine.labels`.
 Zero-shot scoring here is the one implementation (``train.metrics`` and the runtime call it):
 CT-CLIP's protocol, P(present) = softmax over the pair of scaled cosines of the CT embedding
 with "{finding} is present." and "{finding} is not present." (docs/design.md §3).
@@ -20,81 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.labels import DICTATION_CLASSES, LABELS, prompt_pair
 from engine.models.space import l2_normalize, similarity_logits
 
-LABELS: tuple[str, ...] = (
-    "Medical material",
-    "Arterial wall calcification",
-    "Cardiomegaly",
-    "Pericardial effusion",
-    "Coronary artery wall calcification",
-    "Hiatal hernia",
-    "Lymphadenopathy",
-    "Emphysema",
-    "Atelectasis",
-    "Lung nodule",
-    "Lung opacity",
-    "Pulmonary fibrotic sequela",
-    "Pleural effusion",
-    "Mosaic attenuation pattern",
-    "Peribronchial thickening",
-    "Consolidation",
-    "Bronchiectasis",
-    "Interlobular septal thickening",
-)
-
-#: RAD-ChestCT-style external sets use 16 labels: no mosaic attenuation, and the two
-#: calcifications merged (by max) into one.
-RAD_CHESTCT_DROP = ("Mosaic attenuation pattern",)
-RAD_CHESTCT_MERGE = {"Calcification": ("Arterial wall calcification", "Coronary artery wall calcification")}
-
-
-#: What a dictation says about a finding: the CheXpert labeler's four mention states, in the dictation
-#: head's output order. A hedged mention ("possible", "cannot be excluded") is ``uncertain``: a mention,
-#: so never "omitted" and never "negated".
-DICTATION_CLASSES = ("present", "uncertain", "absent", "not mentioned")
-#: The three states of dictation heads shipped before the fourth (bundles still load with them).
-LEGACY_DICTATION_CLASSES = ("present", "absent", "not mentioned")
 #: Threshold used when a bundle gives none for a label.
 DEFAULT_THRESHOLD = 0.5
-
-
-def prompt_pair(label: str) -> tuple[str, str]:
-    """CT-CLIP's zero-shot prompts for one finding: (present, not present)."""
-    return f"{label} is present.", f"{label} is not present."
-
-
-# --------------------------------------------------------------------------- label sets
-
-
-def rad_chestct_labels(labels: tuple[str, ...] | list[str] = LABELS) -> tuple[str, ...]:
-    """The 16 RAD-ChestCT-style names: Mosaic dropped, the two calcifications become one
-    ``Calcification`` at the place of Arterial wall calcification (CT-CLIP's external order)."""
-    merged = RAD_CHESTCT_MERGE["Calcification"]
-    out = []
-    for name in labels:
-        if name in RAD_CHESTCT_DROP or name == merged[1]:
-            continue
-        out.append("Calcification" if name == merged[0] else name)
-    return tuple(out)
-
-
-def to_rad_chestct(values, labels: tuple[str, ...] | list[str] = LABELS):
-    """``[..., 18]`` scores or 0/1 labels → ``[..., 16]`` (drop Mosaic, calcifications merged by max).
-
-    Works on numpy arrays and torch tensors; ``labels`` names the last axis.
-    """
-    labels = list(labels)
-    a, b = (labels.index(n) for n in RAD_CHESTCT_MERGE["Calcification"])
-    keep = [i for i, n in enumerate(labels) if n not in RAD_CHESTCT_DROP and i != b]
-    if isinstance(values, torch.Tensor):
-        out = values[..., keep].clone()
-        out[..., keep.index(a)] = torch.maximum(values[..., a], values[..., b])
-        return out
-    values = np.asarray(values)
-    out = values[..., keep].copy()
-    out[..., keep.index(a)] = np.maximum(values[..., a], values[..., b])
-    return out
 
 
 # --------------------------------------------------------------------------- zero-shot scoring
@@ -218,28 +147,9 @@ class PromptBank:
 #: Validation AUROC below which the image model's call on a finding is not checked against the
 #: dictation: a weak score would flag the radiologist far more often wrongly than rightly. It is
 #: compared with the lower bound of the AUROC's bootstrap CI (a bundle's ``thresholds.auroc``, see
-#: :data:`AUROC_STATISTICS`): a finding passes when it is reliable with 95 % confidence, not when a
+#: :data:`engine.weights.manifest.AUROC_STATISTICS`): a finding passes when it is reliable with 95 % confidence, not when a
 #: few hundred validation studies happened to rank it well.
 RELIABLE_AUROC = 0.75
-
-#: What a bundle's ``thresholds.auroc`` holds, named by ``thresholds.auroc_statistic``:
-#: ``"ci_lower"``, each finding's lower bootstrap CI bound of its validation AUROC (what
-#: ``train.export`` writes; ``auroc_point`` and ``auroc_ci`` beside it), or ``"point"``, the point
-#: estimate (bundles exported before the gate moved to the bound name no statistic). The gate reads
-#: ``auroc`` either way, so old bundles keep working, gated on the less cautious number.
-AUROC_STATISTICS = {"ci_lower": "lower bound of the bootstrap CI", "point": "point estimate"}
-
-
-def auroc_statistic(thresholds: Mapping | None) -> str | None:
-    """Which :data:`AUROC_STATISTICS` key a bundle's ``thresholds`` section's ``auroc`` holds; None
-    when it carries no AUROC. A section that names no statistic is an older bundle's: ``"point"``."""
-    if not thresholds or not thresholds.get("auroc"):
-        return None
-    statistic = thresholds.get("auroc_statistic", "point")
-    if statistic not in AUROC_STATISTICS:
-        raise ValueError(f"thresholds.auroc_statistic must be one of {', '.join(AUROC_STATISTICS)}, got {statistic!r}")
-    return statistic
-
 
 @dataclass(frozen=True)
 class FindingScore:
@@ -247,7 +157,7 @@ class FindingScore:
 
     ``auroc``: the bundle's validation AUROC for this finding (how much to trust the call), as the
     reliability gate reads it: the lower CI bound, or the point estimate in older bundles
-    (:data:`AUROC_STATISTICS`); None when the bundle does not say."""
+    (:data:`engine.weights.manifest.AUROC_STATISTICS`); None when the bundle does not say."""
 
     label: str
     probability: float

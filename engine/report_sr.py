@@ -23,8 +23,6 @@ this report only; SpeechCT never stores them (the library keeps none).
 from __future__ import annotations
 
 import datetime
-import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -42,7 +40,7 @@ DISCREPANCY_CODES = {"negated": "D1", "omitted": "D2", "unsupported": "D3"}
 def finding_code(label: str, prefix: str = "F"):
     from pydicom.sr.coding import Code
 
-    from engine.findings import LABELS
+    from engine.labels import LABELS
 
     i = LABELS.index(label) + 1
     meaning = label if prefix == "F" else f"Probability of {label}"
@@ -89,11 +87,11 @@ def build_sr(result: dict, headers: list, *, dictation: bool = False, now: datet
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
-    import engine
+    from engine.version import __version__
 
     bundle = result["bundle"]
     bundle_name = bundle.get("name") or "bundle"
-    version = f"{engine.__version__} {bundle_name} {bundle['hash'][:12]}"
+    version = f"{__version__} {bundle_name} {bundle['hash'][:12]}"
     device = ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
@@ -155,12 +153,12 @@ def write_sr(sr, out: str | Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StudyError(f"cannot create the folder ({exc.strerror or exc})", out.parent) from None
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    from engine.atomic import atomic_path
+
     try:
-        sr.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            sr.save_as(tmp, enforce_file_format=True)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise StudyError(f"cannot write the SR ({exc.strerror or exc})", out) from None
     return out
 

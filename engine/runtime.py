@@ -12,10 +12,11 @@ logged once), and offers the public calls:
   (the ``engine.findings`` implementations with this bundle's prompts, thresholds and head;
   findings whose validation AUROC is below ``min_finding_auroc`` are not checked);
 - ``similar(ct=, speech=, text=, k=, exclude_uids=)``: nearest studies of the library;
+  ``index_study(volume, dictation=None)``: add a study (and its dictation) to it;
 - ``analyze(volume, waveform, sample_rate) -> Analysis`` (all of the above, timed per stage).
 
 CT embeddings are cached by study key (the series UID for DICOM, a sha256 of the voxels for
-NIfTI or UID-less series; :func:`engine.library_store.study_key`) + bundle hash: in memory (LRU)
+NIfTI or UID-less series; :func:`engine.study_identity.study_key`) + bundle hash: in memory (LRU)
 and, unless ``cache_dir=False``, on disk under ``<platformdirs user cache>/speechct/embeddings``
 (``$SPEECHCT_EMBEDDING_CACHE`` overrides the folder).
 
@@ -25,39 +26,9 @@ No network: ``engine.offline`` sets ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``
 when ``engine`` is imported, before transformers can load, and every backbone is opened with
 ``local_files_only``.
 
-``Analysis.to_json()`` schema (``ANALYSIS_SCHEMA`` = 1)::
-
-    {
-      "schema": 1,
-      "bundle": {"name": str | null, "hash": str, "path": str},
-      "device": str,                              # "cpu" | "cuda:0" ...
-      "study": {"uid": str, "path": str | null, "study_uid": str | null, "series_uid": str | null,
-                "format": str | null, "shape": [int, int, int],        # (z, y, x) voxels
-                "spacing": [float, float, float],                      # (z, y, x) mm
-                "warnings": [str]},
-      "findings": [{"label": str, "probability": float,   # P(present), CT-CLIP pair softmax
-                    "threshold": float, "positive": bool,    # most probable first
-                    "auroc": float | null}],                 # the bundle's validation AUROC of this finding
-      "dictation": null | [{"label": str, "status": "present" | "uncertain" | "absent" | "not mentioned",
-                            "confidence": float,
-                            "probabilities": {state: float}}],  # the bundle head's states (3 before "uncertain")
-      "discrepancies": null | [{"label": str, "kind": "negated" | "omitted" | "unsupported",
-                                "probability": float, "threshold": float,
-                                "margin": float,             # probability - threshold
-                                "dictation_status": str, "dictation_confidence": float}],
-      "unchecked": [str],           # findings the image model is weak on (validation AUROC below the bar):
-                                    # shown as weak, never checked against a dictation
-      "similar": null | [{"uid": str, "score": float,         # cosine, or combined z-score (engine.library)
-                          "cosines": {"<query>→<library kind>": float},
-                          "study": {...}}],                  # engine.library_store.StudyRecord.to_json()
-      "timings_ms": {"load_study": float | null,             # reading the files (null: Volume given)
-                     "load_models": float, "encode_ct": float, "encode_speech": float | null,
-                     "rank": float, "dictation": float | null, "similar": float | null, "total": float},
-      "cached": {"ct": bool}                      # the CT embedding came from the cache
-    }
-
-``dictation`` and ``discrepancies`` are null without audio; ``similar`` is null when no library
-search was asked for. ``dictation`` keeps label order; ``discrepancies`` are most serious first.
+``Analysis.to_json()`` is the ``speechct rank --json`` object without its ``inputs``; the schema
+(``ANALYSIS_SCHEMA`` = 1) is written out once, in :mod:`engine.commands.rank`'s docstring, and a test
+checks the output against it.
 """
 
 from __future__ import annotations
@@ -71,7 +42,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +60,7 @@ from engine.findings import (
     unchecked,
 )
 from engine.findings import discrepancies as find_discrepancies
+from engine.labels import DICTATION_CLASSES
 from engine.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -245,15 +217,12 @@ class _EmbeddingCache:
         path = self._file(key)
         if path is None:
             return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        from engine.atomic import atomic_write
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
+            with atomic_write(path) as fh:  # never a half-written file left behind
                 np.save(fh, vec, allow_pickle=False)
-            os.replace(tmp, path)
         except OSError as exc:  # a full or read-only cache folder costs speed, not correctness
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)  # never a half-written file left behind
             if not self._write_failed:  # said once per cache, not once per study
                 self._write_failed = True
                 warnings.warn(f"{path.parent}: embedding cache not written ({exc.strerror or exc}); "
@@ -320,8 +289,8 @@ class Engine:
                 _device_logged.add(str(self.device))
                 extra = f" with {str(self.amp_dtype).replace('torch.', '')} autocast" if self.amp_dtype else ""
                 log.info("SpeechCT engine runs on %s%s", self.device, extra)
-        self.dim = int(self.bundle.manifest["space"]["dim"])
-        self.logit_scale = float(self.bundle.manifest["space"]["logit_scale"])
+        self.dim = int(self.bundle.manifest.space_dim)
+        self.logit_scale = float(self.bundle.manifest.logit_scale)
         self.labels = tuple(self.bundle.labels)
         shared = _shared_models(self.bundle.hash, self.device)
         self._lock = shared.lock  # one lock per (bundle, device): shared models run one call at a time
@@ -345,27 +314,35 @@ class Engine:
 
     @property
     def bundle_name(self) -> str | None:
-        return self.bundle.manifest.get("name")
+        return self.bundle.manifest.name
 
     @property
     def has_speech(self) -> bool:
-        return "speech" in self.bundle.manifest and "speech_head" in self.bundle.groups
+        return self.bundle.manifest.speech is not None and "speech_head" in self.bundle.groups
 
     @property
     def has_text(self) -> bool:
-        return "text" in self.bundle.manifest and "text_head" in self.bundle.groups
+        return self.bundle.manifest.text is not None and "text_head" in self.bundle.groups
 
     @property
     def has_dictation_head(self) -> bool:
-        return "dictation_head" in self.bundle.manifest
+        return self.bundle.manifest.dictation_head is not None
 
     @property
     def dictation_reader(self) -> str:
         """Which reader says what a dictation states: ``speech`` (the dictation head on the speech encoder's
         frames) or ``cascade`` (the transcript read by the bundle's rule lexicon), whichever scored higher on
         the validation split when the bundle was made (``bundle.json`` -> ``dictation_reader``)."""
-        section = self.bundle.manifest.get("dictation_reader") or {}
-        return str(section.get("choice", "speech"))
+        return self.bundle.manifest.reader_choice
+
+    @property
+    def rule_lexicon(self):
+        """The bundle's rule lexicon (:class:`engine.mention_rules.RuleLexicon`, what the cascade reader reads
+        a transcript with), or None when the bundle carries none."""
+        section = self.bundle.manifest.dictation_reader
+        if section is None or not section.lexicon:
+            return None
+        return self._model("rule_lexicon")
 
     def describe(self) -> dict[str, Any]:
         """``{"name", "hash", "path"}`` of the bundle (the ``bundle`` field of every JSON output)."""
@@ -374,25 +351,16 @@ class Engine:
     # ----------------------------------------------------------------- models
 
     def _model(self, name: str):
-        """Build (once) and return one model: ``ct``, ``speech``, ``text``, ``dictation``, ``prompts``."""
+        """Build (once) and return one bundle part (:data:`engine.weights.factory.PARTS`: ``ct``, ``speech``,
+        ``text``, ``dictation``, ``prompts``, ``rule_lexicon`` ...)."""
         with self._lock:
             if name in self._models:
                 self.load_timings_ms.setdefault(name, 0.0)  # built earlier, by this or another Engine
                 return self._models[name]
-            from engine import model_loading as ml
+            from engine.weights.factory import build_part
 
             started = time.perf_counter()
-            builders = {
-                "ct": ml.build_ct_encoder,
-                "speech": ml.build_speech_student,
-                "text": ml.build_text_tower,
-                "dictation": ml.build_dictation_head,
-                "prompts": ml.build_prompt_bank,
-                "spec": ml.preprocess_spec,
-                "thresholds": ml.thresholds,
-                "auroc": ml.finding_auroc,
-            }
-            model = builders[name](self.bundle)
+            model = build_part(self.bundle, name)
             if isinstance(model, torch.nn.Module):
                 model = model.to(self.device).eval()
             self._models[name] = model
@@ -422,7 +390,7 @@ class Engine:
 
     def study_key(self, volume: Volume) -> str:
         """The cache / library key of a volume (series UID, or sha256 of the voxels)."""
-        from engine.library_store import study_key
+        from engine.study_identity import study_key
 
         return study_key(volume)
 
@@ -433,14 +401,19 @@ class Engine:
     def _encode_ct(self, volume, series=None) -> tuple[np.ndarray, bool]:
         if not isinstance(volume, Volume):
             volume = self.load_study(volume, series)
-        from engine.library_store import voxel_fingerprint
+        return self._encode_ct_keyed(volume)[:2]
+
+    def _encode_ct_keyed(self, volume: Volume) -> tuple[np.ndarray, bool, str]:
+        """(embedding, whether it came from the cache, the study key): the key is computed once here."""
+        from engine.study_identity import voxel_fingerprint
 
         # the UID names the series, the fingerprint its pixels: a series rewritten under its old UID
         # (a re-export, a regenerated sample) must not be answered from the cache
-        key = f"{self.study_key(volume)}|{voxel_fingerprint(volume)}"
+        uid = self.study_key(volume)
+        key = f"{uid}|{voxel_fingerprint(volume)}"
         cached = self._ct_cache.get(key)
         if cached is not None:
-            return cached, True
+            return cached, True, uid
         from engine.preprocess import prepare_ct
 
         prepared = prepare_ct(volume, self._model("spec"))
@@ -451,7 +424,7 @@ class Engine:
                 emb = model(x.to(self.device))
         vec = _unit(emb[0], volume.metadata.get("source"))
         self._ct_cache.put(key, vec)
-        return vec, False
+        return vec, False, uid
 
     def encode_speech(self, waveform: np.ndarray, sample_rate: int = 16_000) -> np.ndarray:
         """Unit-norm speech embedding ``[D]`` of a mono (or ``[samples, channels]``) waveform."""
@@ -521,8 +494,8 @@ class Engine:
     @property
     def dictation_reads_frames(self) -> bool:
         """Whether the dictation head reads the speech encoder's frames (else the pooled embedding)."""
-        section = self.bundle.manifest.get("dictation_head") or {}
-        return (section.get("config") or {}).get("kind", "embedding") == "frames"
+        section = self.bundle.manifest.dictation_head
+        return section is not None and section.reads_frames
 
     def dictation(self, speech_emb, frames=None) -> list[DictationFinding]:
         """What the dictation says about each finding (the bundle's dictation head), label order.
@@ -548,8 +521,9 @@ class Engine:
                     raise SpeechCTError(str(err)) from None
             else:
                 logits = head(torch.from_numpy(v)[None].to(device))[0].float().cpu()
-        section = self.bundle.manifest["dictation_head"]
-        return dictation_findings(logits, labels=tuple(section["labels"]), classes=tuple(section["classes"]))
+        section = self.bundle.manifest.dictation_head
+        assert section is not None  # has_dictation_head was checked above
+        return dictation_findings(logits, labels=tuple(section.labels), classes=section.classes)
 
     def transcribe(self, waveform, sample_rate: int) -> str:
         """The dictation's words (:mod:`engine.transcribe`; the model is built once per engine)."""
@@ -568,14 +542,12 @@ class Engine:
         speech-native head (on ``speech_emb``/``frames`` when given, else encoded here), or the transcript
         (``transcript`` when already made, else :meth:`transcribe`) read by the bundle's rule lexicon."""
         if self.dictation_reader == "cascade":
-            from engine.mention_rules import RuleLexicon, read_mentions
+            from engine.mention_rules import read_mentions
 
-            with self._lock:
-                if "rule_lexicon" not in self._models:
-                    self._models["rule_lexicon"] = RuleLexicon.from_dict(self.bundle.manifest["dictation_reader"]["lexicon"])
-                lex = self._models["rule_lexicon"]
+            lex = self._model("rule_lexicon")
             text = transcript if transcript is not None else self.transcribe(waveform, sample_rate)
-            classes = tuple(self.bundle.manifest["dictation_head"]["classes"])
+            head = self.bundle.manifest.dictation_head
+            classes = head.classes if head is not None else DICTATION_CLASSES
             return [DictationFinding(lab, st, 1.0, {c: float(c == st) for c in classes})
                     for lab, st in read_mentions(text, lex).items()]
         if speech_emb is None:
@@ -604,6 +576,44 @@ class Engine:
 
                 self._library = Library(self._library_path, bundle_hash=self.bundle_hash, dim=self.dim)
             return self._library
+
+    def index_study(
+        self,
+        volume: Volume | str | Path,
+        dictation: str | Path | tuple[np.ndarray, int] | None = None,
+        *,
+        series: str | None = None,
+        dictation_path: str | Path | None = None,
+        speech_embedding: np.ndarray | None = None,
+        ct_embedding: np.ndarray | None = None,
+    ):
+        """Add one study, with its dictation when given, to the library: the one way the CLI and the app
+        add a study. Returns the library's :class:`engine.library.StudyRecord`.
+
+        ``dictation``: an audio file, or a ``(waveform, sample_rate)`` pair (``dictation_path`` then names
+        the recording the library remembers). A dictation without speech raises
+        :class:`engine.speech_presence.NoSpeechError` before anything is added. ``speech_embedding``: the
+        dictation's embedding and ``ct_embedding`` the study's, when already computed (neither is encoded
+        again); otherwise the CT embedding comes from the engine's cache when the study was encoded before.
+        """
+        speech = None if speech_embedding is None else self._check_dim(speech_embedding, "speech")
+        if dictation is not None and speech is None:
+            if isinstance(dictation, tuple):
+                from engine.speech_presence import require_speech
+
+                waveform, sample_rate = dictation
+                require_speech(waveform, sample_rate, None if dictation_path is None else str(dictation_path))
+                speech = self.encode_speech_frames(waveform, sample_rate, keep_frames=False,
+                                                   source=dictation_path)[0]
+            else:
+                dictation_path = dictation
+                speech = self.encode_audio_file(dictation)
+        if not isinstance(volume, Volume):
+            volume = self.load_study(volume, series)
+        ct = self.encode_ct(volume) if ct_embedding is None else self._check_dim(ct_embedding, "CT")
+        return self.library.add_study(volume, ct, series=series,
+                                      dictation_path=None if dictation_path is None else str(dictation_path),
+                                      dictation_embedding=speech)
 
     def similar(
         self,
@@ -662,52 +672,51 @@ class Engine:
         A waveform without speech (:mod:`engine.speech_presence`) raises
         :class:`engine.speech_presence.NoSpeechError` before anything is loaded or encoded: no
         dictation findings are made from silence or noise. ``audio_path`` names the recording in
-        that message and in other audio errors."""
+        that message and in other audio errors. :class:`engine.session.StudySession` makes the same
+        two steps (:meth:`analyze_study`, :meth:`add_dictation`) one at a time, never repeating the first.
+        """
         t_all = time.perf_counter()
-        timings: dict[str, float | None] = {"load_study": None, "encode_speech": None, "dictation": None,
-                                            "similar": None}
         if waveform is not None:
             if sample_rate is None:
                 raise AudioError("a waveform needs its sample_rate", audio_path)
             from engine.speech_presence import require_speech
 
             require_speech(waveform, sample_rate, audio_path)
+        load_ms = None
         if not isinstance(volume, Volume):
             volume = self.load_study(volume, series)
-            timings["load_study"] = _ms(time.perf_counter() - t_all)
+            load_ms = _ms(time.perf_counter() - t_all)
+        study = self.analyze_study(volume, load_study_ms=load_ms)
+        from engine.library import query_uids
+
+        exclude = query_uids(volume, series, key=study.study["uid"]) if similar_k > 0 else ()
+        if waveform is None:
+            result = study
+            if similar_k > 0:
+                t = time.perf_counter()
+                hits = self.similar(ct=study.ct_embedding, k=similar_k, exclude_uids=exclude)
+                result = replace(study, similar=hits, timings={**study.timings, "similar": _ms(time.perf_counter() - t)})
+        else:
+            result = self.add_dictation(study, waveform, sample_rate, audio_path=audio_path, similar_k=similar_k,
+                                        exclude_uids=exclude, speech_checked=True)
+        return _with_total(result, time.perf_counter() - t_all)
+
+    def analyze_study(self, volume: Volume, *, load_study_ms: float | None = None) -> Analysis:
+        """The image half of :meth:`analyze`: the CT embedding (cached), the ranked findings, the findings
+        left unchecked; no dictation. ``Analysis.ct_embedding`` carries the embedding for later steps."""
+        t_all = time.perf_counter()
+        timings: dict[str, float | None] = {"load_study": load_study_ms, "encode_speech": None, "dictation": None,
+                                            "similar": None}
         t = time.perf_counter()
-        self.warm_up(*(("spec", "ct", "prompts", "thresholds")
-                       + (("speech",) if waveform is not None else ())
-                       + (("dictation",) if waveform is not None and self.has_dictation_head else ())))
+        self.warm_up("spec", "ct", "prompts", "thresholds")
         timings["load_models"] = _ms(time.perf_counter() - t)
         t = time.perf_counter()
-        ct_emb, was_cached = self._encode_ct(volume)
+        ct_emb, was_cached, uid = self._encode_ct_keyed(volume)
         timings["encode_ct"] = _ms(time.perf_counter() - t)
         t = time.perf_counter()
         findings = self.rank(ct_emb)
         timings["rank"] = _ms(time.perf_counter() - t)
-        dictation = discrepancies = speech_emb = transcript = None
         unchecked_labels = unchecked(findings, self.min_finding_auroc)  # known before any dictation
-        if waveform is not None:
-            t = time.perf_counter()
-            speech_emb, frames = self.encode_speech_frames(waveform, sample_rate, source=audio_path)
-            timings["encode_speech"] = _ms(time.perf_counter() - t)
-            if self.has_dictation_head:
-                t = time.perf_counter()
-                if self.dictation_reader == "cascade":  # made once: the reader and the app's transcript share it
-                    transcript = self.transcribe(waveform, sample_rate)
-                dictation = self.read_dictation(waveform, sample_rate, speech_emb, frames, transcript=transcript)
-                discrepancies = self.discrepancies(findings, dictation)
-                timings["dictation"] = _ms(time.perf_counter() - t)
-        uid = self.study_key(volume)
-        hits = None
-        if similar_k > 0:
-            t = time.perf_counter()
-            from engine.library import query_uids
-
-            hits = self.similar(ct=ct_emb, dictation=speech_emb, k=similar_k, exclude_uids=query_uids(volume, series))
-            timings["similar"] = _ms(time.perf_counter() - t)
-        timings["total"] = _ms(time.perf_counter() - t_all)
         md = volume.metadata
         study = {
             "uid": uid,
@@ -719,11 +728,62 @@ class Engine:
             "spacing": [float(s) for s in volume.spacing],
             "warnings": list(volume.warnings),
         }
-        return Analysis(
-            bundle=self.describe(), device=str(self.device), study=study, findings=findings,
-            dictation=dictation, discrepancies=discrepancies, unchecked=unchecked_labels, similar=hits,
-            timings={k: timings[k] for k in ("load_study", "load_models", "encode_ct", "encode_speech", "rank", "dictation",
-                                             "similar", "total")},
-            cached={"ct": was_cached}, ct_embedding=ct_emb, speech_embedding=speech_emb, transcript=transcript,
-        )
+        result = Analysis(bundle=self.describe(), device=str(self.device), study=study, findings=findings,
+                          unchecked=unchecked_labels, timings=timings, cached={"ct": was_cached}, ct_embedding=ct_emb)
+        return _with_total(result, time.perf_counter() - t_all + (load_study_ms or 0.0) / 1000.0)
+
+    def add_dictation(
+        self,
+        study: Analysis,
+        waveform: np.ndarray,
+        sample_rate: int | None,
+        *,
+        audio_path: str | Path | None = None,
+        similar_k: int = 0,
+        exclude_uids: Iterable[str] = (),
+        speech_checked: bool = False,
+    ) -> Analysis:
+        """:meth:`analyze_study`'s result extended by a dictation: what it says per finding, the
+        discrepancies, and with ``similar_k`` the library's nearest studies (``exclude_uids``: the study's
+        own identifiers). Nothing of the study is computed again. ``speech_checked``: the caller already
+        made the speech-presence check."""
+        t_all = time.perf_counter()
+        if sample_rate is None:
+            raise AudioError("a waveform needs its sample_rate", audio_path)
+        if not speech_checked:
+            from engine.speech_presence import require_speech
+
+            require_speech(waveform, sample_rate, audio_path)
+        timings = dict(study.timings)
+        t = time.perf_counter()
+        self.warm_up(*(("speech",) + (("dictation",) if self.has_dictation_head else ())))
+        timings["load_models"] = round((timings.get("load_models") or 0.0) + _ms(time.perf_counter() - t), 2)
+        t = time.perf_counter()
+        speech_emb, frames = self.encode_speech_frames(waveform, sample_rate, source=audio_path)
+        timings["encode_speech"] = _ms(time.perf_counter() - t)
+        dictation = discrepancies = transcript = None
+        if self.has_dictation_head:
+            t = time.perf_counter()
+            if self.dictation_reader == "cascade":  # made once: the reader and the app's transcript share it
+                transcript = self.transcribe(waveform, sample_rate)
+            dictation = self.read_dictation(waveform, sample_rate, speech_emb, frames, transcript=transcript)
+            discrepancies = self.discrepancies(study.findings, dictation)
+            timings["dictation"] = _ms(time.perf_counter() - t)
+        hits = None
+        if similar_k > 0:
+            t = time.perf_counter()
+            hits = self.similar(ct=study.ct_embedding, dictation=speech_emb, k=similar_k, exclude_uids=exclude_uids)
+            timings["similar"] = _ms(time.perf_counter() - t)
+        result = replace(study, dictation=dictation, discrepancies=discrepancies, similar=hits, timings=timings,
+                         speech_embedding=speech_emb, transcript=transcript)
+        return _with_total(result, time.perf_counter() - t_all)
+
+
+_TIMING_KEYS = ("load_study", "load_models", "encode_ct", "encode_speech", "rank", "dictation", "similar", "total")
+
+
+def _with_total(result: Analysis, seconds: float) -> Analysis:
+    """``result`` with its timings in the schema's order and ``total`` set to ``seconds``."""
+    timings = {**result.timings, "total": _ms(seconds)}
+    return replace(result, timings={k: timings.get(k) for k in _TIMING_KEYS})
 

@@ -25,6 +25,7 @@ whatever the length.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -210,7 +211,7 @@ def check_speech(waveform: np.ndarray, sample_rate: int) -> SpeechPresence:
     return SpeechPresence(total_s=round(total_s, 3), speech_s=speech_s, verdict=verdict)
 
 
-def require_speech(waveform: np.ndarray, sample_rate: int, path: str | None = None) -> SpeechPresence:
+def require_speech(waveform: np.ndarray, sample_rate: int, path: str | Path | None = None) -> SpeechPresence:
     """:func:`check_speech`, raising :class:`NoSpeechError` (one line naming ``path``) unless it is speech."""
     presence = check_speech(waveform, sample_rate)
     if not presence.ok:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from train.synth.voices import DEFAULT_PITCH, DEFAULT_RATE_WPM, VOICES, get_voice, speak
 
 #: Findings in CT-RATE's style (written for this script), with sizes, negations and several

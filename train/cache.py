@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from engine.atomic import atomic_write
 
 
 def sha256_bytes(*parts: bytes | str) -> str:
@@ -87,15 +87,8 @@ class FrozenCache:
         return self.root / kind / key[:2] / f"{key}{suffix}"
 
     def _atomic_save(self, path: Path, writer) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                writer(fh)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as fh:
+            writer(fh)
 
     def get(self, kind: str, key: str) -> np.ndarray | None:
         path = self.path(kind, key)

@@ -16,13 +16,12 @@ Written to a temporary file in the same folder, fsynced, then ``os.replace``d ov
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from engine.atomic import atomic_write
 from engine.errors import DataError
 
 FORMAT = "speechct-train-checkpoint"
@@ -48,17 +47,9 @@ def save_checkpoint(folder: str | Path, payload: dict[str, Any], name: str = LAS
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        final = folder / name
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    final = folder / name
+    with atomic_write(final, fsync=True) as fh:
+        torch.save(payload, fh)
     return final
 
 

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DataError, SpeechCTWarning
-from engine.findings import LABELS
 from engine.io.ctrate_metadata import METADATA_COLUMNS, VolumeMeta, parse_metadata_row
+from engine.labels import LABELS
 from train.mentions import NOT_MENTIONED as MENTION_NOT_MENTIONED
 from train.mentions import PRESENT as MENTION_PRESENT
 from train.mentions import mentions_path, read_mentions

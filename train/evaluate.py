@@ -53,14 +53,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import DataError
-from engine.findings import (
-    DICTATION_CLASSES,
-    LABELS,
-    LEGACY_DICTATION_CLASSES,
-    RELIABLE_AUROC,
-    PromptBank,
-    prompt_pair,
-)
+from engine.findings import RELIABLE_AUROC, PromptBank
+from engine.labels import DICTATION_CLASSES, LABELS, LEGACY_DICTATION_CLASSES, prompt_pair
 from train import metrics as M
 
 SYSTEMS = ("text teacher", "ASR cascade", "naive student", "distilled student")
@@ -183,42 +177,30 @@ def aux_label_weight(teacher_options: dict | None) -> float | None:
 
 
 def models_from_bundle(bundle_dir: str | Path, *, naive: str | Path | None = None) -> EvalModels:
-    """Callables from a bundle (docs/design.md §2; groups as ``train.export`` writes them): its CT encoder,
-    text tower, speech student (as ``distilled``), dictation head and text prompts; ``naive`` = a
+    """Callables from a bundle, every part built by the engine's factory (:mod:`engine.weights.factory`, the
+    code the product runs): its CT encoder, text tower, speech student (as ``distilled``), dictation head
+    and text prompts; ``naive`` = a
     student run folder (``student-naive/``) or a second bundle whose speech student is the naive one."""
-    from engine.models.ct import CTEncoder, CTEncoderConfig
-    from engine.models.speech import SpeechStudent, SpeechStudentConfig
-    from engine.models.text import TextTower, TextTowerConfig
-    from engine.preprocess import PreprocessSpec
     from engine.weights.bundle import load_bundle
-    from engine.weights.whisper import load_whisper_encoder
+    from engine.weights.factory import build_part
 
     b = load_bundle(bundle_dir)
     m = b.manifest
-    ct = CTEncoder(CTEncoderConfig.from_dict(m["ct_encoder"]))
-    b.load_into(ct, "ct_encoder")
-    models = EvalModels(spec=PreprocessSpec.from_dict(m["preprocess"]), logit_scale=float(m["space"]["logit_scale"]),
-                        embed_ct=ct_embedder(ct), labels=tuple(m["labels"]),
+    models = EvalModels(spec=build_part(b, "spec"), logit_scale=m.logit_scale,
+                        embed_ct=ct_embedder(build_part(b, "ct")), labels=tuple(m.labels),
                         provenance={"bundle": str(b.path), "bundle_hash": b.hash,
                                     "aux_label_weight": aux_label_weight(
-                                        ((m.get("provenance") or {}).get("teacher") or {}).get("optim"))})
-    if "text" in m:
-        tower = TextTower(TextTowerConfig.from_dict(m["text"]["config"]))
-        tower.load_trainable_state_dict(b.tensors["text_head"])
-        models.embed_text = text_embedder(tower)
-    if "prompts" in m:
-        models.text_prompts = PromptBank.from_rows(m["prompts"]["texts"], b.tensors[m["prompts"]["group"]]["embeddings"],
-                                                   models.labels, kind=m["prompts"]["kind"])
+                                        (m.provenance.get("teacher") or {}).get("optim"))})
+    if m.text is not None:
+        models.embed_text = text_embedder(build_part(b, "text"))
+    if m.prompts is not None:
+        models.text_prompts = build_part(b, "prompts")
     student = None
-    if "speech" in m:
-        student = SpeechStudent(SpeechStudentConfig.from_dict(m["speech"]["config"]),
-                                load_whisper_encoder(b.speech_backbone), b.speech_backbone)
-        student.load_trainable_state_dict(b.tensors["speech_head"])
+    if m.speech is not None:
+        student = build_part(b, "speech")
         models.speech["distilled"] = speech_embedder(student)
-    if "dictation_head" in m:
-        from engine.model_loading import build_dictation_head
-
-        head = build_dictation_head(b)  # the engine's loader: three-state heads of older bundles included
+    if m.dictation_head is not None:
+        head = build_part(b, "dictation")  # three-state heads of older bundles included
         if student is not None or getattr(head, "input", "embedding") == "embedding":
             _add_head(models, "distilled", head, student)
     if naive is not None:

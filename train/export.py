@@ -16,6 +16,8 @@ says why. Beside them, what the engine's reliability gate reads (``engine.findin
 ``auroc_ci``; ``train.evaluate.gate_auroc``), so a finding is checked against the dictation only
 when it clears ``engine.findings.RELIABLE_AUROC`` with 95 % confidence. An evaluation without a
 bootstrap gives the point estimate, named ``"point"`` (as older bundles carry it, unnamed).
+
+Every bundle carries its model card, ``README.md`` (:mod:`train.model_card`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from typing import Any
 import torch
 
 from engine.errors import BundleError, DataError
-from engine.findings import LABELS
-from engine.models.dictation import CLASS_SETS, build_head, head_config_from_dict
-from engine.weights.bundle import save_bundle, speech_entry
+from engine.labels import CLASS_SETS, LABELS
+from engine.models.dictation import build_head, head_config_from_dict
+from engine.weights.bundle import save_bundle
+from engine.weights.manifest import speech_entry
+from train.model_card import CARD_NAME, model_card
 from train.recipes import load_student, load_teacher, prompt_texts, stage_dir
 
 MAX_BUNDLE_BYTES = 60 * 1024 * 1024
@@ -225,4 +229,5 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
         **(extra_provenance or {}),
     }
     manifest["provenance"]["storage"] = "float16" if float16 else "float32"
-    return save_bundle(bundle, manifest=manifest, tensors=tensors, overwrite=overwrite)
+    return save_bundle(bundle, manifest=manifest, tensors=tensors, overwrite=overwrite,
+                       documents={CARD_NAME: model_card(manifest)})

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from engine.preprocess import PreprocessSpec, prepare_ct
 from engine.volume import Volume
 

@@ -10,7 +10,7 @@ finding, coded as the CheXpert labeler codes its output:
 empty  not mentioned
 ====== ==============================================================
 
-In memory a mention is its class index into :data:`engine.findings.DICTATION_CLASSES` (0 present,
+In memory a mention is its class index into :data:`engine.labels.DICTATION_CLASSES` (0 present,
 1 uncertain, 2 absent, 3 not mentioned), int8. The three-state file of earlier synthetic sets
 (``{split}_mentions.csv``, where ``-1`` meant *not mentioned*) is refused: read with this coding it
 would turn every unmentioned finding into an uncertain one.
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import DataError
-from engine.findings import DICTATION_CLASSES, LABELS
+from engine.labels import DICTATION_CLASSES, LABELS
 
 MENTIONS_FILE = {"train": "train_mentions_chexpert.csv", "valid": "valid_mentions_chexpert.csv"}
 LEGACY_MENTIONS_FILE = {"train": "train_mentions.csv", "valid": "valid_mentions.csv"}

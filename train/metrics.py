@@ -74,7 +74,9 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from engine.findings import LABELS, rad_chestct_labels, to_rad_chestct, zero_shot_probabilities
+from engine.findings import zero_shot_probabilities
+from engine.labels import LABELS
+from train.rad_chestct import rad_chestct_labels, to_rad_chestct
 
 #: CT-CLIP's threshold grid: ``np.linspace(0, 1, 100)`` (100 points, step 1/99).
 THRESHOLD_GRID = np.linspace(0.0, 1.0, 100)
@@ -740,7 +742,8 @@ def report_zero_shot_auroc(query_emb: np.ndarray, present: np.ndarray, absent: n
 def _shown_discrepancies(image_positive: np.ndarray, said: np.ndarray, names: Sequence[str],
                          checked: np.ndarray) -> list[set[str]]:
     """Per study, the findings :func:`engine.findings.discrepancies` would show (the product's rule)."""
-    from engine.findings import DICTATION_CLASSES, DictationFinding, FindingScore, discrepancies
+    from engine.findings import DictationFinding, FindingScore, discrepancies
+    from engine.labels import DICTATION_CLASSES
 
     out = []
     for pos, states in zip(np.asarray(image_positive, bool), np.asarray(said)):

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import DataError
-from engine.findings import DICTATION_CLASSES, LABELS, prompt_pair
+from engine.labels import DICTATION_CLASSES, LABELS, prompt_pair
 from engine.models.ct import CTEncoder, load_ct_config
 from engine.models.dictation import (
     DictationHead,
@@ -59,6 +59,7 @@ from engine.models.speech import (
 )
 from engine.models.text import TextTowerConfig, create_text_tower
 from engine.preprocess import PreprocessSpec, get_spec, prepare_ct
+from engine.weights.factory import speech_student_from_backbone
 from train import cache as C
 from train.distributed import DistEnv, gather_with_grad
 
@@ -241,10 +242,13 @@ def augment_ct(batch: np.ndarray, rng: np.random.Generator, shift: tuple[int, in
 
 
 def recall_at_k(query: torch.Tensor, gallery: torch.Tensor, ks=(1, 5, 10)) -> dict[str, float]:
-    """Fraction of queries whose paired gallery row (same index) ranks in the top k (cosine)."""
-    sims = F.normalize(query.float(), dim=-1) @ F.normalize(gallery.float(), dim=-1).T
-    rank = (sims > sims.diag().unsqueeze(1)).sum(dim=1)
-    return {f"R@{k}": float((rank < k).float().mean()) for k in ks if k <= gallery.shape[0]}
+    """Training monitor: :func:`train.metrics.recall_at_k` (the one implementation) as ``{"R@k": recall}``
+    for the k the gallery can hold."""
+    from train.metrics import recall_at_k as recall
+
+    ks = [k for k in ks if k <= gallery.shape[0]]
+    found = recall(query.detach().float().cpu().numpy(), gallery.detach().float().cpu().numpy(), ks)
+    return {f"R@{k}": entry["recall"] for k, entry in found["k"].items()}
 
 
 def zero_shot_auroc(ct: torch.Tensor, prompts: torch.Tensor, labels: np.ndarray, scale: float) -> float:
@@ -559,7 +563,7 @@ def cache_whisper_lower(speech: SpeechStudent, studies: list[Study], cache: C.Fr
 def prepare_student_audio(cfg: dict, data: str | Path, *, progress: bool = True,
                           limit: dict[str, int] | None = None) -> dict[str, int]:
     """Fill the Whisper lower-layer cache for both splits without a teacher (runs beside the teacher)."""
-    speech = SpeechStudent.from_backbone(_speech_config(cfg))
+    speech = speech_student_from_backbone(_speech_config(cfg))
     cache = C.FrozenCache(Path(data) / "cache")
     limit = limit or cfg.get("student_limit") or cfg.get("limit") or {}
     counts = {}
@@ -597,7 +601,7 @@ class StudentRecipe:
         self.teacher = load_teacher(teacher_dir, env.device)
         self.spec = self.teacher.spec
         torch.manual_seed(int(cfg.get("seed", 0)) + 1)
-        self.speech = student if student is not None else SpeechStudent.from_backbone(_speech_config(cfg))
+        self.speech = student if student is not None else speech_student_from_backbone(_speech_config(cfg))
         self.speech.to(env.device)
         self.dictation_weight = float(cfg["student"].get("dictation_weight") or 0.0)
         joint = dictation_head(cfg, self.speech.config.latent_dim, "embedding").to(env.device) if self.dictation_weight else None
@@ -741,7 +745,7 @@ def load_student(folder: str | Path, device: str | torch.device = "cpu",
     if not (folder / MODEL_FILE).is_file() or not (folder / MODEL_JSON).is_file():
         raise DataError("no trained student here (run speechct-train student first)", folder)
     meta = json.loads((folder / MODEL_JSON).read_text())
-    speech = student if student is not None else SpeechStudent.from_backbone(SpeechStudentConfig.from_dict(meta["speech"]))
+    speech = student if student is not None else speech_student_from_backbone(SpeechStudentConfig.from_dict(meta["speech"]))
     speech.load_trainable_state_dict(load_file(str(folder / MODEL_FILE)))
     # requires_grad stays as the student set it: trainable_state_dict() selects by it
     return speech.to(device).eval(), meta

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.findings import DICTATION_CLASSES, LABELS
+from engine.labels import DICTATION_CLASSES, LABELS
 from engine.models.dictation import (
     FrameDictationHead,
     FrameDictationHeadConfig,

@@ -153,7 +153,7 @@ class StudiesPanel(QWidget):
         layout.addWidget(QLabel("Series:"))
         layout.addWidget(self.series)
         layout.addWidget(self.list)
-        self.open_folder.clicked.connect(self._choose_folder)
+        self.open_folder.clicked.connect(self.choose_folder)
         self.open_file.clicked.connect(self._choose_file)
         self.list.itemActivated.connect(self._activated)  # double-click or Enter (once: not also itemDoubleClicked)
         self.series.activated.connect(self._series_chosen)
@@ -268,7 +268,7 @@ class StudiesPanel(QWidget):
         path, series = item.data(Qt.ItemDataRole.UserRole)
         self.openRequested.emit(path, series)
 
-    def _choose_folder(self) -> None:
+    def choose_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open a DICOM folder")
         if folder:
             self.openRequested.emit(folder, None)

@@ -4,7 +4,7 @@ Validates the bundle like the app does (schema, file sizes and sha256, speech ba
 prints its configs, the size and parameter count of every tensor file, provenance and the
 evaluation summary, and which AUROC per finding the engine's reliability gate reads
 (``thresholds.auroc``: the lower bootstrap CI bound, or the point estimate in older bundles;
-``engine.findings.AUROC_STATISTICS``). Exit code 2 with a one-line message when the bundle is unusable.
+``engine.weights.manifest.AUROC_STATISTICS``). Exit code 2 with a one-line message when the bundle is unusable.
 
 ``--json`` prints one object::
 
@@ -65,7 +65,7 @@ def bundle_summary(bundle: Bundle, backbone_checked: bool = True) -> dict[str, A
     """The ``--json`` object for a loaded bundle."""
     m = bundle.manifest
     files = {}
-    for name, entry in m["files"].items():
+    for name, entry in m.files.items():
         from engine.weights.bundle import tensor_shapes
 
         shapes = tensor_shapes(bundle.path / name)
@@ -83,56 +83,57 @@ def bundle_summary(bundle: Bundle, backbone_checked: bool = True) -> dict[str, A
             "dtypes": sorted({dtype for dtype, _ in shapes.values()}),
         }
     backbone = None
-    if "speech" in m:
+    if m.speech is not None:
         if not backbone_checked or bundle.speech_backbone is None:
             status = "not checked"
-        elif bundle.speech_backbone.sha256 != m["speech"]["backbone_sha256"]:
+        elif bundle.speech_backbone.sha256 != m.speech.backbone_sha256:
             status = "sha256 differs"
         else:
             status = "ok"
-        backbone = {"name": m["speech"]["backbone"], "status": status}
-    prompts = m.get("prompts")
-    thresholds = m.get("thresholds")
+        backbone = {"name": m.speech.backbone, "status": status}
+    prompts = m.prompts
+    thresholds = m.thresholds
     warnings = list(bundle.warnings)
     gate = None
     if thresholds is not None:
-        from engine.findings import AUROC_STATISTICS, auroc_statistic
+        from engine.weights.manifest import AUROC_STATISTICS
 
         try:
-            statistic = auroc_statistic(thresholds)
+            statistic = m.auroc_statistic
         except ValueError as exc:
             statistic = None
             warnings.append(f"{exc}; the reliability gate reads thresholds.auroc as it is")
         if statistic is not None:
-            ci = thresholds.get("auroc_ci") or {}
+            ci = thresholds.raw.get("auroc_ci") or {}
             gate = {"statistic": statistic, "describes": AUROC_STATISTICS[statistic],
                     "level": ci.get("level") if statistic == "ci_lower" else None,
                     "n_boot": ci.get("n_boot") if statistic == "ci_lower" else None}
     return {
         "path": str(bundle.path),
-        "name": m.get("name"),
-        "schema": m["schema"],
+        "name": m.name,
+        "schema": m.schema,
         "hash": bundle.hash,
-        "labels": m["labels"],
+        "labels": list(m.labels),
         "files": files,
         "parameters_total": sum(f["parameters"] for f in files.values()),
         "bytes_total": sum(f["bytes"] for f in files.values()),
-        "configs": {k: m.get(k) for k in ("preprocess", "ct_encoder", "speech", "text", "space")},
+        "configs": {k: m.raw.get(k) for k in ("preprocess", "ct_encoder", "speech", "text", "space")},
         "backbone": backbone,
         "prompts": None
         if prompts is None
-        else {"kind": prompts["kind"], "count": len(prompts["texts"]), "group": prompts["group"]},
+        else {"kind": prompts.kind, "count": len(prompts.texts), "group": prompts.group},
         "thresholds": None
         if thresholds is None
-        else {"method": thresholds["method"], "count": len(thresholds["values"]), "auroc": gate},
-        "dictation_head": m.get("dictation_head"),
-        "provenance": m["provenance"],
-        "evaluation": m.get("evaluation"),
+        else {"method": thresholds.method, "count": len(thresholds.values), "auroc": gate},
+        "dictation_head": m.raw.get("dictation_head"),
+        "provenance": m.provenance,
+        "evaluation": m.evaluation,
         "warnings": warnings,
     }
 
 
-def _human_bytes(n: int) -> str:
+def _human_bytes(size: int) -> str:
+    n = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -131,4 +131,4 @@ def open_library(args: argparse.Namespace, engine=None):
     from engine.weights.bundle import load_bundle
 
     bundle = load_bundle(args.bundle or default_bundle_path(), check_hashes=False, check_backbone=False)
-    return Library(args.library, bundle_hash=bundle.hash, dim=int(bundle.manifest["space"]["dim"]))
+    return Library(args.library, bundle_hash=bundle.hash, dim=bundle.manifest.space_dim)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine.commands.engine_options import (
     add_engine_arguments,
@@ -103,18 +104,19 @@ def run_add(args: argparse.Namespace) -> int:
             raise StudyError("does not exist", path)
     engine = make_engine(args)
     library = engine.library
-    result = {"library": str(library.folder), "added": [], "already": [], "skipped": [], "failed": [],
+    result: dict[str, Any] = {"library": str(library.folder), "added": [], "already": [], "skipped": [], "failed": [],
               "warnings": []}
     if args.dictation:
-        speech = engine.encode_audio_file(args.dictation)  # no speech heard: exit 2, nothing added
+        # no speech heard: exit 2, nothing added
         volume = engine.load_study(args.paths[0], args.series)
-        record = library.add_study(volume, engine.encode_ct(volume), dictation_path=args.dictation,
-                                   dictation_embedding=speech, series=args.series)
+        record = engine.index_study(volume, args.dictation, series=args.series)
         result["added"].append(record.uid)
         result["warnings"] += list(volume.warnings)
     else:
         for path in args.paths:
-            report = library.import_tree(path, engine.encode_ct, progress=not args.json and sys.stderr.isatty())
+            from engine.library.ingest import import_tree
+
+            report = import_tree(library, path, engine.encode_ct, progress=not args.json and sys.stderr.isatty())
             result["added"] += report.added
             result["already"] += report.already
             result["skipped"] += [list(s) for s in report.skipped]
@@ -176,8 +178,10 @@ def run_remove(args: argparse.Namespace) -> int:
 def run_rebuild(args: argparse.Namespace) -> int:
     engine = make_engine(args)
     library = engine.library
-    report = library.rebuild(engine.encode_ct, encode_dictation=engine.encode_audio_file,
-                             progress=not args.json and sys.stderr.isatty())
+    from engine.library.ingest import rebuild
+
+    report = rebuild(library, engine.encode_ct, encode_dictation=engine.encode_audio_file,
+                     progress=not args.json and sys.stderr.isatty())
     if args.json:
         _print_json({"library": str(library.folder), "re_embedded": report.re_embedded,
                      "failed": [list(f) for f in report.failed], "dictations_dropped": report.dictations_dropped})

@@ -60,7 +60,7 @@ from typing import Any
 
 from engine.commands.engine_options import say
 from engine.errors import SpeechCTError, SpeechCTWarning, StudyError
-from engine.io import list_series, load_volume
+from engine.io import StudySource, open_study
 from engine.io.series import SeriesInfo
 from engine.io.sniff import one_line
 from engine.volume import Volume
@@ -141,21 +141,22 @@ def inspect_study(path: str | Path, series: str | None = None) -> StudyReport:
     """Everything ``speechct info`` prints, as data. Raises StudyError like load_volume."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        infos = list_series(path)
-        chosen_volume = load_volume(path, series)
+        source = open_study(path)  # one walk, one header parse per file, for every series below
+        infos = source.series
+        chosen_volume = source.load(series)
     notes = _speechct_messages(caught) + list(chosen_volume.warnings)
 
     reports = [SeriesReport(info) for info in infos]
     candidates = [r for r in reports if series is not None and r.info.uid == series]
     if not candidates:
         candidates = [r for r in reports if _matches(r.info, chosen_volume)]
-    loaded: dict[int, Volume] = {}
+    loaded: dict[int, Volume | None] = {}
     if len(candidates) > 1:
         # Two stacks share a UID and a shape: tell them apart by their voxels.
         want = _fingerprint(chosen_volume)
         for r in candidates:
-            loaded[id(r)] = _load_quietly(path, r)
-        candidates = [r for r in candidates if loaded[id(r)] is not None and _fingerprint(loaded[id(r)]) == want]
+            loaded[id(r)] = _load_quietly(source, r)
+        candidates = [r for r in candidates if (v := loaded[id(r)]) is not None and _fingerprint(v) == want]
     chosen_report = candidates[0] if candidates else None
     skipped = 0
     for r in reports:
@@ -165,7 +166,7 @@ def inspect_study(path: str | Path, series: str | None = None) -> StudyReport:
         if id(r) not in loaded and len(loaded) >= MAX_LOADED_SERIES:
             skipped += 1  # a whole dataset tree: listing it must not mean reading all of it
             continue
-        volume = loaded[id(r)] if id(r) in loaded else _load_quietly(path, r)
+        volume = loaded[id(r)] if id(r) in loaded else _load_quietly(source, r)
         loaded.setdefault(id(r), None)  # counts the load, drops the voxels
         if volume is not None:
             r.hu = volume.hu_range()
@@ -184,13 +185,13 @@ def inspect_study(path: str | Path, series: str | None = None) -> StudyReport:
     return StudyReport(str(path), reports, chosen_volume, chosen_uid, reason, list(dict.fromkeys(notes)))
 
 
-def _load_quietly(path, report: SeriesReport) -> Volume | None:
+def _load_quietly(source: StudySource, report: SeriesReport) -> Volume | None:
     """Load one series for its HU range; its error (if any) goes into the report, warnings are dropped
     (its geometry notes are already in SeriesInfo.warnings)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return load_volume(path, report.info.uid)
+            return source.load(report.info.uid)
     except SpeechCTError as exc:
         report.error = str(exc)
         return None

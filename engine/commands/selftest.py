@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             if engine.has_dictation_head and "speech" in state:
                 def dictation():
                     said = engine.dictation(state["speech"], state.get("speech_frames"))
-                    if len(said) != len(engine.bundle.manifest["dictation_head"]["labels"]):
+                    if len(said) != len(engine.bundle.manifest.dictation_head.labels):
                         raise ValueError("the dictation head does not cover its labels")
                     present = [d.label for d in said if d.status == "present"]
                     return f"reported present: {', '.join(present) or '-'}"

@@ -22,7 +22,7 @@ from pydicom.uid import UID
 
 from engine.errors import SpeechCTWarning, StudyError
 from engine.io.dicom_pixels import read_pixels
-from engine.io.dicom_scan import FolderScan, scan
+from engine.io.dicom_scan import DicomHeaders, scan
 from engine.io.dicom_series import DicomSeries, split_series
 from engine.io.series import SeriesInfo
 from engine.io.validate import check_pixel_format, check_rescale
@@ -49,13 +49,17 @@ class DicomStudy:
         return [s.info() for s in self.series]
 
 
-def scan_dicom(path: str | Path, *, workers: int | None = None) -> DicomStudy:
-    """Headers of every file under ``path`` split into series; no pixel data is read.
+def scan_dicom(path: str | Path, *, workers: int | None = None, files: list | None = None,
+               n_files: int | None = None, non_dicom: list | None = None) -> DicomStudy:
+    """Headers of every file under ``path`` split into series; no pixel data is read. ``files``: only
+    these (a walk already made, :func:`engine.io.study.open_study`); ``non_dicom`` the walk's other files.
 
     Raises StudyError when ``path`` does not exist, or when it is a single file that is not a
     readable DICOM image (the message names the problem).
     """
-    found: FolderScan = scan(path, workers)
+    found: DicomHeaders = scan(path, workers, files=files, n_files=n_files)
+    if non_dicom:
+        found.non_dicom = sorted([*found.non_dicom, *(str(f) for f in non_dicom)])
     study = DicomStudy(
         path=str(path),
         series=split_series(found.slices),
@@ -97,7 +101,13 @@ def read_dicom(path: str | Path, series: str | None = None, *, workers: int | No
     Raises StudyError (one line naming the file and the problem) for non-CT series, files
     without pixel data, truncated or undecodable files and folders without any CT image.
     """
-    study = scan_dicom(path, workers=workers)
+    return read_dicom_series(scan_dicom(path, workers=workers), series, workers=workers)
+
+
+def read_dicom_series(study: DicomStudy, series: str | None = None, *, workers: int | None = None) -> Volume:
+    """:func:`read_dicom` on headers already read (:func:`scan_dicom`): only the chosen series' pixels
+    are read now."""
+    path = study.path
     if not study.series:
         raise _nothing_error(study)
     chosen = _select(study, series)

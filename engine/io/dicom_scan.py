@@ -3,7 +3,7 @@
 Every frame that could become a slice is described by a :class:`SliceHeader`; a classic
 single-frame file gives one, an Enhanced (multi-frame) file gives one per frame with the
 per-frame functional groups resolved against the shared ones. Files that are not DICOM,
-hold no image, or cannot be parsed are sorted into :class:`FolderScan`'s other lists so
+hold no image, or cannot be parsed are sorted into :class:`DicomHeaders`' other lists so
 that callers can count and report them.
 """
 
@@ -72,8 +72,8 @@ class SliceHeader:
 
 
 @dataclass
-class FolderScan:
-    """What pass 1 found under a path."""
+class DicomHeaders:
+    """The DICOM headers pass 1 read under a path (slices), and the files it could not use."""
 
     root: str
     slices: list[SliceHeader] = field(default_factory=list)
@@ -84,7 +84,8 @@ class FolderScan:
 
 
 def list_files(path: str | Path) -> list[str]:
-    """All regular files under ``path`` (recursive, sorted), or ``[path]`` for a file.
+    """All regular files under ``path`` (recursive, sorted, hidden files and folders skipped as
+    :func:`engine.io.sniff.scan_folder` skips them), or ``[path]`` for a file.
 
     Pipes, sockets and devices are left out: opening a FIFO blocks forever.
     """
@@ -95,17 +96,20 @@ def list_files(path: str | Path) -> list[str]:
         raise StudyError("no such file or folder", path)
     found = []
     for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(
-            full for full in (os.path.join(dirpath, name) for name in sorted(filenames)) if os.path.isfile(full)
+            full for full in (os.path.join(dirpath, name) for name in sorted(filenames) if not name.startswith("."))
+            if os.path.isfile(full)
         )
     return found
 
 
-def scan(path: str | Path, workers: int | None = None) -> FolderScan:
-    """Read the header of every file under ``path`` (threads: file I/O overlaps parsing)."""
-    files = list_files(path)
-    result = FolderScan(root=str(path), n_files=len(files))
+def scan(path: str | Path, workers: int | None = None, *, files: list[str] | None = None,
+         n_files: int | None = None) -> DicomHeaders:
+    """Read the header of every file under ``path`` (threads: file I/O overlaps parsing), or of ``files``
+    when the caller already walked the folder (``n_files``: how many files that walk found in all)."""
+    files = list_files(path) if files is None else [str(f) for f in files]
+    result = DicomHeaders(root=str(path), n_files=len(files) if n_files is None else n_files)
     workers = default_workers(workers)
     meta_cache: dict = {}
     if workers > 1 and len(files) > 8:

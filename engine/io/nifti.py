@@ -41,7 +41,6 @@ import contextlib
 import gzip
 import logging
 import os
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -506,29 +505,19 @@ def write_nifti(
     raw = _raw_for_dtype(volume, dtype_np, slope, intercept, path)
     header = _nifti_header(volume, raw, dtype_np, slope, intercept, header_rescale)
     gz = path.name.lower().endswith(".gz")
-    tmp_name = None
+    from engine.atomic import atomic_write, keep_umask_permissions
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        with os.fdopen(fd, "wb") as out:
+        with atomic_write(path, fsync=True) as out:
             if gz:
                 # mtime=0: the same volume always gives the same bytes.
                 with gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=compresslevel, mtime=0) as zf:
                     _write_payload(zf, header, raw)
             else:
                 _write_payload(out, header, raw)
-            out.flush()
-            os.fsync(out.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-        tmp_name = None
+            keep_umask_permissions(out.name)
     except OSError as exc:
         raise StudyError(f"cannot be written ({one_line(exc.strerror or exc)})", path) from exc
-    finally:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
     return path
 
 

@@ -142,8 +142,8 @@ def describe(head: bytes) -> str:
 
 
 @dataclass
-class FolderScan:
-    """What a folder (searched recursively, hidden entries skipped) holds, by sniffed format."""
+class FolderFormats:
+    """The files of a folder (searched recursively, hidden entries skipped) by sniffed format: what it holds."""
 
     dicom: list[Path] = field(default_factory=list)
     nifti: list[Path] = field(default_factory=list)
@@ -191,9 +191,9 @@ def sniff(path: Path) -> str:
     raise StudyError(f"not a DICOM or NIfTI file (looks like {describe(head)})", path)
 
 
-def scan_folder(folder: Path) -> FolderScan:
+def scan_folder(folder: Path) -> FolderFormats:
     """Sniff every file below ``folder``; files that fail to sniff go to ``other``/``unreadable``."""
-    scan = FolderScan()
+    scan = FolderFormats()
     try:
         for root, dirs, files in os.walk(folder, onerror=_raise_walk_error):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # prunes the walk in place
@@ -206,7 +206,7 @@ def scan_folder(folder: Path) -> FolderScan:
     return scan
 
 
-def _classify(p: Path, scan: FolderScan) -> None:
+def _classify(p: Path, scan: FolderFormats) -> None:
     try:
         head = read_head(p)
     except StudyError as exc:

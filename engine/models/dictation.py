@@ -3,7 +3,7 @@
 For every one of the 18 findings a classifier over the mention states — present / uncertain (hedged) /
 absent (negated) / not mentioned, as the CheXpert labeler has them (the paper's speech-classification
 task had three) — output logits ``[B, n_labels, n_classes]`` in :data:`CLASSES` order. Heads shipped
-before the fourth state have ``n_classes = 3`` (:data:`engine.findings.LEGACY_DICTATION_CLASSES`). Two kinds, named by ``kind`` in their config:
+before the fourth state have ``n_classes = 3`` (:data:`engine.labels.LEGACY_DICTATION_CLASSES`). Two kinds, named by ``kind`` in their config:
 
 - ``embedding`` (:class:`DictationHead`): on the pooled speech embedding ``[B, dim]``. Cheap,
   but mean pooling over 30 s windows keeps little of "no X" against "X".
@@ -22,13 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engine.findings import DICTATION_CLASSES, LABELS, LEGACY_DICTATION_CLASSES
+from engine.labels import CLASS_SETS, DICTATION_CLASSES, LABELS
 from engine.models.speech import padding_mask
 
 #: Class order of the head's last axis.
 CLASSES: tuple[str, ...] = DICTATION_CLASSES  # one spelling, defined beside the findings
-#: The class tuples a head may have, by its ``n_classes``.
-CLASS_SETS = {len(CLASSES): CLASSES, len(LEGACY_DICTATION_CLASSES): LEGACY_DICTATION_CLASSES}
 
 
 class _HeadConfig:

@@ -181,8 +181,9 @@ def length_buckets(lengths: list[int], max_batch: int = 8, max_waste: float = 0.
 class SpeechStudent(nn.Module):
     """Whisper encoder (all but the top ``trainable_layers`` frozen) + frame pooling + projection.
 
-    Build with ``SpeechStudent.from_backbone(config)`` (resolves and loads the Whisper weights) or
-    ``SpeechStudent(config, encoder)`` with any transformers ``WhisperEncoder``.
+    Build with ``engine.weights.factory.speech_student_from_backbone(config)`` (resolves and loads the
+    Whisper weights: models never load files) or ``SpeechStudent(config, encoder)`` with any transformers
+    ``WhisperEncoder``.
     """
 
     def __init__(self, config: SpeechStudentConfig, encoder: nn.Module, backbone=None):
@@ -204,13 +205,6 @@ class SpeechStudent(nn.Module):
                 blocks.append(nn.GELU())
         self.projection = nn.Sequential(*blocks)
         self._freeze()
-
-    @classmethod
-    def from_backbone(cls, config: SpeechStudentConfig, cache_dir: str | Path | None = None) -> SpeechStudent:
-        from engine.weights.whisper import load_whisper_encoder, resolve_whisper_backbone
-
-        backbone = resolve_whisper_backbone(config.backbone, cache_dir=cache_dir)
-        return cls(config, load_whisper_encoder(backbone), backbone)
 
     # ----------------------------------------------------------------- freezing
 

@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.atomic import atomic_path, atomic_write
 from engine.pacs.errors import PacsError
 
 try:
@@ -154,14 +155,8 @@ class Partial:
         sop = check_uid(ds.SOPInstanceUID, "SOPInstanceUID")
         folder = self.folder / series
         folder.mkdir(exist_ok=True)
-        final = folder / f"{sop}.dcm"
-        tmp = folder / f".{sop}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
+        with atomic_path(folder / f"{sop}.dcm") as tmp:
             ds.save_as(tmp, enforce_file_format=True)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return True
 
     def commit(self, *, server: str, series: dict, all_ct: bool) -> CachedStudy:
@@ -170,9 +165,8 @@ class Partial:
         record = {"study_uid": self.study_uid, "server": server,
                   "retrieved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "bytes": size, "n_instances": n, "series": series, "all_ct": all_ct}
-        tmp = self.folder / (STUDY_RECORD + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, self.folder / STUDY_RECORD)
+        with atomic_write(self.folder / STUDY_RECORD, "w") as fh:
+            fh.write(json.dumps(record, indent=1))
         (self.folder / LAST_USED).touch()
         final = self.cache.root / "studies" / self.study_uid
         final.parent.mkdir(parents=True, exist_ok=True)

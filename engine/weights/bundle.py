@@ -4,31 +4,7 @@ A bundle holds only what training produced (CT encoder, tuned Whisper layers, he
 prompt embeddings); frozen backbones come from installed packages and are named, with a hash,
 in the manifest (docs/design.md §2).
 
-Manifest (``bundle.json``, schema :data:`BUNDLE_SCHEMA`); "?" marks optional sections, whose
-listed sub-fields are required when the section is present::
-
-    schema: int                         # = BUNDLE_SCHEMA
-    name?: str
-    labels: [str]                       # finding names, CT-RATE spelling and order
-    preprocess: {...}                   # engine.preprocess.PreprocessSpec as a dict
-    ct_encoder: {...}                   # engine.models.ct.CTEncoderConfig as a dict
-    speech?: {backbone: str,            # e.g. "whisper-base" (engine.weights.whisper resolves it)
-              backbone_sha256: str,     # sha256 of the converted encoder it was trained with
-              trainable_layers: int, window_s: number, overlap_s: number, pooling: str,
-              config?: {...}}           # engine.models.speech.SpeechStudentConfig as a dict
-    text?: {backbone: str, frozen: bool, pooling: str, config?: {...}}   # TextTowerConfig
-    space: {dim: int, logit_scale: number}   # logit_scale = the multiplier of cosines (exp of the log param)
-    prompts?: {kind: "text"|"spoken", texts: [str], group: str}   # group's tensor "embeddings" [n, dim]
-    thresholds?: {method: str, values: {label: number}, auroc?: {label: number in [0, 1]}}
-    dictation_head?: {labels: [str], classes: [str], group: str}   # classes: 4 mention states (3 before)
-    dictation_reader?: {choice: "speech"|"cascade", why: str, validation?: {...},
-                        lexicon: {...}}   # engine.mention_rules.RuleLexicon as a dict
-    provenance: {...}                   # data, seeds, commit, timings (free-form)
-    evaluation?: {...}                  # the summary table (free-form)
-    files: {"<group>.safetensors": {sha256: hex, bytes: int}}   # written by save_bundle
-
-At least one of ``speech`` / ``text`` is present. Groups are conventionally ``ct_encoder``,
-``speech_head``, ``text_head``, ``dictation_head``, ``prompts``.
+The manifest (``bundle.json``) and its schema: :mod:`engine.weights.manifest`.
 
 Loading checks, in this order, each failing with its own one-line :class:`BundleError`: folder
 exists; ``bundle.json`` exists, is JSON, has a supported schema and every required field with the
@@ -43,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -56,164 +31,15 @@ import torch
 from torch import Tensor, nn
 
 from engine.errors import BundleError, SpeechCTError, SpeechCTWarning
-
-BUNDLE_SCHEMA = 1
-MANIFEST_NAME = "bundle.json"
-TENSOR_SUFFIX = ".safetensors"
-#: Files that may hold pickles: never loaded, and refused inside a bundle.
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
-PROMPT_KINDS = ("text", "spoken")
-
-_GROUP_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_NUMBER = (int, float)
-
-# (dotted field, accepted types, required). A sub-field is required only when its section exists.
-_FIELDS: tuple[tuple[str, type | tuple[type, ...], bool], ...] = (
-    ("schema", int, True),
-    ("name", str, False),
-    ("labels", list, True),
-    ("preprocess", dict, True),
-    ("ct_encoder", dict, True),
-    ("speech", dict, False),
-    ("speech.backbone", str, True),
-    ("speech.backbone_sha256", str, True),
-    ("speech.trainable_layers", int, True),
-    ("speech.window_s", _NUMBER, True),
-    ("speech.overlap_s", _NUMBER, True),
-    ("speech.pooling", str, True),
-    ("speech.config", dict, False),
-    ("text", dict, False),
-    ("text.backbone", str, True),
-    ("text.frozen", bool, True),
-    ("text.pooling", str, True),
-    ("text.config", dict, False),
-    ("space", dict, True),
-    ("space.dim", int, True),
-    ("space.logit_scale", _NUMBER, True),
-    ("prompts", dict, False),
-    ("prompts.kind", str, True),
-    ("prompts.texts", list, True),
-    ("prompts.group", str, True),
-    ("thresholds", dict, False),
-    ("thresholds.method", str, True),
-    ("thresholds.values", dict, True),
-    ("dictation_head", dict, False),
-    ("dictation_head.labels", list, True),
-    ("dictation_head.classes", list, True),
-    ("dictation_head.group", str, True),
-    ("dictation_reader", dict, False),
-    ("dictation_reader.choice", str, True),
-    ("dictation_reader.lexicon", dict, True),
-    ("provenance", dict, True),
-    ("evaluation", dict, False),
-    ("files", dict, True),
+from engine.weights.manifest import (
+    _GROUP_RE,
+    BUNDLE_SCHEMA,
+    MANIFEST_NAME,
+    PICKLE_SUFFIXES,
+    TENSOR_SUFFIX,
+    BundleManifest,
+    validate_manifest,
 )
-
-
-def _type_name(types: type | tuple[type, ...]) -> str:
-    if types == _NUMBER:
-        return "a number"
-    return {int: "an integer", str: "a string", bool: "true/false", list: "a list", dict: "an object"}[types]
-
-
-def _is_type(value: Any, types: type | tuple[type, ...]) -> bool:
-    if isinstance(value, bool) and types is not bool:
-        return False  # JSON true is not a number here
-    return isinstance(value, types)
-
-
-def validate_manifest(manifest: Any, where: str | Path = MANIFEST_NAME) -> None:
-    """Raise :class:`BundleError` (one line) unless ``manifest`` follows the schema in this module's docstring."""
-    if not isinstance(manifest, dict):
-        raise BundleError("bundle.json must hold a JSON object", where)
-    if "schema" not in manifest:
-        raise BundleError("missing required manifest field 'schema'", where)
-    schema = manifest["schema"]
-    if not _is_type(schema, int) or schema != BUNDLE_SCHEMA:
-        raise BundleError(
-            f"bundle schema version {schema!r} is not supported (this engine reads schema {BUNDLE_SCHEMA})",
-            where,
-        )
-    for dotted, types, required in _FIELDS:
-        *parents, leaf = dotted.split(".")
-        section: Any = manifest
-        for parent in parents:
-            section = section.get(parent) if isinstance(section, dict) else None
-        if not isinstance(section, dict):
-            continue  # optional parent absent (a required parent was reported earlier)
-        if leaf not in section:
-            if required:
-                raise BundleError(f"missing required manifest field '{dotted}'", where)
-            continue
-        if not _is_type(section[leaf], types):
-            raise BundleError(
-                f"manifest field '{dotted}' must be {_type_name(types)}, got {type(section[leaf]).__name__}",
-                where,
-            )
-    _validate_values(manifest, where)
-
-
-def _validate_values(m: dict[str, Any], where: str | Path) -> None:
-    if "speech" not in m and "text" not in m:
-        raise BundleError("manifest has neither a 'speech' nor a 'text' section", where)
-    if not m["labels"] or not all(isinstance(x, str) for x in m["labels"]):
-        raise BundleError("manifest field 'labels' must be a non-empty list of strings", where)
-    if m["space"]["dim"] < 1 or not m["space"]["logit_scale"] > 0:
-        raise BundleError(f"manifest field 'space' is out of range: {m['space']}", where)
-    if "prompts" in m and m["prompts"]["kind"] not in PROMPT_KINDS:
-        raise BundleError(
-            f"manifest field 'prompts.kind' must be one of {PROMPT_KINDS}, got {m['prompts']['kind']!r}",
-            where,
-        )
-    if "thresholds" in m:
-        values = m["thresholds"]["values"].values()
-        if not all(_is_type(v, _NUMBER) for v in values):
-            raise BundleError("manifest 'thresholds.values' must map labels to numbers", where)
-        unknown = sorted(set(m["thresholds"]["values"]) - set(m["labels"]))
-        if unknown:
-            raise BundleError(
-                f"manifest 'thresholds.values' names unknown label(s): {', '.join(unknown)}", where
-            )
-        auroc = m["thresholds"].get("auroc", {})
-        if not isinstance(auroc, dict) or not all(_is_type(v, _NUMBER) and 0 <= v <= 1 for v in auroc.values()):
-            raise BundleError("manifest 'thresholds.auroc' must map labels to numbers in [0, 1]", where)
-        unknown = sorted(set(auroc) - set(m["labels"]))
-        if unknown:
-            raise BundleError(f"manifest 'thresholds.auroc' names unknown label(s): {', '.join(unknown)}", where)
-    if "speech" in m and not _SHA256_RE.match(m["speech"]["backbone_sha256"]):
-        raise BundleError("manifest field 'speech.backbone_sha256' is not a sha256 hex digest", where)
-    for name, entry in m["files"].items():
-        if (
-            Path(name).name != name
-            or not name.endswith(TENSOR_SUFFIX)
-            or not _GROUP_RE.match(name[: -len(TENSOR_SUFFIX)])
-        ):
-            raise BundleError(
-                f"manifest 'files' entry {name!r} is not a plain <group>{TENSOR_SUFFIX} name", where
-            )
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("sha256"), str)
-            and _is_type(entry.get("bytes"), int)
-        ):
-            raise BundleError(
-                f"manifest 'files' entry {name!r} needs 'sha256' (string) and 'bytes' (integer)", where
-            )
-    for section in ("prompts", "dictation_head"):
-        if section in m and f"{m[section]['group']}{TENSOR_SUFFIX}" not in m["files"]:
-            raise BundleError(
-                f"manifest '{section}.group' {m[section]['group']!r} has no file in 'files'", where
-            )
-
-
-def speech_entry(config: dict[str, Any], backbone_sha256: str) -> dict[str, Any]:
-    """The manifest's ``speech`` section from ``SpeechStudentConfig.to_dict()`` and the backbone's sha256."""
-    keys = ("backbone", "trainable_layers", "window_s", "overlap_s", "pooling")
-    missing = [k for k in keys if k not in config]
-    if missing:
-        raise BundleError(f"speech config lacks {', '.join(missing)}")
-    return {**{k: config[k] for k in keys}, "backbone_sha256": backbone_sha256, "config": dict(config)}
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -222,16 +48,6 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def manifest_hash(manifest: dict[str, Any]) -> str:
-    """Stable content hash of a bundle: sha256 of its canonical manifest JSON.
-
-    The manifest lists every tensor file's sha256, so this covers the tensors too; it does not
-    depend on key order, indentation or the folder's location.
-    """
-    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 class _LazyGroups(Mapping):
@@ -285,7 +101,7 @@ class Bundle:
     """A loaded (validated) bundle. ``tensors[group]`` loads lazily; ``hash`` identifies the content."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: BundleManifest
     hash: str
     tensors: Mapping[str, dict[str, Tensor]]
     warnings: list[str] = field(default_factory=list)
@@ -298,7 +114,7 @@ class Bundle:
 
     @property
     def labels(self) -> list[str]:
-        return list(self.manifest["labels"])
+        return list(self.manifest.labels)
 
     def load_group(self, group: str, device: str | torch.device = "cpu") -> dict[str, Tensor]:
         """Fresh tensors of one group on ``device`` (not cached)."""
@@ -364,7 +180,7 @@ def _default_backbone_resolver(name: str) -> Any:
 
 
 def check_speech_backbone(
-    manifest: dict[str, Any], where: Path, resolve: Callable[[str], Any] | None = None
+    manifest: BundleManifest, where: Path, resolve: Callable[[str], Any] | None = None
 ) -> tuple[Any, list[str]]:
     """Resolve the manifest's speech backbone; BundleError if it cannot be, warnings on a sha256 mismatch.
 
@@ -372,20 +188,20 @@ def check_speech_backbone(
     WhisperBackbone``) or raises a SpeechCTError; the default is ``resolve_whisper_backbone``.
     Returns (the resolved backbone or None without a speech section, warning messages).
     """
-    speech = manifest.get("speech")
+    speech = manifest.speech
     if speech is None:
         return None, []
-    name = speech["backbone"]
+    name = speech.backbone
     try:
         backbone = (resolve or _default_backbone_resolver)(name)
     except (SpeechCTError, ImportError, OSError) as exc:
         reason = exc.message if isinstance(exc, SpeechCTError) else str(exc)
         raise BundleError(f"speech backbone {name!r} is not available: {reason}", where) from exc
     found = getattr(backbone, "sha256", None)
-    if found != speech["backbone_sha256"]:
+    if found != speech.backbone_sha256:
         msg = (
             f"{where}: speech backbone {name!r} differs from the one this bundle was trained with "
-            f"(sha256 {str(found)[:12]}… vs {speech['backbone_sha256'][:12]}…); results may differ slightly"
+            f"(sha256 {str(found)[:12]}… vs {speech.backbone_sha256[:12]}…); results may differ slightly"
         )
         warnings.warn(msg, SpeechCTWarning, stacklevel=3)
         return backbone, [msg]
@@ -413,17 +229,9 @@ def load_bundle(
     manifest_path = folder / MANIFEST_NAME
     if not manifest_path.is_file():
         raise BundleError(f"no {MANIFEST_NAME} in bundle folder", folder)
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BundleError(f"not valid UTF-8 JSON: {exc.reason}", manifest_path) from exc
-    except json.JSONDecodeError as exc:
-        raise BundleError(
-            f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", manifest_path
-        ) from exc
-    validate_manifest(manifest, manifest_path)
+    manifest = BundleManifest.read(manifest_path)
 
-    for name, entry in manifest["files"].items():
+    for name, entry in manifest.files.items():
         path = folder / name
         if not path.is_file():
             raise BundleError(f"file {name} listed in {MANIFEST_NAME} is missing", folder)
@@ -439,7 +247,7 @@ def load_bundle(
                 path,
             )
     for path in sorted(folder.iterdir()):
-        if path.suffix == TENSOR_SUFFIX and path.name not in manifest["files"]:
+        if path.suffix == TENSOR_SUFFIX and path.name not in manifest.files:
             raise BundleError(
                 f"unexpected extra tensors: {path.name} is not listed in {MANIFEST_NAME} 'files'", folder
             )
@@ -451,12 +259,11 @@ def load_bundle(
     backbone, found_warnings = (
         check_speech_backbone(manifest, manifest_path, resolve_backbone) if check_backbone else (None, [])
     )
-    groups = tuple(name[: -len(TENSOR_SUFFIX)] for name in manifest["files"])
     return Bundle(
         path=folder,
         manifest=manifest,
-        hash=manifest_hash(manifest),
-        tensors=_LazyGroups(folder, groups),
+        hash=manifest.hash,
+        tensors=_LazyGroups(folder, manifest.groups),
         warnings=found_warnings,
         speech_backbone=backbone,
     )
@@ -476,13 +283,15 @@ def save_bundle(
     manifest: dict[str, Any],
     tensors: dict[str, dict[str, Tensor]],
     overwrite: bool = False,
+    documents: dict[str, str] | None = None,
 ) -> Path:
     """Write a bundle: one ``<group>.safetensors`` per entry of ``tensors``, then ``bundle.json`` last.
 
     Everything is written into a temporary sibling folder which is renamed into place at the end,
     so a crash never leaves a half-written bundle under ``folder``. ``manifest`` gets ``schema``
     (if absent) and ``files`` (always recomputed) and must then validate. Tensors are saved
-    exactly (dtype, shape, values; bf16/fp16 included), detached and moved to CPU.
+    exactly (dtype, shape, values; bf16/fp16 included), detached and moved to CPU. ``documents``: text
+    files written beside (e.g. the model card ``README.md``), not part of the manifest or its hash.
     Returns the bundle folder.
     """
     folder = Path(folder).expanduser()
@@ -515,6 +324,10 @@ def save_bundle(
             files[path.name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
         manifest["files"] = files
         validate_manifest(manifest, folder / MANIFEST_NAME)
+        for doc_name, text in (documents or {}).items():
+            if Path(doc_name).name != doc_name or Path(doc_name).suffix in (TENSOR_SUFFIX, *PICKLE_SUFFIXES):
+                raise BundleError(f"document name {doc_name!r} is not a plain text file name", folder)
+            (staging / doc_name).write_text(text, encoding="utf-8")
         manifest_path = staging / MANIFEST_NAME
         manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         _fsync(manifest_path)

@@ -246,23 +246,16 @@ def _write_cache(folder: Path, tensors: dict[str, np.ndarray], meta: dict) -> st
     """Write encoder.safetensors then meta.json, each atomically; meta.json marks completion."""
     from safetensors.numpy import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".encoder-", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    from engine.atomic import atomic_path, atomic_write
+
+    with atomic_path(folder / "encoder.safetensors") as tmp:
         # One metadata key only: safetensors writes its metadata map in hash order, and a
         # byte-stable file is what makes the sha256 a stable identity.
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        sha = _sha256(Path(tmp))
-        os.replace(tmp, folder / "encoder.safetensors")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        sha = _sha256(tmp)
     meta = {**meta, "sha256": sha, "bytes": (folder / "encoder.safetensors").stat().st_size}
-    fd, tmp = tempfile.mkstemp(prefix=".meta-", suffix=".tmp", dir=folder)
-    with os.fdopen(fd, "w") as handle:
+    with atomic_write(folder / "meta.json", "w") as handle:
         json.dump(meta, handle, indent=2, sort_keys=True)
-    os.replace(tmp, folder / "meta.json")
     return sha
 
 

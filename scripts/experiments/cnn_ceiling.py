@@ -116,7 +116,7 @@ class _Volumes:
 def run(args: argparse.Namespace) -> Path:
     import torch
 
-    from engine.findings import LABELS
+    from engine.labels import LABELS
     from engine.preprocess import get_spec
 
     torch.set_num_threads(args.threads)

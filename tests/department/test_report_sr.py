@@ -13,8 +13,8 @@ import pydicom
 import pytest
 
 from engine.cli import main
-from engine.findings import LABELS
 from engine.io import write_nifti
+from engine.labels import LABELS
 from engine.report_sr import SCHEME
 from tests.engine.library_fakes import make_volume
 from tests.engine.tiny_bundle import tiny_bundle_path

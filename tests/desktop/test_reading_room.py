@@ -93,7 +93,7 @@ def test_opened_from_the_dialog_and_added_to_the_library_shows_at_once(qtbot, wi
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", staticmethod(lambda *a, **k: str(folder)))
     settle(qtbot, window)
     with qtbot.waitSignal(window.findingsShown, timeout=TIMEOUT_MS):
-        window.studies._choose_folder()
+        window.studies.choose_folder()
 
     def entries():
         return [window.studies.list.item(i) for i in range(window.studies.list.count())

@@ -713,7 +713,7 @@ def _truncated_library(tmp: Path) -> Path:
 
 
 def _corrupt_vectors(tmp: Path) -> Path:
-    from engine.library_store import connect
+    from engine.library.store import connect
     from engine.weights.bundle import load_bundle
 
     from .tiny_bundle import tiny_bundle_path
@@ -721,8 +721,8 @@ def _corrupt_vectors(tmp: Path) -> Path:
     b = load_bundle(tiny_bundle_path(), check_hashes=False, check_backbone=False)
     from engine.library import Library
 
-    lib = Library(tmp / "lib", bundle_hash=b.hash, dim=int(b.manifest["space"]["dim"]))
-    lib.add_study(chest(), np.ones(int(b.manifest["space"]["dim"]), np.float32))
+    lib = Library(tmp / "lib", bundle_hash=b.hash, dim=b.manifest.space_dim)
+    lib.add_study(chest(), np.ones(b.manifest.space_dim, np.float32))
     lib.close()
     conn = connect(tmp / "lib" / "library.sqlite")
     conn.execute("UPDATE vectors SET vector = x'0011'")

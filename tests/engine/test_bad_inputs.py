@@ -336,14 +336,14 @@ def test_unexpected_errors_become_one_line(tmp_path, capsys, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("something\nbroke")
 
-    monkeypatch.setattr(info, "list_series", boom)
+    monkeypatch.setattr(info, "open_study", boom)
     code, out, err = _run_in_process([str(tmp_path)], capsys)
     assert code == 2
     assert err == f"speechct: error: {tmp_path}: cannot be read (RuntimeError: something broke)\n"
 
 
 def test_os_errors_from_a_reader_name_the_file(tmp_path, capsys, monkeypatch):
-    import engine.io as io
+    import engine.io.dicom as dicom
 
     _dicom_folder(tmp_path)
     bad = str(tmp_path / "series" / "0001-00002.dcm")
@@ -351,7 +351,7 @@ def test_os_errors_from_a_reader_name_the_file(tmp_path, capsys, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", bad)
 
-    monkeypatch.setattr(io, "_read_dicom", denied)
+    monkeypatch.setattr(dicom, "read_dicom_series", denied)
     code, _, err = _run_in_process([str(tmp_path / "series")], capsys)
     assert code == 2
     assert err == f"speechct: error: {bad}: cannot be read (Permission denied)\n"

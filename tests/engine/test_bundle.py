@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from engine.errors import BundleError, SpeechCTWarning, WeightsError
-from engine.findings import LABELS
+from engine.labels import LABELS
 from engine.weights import bundle as bundle_mod
-from engine.weights.bundle import BUNDLE_SCHEMA, load_bundle, manifest_hash, save_bundle
+from engine.weights.bundle import load_bundle, save_bundle
+from engine.weights.manifest import BUNDLE_SCHEMA, manifest_hash
 
 torch.set_num_threads(1)
 
@@ -52,7 +53,7 @@ def make_manifest() -> dict:
         "thresholds": {"method": "roc-corner on valid", "values": {labels[0]: 0.42}},
         "dictation_head": {
             "labels": labels,
-            "classes": ["absent", "present", "not mentioned"],
+            "classes": ["present", "absent", "not mentioned"],
             "group": "dictation_head",
         },
         "provenance": {"data": "synthetic", "seeds": [0], "commit": "deadbeef", "timings": {"train_s": 1.5}},
@@ -119,9 +120,9 @@ def test_round_trip_is_bit_exact(bundle_dir):
         fresh["embeddings"], tensors["prompts"]["embeddings"]
     )
     manifest = make_manifest()
-    assert {k: v for k, v in bundle.manifest.items() if k not in ("files", "schema")} == manifest
-    assert bundle.manifest["schema"] == BUNDLE_SCHEMA
-    assert set(bundle.manifest["files"]) == {f"{g}.safetensors" for g in tensors}
+    assert {k: v for k, v in bundle.manifest.raw.items() if k not in ("files", "schema")} == manifest
+    assert bundle.manifest.schema == BUNDLE_SCHEMA
+    assert set(bundle.manifest.files) == {f"{g}.safetensors" for g in tensors}
     assert not any(p.name.startswith(".") for p in bundle_dir.parent.iterdir())  # no staging folder left
     assert not list(bundle_dir.glob("*.pt"))
 
@@ -360,7 +361,7 @@ def test_bundle_info_text(cli, bundle_dir, capsys):
         "auroc",
         "0.71",
         "roc-corner on valid",
-        "18 labels x 3 classes (absent, present, not mentioned) in group dictation_head",
+        "18 labels x 3 classes (present, absent, not mentioned) in group dictation_head",
     ):
         assert expected in out, expected
 
@@ -418,7 +419,7 @@ def test_manifest_sections_from_the_real_configs(tmp_path):
     """The speech and text sections built from the engine's own config objects validate and round-trip."""
     from engine.models.speech import SpeechStudentConfig
     from engine.models.text import TextTowerConfig
-    from engine.weights.bundle import speech_entry
+    from engine.weights.manifest import speech_entry
 
     speech_cfg = SpeechStudentConfig()
     manifest = make_manifest()
@@ -430,7 +431,7 @@ def test_manifest_sections_from_the_real_configs(tmp_path):
         save_bundle(tmp_path / "b", manifest=manifest, tensors=make_tensors()),
         resolve_backbone=fake_resolver(),
     )
-    assert SpeechStudentConfig.from_dict(bundle.manifest["speech"]["config"]) == speech_cfg
-    assert TextTowerConfig.from_dict(bundle.manifest["text"]["config"]) == text_cfg
+    assert SpeechStudentConfig.from_dict(bundle.manifest.speech.config) == speech_cfg
+    assert TextTowerConfig.from_dict(bundle.manifest.text.config) == text_cfg
     with pytest.raises(BundleError, match="speech config lacks backbone"):
         speech_entry({}, SHA)

@@ -71,8 +71,8 @@ def _library_state(folder: Path) -> tuple[int, str]:
 
 def _full_library(lib: Library) -> None:
     """SQLite's own 'database or disk is full': the file may not grow by a page."""
-    pages = lib._conn.execute("PRAGMA page_count").fetchone()[0]
-    lib._conn.execute(f"PRAGMA max_page_count = {pages}")
+    pages = lib._store._conn.execute("PRAGMA page_count").fetchone()[0]
+    lib._store._conn.execute(f"PRAGMA max_page_count = {pages}")
 
 
 def test_library_full_add_is_one_error_and_rolled_back(tmp_path):
@@ -93,7 +93,7 @@ def test_index_add_stops_at_a_full_library_with_one_line(tmp_path, capsys, monke
     monkeypatch.setenv("SPEECHCT_EMBEDDING_CACHE", str(tmp_path / "emb"))
     for i in range(4):  # big enough for the tiny bundle's 20 x 11.2 x 11.2 mm grid
         write_nifti(make_volume(i, (24, 40, 40)), tmp_path / "tree" / f"p{i}" / f"scan_{i}.nii.gz")
-    import engine.library as library_module
+    import engine.library.store as library_module
 
     def full(*args, **kwargs):  # what SQLite says when a page cannot be written
         raise sqlite3.OperationalError("database or disk is full")

@@ -1,5 +1,5 @@
 """engine.findings: zero-shot probabilities (CT-CLIP's protocol), prompt banks, ranking,
-dictation findings and discrepancies, RAD-ChestCT 16-label mapping."""
+dictation findings and discrepancies."""
 
 from __future__ import annotations
 
@@ -10,20 +10,16 @@ import pytest
 import torch
 
 from engine.findings import (
-    DICTATION_CLASSES,
-    LABELS,
     DictationFinding,
     FindingScore,
     PromptBank,
     average_prompt_voices,
     dictation_findings,
     discrepancies,
-    prompt_pair,
-    rad_chestct_labels,
     rank_findings,
-    to_rad_chestct,
     zero_shot_probabilities,
 )
+from engine.labels import DICTATION_CLASSES, LABELS, prompt_pair
 
 torch.set_num_threads(1)
 
@@ -144,7 +140,7 @@ def test_dictation_findings_four_states():
 
 
 def test_dictation_findings_legacy_three_states():
-    from engine.findings import LEGACY_DICTATION_CLASSES
+    from engine.labels import LEGACY_DICTATION_CLASSES
 
     logits = torch.full((len(LABELS), 3), -5.0)
     logits[:, 1] = 5.0
@@ -182,20 +178,6 @@ def test_discrepancies_kinds_and_order():
     assert "G" not in [x.label for x in sure]
 
 
-def test_rad_chestct_sixteen():
-    names = rad_chestct_labels()
-    assert len(names) == 16 and names[1] == "Calcification"
-    assert "Mosaic attenuation pattern" not in names and "Coronary artery wall calcification" not in names
-    x = np.arange(18 * 2, dtype=float).reshape(2, 18)
-    x[0, 4] = 100.0  # coronary larger than arterial in row 0
-    y = to_rad_chestct(x)
-    assert y.shape == (2, 16)
-    assert y[0, 1] == 100.0 and y[1, 1] == x[1, 4]
-    assert y[0, 0] == x[0, 0] and y[0, 2] == x[0, 2] and y[0, 3] == x[0, 3] and y[0, 4] == x[0, 5]
-    assert list(y[0, 12:]) == list(x[0, 14:])  # mosaic (13) gone
-    torch.testing.assert_close(to_rad_chestct(torch.tensor(x)), torch.tensor(y))
-
-
 def test_weak_findings_are_carried_and_left_unchecked():
     from engine.findings import (
         DictationFinding,
@@ -230,9 +212,10 @@ def test_gate_reads_the_lower_ci_bound_of_a_bundle(tmp_path):
     point estimate (0.82) clears the 0.75 bar, its lower bound (0.70) does not, so the engine leaves it
     unchecked; ``bundle-info`` says which statistic the bundle carries."""
     from engine.commands.bundle_info import bundle_summary, format_summary
-    from engine.findings import RELIABLE_AUROC, auroc_statistic
+    from engine.findings import RELIABLE_AUROC
     from engine.runtime import Engine
     from engine.weights.bundle import load_bundle
+    from engine.weights.manifest import auroc_statistic
     from tests.engine.tiny_bundle import embedding
 
     point = {label: 0.9 for label in LABELS}
@@ -248,14 +231,14 @@ def test_gate_reads_the_lower_ci_bound_of_a_bundle(tmp_path):
     assert by["Lung nodule"].auroc == 0.70 and by["Lung nodule"].positive and point["Lung nodule"] >= RELIABLE_AUROC
     assert [(d.kind, d.label) for d in engine.discrepancies(ct, speech)] == [("negated", "Emphysema")]
     bundle = load_bundle(path)
-    assert auroc_statistic(bundle.manifest["thresholds"]) == "ci_lower"
+    assert auroc_statistic(bundle.manifest.raw["thresholds"]) == "ci_lower" == bundle.manifest.auroc_statistic
     summary = bundle_summary(bundle)
     assert summary["thresholds"]["auroc"] == {"statistic": "ci_lower", "describes": "lower bound of the bootstrap CI",
                                               "level": 0.95, "n_boot": 1000}
     assert "lower bound of its 95 % bootstrap CI, 1000 draws" in format_summary(summary)
 
     old = load_bundle(_bundle_with_gate(tmp_path / "old", {}))  # point estimates only, no statistic named
-    assert auroc_statistic(old.manifest["thresholds"]) == "point"
+    assert auroc_statistic(old.manifest.raw["thresholds"]) == "point" == old.manifest.auroc_statistic
     old_summary = bundle_summary(old)
     assert old_summary["thresholds"]["auroc"]["statistic"] == "point"
     assert "as the point estimate" in format_summary(old_summary)

@@ -13,7 +13,8 @@ import pytest
 
 from engine.errors import DataError, SpeechCTWarning
 from engine.library import Library, query_uids, study_key
-from engine.vector_index import ExactIndex, FaissIndex, faiss_available, top_k
+from engine.library.ingest import import_tree, rebuild
+from engine.library.vectors import ExactIndex, FaissIndex, faiss_available, top_k
 from tests.engine.library_fakes import DIM, FakeEncoder, make_volume, random_unit, write_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,7 +183,7 @@ def test_bundle_hash_mismatch_and_rebuild(tmp_path):
     tree = tmp_path / "tree"
     write_tree(tree, 3, 1, bad=False)
     lib = _lib(tmp_path)
-    report = lib.import_tree(tree, FakeEncoder(), progress=False)
+    report = import_tree(lib, tree, FakeEncoder(), progress=False)
     assert len(report.added) == 4 and not lib.needs_rebuild
     lib.close()
     with pytest.warns(SpeechCTWarning, match="built with model bundle bundle-a"):
@@ -196,7 +197,7 @@ def test_bundle_hash_mismatch_and_rebuild(tmp_path):
     gone = next(r for r in other.list() if r.format == "nifti")
     Path(gone.path).unlink()
     new_encoder = FakeEncoder(seed=99)
-    rebuilt = other.rebuild(new_encoder, progress=False)
+    rebuilt = rebuild(other, new_encoder, progress=False)
     assert len(rebuilt.re_embedded) == 3 and [u for u, _ in rebuilt.failed] == [gone.uid]
     assert other.built_with == "bundle-b" and other.stale_count == 1 and other.needs_rebuild
     assert "left out of searches" in other.rebuild_message
@@ -222,7 +223,7 @@ def test_float16_storage(tmp_path):
     lib = _lib(tmp_path, dtype="float16")
     for i in range(50):
         lib.add_study(_volume(i, f"9.{i}"), vecs[i])
-    blob_bytes = lib._conn.execute("SELECT dtype, length(vector) FROM vectors LIMIT 1").fetchone()
+    blob_bytes = lib._store._conn.execute("SELECT dtype, length(vector) FROM vectors LIMIT 1").fetchone()
     assert blob_bytes == ("float16", 2 * DIM)
     q = random_unit(1, DIM, 10)[0]
     hits = lib.search(q, k=10)
@@ -304,7 +305,7 @@ def test_import_tree_reports_and_resumes(tmp_path):
     (tree / "patient_000" / "bogus.dcm").write_text("not dicom")
     lib = _lib(tmp_path)
     enc = FakeEncoder()
-    report = lib.import_tree(tree, enc, progress=False)
+    report = import_tree(lib, tree, enc, progress=False)
     assert len(report.added) == 5 and len(lib) == 5 and enc.calls == 5
     failed = dict(report.failed)
     assert set(failed) == {
@@ -313,13 +314,13 @@ def test_import_tree_reports_and_resumes(tmp_path):
     }
     assert all("\n" not in r and r for r in failed.values())
     assert report.ignored_files == 1
-    again = lib.import_tree(tree, enc, progress=False)
+    again = import_tree(lib, tree, enc, progress=False)
     assert again.added == [] and len(again.already) == 5 and enc.calls == 5
     # a copy of a NIfTI file elsewhere is the same study (content hash): not added, not re-encoded
     import shutil
 
     shutil.copy(tree / "patient_001" / "scan_1.nii.gz", tree / "patient_002" / "copy.nii.gz")
-    third = lib.import_tree(tree, enc, progress=False)
+    third = import_tree(lib, tree, enc, progress=False)
     assert third.added == [] and len(third.already) == 6 and enc.calls == 5 and len(lib) == 5
     recs = {r.format for r in lib.list()}
     assert recs == {"nifti", "dicom"}
@@ -340,9 +341,9 @@ def test_default_location_is_user_data_dir(tmp_path, monkeypatch):
     assert (
         lib.folder == tmp_path / "xdg" / "speechct" / "library" and (lib.folder / "library.sqlite").exists()
     )
-    journal = lib._conn.execute("PRAGMA journal_mode").fetchone()[0]
+    journal = lib._store._conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert journal == "wal"
-    assert {r[1] for r in lib._conn.execute("PRAGMA table_info(studies)")}.isdisjoint(
+    assert {r[1] for r in lib._store._conn.execute("PRAGMA table_info(studies)")}.isdisjoint(
         {"patient_name", "patient_id", "birth_date"}
     )
 
@@ -351,7 +352,7 @@ def test_rebuild_interrupted_resumes(tmp_path):
     tree = tmp_path / "tree"
     write_tree(tree, 4, 0, bad=False)
     lib = _lib(tmp_path)
-    lib.import_tree(tree, FakeEncoder(), progress=False)
+    import_tree(lib, tree, FakeEncoder(), progress=False)
     lib.close()
 
     class Interrupting(FakeEncoder):
@@ -363,11 +364,11 @@ def test_rebuild_interrupted_resumes(tmp_path):
     with pytest.warns(SpeechCTWarning):
         lib = _lib(tmp_path, bundle_hash="bundle-b")
     with pytest.raises(KeyboardInterrupt):
-        lib.rebuild(Interrupting(seed=5), progress=False)
+        rebuild(lib, Interrupting(seed=5), progress=False)
     assert lib.built_with == "bundle-a" and lib.stale_count == 2  # two done, committed one by one
     with pytest.raises(DataError):
         lib.search(random_unit(1, DIM, 0)[0])
     enc = FakeEncoder(seed=5)
-    report = lib.rebuild(enc, progress=False)
+    report = rebuild(lib, enc, progress=False)
     assert len(report.re_embedded) == 2 and enc.calls == 2 and not lib.needs_rebuild
     assert len(lib.search(random_unit(1, DIM, 0)[0], k=10)) == 4

@@ -34,9 +34,10 @@ def _importer(tree: Path, lib_dir: Path, delay: float = 0.0) -> subprocess.Popen
         f"""
         import json
         from engine.library import Library
+        from engine.library.ingest import import_tree
         from tests.engine.library_fakes import DIM, FakeEncoder
         lib = Library({str(lib_dir)!r}, bundle_hash="bundle-a", dim=DIM, backend="numpy")
-        report = lib.import_tree({str(tree)!r}, FakeEncoder(delay={delay}), progress=False)
+        report = import_tree(lib, {str(tree)!r}, FakeEncoder(delay={delay}), progress=False)
         print(json.dumps({{"added": len(report.added), "already": len(report.already),
                           "failed": report.failed}}), flush=True)
         """

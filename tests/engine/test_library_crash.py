@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.library import Library
+from engine.library.ingest import import_tree
 from tests.engine.library_fakes import DIM, FakeEncoder, write_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,9 +26,10 @@ def _importer(tree: Path, lib_dir: Path, delay: float) -> subprocess.Popen:
     script = textwrap.dedent(
         f"""
         from engine.library import Library
+        from engine.library.ingest import import_tree
         from tests.engine.library_fakes import DIM, FakeEncoder
         lib = Library({str(lib_dir)!r}, bundle_hash="bundle-a", dim=DIM, backend="numpy")
-        lib.import_tree({str(tree)!r}, FakeEncoder(delay={delay}), progress=False)
+        import_tree(lib, {str(tree)!r}, FakeEncoder(delay={delay}), progress=False)
         print("done", flush=True)
         """
     )
@@ -93,7 +95,7 @@ def _resume_and_check(tree: Path, lib_dir: Path, before: int) -> None:
     lib = Library(lib_dir, bundle_hash="bundle-a", dim=DIM, backend="numpy")
     assert len(lib) == before and len(lib.search(FakeEncoder()(_any_volume(tree)), k=TOTAL)) == before
     enc = FakeEncoder()
-    report = lib.import_tree(tree, enc, progress=False)
+    report = import_tree(lib, tree, enc, progress=False)
     assert len(report.already) == before and len(report.added) == TOTAL - before == enc.calls
     assert len(report.failed) == 1  # the broken file, every run
     assert len(lib) == TOTAL and assert_consistent(lib_dir / "library.sqlite") == TOTAL

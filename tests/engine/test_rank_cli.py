@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.findings import LABELS
+from engine.labels import LABELS
 
 from .tiny_bundle import tiny_bundle_path
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from engine.errors import AudioError, BundleError, SpeechCTError
-from engine.findings import LABELS
+from engine.labels import LABELS
 from engine.offline import OFFLINE_ENV
 from engine.runtime import ANALYSIS_SCHEMA, Engine, choose_device
 from engine.volume import Volume
@@ -277,3 +277,24 @@ def test_a_frame_dictation_head_reads_the_same_pass_frames(tmp_path):
         eng.dictation(emb)
     with pytest.raises(SpeechCTError, match=r"\[frames, width\]"):
         eng.dictation(emb, np.zeros(512, np.float32))
+
+
+def test_index_study_is_the_one_way_to_add_a_study_with_its_dictation(tmp_path):
+    """``Engine.index_study``: the CLI's and the app's path. A dictation (file or waveform) is checked for
+    speech before anything is added, encoded once, and stored with the study; the sample layout pairs
+    ``dictation.wav`` with the DICOM folder beside it."""
+    from engine.audio import load_audio
+    from engine.library.ingest import dictation_beside
+    from engine.speech_presence import NoSpeechError
+
+    eng = Engine(tiny_bundle_path(), library=tmp_path / "lib", cache_dir=False, device="cpu")
+    with pytest.raises(NoSpeechError):
+        eng.index_study(phantom(1, "1.2.3.1"), (np.zeros(16000, np.float32), 16000), dictation_path="silence.wav")
+    assert len(eng.library) == 0  # nothing added from silence
+    rec = eng.index_study(phantom(2, "1.2.3.2"), SAMPLE_WAV)
+    assert rec.has_dictation and rec.dictation_path == str(SAMPLE_WAV.resolve())
+    rec = eng.index_study(phantom(3, "1.2.3.3"), (load_audio(SAMPLE_WAV), 16000), dictation_path=SAMPLE_WAV)
+    assert rec.has_dictation and len(eng.library) == 2
+    assert eng.index_study(phantom(4, "1.2.3.4")).has_dictation is False
+    assert dictation_beside(SAMPLE_WAV.parent / "dicom") == SAMPLE_WAV
+    assert dictation_beside(tmp_path / "nowhere" / "dicom") is None

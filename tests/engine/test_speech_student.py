@@ -20,6 +20,7 @@ from engine.models.speech import (
     load_speech_config,
     pool_frames,
 )
+from engine.weights.factory import speech_student_from_backbone
 
 torch.set_num_threads(1)
 
@@ -213,7 +214,7 @@ def test_shipped_configs_load_and_round_trip(tmp_path):
 @pytest.fixture(scope="module")
 def real_student(tmp_path_factory):
     config = load_speech_config("whisper-base-top2")
-    return SpeechStudent.from_backbone(config, cache_dir=tmp_path_factory.mktemp("cache")).eval()
+    return speech_student_from_backbone(config, cache_dir=tmp_path_factory.mktemp("cache")).eval()
 
 
 def _espeak(text: str) -> np.ndarray:

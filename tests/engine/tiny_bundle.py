@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.findings import LABELS, prompt_pair
+from engine.labels import CLASS_SETS, LABELS, prompt_pair
 from engine.models.ct import CTEncoder
 from engine.models.ct_config import CTEncoderConfig
-from engine.models.dictation import CLASS_SETS, DictationHead, DictationHeadConfig
-from engine.weights.bundle import save_bundle, speech_entry
+from engine.models.dictation import DictationHead, DictationHeadConfig
+from engine.weights.bundle import save_bundle
+from engine.weights.manifest import speech_entry
 
 DIM = 64
 LOGIT_SCALE = 10.0

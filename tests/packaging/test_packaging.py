@@ -136,7 +136,7 @@ def test_excludes_keep_what_the_app_imports():
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
-    # faiss is an optional, lazily probed backend (engine.vector_index.faiss_available)
+    # faiss is an optional, lazily probed backend (engine.library.vectors.faiss_available)
     clash = (imported & set(bundle_contents.EXCLUDES)) - {"faiss"}
     assert not clash
     # imported by torch itself at `import torch` (torch.utils.checkpoint): a bundle without it cannot start

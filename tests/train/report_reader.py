@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 
 # regexes per finding (lower-case text); order does not matter, each is tested on its own
 SYNONYMS: dict[str, list[str]] = {

@@ -21,7 +21,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.findings import LABELS, prompt_pair, zero_shot_probabilities
+from engine.findings import zero_shot_probabilities
+from engine.labels import LABELS, prompt_pair
 from tests.engine.ctclip_fixture import FIXTURES, needs_fixture, tiny_config
 from train.cli import main as train_main
 

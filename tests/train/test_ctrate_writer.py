@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from engine.errors import SpeechCTWarning
-from engine.findings import LABELS
 from engine.io import load_volume
 from engine.io.nifti import read_nifti
+from engine.labels import LABELS
 from train.synth.ctrate import plan_dataset, write_ctrate
 
 

@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 
 from engine.errors import AudioError, DataError, SpeechCTWarning
-from engine.findings import LABELS
 from engine.io.nifti import read_nifti
+from engine.labels import LABELS
 from train.data import (
     CTRateDataset,
     CTRateIndex,

@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pytest
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from engine.runtime import Engine, default_bundle_path
 from train.synth.ctrate import plan_dataset
 from train.synth.phantom import make_phantom
@@ -112,7 +112,7 @@ def test_default_bundle_hears_fresh_dictations_in_held_out_voices():
 
     engine = Engine(device="cpu", cache_dir=False)
     assert engine.has_dictation_head
-    if tuple(engine.bundle.manifest["dictation_head"]["classes"]) != CLASSES:
+    if engine.bundle.manifest.dictation_head.classes != CLASSES:
         pytest.skip("the installed bundle's dictation head has three states: it predates the report grammar "
                     "(retrain with make bundle)")
     plans = [p for p in plan_dataset(40, 0, FRESH_SEED + 1) if p.split == "train"][:24]

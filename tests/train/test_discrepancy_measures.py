@@ -4,7 +4,7 @@ and precision / recall of shown discrepancies against the planted slips."""
 import numpy as np
 import pytest
 
-from engine.findings import DICTATION_CLASSES
+from engine.labels import DICTATION_CLASSES
 from train.metrics import discrepancy_measures
 
 P, U, A, N = (DICTATION_CLASSES.index(c) for c in ("present", "uncertain", "absent", "not mentioned"))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.findings import LABELS, prompt_pair
+from engine.labels import LABELS, prompt_pair
 from engine.preprocess import PreprocessSpec
 from train import evaluate as E
 from train.cascade import run_cascade
@@ -336,9 +336,11 @@ def test_models_from_bundle_with_whisper_base(tmp_path, kind):
         FrameDictationHead,
         FrameDictationHeadConfig,
     )
-    from engine.models.speech import SpeechStudent, load_speech_config
+    from engine.models.speech import load_speech_config
     from engine.models.text import create_text_tower
-    from engine.weights.bundle import save_bundle, speech_entry
+    from engine.weights.bundle import save_bundle
+    from engine.weights.factory import speech_student_from_backbone
+    from engine.weights.manifest import speech_entry
     from train.recipes import load_run_config, prompt_texts
 
     torch.set_num_threads(1)
@@ -347,7 +349,7 @@ def test_models_from_bundle_with_whisper_base(tmp_path, kind):
     text = create_text_tower("minilm", latent_dim=64)
     sc = load_speech_config("whisper-base-top2")
     sc.latent_dim = 64
-    student = SpeechStudent.from_backbone(sc)
+    student = speech_student_from_backbone(sc)
     head = (DictationHead(DictationHeadConfig(dim=64, hidden=0)) if kind == "embedding" else
             FrameDictationHead(FrameDictationHeadConfig(dim=512, hidden=16, heads=2)))
     with torch.no_grad():
@@ -493,6 +495,20 @@ def test_cnn_ceiling_script_on_tiny_data(tmp_path):
                              E.EvalConfig(n_boot=20))
     nodule = got["per_finding"]["Lung nodule"]
     assert 0 <= nodule["auroc"] <= 1 and nodule["positives"] == 3
+
+
+def test_models_from_bundle_builds_every_part_through_the_engine_factory(monkeypatch):
+    """One bundle loader: the evaluation stored in a bundle is measured on the parts the product builds."""
+    from engine.weights import factory
+    from tests.engine.tiny_bundle import tiny_bundle_path
+
+    built = []
+    parts = dict(factory.PARTS)
+    for name, builder in parts.items():
+        monkeypatch.setitem(factory.PARTS, name, lambda b, _n=name, _f=builder, **kw: built.append(_n) or _f(b, **kw))
+    models = E.models_from_bundle(tiny_bundle_path())
+    assert set(built) == {"spec", "ct", "text", "prompts", "speech", "dictation"}
+    assert models.labels == tuple(LABELS) and "distilled" in models.speech
 
 
 def test_transcript_reader_is_scored_on_the_cascade_transcripts(world, tmp_path, monkeypatch):

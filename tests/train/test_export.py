@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from engine.findings import LABELS, prompt_pair
+from engine.labels import LABELS, prompt_pair
 from engine.models.ct import CTEncoder
 from engine.models.ct_config import CTEncoderConfig
 from engine.models.dictation import CLASSES, DictationHead, DictationHeadConfig
@@ -89,6 +89,11 @@ def test_bundle_round_trip(bundle_dir):
     assert {"data", "seeds", "commit", "timings_s"} <= set(prov)
     assert "monitors" in manifest["evaluation"] or manifest.get("thresholds")
     assert sum(p.stat().st_size for p in path.iterdir()) < MAX_BUNDLE_BYTES
+    card = (path / "README.md").read_text()  # the model card, written from this manifest
+    for section in ("## Intended use", "**Not a medical device.**", "## Training data", "## Evaluation",
+                    "## Limitations"):
+        assert section in card, section
+    assert f"{prov['n_train']} training" in card and str(prov["commit"]) in card
 
 
 def test_export_refuses_a_student_of_another_teacher(bundle_dir, tmp_path):
@@ -111,8 +116,8 @@ def test_export_of_a_frame_dictation_head(bundle_dir):
     feeds it from the bundle alone."""
     import numpy as np
 
-    from engine.model_loading import build_dictation_head
     from engine.models.dictation import FrameDictationHead
+    from engine.weights.factory import build_dictation_head
 
     path, student, _ = bundle_dir
     run = path.parent / "run"

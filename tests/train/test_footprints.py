@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from engine.models.ct import CTEncoder, CTEncoderConfig
 from engine.preprocess import get_spec, prepare_ct
 from engine.volume import Volume

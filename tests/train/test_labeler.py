@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.errors import DataError
-from engine.findings import DICTATION_CLASSES, LABELS
+from engine.labels import DICTATION_CLASSES, LABELS
 from train.labeler import label_report, training_lexicon
 from train.synth.cohort import sample_cohort
 from train.synth.reports import sample_details, write_report

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, auc, confusion_matrix, f1_score, precision_score, roc_curve
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from train.metrics import ZeroShotConfig, zero_shot_metrics
 
 #: Six findings keep CT-CLIP's slow confusion_matrix loop (100 calls per finding) quick.

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_score, roc_auc_score
 
-from engine.findings import DICTATION_CLASSES, LABELS
+from engine.labels import DICTATION_CLASSES, LABELS
 from train import metrics as M
+from train.rad_chestct import rad_chestct_labels, to_rad_chestct
 
 
 def _data(n=60, L=4, seed=0, signal=1.5):
@@ -285,3 +287,26 @@ def test_linear_probe_is_cross_validated():
     oof = M.linear_probe_scores(x[:, :16], y, folds=5, seed=0)
     assert M.auroc_with_ci(oof, y, LABELS[:4], n_boot=0)["per_finding"][LABELS[0]]["auroc"] == pytest.approx(
         roc_auc_score(y[:, 0], oof[:, 0]))
+
+
+def test_rad_chestct_sixteen():
+    names = rad_chestct_labels()
+    assert len(names) == 16 and names[1] == "Calcification"
+    assert "Mosaic attenuation pattern" not in names and "Coronary artery wall calcification" not in names
+    x = np.arange(18 * 2, dtype=float).reshape(2, 18)
+    x[0, 4] = 100.0  # coronary larger than arterial in row 0
+    y = to_rad_chestct(x)
+    assert y.shape == (2, 16)
+    assert y[0, 1] == 100.0 and y[1, 1] == x[1, 4]
+    assert y[0, 0] == x[0, 0] and y[0, 2] == x[0, 2] and y[0, 3] == x[0, 3] and y[0, 4] == x[0, 5]
+    assert list(y[0, 12:]) == list(x[0, 14:])  # mosaic (13) gone
+    torch.testing.assert_close(to_rad_chestct(torch.tensor(x)), torch.tensor(y))
+
+
+def test_the_training_monitor_reads_the_one_recall_at_k():
+    from train.recipes import recall_at_k as monitor
+
+    g = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    q = g + 0.5 * torch.randn(12, 8, generator=torch.Generator().manual_seed(1))
+    want = M.recall_at_k(q.numpy(), g.numpy(), ks=(1, 5, 10))["k"]
+    assert monitor(q, g, ks=(1, 5, 10, 50)) == {f"R@{k}": want[k]["recall"] for k in (1, 5, 10)}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from tests.train.sep_stats import finding_stat
 from train.synth.phantom import SIZES, make_phantom
 

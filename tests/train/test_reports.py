@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from engine.findings import DICTATION_CLASSES, LABELS
+from engine.labels import DICTATION_CLASSES, LABELS
 from train.synth import grammar as G
 from train.synth.cohort import sample_cohort
 from train.synth.lexicon import FINDINGS

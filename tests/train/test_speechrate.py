@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from engine.errors import DataError
-from engine.findings import LABELS
+from engine.labels import LABELS
 from train.data import MANIFEST_COLUMNS, read_spoken_prompts
 from train.synth import augment as A
 from train.synth.augment import AugmentChoice, AugmentSpec

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import torch
 
-from engine.findings import DICTATION_CLASSES, LABELS
+from engine.labels import DICTATION_CLASSES, LABELS
 from train.recipes import load_run_config
 from train.text_reader import extra_training_reports, load_text_reader, read_texts, train_text_reader
 

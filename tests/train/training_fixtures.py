@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from engine.models.speech import SpeechStudent, SpeechStudentConfig
 
 SMOKE_CONFIG = Path(__file__).resolve().parents[2] / "train" / "configs" / "smoke.json"

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from engine.findings import LABELS
+    from engine.labels import LABELS
     from train.data import REPORTS_CSV, dataset_dir, read_csv_rows
     from train.labeler import label_report, training_lexicon
     from train.mentions import mentions_csv_bytes, mentions_path

@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from engine.findings import LABELS
+    from engine.labels import LABELS
     from train.synth.ctrate import write_ctrate
 
     if args.stats:

@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 
 #: Approximate share of CT-RATE training volumes with each label (CT-RATE paper, rounded).
 TARGET_PREVALENCE = {

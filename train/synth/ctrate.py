@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from train.footprints import footprint_path, write_footprints
 from train.mentions import MENTIONS_FILE, mentions_csv_bytes
 from train.synth.cohort import sample_cohort

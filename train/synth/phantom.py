@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from engine.volume import Volume
 from train.synth.anatomy import Landmarks, build_anatomy, sample_anatomy
 from train.synth.lesions import DRAW, PREPARE, Context, _details

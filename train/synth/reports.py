@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from train.synth import grammar as G
 from train.synth.lexicon import DISTRACTORS, MULTI_NORMALS, part_items
 

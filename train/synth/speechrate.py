@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -27,8 +26,9 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from engine.atomic import atomic_path, atomic_write
 from engine.errors import DataError
-from engine.findings import LABELS, prompt_pair
+from engine.labels import LABELS, prompt_pair
 from train.data import (
     MANIFEST_COLUMNS,
     REPORTS_CSV,
@@ -125,10 +125,8 @@ def fit_rate(text: str, rate_wpm: int, window_s: float | None) -> int:
 
 
 def _write_wav_atomic(path: Path, audio: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
 
 
 def _render(job: _Job) -> tuple[str, float]:
@@ -151,13 +149,10 @@ def _read_rows_tolerant(path: Path) -> list[dict[str, str]]:
 
 
 def _write_csv_atomic(path: Path, columns: tuple[str, ...], rows: Iterable[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _run_jobs(

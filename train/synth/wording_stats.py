@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from engine.findings import LABELS
+from engine.labels import LABELS
 from train.synth.grammar import ABSENT, PRESENT
 from train.synth.reports import WORDINGS, sample_details, write_report
 

@@ -43,7 +43,7 @@ SETS = {  # name: (wording, voices, kind, count)
 
 
 def _items(name: str, seed: int) -> list[dict]:
-    from engine.findings import LABELS
+    from engine.labels import LABELS
     from train.synth.cohort import sample_cohort
     from train.synth.reports import sample_details, write_report
 
@@ -154,7 +154,7 @@ def cmd_tokens(a) -> None:
 def _load(work: Path, source: str, name: str, limit: int | None = None):
     import torch
 
-    from engine.findings import DICTATION_CLASSES, LABELS
+    from engine.labels import DICTATION_CLASSES, LABELS
 
     rows = [r for r in _rows(work, name) if (work / source / name / f"{r['id']}.npy").exists()]
     if limit:
@@ -167,7 +167,7 @@ def _load(work: Path, source: str, name: str, limit: int | None = None):
 def _score(head, x, y) -> dict:
     import torch
 
-    from engine.findings import DICTATION_CLASSES, LABELS
+    from engine.labels import DICTATION_CLASSES, LABELS
     from engine.models.dictation import pad_utterances
     from train.metrics import dictation_f1
 
@@ -262,7 +262,7 @@ def cmd_sentemb(a) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     import engine.offline  # noqa: F401
-    from engine.findings import DICTATION_CLASSES, LABELS
+    from engine.labels import DICTATION_CLASSES, LABELS
     from engine.models.text import resolve_text_backbone
     from train.metrics import dictation_f1
 

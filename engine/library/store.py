@@ -26,16 +26,19 @@ metadata of :data:`engine.volume.SAFE_METADATA_KEYS`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
-from engine.volume import Volume
+from engine.errors import DataError
 
 SCHEMA_VERSION = 1
 DB_NAME = "library.sqlite"
@@ -167,7 +170,7 @@ class StudyRecord:
         return d
 
 
-def db_text(value):
+def db_text(value: Any) -> Any:
     """``value`` as SQLite can store it: a str that is not valid UTF-8 (a file name with undecodable
     bytes, which Python holds as surrogate escapes) goes in as its raw bytes, so it round-trips exactly
     and still matches itself in ``WHERE path = ?``; everything else unchanged."""
@@ -179,17 +182,17 @@ def db_text(value):
     return value
 
 
-def from_db(value):
+def from_db(value: Any) -> Any:
     """The inverse of :func:`db_text`."""
     return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 def record_from_row(row: tuple, has_dictation: bool) -> StudyRecord:
     """A StudyRecord from the ``_STUDY_COLUMNS`` values (spacing stored as three columns)."""
-    row = tuple(from_db(v) for v in row)
-    sz, sy, sx = row[10:13]
+    values: tuple[Any, ...] = tuple(from_db(v) for v in row)
+    sz, sy, sx = values[10:13]
     spacing = (sz, sy, sx) if sz is not None else None
-    return StudyRecord(*row[:10], spacing, *row[13:], has_dictation=has_dictation)
+    return StudyRecord(*values[:10], spacing, *values[13:], has_dictation=has_dictation)  # type: ignore[misc,call-arg]
 
 
 def select_records(
@@ -234,6 +237,7 @@ def insert_study(conn: sqlite3.Connection, rec: StudyRecord) -> int:
     cur = conn.execute(
         f"INSERT INTO studies ({_STUDY_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values
     )
+    assert cur.lastrowid is not None  # an INSERT always sets it
     return int(cur.lastrowid)
 
 
@@ -256,7 +260,7 @@ def put_vector(conn: sqlite3.Connection, study_id: int, kind: str, vector: np.nd
     )
 
 
-def decode_vectors(blobs: list[bytes], dtypes: list[str], dim: int, out_dtype: np.dtype) -> np.ndarray:
+def decode_vectors(blobs: list[bytes], dtypes: list[str], dim: int, out_dtype: npt.DTypeLike) -> np.ndarray:
     """Stack BLOBs (each ``dim`` little-endian values of its dtype) into one ``[n, dim]`` matrix.
 
     Raises ValueError when a BLOB does not hold exactly ``dim`` values (a corrupt file).
@@ -279,37 +283,191 @@ def decode_vectors(blobs: list[bytes], dtypes: list[str], dim: int, out_dtype: n
     return out
 
 
-def content_uid(volume: Volume) -> str:
-    """``"sha256:<hex>"`` of the voxels (dtype, shape, bytes) and spacing: the key of a series without a UID."""
-    arr = np.ascontiguousarray(volume.array)
-    digest = _geometry_digest(volume)
-    digest.update(memoryview(arr).cast("B"))
-    return "sha256:" + digest.hexdigest()
+class LibraryWriteError(DataError):
+    """The library file cannot be written (disk full, I/O error, locked): every further add would fail
+    too, so batch imports stop at the first one."""
 
 
-def _geometry_digest(volume: Volume):
-    """sha256 started with the voxels' dtype, shape and spacing (what the pixel bytes alone do not say)."""
-    arr = volume.array
-    return hashlib.sha256(f"{arr.dtype.str}|{arr.shape}|{tuple(round(s, 6) for s in volume.spacing)}|".encode())
+class StudyStore(Protocol):
+    """What :class:`engine.library.Library` needs from its storage: every read and write of study rows,
+    vectors and library metadata. :class:`SQLiteStore` is the embedded implementation; a department's
+    PostgreSQL (+ pgvector) backend implements the same methods (docs/design.md, "Storage interface").
+
+    Row ids are the store's integer keys; vectors go in and come out as ``[dim]`` arrays of the
+    library's dtype. Writes happen inside ``with store.transaction():`` (one atomic unit: all or
+    nothing, a storage failure raises :class:`LibraryWriteError`); reads may happen anywhere.
+    ``data_version()`` changes when another process commits, so in-memory indexes know to reload.
+    """
+
+    location: Path
+
+    def transaction(self) -> AbstractContextManager: ...
+    def close(self) -> None: ...
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, **values: object) -> None: ...
+    def count(self, *, stale_for: str | None = None) -> int: ...
+    def records(self) -> list[tuple[int, StudyRecord]]: ...
+    def records_by_ids(self, ids: Iterable[int]) -> dict[int, StudyRecord]: ...
+    def stale_records(self, bundle_hash: str) -> list[tuple[int, StudyRecord]]: ...
+    def find(self, ident: str) -> tuple[int, StudyRecord] | None: ...
+    def has_path(self, path: str) -> bool: ...
+    def row_of(self, uid: str) -> tuple[int, str] | None: ...
+    def insert(self, rec: StudyRecord) -> int: ...
+    def update(self, study_id: int, rec: StudyRecord, *, keep_dictation_path: bool) -> None: ...
+    def delete(self, study_id: int) -> None: ...
+    def set_bundle_hash(self, study_id: int, bundle_hash: str) -> None: ...
+    def dictation_path_of(self, study_id: int) -> str | None: ...
+    def put_vector(self, study_id: int, kind: str, vector: np.ndarray) -> None: ...
+    def drop_vector(self, study_id: int, kind: str) -> None: ...
+    def vector_of(self, study_id: int, kind: str, dim: int) -> np.ndarray | None: ...
+    def current_vectors(self, bundle_hash: str) -> list[tuple[int, str, str, bytes]]: ...
+    def ids_matching(self, idents: list) -> list[int]: ...
+    def data_version(self) -> int: ...
 
 
-def voxel_fingerprint(volume: Volume, samples: int = 1 << 20) -> str:
-    """A cheap content check: sha256 of dtype, shape, spacing and an evenly strided sample of at most
-    ``samples`` voxels (13 ms for a 300 x 512 x 512 CT here, against 130 ms to hash every voxel). It catches a series
-    rewritten under its old UID, which a UID-only key would answer from a stale cache."""
-    arr = volume.array.reshape(-1)
-    digest = _geometry_digest(volume)
-    digest.update(np.ascontiguousarray(arr[:: max(1, arr.size // samples)]).tobytes())
-    return digest.hexdigest()[:16]
+class _Txn:
+    """One write transaction. A database error (disk full, I/O error, locked too long) rolls it
+    back, so nothing half-written stays, and becomes a :class:`LibraryWriteError` naming the file."""
+
+    def __init__(self, conn: sqlite3.Connection, db_path: Path):
+        self.conn = conn
+        self.db_path = db_path
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+        except sqlite3.Error as exc:
+            raise LibraryWriteError(f"cannot write the study library ({exc})", self.db_path) from exc
+        return self.conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> Literal[False]:
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+                return False
+            except sqlite3.Error as commit_error:
+                exc = commit_error
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite already rolled back (it does on SQLITE_FULL)
+        if isinstance(exc, sqlite3.Error):
+            raise LibraryWriteError(f"cannot write the study library ({exc})", self.db_path) from exc
+        return False
 
 
-def study_key(volume: Volume, series: str | None = None) -> str:
-    """The dedupe key of ``volume``: ``series`` (a SeriesInfo uid) when given, else its SeriesInstanceUID,
-    else (NIfTI, or DICOM without a UID) a content hash of its voxels, so one image gets one row wherever
-    its file lives."""
-    if series and volume.metadata.get("format") != "nifti":
-        return series
-    uid = volume.metadata.get("series_uid")
-    if uid and volume.metadata.get("format") != "nifti":
-        return str(uid)
-    return content_uid(volume)
+class SQLiteStore:
+    """:class:`StudyStore` on one SQLite file (WAL): every SQL statement of the library is here."""
+
+    def __init__(self, db_path: Path):
+        self.location = Path(db_path)
+        self._conn = connect(self.location)
+
+    def transaction(self) -> _Txn:
+        return _Txn(self._conn, self.location)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, **values: object) -> None:
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(k, str(v)) for k, v in values.items()]
+        )
+
+    def count(self, *, stale_for: str | None = None) -> int:
+        """Studies; with ``stale_for``, those whose vectors come from another bundle than it."""
+        if stale_for is None:
+            return int(self._conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0])
+        q = "SELECT COUNT(*) FROM studies WHERE bundle_hash != ?"
+        return int(self._conn.execute(q, (stale_for,)).fetchone()[0])
+
+    def records(self) -> list[tuple[int, StudyRecord]]:
+        return select_records(self._conn)
+
+    def records_by_ids(self, ids: Iterable[int]) -> dict[int, StudyRecord]:
+        ids = [int(s) for s in ids]
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        return dict(select_records(self._conn, f"WHERE s.id IN ({marks})", tuple(ids)))
+
+    def stale_records(self, bundle_hash: str) -> list[tuple[int, StudyRecord]]:
+        return select_records(self._conn, "WHERE s.bundle_hash != ?", (bundle_hash,))
+
+    def find(self, ident: str) -> tuple[int, StudyRecord] | None:
+        """By uid, else SeriesInstanceUID, else stored path (the first match, in that order)."""
+        ident = db_text(str(ident))
+        for where in ("WHERE s.uid = ?", "WHERE s.series_uid = ?", "WHERE s.path = ?"):
+            found = select_records(self._conn, where, (ident,))
+            if found:
+                return found[0]
+        if Path(from_db(ident)).exists():
+            found = select_records(self._conn, "WHERE s.path = ?", (db_text(str(Path(from_db(ident)).resolve())),))
+            if found:
+                return found[0]
+        return None
+
+    def has_path(self, path: str) -> bool:
+        q = "SELECT 1 FROM studies WHERE path = ? LIMIT 1"
+        return self._conn.execute(q, (db_text(str(path)),)).fetchone() is not None
+
+    def row_of(self, uid: str) -> tuple[int, str] | None:
+        """(row id, added_at) of the study with this uid."""
+        row = self._conn.execute("SELECT id, added_at FROM studies WHERE uid = ?", (uid,)).fetchone()
+        return None if row is None else (int(row[0]), row[1])
+
+    def insert(self, rec: StudyRecord) -> int:
+        return insert_study(self._conn, rec)
+
+    def update(self, study_id: int, rec: StudyRecord, *, keep_dictation_path: bool) -> None:
+        update_study(self._conn, study_id, rec, keep_dictation_path=keep_dictation_path)
+
+    def delete(self, study_id: int) -> None:
+        self._conn.execute("DELETE FROM studies WHERE id = ?", (study_id,))  # vectors cascade
+
+    def set_bundle_hash(self, study_id: int, bundle_hash: str) -> None:
+        self._conn.execute("UPDATE studies SET bundle_hash = ? WHERE id = ?", (bundle_hash, study_id))
+
+    def dictation_path_of(self, study_id: int) -> str | None:
+        return self._conn.execute("SELECT dictation_path FROM studies WHERE id = ?", (study_id,)).fetchone()[0]
+
+    def put_vector(self, study_id: int, kind: str, vector: np.ndarray) -> None:
+        put_vector(self._conn, study_id, kind, vector)
+
+    def drop_vector(self, study_id: int, kind: str) -> None:
+        self._conn.execute("DELETE FROM vectors WHERE study_id = ? AND kind = ?", (study_id, kind))
+
+    def vector_of(self, study_id: int, kind: str, dim: int) -> np.ndarray | None:
+        row = self._conn.execute(
+            "SELECT dtype, vector FROM vectors WHERE study_id = ? AND kind = ?", (study_id, kind)
+        ).fetchone()
+        return None if row is None else decode_vectors([row[1]], [row[0]], dim, np.float32)[0]
+
+    def current_vectors(self, bundle_hash: str) -> list[tuple[int, str, str, bytes]]:
+        """(study id, kind, dtype, blob) of every vector made with ``bundle_hash``, by study id."""
+        return self._conn.execute(
+            "SELECT v.study_id, v.kind, v.dtype, v.vector FROM vectors v JOIN studies s ON s.id = v.study_id "
+            "WHERE s.bundle_hash = ? ORDER BY v.study_id",
+            (bundle_hash,),
+        ).fetchall()
+
+    def ids_matching(self, idents: list) -> list[int]:
+        """Ids of the studies whose uid, SeriesInstanceUID, StudyInstanceUID or path is one of ``idents``."""
+        idents = sorted({db_text(str(u)) for u in idents if u}, key=repr)
+        if not idents:
+            return []
+        marks = ", ".join("?" * len(idents))
+        rows = self._conn.execute(
+            f"SELECT id FROM studies WHERE uid IN ({marks}) OR series_uid IN ({marks}) "
+            f"OR study_uid IN ({marks}) OR path IN ({marks})",
+            idents * 4,
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def data_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])

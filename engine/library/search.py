@@ -1,9 +1,9 @@
 """The study library: studies already seen, with their embeddings, searchable by similarity.
 
 One folder (default ``platformdirs.user_data_dir("speechct")/library``) holding ``library.sqlite``
-(see :mod:`engine.library_store` for the schema and why vectors are SQLite BLOBs). The library takes
+(see :mod:`engine.library.store` for the schema and why vectors are SQLite BLOBs). The library takes
 *embeddings*, never models: callers (``engine.runtime.Engine``, the CLI, the app) encode and pass
-vectors, or pass an encoder callable to :meth:`Library.import_tree` / :meth:`Library.rebuild`.
+vectors, or pass an encoder callable to :func:`engine.library.ingest.import_tree` / :func:`~engine.library.ingest.rebuild`.
 
 Vectors are in the model's shared space, unit-normalised here, and compared by cosine. A query is
 one vector or a dict of named vectors; each query kind is compared with these library kinds
@@ -35,11 +35,11 @@ StudyInstanceUID or path matches, so all series of the query's study are left ou
 
 **Bundle hash.** The library records the bundle its vectors came from. Opened with another bundle
 it says so (a :class:`SpeechCTWarning`, ``needs_rebuild``, ``rebuild_message``), refuses to add or
-search, and :meth:`Library.rebuild` re-embeds every study from its stored path, one transaction per
+search, and :func:`engine.library.ingest.rebuild` re-embeds every study from its stored path, one transaction per
 study (resumable).
 
 **Backends.** ``"numpy"``: exact search over one contiguous matrix (float16 by default, float32 on
-request, see :mod:`engine.vector_index`). A query reads every stored vector, so search time is memory
+request, see :mod:`engine.library.vectors`). A query reads every stored vector, so search time is memory
 bandwidth: float16 halves it (1e5 × 512 here: 7.8 ms vs 15.5 ms) for top-10 agreement 0.996 with
 float32 (the misses are ties below float16's resolution). ``"faiss"``: a FAISS index over the same rows (flat = exact up to
 ``IVF_MIN_ROWS`` rows per kind, IVF above), whose candidates are re-scored exactly; combined
@@ -54,34 +54,29 @@ folder (SQLite WAL); a process sees another's commits at its next search.
 
 from __future__ import annotations
 
+import builtins
 import re
-import sqlite3
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engine.errors import DataError, SpeechCTError, SpeechCTWarning
-from engine.library_store import (
+from engine.library.store import (
     DB_NAME,
     VECTOR_KINDS,
     ForeignDatabase,
+    SQLiteStore,
     StudyRecord,
-    connect,
-    db_text,
+    StudyStore,
     decode_vectors,
-    from_db,
-    insert_study,
-    put_vector,
-    select_records,
-    study_key,
-    update_study,
     utc_now,
 )
-from engine.vector_index import IVF_MIN_ROWS, ExactIndex, FaissIndex, check_dtype, faiss_available, top_k
+from engine.library.vectors import IVF_MIN_ROWS, ExactIndex, FaissIndex, check_dtype, faiss_available, top_k
+from engine.study_identity import study_key
 from engine.volume import Volume
 
 __all__ = [
@@ -89,9 +84,7 @@ __all__ = [
     "QUERY_KINDS",
     "QUERY_TARGETS",
     "Hit",
-    "ImportReport",
     "Library",
-    "RebuildReport",
     "StudyRecord",
     "default_library_dir",
     "query_uids",
@@ -132,9 +125,10 @@ def check_library_location(path) -> None:
     raise DataError(f"a library must be a local folder, not a {scheme.group(1)}:// URL", text)
 
 
-def query_uids(volume: Volume, series: str | None = None) -> set[str]:
-    """Every identifier under which ``volume`` (a query study) may sit in a library: pass as ``exclude_uids``."""
-    ids = {study_key(volume, series)}
+def query_uids(volume: Volume, series: str | None = None, *, key: str | None = None) -> set[str]:
+    """Every identifier under which ``volume`` (a query study) may sit in a library: pass as ``exclude_uids``.
+    ``key``: the volume's :func:`study_key` when already known (it is not computed again)."""
+    ids = {study_key(volume, series)} if key is None else {key, *([series] if series else [])}
     for key in ("series_uid", "study_uid", "source"):
         if volume.metadata.get(key):
             ids.add(str(volume.metadata[key]))
@@ -151,36 +145,6 @@ class Hit:
 
     def to_json(self) -> dict:
         return {"score": self.score, "cosines": dict(self.cosines), "study": self.record.to_json()}
-
-
-@dataclass
-class ImportReport:
-    added: list[str] = field(default_factory=list)  # uids added by this run
-    already: list[str] = field(default_factory=list)  # uids (or NIfTI paths) found in the library and skipped
-    skipped: list[tuple[str, str]] = field(
-        default_factory=list
-    )  # (path, reason): readable but not a CT to add
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason): unreadable
-    warnings: list[str] = field(default_factory=list)  # reader warnings about studies that were added
-    ignored_files: int = 0  # files whose names and bytes say they are not images (CSV, JSON, ...)
-
-    def summary(self) -> str:
-        return (
-            f"{len(self.added)} added, {len(self.already)} already in the library, "
-            f"{len(self.skipped)} skipped, {len(self.failed)} unreadable"
-        )
-
-
-@dataclass
-class RebuildReport:
-    re_embedded: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (uid, reason): still stale, not searched
-    dictations_dropped: list[str] = field(default_factory=list)  # uids whose dictation vector was removed
-
-
-class LibraryWriteError(DataError):
-    """The library file cannot be written (disk full, I/O error, locked): every further add would fail
-    too, so batch imports stop at the first one."""
 
 
 class Library:
@@ -210,7 +174,7 @@ class Library:
         self._lock = threading.RLock()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._conn = connect(self.folder / DB_NAME)
+            self._store: StudyStore = SQLiteStore(self.folder / DB_NAME)
         except ForeignDatabase as exc:
             raise DataError(f"{exc}; refusing to use it as the study library (nothing was written)",
                             self.folder / DB_NAME) from exc
@@ -220,25 +184,22 @@ class Library:
             raise DataError(f"cannot open the study library ({exc})", self.folder / DB_NAME) from exc
         self._indexes: dict[str, ExactIndex] | None = None
         self._faiss: dict[str, FaissIndex] = {}
-        self._data_version = None
+        self._data_version: int | None = None
         self._init_meta()
         if self.needs_rebuild:
             warnings.warn(self.rebuild_message, SpeechCTWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ metadata and bundle hash
     def _meta(self, key: str) -> str | None:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        return self._store.get_meta(key)
 
     def _set_meta(self, **values) -> None:
-        self._conn.executemany(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(k, str(v)) for k, v in values.items()]
-        )
+        self._store.set_meta(**values)
 
     def _init_meta(self) -> None:
         with self._lock, self._transaction():
             built_with = self._meta("bundle_hash")
-            n = self._conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
+            n = self._store.count()
             if built_with is None or (built_with != self.bundle_hash and n == 0):
                 self._set_meta(bundle_hash=self.bundle_hash, dim=self.dim)
                 if self._meta("created_at") is None:
@@ -259,8 +220,7 @@ class Library:
     def stale_count(self) -> int:
         """Studies whose vectors come from another bundle (not searched until re-embedded)."""
         with self._lock:
-            q = "SELECT COUNT(*) FROM studies WHERE bundle_hash != ?"
-            return int(self._conn.execute(q, (self.bundle_hash,)).fetchone()[0])
+            return self._store.count(stale_for=self.bundle_hash)
 
     @property
     def needs_rebuild(self) -> bool:
@@ -286,43 +246,13 @@ class Library:
             raise DataError(self.rebuild_message)
 
     # ------------------------------------------------------------------ transactions
-    class _Txn:
-        """One write transaction. A database error (disk full, I/O error, locked too long) rolls it
-        back, so nothing half-written stays, and becomes a :class:`LibraryWriteError` naming the file."""
-
-        def __init__(self, conn, db_path: Path):
-            self.conn = conn
-            self.db_path = db_path
-
-        def __enter__(self):
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
-            except sqlite3.Error as exc:
-                raise LibraryWriteError(f"cannot write the study library ({exc})", self.db_path) from exc
-            return self.conn
-
-        def __exit__(self, exc_type, exc, tb):
-            if exc_type is None:
-                try:
-                    self.conn.execute("COMMIT")
-                    return False
-                except sqlite3.Error as commit_error:
-                    exc = commit_error
-            if self.conn.in_transaction:
-                try:
-                    self.conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass  # SQLite already rolled back (it does on SQLITE_FULL)
-            if isinstance(exc, sqlite3.Error):
-                raise LibraryWriteError(f"cannot write the study library ({exc})", self.db_path) from exc
-            return False
-
-    def _transaction(self) -> Library._Txn:
-        return Library._Txn(self._conn, self.folder / DB_NAME)
+    def _transaction(self):
+        """One write transaction of the store (all or nothing; a storage failure is a LibraryWriteError)."""
+        return self._store.transaction()
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._store.close()
 
     def __enter__(self) -> Library:
         return self
@@ -333,25 +263,16 @@ class Library:
     # ------------------------------------------------------------------ records
     def __len__(self) -> int:
         with self._lock:
-            return int(self._conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0])
+            return self._store.count()
 
     def list(self) -> list[StudyRecord]:
         """Every study, in the order they were added."""
         with self._lock:
-            return [rec for _, rec in select_records(self._conn)]
+            return [rec for _, rec in self._store.records()]
 
     def _find(self, ident: str) -> tuple[int, StudyRecord] | None:
         """By uid, else SeriesInstanceUID, else stored path (the first match, in that order)."""
-        ident = db_text(str(ident))
-        for where in ("WHERE s.uid = ?", "WHERE s.series_uid = ?", "WHERE s.path = ?"):
-            found = select_records(self._conn, where, (ident,))
-            if found:
-                return found[0]
-        if Path(from_db(ident)).exists():
-            found = select_records(self._conn, "WHERE s.path = ?", (db_text(str(Path(from_db(ident)).resolve())),))
-            if found:
-                return found[0]
-        return None
+        return self._store.find(ident)
 
     def get(self, uid: str) -> StudyRecord | None:
         """The study with this uid (or SeriesInstanceUID, or path), None when absent."""
@@ -364,8 +285,7 @@ class Library:
 
     def has_path(self, path: str | Path) -> bool:
         with self._lock:
-            q = "SELECT 1 FROM studies WHERE path = ? LIMIT 1"
-            return self._conn.execute(q, (db_text(str(Path(path).resolve())),)).fetchone() is not None
+            return self._store.has_path(str(Path(path).resolve()))
 
     def remove(self, uid: str) -> StudyRecord:
         """Remove one study and its vectors (one transaction); DataError when it is not there."""
@@ -375,7 +295,7 @@ class Library:
                 raise DataError(f"no study {uid!r} in the library", self.folder)
             sid, rec = found
             with self._transaction():
-                self._conn.execute("DELETE FROM studies WHERE id = ?", (sid,))  # vectors cascade
+                self._store.delete(sid)  # vectors go with it
             self._forget([sid])
             return rec
 
@@ -391,7 +311,7 @@ class Library:
 
     def add_study(
         self,
-        volume_or_path: Volume | str | Path,
+        volume: Volume,
         embedding,
         *,
         dictation_path: str | Path | None = None,
@@ -405,17 +325,10 @@ class Library:
         and the insert are one write transaction, so of several processes adding the same study
         exactly one adds it (a batch import counts the others as "already in the library").
 
-        ``volume_or_path``: a loaded Volume, or a path that :func:`engine.io.load_volume` reads (with
-        ``series``). The key is :func:`study_key`: adding a series already present replaces its CT
+        ``volume``: the loaded study (``series``: its series uid when the reader split it). The key is :func:`study_key`: adding a series already present replaces its CT
         vector and metadata (a dictation given now replaces the old one; none keeps the old one).
         ``embedding``/``dictation_embedding``: ``[dim]`` vectors in the bundle's space (normalised here).
         """
-        if isinstance(volume_or_path, Volume):
-            volume = volume_or_path
-        else:
-            from engine.io import load_volume
-
-            volume = load_volume(volume_or_path, series)
         ct = self._unit(embedding, "CT embedding")
         dictation = (
             None if dictation_embedding is None else self._unit(dictation_embedding, "dictation embedding")
@@ -424,39 +337,26 @@ class Library:
         with self._lock:
             self._require_current()
             with self._transaction():
-                old = self._conn.execute(
-                    "SELECT id, added_at FROM studies WHERE uid = ?", (rec.uid,)
-                ).fetchone()
+                old = self._store.row_of(rec.uid)
                 if old is not None and not replace:
                     return None
                 if old is None:
-                    sid = insert_study(self._conn, rec)
+                    sid = self._store.insert(rec)
                 else:  # same series again: new vectors and metadata, same row id and added_at
                     sid = old[0]
                     keep_dictation = dictation is None
                     rec = _replace(rec, added_at=old[1])
-                    update_study(self._conn, sid, rec, keep_dictation_path=keep_dictation)
+                    self._store.update(sid, rec, keep_dictation_path=keep_dictation)
                     if keep_dictation:
-                        dictation = self._dictation_vector_of(sid)
-                        rec = _replace(
-                            rec,
-                            dictation_path=self._conn.execute(
-                                "SELECT dictation_path FROM studies WHERE id = ?", (sid,)
-                            ).fetchone()[0],
-                        )
-                put_vector(self._conn, sid, "ct", ct.astype(self.dtype))
+                        dictation = self._store.vector_of(sid, "dictation", self.dim)
+                        rec = _replace(rec, dictation_path=self._store.dictation_path_of(sid))
+                self._store.put_vector(sid, "ct", ct.astype(self.dtype))
                 if dictation is not None:
-                    put_vector(self._conn, sid, "dictation", np.asarray(dictation).astype(self.dtype))
+                    self._store.put_vector(sid, "dictation", np.asarray(dictation).astype(self.dtype))
             if old is not None:
                 self._forget([sid])
             self._remember(sid, ct, dictation)
             return _replace(rec, has_dictation=dictation is not None)
-
-    def _dictation_vector_of(self, sid: int) -> np.ndarray | None:
-        row = self._conn.execute(
-            "SELECT dtype, vector FROM vectors WHERE study_id = ? AND kind = 'dictation'", (sid,)
-        ).fetchone()
-        return None if row is None else decode_vectors([row[1]], [row[0]], self.dim, np.float32)[0]
 
     def _record_for(self, volume: Volume, series: str | None, dictation_path) -> StudyRecord:
         meta = volume.metadata
@@ -475,7 +375,7 @@ class Library:
             modality=meta.get("modality") or None,
             format=fmt,
             n_slices=int(volume.shape[0]),
-            spacing=tuple(float(s) for s in volume.spacing),
+            spacing=(float(volume.spacing[0]), float(volume.spacing[1]), float(volume.spacing[2])),
             bundle_hash=self.bundle_hash,
             dictation_path=str(Path(dictation_path).resolve()) if dictation_path else None,
             added_at=utc_now(),
@@ -484,18 +384,14 @@ class Library:
 
     # ------------------------------------------------------------------ in-memory indexes
     def _rows_version(self) -> int:
-        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        return self._store.data_version()
 
     def _ensure_loaded(self) -> dict[str, ExactIndex]:
         """Load (or reload after another process committed) every current vector into memory."""
         version = self._rows_version()
         if self._indexes is not None and version == self._data_version:
             return self._indexes
-        rows = self._conn.execute(
-            "SELECT v.study_id, v.kind, v.dtype, v.vector FROM vectors v JOIN studies s ON s.id = v.study_id "
-            "WHERE s.bundle_hash = ? ORDER BY v.study_id",
-            (self.bundle_hash,),
-        ).fetchall()
+        rows = self._store.current_vectors(self.bundle_hash)
         indexes = {}
         for kind in VECTOR_KINDS:
             mine = [r for r in rows if r[1] == kind]
@@ -540,7 +436,7 @@ class Library:
             if kind in self._faiss:
                 self._faiss[kind].add(np.array([sid]), vec[None])
 
-    def _forget(self, sids: list[int]) -> None:
+    def _forget(self, sids: builtins.list[int]) -> None:
         if self._indexes is None:
             return
         for kind, index in self._indexes.items():
@@ -563,16 +459,7 @@ class Library:
         return out
 
     def _excluded_ids(self, exclude_uids: Iterable[str]) -> np.ndarray:
-        idents = sorted({db_text(str(u)) for u in exclude_uids if u}, key=repr)
-        if not idents:
-            return np.empty(0, np.int64)
-        marks = ", ".join("?" * len(idents))
-        rows = self._conn.execute(
-            f"SELECT id FROM studies WHERE uid IN ({marks}) OR series_uid IN ({marks}) "
-            f"OR study_uid IN ({marks}) OR path IN ({marks})",
-            idents * 4,
-        ).fetchall()
-        return np.array([r[0] for r in rows], np.int64)
+        return np.array(self._store.ids_matching(list(exclude_uids)), np.int64)
 
     def search(
         self,
@@ -581,7 +468,7 @@ class Library:
         *,
         exclude_uids: Iterable[str] = (),
         weights: Mapping[str, float] | None = None,
-    ) -> list[Hit]:
+    ) -> builtins.list[Hit]:
         """The ``k`` most similar studies, best first; see the module docstring for the score.
 
         ``query``: a ``[dim]`` vector (taken as a CT query) or ``{kind: vector}`` with kinds from
@@ -634,6 +521,7 @@ class Library:
         for q, t in pairs:
             _, ids = self._faiss[t].search(queries[q][None], depth)
             found.append(ids[0][ids[0] >= 0])
+        assert self._indexes is not None  # loaded before any FAISS search
         pos = self._indexes["ct"].positions(np.unique(np.concatenate(found)))
         return pos[pos >= 0]
 
@@ -641,11 +529,12 @@ class Library:
         """Per pair: cosines over ``cand`` (NaN where the study lacks that kind) and their z-scores."""
         universe = indexes["ct"]
         cand_ids = universe.ids[cand]
-        cosines, zs = {}, {}
+        cosines: dict = {}
+        zs: dict = {}
         for q, t in pairs:
             index = indexes[t]
             qv = queries[q][None]
-            cos = np.full(len(cand), np.nan, np.float32)
+            cos: np.ndarray = np.full(len(cand), np.nan, np.float32)
             pos = np.arange(len(cand)) if t == "ct" and exact_stats else index.positions(cand_ids)
             have = pos >= 0
             if exact_stats:  # every row of this kind is scored: exact mean and std over the library
@@ -691,92 +580,39 @@ class Library:
         return np.where(weight_sum > 0, score, -np.inf)
 
     def _records_by_id(self, sids: np.ndarray) -> dict[int, StudyRecord]:
-        if len(sids) == 0:
-            return {}
-        marks = ", ".join("?" * len(sids))
-        return dict(select_records(self._conn, f"WHERE s.id IN ({marks})", tuple(int(s) for s in sids)))
+        return self._store.records_by_ids(sids)
 
-    # ------------------------------------------------------------------ bulk work
-    def import_tree(
-        self,
-        root: str | Path,
-        encode_ct: Callable[[Volume], np.ndarray],
-        *,
-        progress: bool = True,
-    ) -> ImportReport:
-        """Add every CT series under ``root`` (see :func:`engine.library_import.import_tree`)."""
-        from engine.library_import import import_tree
-
-        return import_tree(self, root, encode_ct, progress=progress)
-
-    def rebuild(
-        self,
-        encode_ct: Callable[[Volume], np.ndarray],
-        *,
-        encode_dictation: Callable[[Path], np.ndarray] | None = None,
-        progress: bool = True,
-    ) -> RebuildReport:
-        """Re-embed every study made with another bundle, from its stored path (one transaction each).
-
-        Killed half-way, the next call continues with the studies still stale. Dictation vectors
-        are re-embedded with ``encode_dictation(dictation_path)`` when given, else removed (they
-        would be from the old model). Studies whose files cannot be read stay stale, are left out
-        of searches and are listed in the report; the library then records the new bundle hash.
-        """
-        from engine.io import load_volume
-
-        report = RebuildReport()
+    # ------------------------------------------------------------------ rebuild (engine.library.ingest.rebuild)
+    def stale_studies(self) -> builtins.list[tuple[int, StudyRecord]]:
+        """(row id, record) of every study whose vectors another bundle made."""
         with self._lock:
-            stale = select_records(self._conn, "WHERE s.bundle_hash != ?", (self.bundle_hash,))
-        for sid, rec in _progress(stale, progress, "re-embedding"):
-            try:
-                if not rec.path:
-                    raise DataError("no stored path to read the study from")
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", SpeechCTWarning)  # already said when first added
-                    volume = load_volume(rec.path, rec.series)
-                ct = self._unit(encode_ct(volume), "CT embedding")
-                dictation = None
-                if rec.has_dictation and rec.dictation_path and encode_dictation is not None:
-                    dictation = self._unit(encode_dictation(Path(rec.dictation_path)), "dictation embedding")
-            except SpeechCTError as exc:
-                report.failed.append((rec.uid, str(exc)))
-                _note(progress, f"not re-embedded {rec.uid}: {exc}")
-                continue
-            with self._lock, self._transaction():
-                self._conn.execute("UPDATE studies SET bundle_hash = ? WHERE id = ?", (self.bundle_hash, sid))
-                put_vector(self._conn, sid, "ct", ct.astype(self.dtype))
-                if dictation is not None:
-                    put_vector(self._conn, sid, "dictation", dictation.astype(self.dtype))
-                elif rec.has_dictation:
-                    self._conn.execute(
-                        "DELETE FROM vectors WHERE study_id = ? AND kind = 'dictation'", (sid,)
-                    )
-                    report.dictations_dropped.append(rec.uid)
-            report.re_embedded.append(rec.uid)
+            return self._store.stale_records(self.bundle_hash)
+
+    def replace_vectors(self, sid: int, rec: StudyRecord, ct, dictation=None) -> bool:
+        """One stale study re-embedded with this bundle, in one transaction: its CT vector, and its
+        dictation's (or, without one, its old dictation vector removed). Returns whether one was removed."""
+        ct = self._unit(ct, "CT embedding")
+        dictation = None if dictation is None else self._unit(dictation, "dictation embedding")
+        dropped = False
+        with self._lock, self._transaction():
+            self._store.set_bundle_hash(sid, self.bundle_hash)
+            self._store.put_vector(sid, "ct", ct.astype(self.dtype))
+            if dictation is not None:
+                self._store.put_vector(sid, "dictation", dictation.astype(self.dtype))
+            elif rec.has_dictation:
+                self._store.drop_vector(sid, "dictation")
+                dropped = True
+        return dropped
+
+    def finish_rebuild(self) -> None:
+        """Record this bundle as the one the library's vectors come from (after a rebuild)."""
         with self._lock:
             with self._transaction():
                 self._set_meta(bundle_hash=self.bundle_hash, dim=self.dim)
             self._indexes = None  # vectors changed wholesale: reload at the next search
-        return report
 
 
 def _replace(rec: StudyRecord, **changes) -> StudyRecord:
     import dataclasses
 
     return dataclasses.replace(rec, **changes)
-
-
-def _progress(items, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="study")
-
-
-def _note(enabled: bool, line: str) -> None:
-    if enabled:
-        from tqdm import tqdm
-
-        tqdm.write(line)

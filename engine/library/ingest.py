@@ -14,13 +14,15 @@ import os
 import sqlite3
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from engine.errors import DataError, SpeechCTError, SpeechCTWarning, StudyError
 from engine.io.sniff import one_line, sniff
-from engine.library_store import study_key
+from engine.library.store import LibraryWriteError
+from engine.study_identity import study_key
 from engine.volume import Volume
 
 #: Names that claim to be images: failing to read one is reported; other files (CSV, JSON, ...) are ignored.
@@ -83,6 +85,35 @@ def find_study_units(root: str | Path) -> tuple[list[Path], list[tuple[str, str]
     return units, unreadable, ignored
 
 
+@dataclass
+class ImportReport:
+    added: list[str] = field(default_factory=list)  # uids added by this run
+    already: list[str] = field(default_factory=list)  # uids (or NIfTI paths) found in the library and skipped
+    skipped: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (path, reason): readable but not a CT to add
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason): unreadable
+    warnings: list[str] = field(default_factory=list)  # reader warnings about studies that were added
+    ignored_files: int = 0  # files whose names and bytes say they are not images (CSV, JSON, ...)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.added)} added, {len(self.already)} already in the library, "
+            f"{len(self.skipped)} skipped, {len(self.failed)} unreadable"
+        )
+
+
+#: The recording beside a study that the app's "index studies" takes as that study's dictation.
+DICTATION_NAME = "dictation.wav"
+
+
+def dictation_beside(study: str | Path) -> Path | None:
+    """The dictation paired with a study path: ``dictation.wav`` in the folder that holds the study
+    (the samples' layout, ``study-00N/dicom`` + ``study-00N/dictation.wav``), None when there is none."""
+    wav = Path(study).parent / DICTATION_NAME
+    return wav if wav.is_file() else None
+
+
 def import_tree(
     library, root: str | Path, encode_ct: Callable[[Volume], np.ndarray], *, progress: bool = True
 ):
@@ -95,8 +126,7 @@ def import_tree(
     full, locked, corrupt) or a library that refuses every add (made with another bundle); studies
     already added stay added.
     """
-    from engine.io import list_series, load_volume
-    from engine.library import ImportReport, LibraryWriteError
+    from engine.io import open_study
 
     report = ImportReport()
     units, unreadable, report.ignored_files = find_study_units(root)
@@ -107,7 +137,8 @@ def import_tree(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SpeechCTWarning)  # said again by load_volume, and recorded
-                infos = list_series(unit)
+                source = open_study(unit)  # one walk and one header parse for every series of the unit
+                infos = source.series
         except SpeechCTError as exc:
             _fail(report, progress, str(unit), exc.message)
             continue
@@ -126,7 +157,7 @@ def import_tree(
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", SpeechCTWarning)
-                    volume = load_volume(unit, series=info.uid)
+                    volume = source.load(info.uid)
                     if is_nifti and study_key(volume) in library:  # the same voxels under another path
                         report.already.append(info.uid)
                         continue
@@ -156,6 +187,57 @@ def import_tree(
     return report
 
 
+@dataclass
+class RebuildReport:
+    re_embedded: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (uid, reason): still stale, not searched
+    dictations_dropped: list[str] = field(default_factory=list)  # uids whose dictation vector was removed
+
+
+def rebuild(
+    library,
+    encode_ct: Callable[[Volume], np.ndarray],
+    *,
+    encode_dictation: Callable[[Path], np.ndarray] | None = None,
+    progress: bool = True,
+) -> RebuildReport:
+    """Re-embed every study of ``library`` made with another bundle, from its stored path (one transaction
+    each).
+
+    Killed half-way, the next call continues with the studies still stale. Dictation vectors
+    are re-embedded with ``encode_dictation(dictation_path)`` when given, else removed (they
+    would be from the old model). Studies whose files cannot be read stay stale, are left out
+    of searches and are listed in the report; the library then records the new bundle hash.
+    """
+    from engine.io import load_volume
+
+    report = RebuildReport()
+    stale = library.stale_studies()
+    for sid, rec in (_bar(stale, progress, "re-embedding") if progress else stale):
+        try:
+            if not rec.path:
+                raise DataError("no stored path to read the study from")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SpeechCTWarning)  # already said when first added
+                volume = load_volume(rec.path, rec.series)
+            ct = encode_ct(volume)
+            dictation = None
+            if rec.has_dictation and rec.dictation_path and encode_dictation is not None:
+                dictation = encode_dictation(Path(rec.dictation_path))
+        except SpeechCTError as exc:
+            report.failed.append((rec.uid, str(exc)))
+            if progress:
+                from tqdm import tqdm
+
+                tqdm.write(f"not re-embedded {rec.uid}: {exc}")
+            continue
+        if library.replace_vectors(sid, rec, ct, dictation):
+            report.dictations_dropped.append(rec.uid)
+        report.re_embedded.append(rec.uid)
+    library.finish_rebuild()
+    return report
+
+
 def _fail(report, progress: bool, path: str, reason: str) -> None:
     report.failed.append((path, reason))
     if progress:
@@ -164,9 +246,9 @@ def _fail(report, progress: bool, path: str, reason: str) -> None:
         tqdm.write(f"skipped {path}: {reason}")
 
 
-def _bar(units, progress: bool):
+def _bar(units, progress: bool, desc: str = "importing"):
     if not progress:
         return units
     from tqdm import tqdm
 
-    return tqdm(units, desc="importing", unit="study")
+    return tqdm(units, desc=desc, unit="study")

@@ -1,7 +1,10 @@
-"""Build the inference models from a loaded bundle: the inverse of ``train.export``.
+"""The one factory of bundle parts: every model, spec and table the engine, ``train.evaluate`` and
+``speechct bundle-info`` take from a bundle is built here (open_clip's ``create_model`` habit), so the
+evaluation stored in a bundle is measured through the code the product runs.
 
-``train.export.export_bundle`` writes these tensor groups (``engine.weights.bundle`` documents the
-manifest); each builder here reads one back into the module that produced it:
+:func:`build_part` ``(bundle, name)`` builds one part by name (:data:`PARTS`); the builders are the
+inverse of ``train.export``, which writes these tensor groups (:mod:`engine.weights.manifest` documents
+the manifest):
 
 =================  =============================================  ==============================
 group              module                                          manifest section
@@ -17,11 +20,12 @@ group              module                                          manifest sect
 =================  =============================================  ==============================
 
 Every mismatch (missing group, a config that does not parse, tensors that do not fit) is a
-one-line :class:`BundleError` naming the bundle.
+one-line :class:`BundleError` naming the bundle. Models are returned in eval mode on the CPU.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,7 +46,7 @@ def preprocess_spec(bundle: Bundle):
     """The bundle's :class:`engine.preprocess.PreprocessSpec` (how a HU volume becomes the CT input)."""
     from engine.preprocess import PreprocessSpec
 
-    return _config(bundle, "preprocess", lambda: PreprocessSpec.from_dict(bundle.manifest["preprocess"]))
+    return _config(bundle, "preprocess", lambda: PreprocessSpec.from_dict(bundle.manifest.preprocess))
 
 
 def build_ct_encoder(bundle: Bundle):
@@ -50,7 +54,7 @@ def build_ct_encoder(bundle: Bundle):
     from engine.models.ct import CTEncoder
     from engine.models.ct_config import CTEncoderConfig
 
-    config = _config(bundle, "ct_encoder", lambda: CTEncoderConfig.from_dict(bundle.manifest["ct_encoder"]))
+    config = _config(bundle, "ct_encoder", lambda: CTEncoderConfig.from_dict(bundle.manifest.ct_encoder))
     model = CTEncoder(config)
     bundle.load_into(model, "ct_encoder")
     return model.eval()
@@ -60,17 +64,22 @@ def speech_config(bundle: Bundle):
     """The :class:`SpeechStudentConfig` of the bundle (``speech.config``, else the section's own fields)."""
     from engine.models.speech import SpeechStudentConfig
 
-    section = bundle.manifest.get("speech")
+    section = bundle.manifest.speech
     if section is None:
         raise BundleError("bundle has no speech encoder ('speech' section missing)", bundle.path)
-    if "config" in section:
-        return _config(bundle, "speech.config", lambda: SpeechStudentConfig.from_dict(section["config"]))
-    keys = ("backbone", "trainable_layers", "window_s", "overlap_s", "pooling")
-    return _config(
-        bundle,
-        "speech",
-        lambda: SpeechStudentConfig(latent_dim=bundle.manifest["space"]["dim"], **{k: section[k] for k in keys}),
-    )
+    where = "speech.config" if section.config is not None else "speech"
+    return _config(bundle, where,
+                   lambda: SpeechStudentConfig.from_dict(section.student_config(bundle.manifest.space_dim)))
+
+
+def speech_student_from_backbone(config, cache_dir=None):
+    """A fresh :class:`engine.models.speech.SpeechStudent` on the Whisper backbone ``config`` names (resolved
+    and loaded here; training starts from it). ``cache_dir``: where the converted backbone is cached."""
+    from engine.models.speech import SpeechStudent
+    from engine.weights.whisper import load_whisper_encoder, resolve_whisper_backbone
+
+    backbone = resolve_whisper_backbone(config.backbone, cache_dir=cache_dir)
+    return SpeechStudent(config, load_whisper_encoder(backbone), backbone)
 
 
 def build_speech_student(bundle: Bundle, encoder: torch.nn.Module | None = None):
@@ -103,14 +112,12 @@ def build_text_tower(bundle: Bundle):
     """The teacher's text tower (backbone from its installed package + the bundle's projection)."""
     from engine.models.text import TextTower, TextTowerConfig
 
-    section = bundle.manifest.get("text")
+    section = bundle.manifest.text
     if section is None or "text_head" not in bundle.groups:
         raise BundleError("bundle has no text tower (typed-text queries need a 'text' section and text_head)",
                           bundle.path)
-    data = dict(section.get("config") or {"backbone": section["backbone"], "pooling": section["pooling"],
-                                           "frozen": section["frozen"]})
-    data.setdefault("latent_dim", bundle.manifest["space"]["dim"])
-    config = _config(bundle, "text.config", lambda: TextTowerConfig.from_dict(data))
+    config = _config(bundle, "text.config",
+                     lambda: TextTowerConfig.from_dict(section.tower_config(bundle.manifest.space_dim)))
     try:
         tower = TextTower(config)
         tower.load_trainable_state_dict(bundle.load_group("text_head"))
@@ -121,20 +128,15 @@ def build_text_tower(bundle: Bundle):
 
 def build_dictation_head(bundle: Bundle):
     """The dictation head, or None when the bundle has none."""
-    from engine.models.dictation import CLASS_SETS, build_head, head_config_from_dict
+    from engine.models.dictation import build_head, head_config_from_dict
 
-    section = bundle.manifest.get("dictation_head")
+    section = bundle.manifest.dictation_head
     if section is None:
         return None
-    classes = tuple(section["classes"])
-    if classes not in CLASS_SETS.values():
-        raise BundleError(f"dictation head classes {list(classes)} are none the engine knows "
-                          f"({' or '.join(str(list(c)) for c in CLASS_SETS.values())})", bundle.path)
-    data = dict(section.get("config") or {"dim": bundle.manifest["space"]["dim"], "n_labels": len(section["labels"])})
-    data.setdefault("n_classes", len(classes))  # heads shipped before the fourth state do not say
-    config = _config(bundle, "dictation_head.config", lambda: head_config_from_dict(data))
+    config = _config(bundle, "dictation_head.config",
+                     lambda: head_config_from_dict(section.head_config(bundle.manifest.space_dim)))
     head = build_head(config)
-    bundle.load_into(head, section["group"])
+    bundle.load_into(head, section.group)
     return head.eval()
 
 
@@ -142,26 +144,57 @@ def build_prompt_bank(bundle: Bundle):
     """The zero-shot :class:`PromptBank` from ``prompts`` (texts + the group's ``embeddings``)."""
     from engine.findings import PromptBank
 
-    section = bundle.manifest.get("prompts")
+    section = bundle.manifest.prompts
     if section is None:
         raise BundleError("bundle has no zero-shot prompts ('prompts' section missing)", bundle.path)
-    group = bundle.tensors[section["group"]]
+    group = bundle.tensors[section.group]
     if "embeddings" not in group:
-        raise BundleError(f"prompt group {section['group']!r} has no 'embeddings' tensor", bundle.path)
+        raise BundleError(f"prompt group {section.group!r} has no 'embeddings' tensor", bundle.path)
     try:
-        return PromptBank.from_rows(section["texts"], group["embeddings"], labels=tuple(bundle.labels),
-                                    kind=section["kind"])
+        return PromptBank.from_rows(section.texts, group["embeddings"], labels=tuple(bundle.labels),
+                                    kind=section.kind)
     except ValueError as exc:
         raise BundleError(f"prompts do not fit the labels: {exc}", bundle.path) from exc
 
 
 def finding_auroc(bundle: Bundle) -> dict[str, float]:
     """Per-label validation AUROC from the manifest (``thresholds.auroc``), empty when absent."""
-    section = bundle.manifest.get("thresholds") or {}
-    return {k: float(v) for k, v in (section.get("auroc") or {}).items()}
+    section = bundle.manifest.thresholds
+    return {} if section is None else dict(section.auroc)
 
 
 def thresholds(bundle: Bundle) -> dict[str, float] | None:
     """Per-label thresholds from the manifest, or None (then ``engine.findings`` uses 0.5)."""
-    section = bundle.manifest.get("thresholds")
-    return None if section is None else {k: float(v) for k, v in section["values"].items()}
+    section = bundle.manifest.thresholds
+    return None if section is None else dict(section.values)
+
+
+def rule_lexicon(bundle: Bundle):
+    """The cascade reader's :class:`engine.mention_rules.RuleLexicon` (``dictation_reader.lexicon``)."""
+    from engine.mention_rules import RuleLexicon
+
+    section = bundle.manifest.dictation_reader
+    if section is None:
+        raise BundleError("bundle has no rule lexicon ('dictation_reader' section missing)", bundle.path)
+    return _config(bundle, "dictation_reader.lexicon", lambda: RuleLexicon.from_dict(section.lexicon))
+
+
+#: Every part :func:`build_part` builds, by name.
+PARTS: dict[str, Callable[[Bundle], Any]] = {
+    "spec": preprocess_spec,
+    "ct": build_ct_encoder,
+    "speech": build_speech_student,
+    "text": build_text_tower,
+    "dictation": build_dictation_head,
+    "prompts": build_prompt_bank,
+    "thresholds": thresholds,
+    "auroc": finding_auroc,
+    "rule_lexicon": rule_lexicon,
+}
+
+
+def build_part(bundle: Bundle, name: str, **options: Any) -> Any:
+    """Build one part of ``bundle`` by its :data:`PARTS` name (``options`` go to its builder)."""
+    if name not in PARTS:
+        raise KeyError(f"no bundle part {name!r} (parts: {', '.join(PARTS)})")
+    return PARTS[name](bundle, **options)
