@@ -163,7 +163,7 @@ class Analysis:
     cached: dict[str, bool] = field(default_factory=dict)
     ct_embedding: np.ndarray | None = None
     speech_embedding: np.ndarray | None = None
-    transcript: str | None = None  # the dictation's transcript when the cascade reader read it (not in the JSON)
+    transcript: str | None = None  # the dictation's transcript when a transcript reader read it (not in the JSON)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -335,7 +335,8 @@ class Engine:
     @property
     def dictation_reader(self) -> str:
         """Which reader says what a dictation states: ``speech`` (the dictation head on the speech encoder's
-        frames) or ``cascade`` (the transcript read by the bundle's rule lexicon), whichever scored higher on
+        frames), ``cascade`` (the transcript read by the bundle's rule lexicon) or ``transcript`` (the transcript
+        read by the bundle's learned transcript reader), whichever scored higher on
         the validation split when the bundle was made (``bundle.json`` -> ``dictation_reader``)."""
         return self.bundle.manifest.reader_choice
 
@@ -544,7 +545,8 @@ class Engine:
                        transcript: str | None = None) -> list[DictationFinding]:
         """What the dictation says about each finding, by the bundle's :attr:`dictation_reader`: the
         speech-native head (on ``speech_emb``/``frames`` when given, else encoded here), or the transcript
-        (``transcript`` when already made, else :meth:`transcribe`) read by the bundle's rule lexicon."""
+        (``transcript`` when already made, else :meth:`transcribe`) read by the bundle's rule lexicon
+        (``cascade``) or by its learned transcript reader (``transcript``, :meth:`read_transcript`)."""
         if self.dictation_reader == "cascade":
             from engine.mention_rules import read_mentions
 
@@ -554,9 +556,24 @@ class Engine:
             classes = head.classes if head is not None else DICTATION_CLASSES
             return [DictationFinding(lab, st, 1.0, {c: float(c == st) for c in classes})
                     for lab, st in read_mentions(text, lex).items()]
+        if self.dictation_reader == "transcript":
+            return self.read_transcript(transcript if transcript is not None else self.transcribe(waveform, sample_rate))
         if speech_emb is None:
             speech_emb, frames = self.encode_speech_frames(waveform, sample_rate)
         return self.dictation(speech_emb, frames)
+
+    def read_transcript(self, text: str) -> list[DictationFinding]:
+        """What a transcript says about each finding, read by the bundle's learned transcript reader (a frame
+        dictation head over the text tower's token states; ``dictation_reader.transcript_head``)."""
+        from engine.models.dictation import pad_utterances
+
+        head, tower = self._model("transcript_reader"), self._model("text")
+        states = tower.token_states([text if text.strip() else "."])
+        with self._lock, torch.inference_mode():
+            logits = head(*pad_utterances(states))[0].float().cpu()
+        section = self.bundle.manifest.dictation_head
+        classes = section.classes if section is not None else DICTATION_CLASSES
+        return dictation_findings(logits, labels=tuple(self.bundle.labels), classes=classes)
 
     def discrepancies(self, findings, dictation, *, min_dictation_confidence: float = 0.0) -> list[Discrepancy]:
         """Image vs dictation disagreements. ``findings``: :meth:`rank`'s list or a CT embedding;
@@ -768,7 +785,7 @@ class Engine:
         dictation = discrepancies = transcript = None
         if self.has_dictation_head:
             t = time.perf_counter()
-            if self.dictation_reader == "cascade":  # made once: the reader and the app's transcript share it
+            if self.dictation_reader in ("cascade", "transcript"):  # made once: the reader and the app share it
                 transcript = self.transcribe(waveform, sample_rate)
             dictation = self.read_dictation(waveform, sample_rate, speech_emb, frames, transcript=transcript)
             discrepancies = self.discrepancies(study.findings, dictation)

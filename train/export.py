@@ -88,14 +88,18 @@ def _gate_provenance(thresholds: dict | None) -> str:
     return "thresholds.auroc = the point estimate of each finding's zero-shot AUROC (no bootstrap CI available)"
 
 
-def choose_dictation_reader(run: Path) -> dict:
-    """The ``dictation_reader`` section: the speech-native reader unless the ASR + rule cascade scored
-    higher on the validation split's held-out voices (paired bootstrap CI of speech − cascade below 0,
-    from ``<run>/evaluation/evaluation.json``); the rule lexicon always travels, so the choice is visible
-    and reversible."""
+def choose_dictation_reader(run: Path, transcript_head: dict | None = None) -> dict:
+    """The ``dictation_reader`` section: the speech-native reader unless a transcript reader scored higher
+    on the validation split's held-out voices (paired bootstrap CI of speech − that reader below 0, from
+    ``<run>/evaluation/evaluation.json``): the ASR + rule cascade (``cascade``) or, when the run has one
+    (``transcript_head``), the learned transcript reader (``transcript``); of two such, the higher macro F1.
+    The rule lexicon always travels, and so does the transcript head, so the choice is visible and
+    reversible."""
     from train.labeler import training_lexicon
 
     section: dict[str, Any] = {"choice": "speech", "lexicon": training_lexicon().to_dict()}
+    if transcript_head is not None:
+        section["transcript_head"] = transcript_head
     path = run / "evaluation" / "evaluation.json"
     if not path.is_file():
         section["why"] = "no evaluation.json in the run: the speech-native reader by default"
@@ -103,19 +107,29 @@ def choose_dictation_reader(run: Path) -> dict:
     result = json.loads(path.read_text())
     groups = result.get("groups", {})
     group = next((g for name, g in groups.items() if "held-out" in name), next(iter(groups.values()), {}))
-    paired = group.get("systems", {}).get("ASR cascade", {}).get("dictation_paired", {})
-    p = paired.get("distilled student − cascade")
-    if p is None:
+    cascade = group.get("systems", {}).get("ASR cascade", {})
+    pairs = {"cascade": cascade.get("dictation_paired", {}).get("distilled student − cascade")}
+    if transcript_head is not None:
+        pairs["transcript"] = cascade.get("transcript_reader", {}).get("paired", {}).get(
+            "distilled student − transcript reader")
+    pairs = {k: p for k, p in pairs.items() if p is not None}
+    if not pairs:
         section["why"] = "the evaluation has no paired reader comparison: the speech-native reader by default"
         return section
-    section["validation"] = {"split": result.get("split"), "speech_macro_f1": p["a"], "cascade_macro_f1": p["b"],
-                             "difference": p["diff"], "ci": p["ci"], "n": p["n"]}
-    if p["ci"][1] < 0:
-        section["choice"] = "cascade"
-        section["why"] = "the ASR + rule cascade scored higher on the validation split (paired bootstrap)"
+    section["validation"] = {"split": result.get("split"), "n": next(iter(pairs.values()))["n"],
+                             "speech_macro_f1": next(iter(pairs.values()))["a"],
+                             **{f"{k}_macro_f1": p["b"] for k, p in pairs.items()},
+                             **{f"speech_minus_{k}": {"difference": p["diff"], "ci": p["ci"]} for k, p in pairs.items()}}
+    better = {k: p for k, p in pairs.items() if p["ci"][1] < 0}
+    names = {"cascade": "the ASR + rule cascade", "transcript": "the ASR + learned transcript reader"}
+    if better:
+        choice = max(better, key=lambda k: better[k]["b"])
+        section["choice"] = choice
+        section["why"] = f"{names[choice]} scored higher than the speech-native reader on the validation split (paired bootstrap)"
     else:
-        section["why"] = ("the speech-native reader scored at least as high on the validation split "
-                          "(paired bootstrap), and needs no transcription")
+        section["why"] = ("the speech-native reader scored at least as high as "
+                          + " and ".join(names[k] for k in pairs)
+                          + " on the validation split (paired bootstrap), and needs no transcription")
     return section
 
 
@@ -188,6 +202,14 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
                                       "input": ("the speech student's encoder frames before pooling, all windows "
                                                 "in order" if head.input == "frames" else
                                                 "speech embedding (L2-normalised inside the head)")}
+    transcript_head = None
+    reader_dir = run / "text_reader"
+    if "dictation_head" in tensors and (reader_dir / "head.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        tensors["transcript_reader"] = load_file(str(reader_dir / "head.safetensors"))
+        transcript_head = {"group": "transcript_reader", "config": _read_json(reader_dir / "head.json")["config"],
+                           "input": "the text tower's token states of the dictation's transcript"}
     if float16:
         tensors = as_float16(tensors)
     if tensor_bytes(tensors) > max_bytes:
@@ -206,7 +228,7 @@ def export_bundle(run: str | Path, bundle: str | Path, *, student_dir: str | Pat
     }
     manifest["evaluation"] = {**(evaluation or {}), "monitors": monitors}
     if "dictation_head" in manifest:
-        manifest["dictation_reader"] = choose_dictation_reader(run)
+        manifest["dictation_reader"] = choose_dictation_reader(run, transcript_head)
     cfg = tmeta["config"]
     manifest["provenance"] = {
         "data": data or cfg.get("data"),

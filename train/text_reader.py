@@ -50,9 +50,18 @@ def extra_training_reports(n: int, seed: int) -> list[tuple[str, np.ndarray]]:
 
 
 def _dictations(data: Path, split: str) -> list[tuple[str, np.ndarray]]:
+    """(what was said, mention classes) per study of a split: the synthetic ``*_dictations.csv`` text when the
+    tree has one (no audio needed), else the written Findings (what real Speech-RATE reads aloud)."""
+    from train.data import dataset_dir, read_csv_rows
     from train.recipes import read_studies
+    from train.synth.ctrate import DICTATION_COLUMNS, DICTATION_CSV
 
-    return [(s.spoken, s.mentions.astype(np.int64)) for s in read_studies(data, split, audio=True)]
+    studies = read_studies(data, split, audio=False)
+    path = dataset_dir(data / "ct-rate") / "radiology_text_reports" / DICTATION_CSV[split]
+    said = {}
+    if path.is_file():
+        said = {r["VolumeName"]: r["Dictation_EN"] for r in read_csv_rows(path, DICTATION_COLUMNS, "dictations")}
+    return [(said.get(s.volume_name) or s.findings, s.mentions.astype(np.int64)) for s in studies]
 
 
 def read_texts(tower, head: FrameDictationHead, texts: list[str], batch: int = 32) -> np.ndarray:

@@ -4,7 +4,7 @@ Made by ``engine.transcribe`` (faster-whisper on the packaged Whisper-base, prim
 vocabulary) in one worker thread of its own, started only after the speech-native results are on
 screen, so it never delays them. The panel says which reader decided the dictation check: the
 bundle's ``dictation_reader`` (the speech reader on the audio, or the transcript read by the
-bundle's rules); when the bundle carries a rule lexicon, it also lists the findings on which this
+bundle's rules or its learned transcript reader); when the bundle carries a rule lexicon, it also lists the findings on which this
 transcript, read by those rules, says something else than the check."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QVBoxLayout, QWidget
 
 READERS = {"speech": "the speech reader (the audio itself)",
-           "cascade": "the transcript reader (a transcript read by the bundle's rules)"}
+           "cascade": "the transcript reader (a transcript read by the bundle's rules)",
+           "transcript": "the transcript reader (a transcript read by the bundle's learned reader)"}
 
 
 def decided_by(reader: str) -> str:

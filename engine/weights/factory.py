@@ -17,6 +17,8 @@ group              module                                          manifest sect
 ``dictation_head`` :class:`engine.models.dictation.DictationHead`   ``dictation_head.config``
                    or ``FrameDictationHead`` (``config.kind``)
 ``prompts``        :class:`engine.findings.PromptBank`              ``prompts.texts`` / ``kind``
+``transcript_``    :class:`engine.models.dictation.                 ``dictation_reader.
+``reader``         FrameDictationHead` over the text tower's tokens  transcript_head``
 =================  =============================================  ==============================
 
 Every mismatch (missing group, a config that does not parse, tensors that do not fit) is a
@@ -179,6 +181,22 @@ def rule_lexicon(bundle: Bundle):
     return _config(bundle, "dictation_reader.lexicon", lambda: RuleLexicon.from_dict(section.lexicon))
 
 
+def build_transcript_reader(bundle: Bundle):
+    """The learned transcript reader's head (:class:`engine.models.dictation.FrameDictationHead` over the text
+    tower's token states), from ``dictation_reader.transcript_head``, in eval mode."""
+    from engine.models.dictation import FrameDictationHead, FrameDictationHeadConfig
+
+    section = bundle.manifest.dictation_reader
+    head = None if section is None else section.transcript_head
+    if head is None:
+        raise BundleError("bundle has no transcript reader ('dictation_reader.transcript_head' missing)", bundle.path)
+    config = _config(bundle, "dictation_reader.transcript_head",
+                     lambda: FrameDictationHeadConfig.from_dict(head["config"]))
+    model = FrameDictationHead(config)
+    bundle.load_into(model, head["group"])
+    return model.eval()
+
+
 #: Every part :func:`build_part` builds, by name.
 PARTS: dict[str, Callable[[Bundle], Any]] = {
     "spec": preprocess_spec,
@@ -190,6 +208,7 @@ PARTS: dict[str, Callable[[Bundle], Any]] = {
     "thresholds": thresholds,
     "auroc": finding_auroc,
     "rule_lexicon": rule_lexicon,
+    "transcript_reader": build_transcript_reader,
 }
 
 

@@ -22,7 +22,8 @@ listed sub-fields are required when the section is present::
     prompts?: {kind: "text"|"spoken", texts: [str], group: str}   # group's tensor "embeddings" [n, dim]
     thresholds?: {method: str, values: {label: number}, auroc?: {label: number in [0, 1]}}
     dictation_head?: {labels: [str], classes: [str], group: str}   # classes: 4 mention states (3 before)
-    dictation_reader?: {choice: "speech"|"cascade", why: str, validation?: {...},
+    dictation_reader?: {choice: "speech"|"cascade"|"transcript", why: str, validation?: {...},
+                        transcript_head?: {group, config} (the learned transcript reader),
                         lexicon: {...}}   # engine.mention_rules.RuleLexicon as a dict
     provenance: {...}                   # data, seeds, commit, timings (free-form)
     evaluation?: {...}                  # the summary table (free-form)
@@ -200,6 +201,11 @@ def _validate_values(m: dict[str, Any], where: str | Path) -> None:
     if "dictation_reader" in m and m["dictation_reader"]["choice"] not in DICTATION_READERS:
         raise BundleError(f"manifest field 'dictation_reader.choice' must be one of {DICTATION_READERS}, "
                           f"got {m['dictation_reader']['choice']!r}", where)
+    if "dictation_reader" in m and m["dictation_reader"]["choice"] == "transcript":
+        head = m["dictation_reader"].get("transcript_head")
+        if not isinstance(head, dict) or not isinstance(head.get("group"), str) or not isinstance(head.get("config"), dict):
+            raise BundleError("manifest field 'dictation_reader.transcript_head' must name the transcript reader's "
+                              "group and config when the choice is 'transcript'", where)
     for section in ("prompts", "dictation_head"):
         if section in m and f"{m[section]['group']}{TENSOR_SUFFIX}" not in m["files"]:
             raise BundleError(
@@ -230,8 +236,10 @@ def manifest_hash(manifest: dict[str, Any]) -> str:
 
 
 
-#: Readers of a dictation (``dictation_reader.choice``): the speech-native head or the transcript cascade.
-DICTATION_READERS = ("speech", "cascade")
+#: Readers of a dictation (``dictation_reader.choice``): the speech-native head, the transcript read by the
+#: rule lexicon (``cascade``), or the transcript read by the learned transcript reader (``transcript``: a
+#: frame dictation head over the text tower's token states, ``dictation_reader.transcript_head``).
+DICTATION_READERS = ("speech", "cascade", "transcript")
 
 #: What a bundle's ``thresholds.auroc`` holds, named by ``thresholds.auroc_statistic``:
 #: ``"ci_lower"``, each finding's lower bootstrap CI bound of its validation AUROC (what
@@ -327,6 +335,8 @@ class DictationReaderSection:
     why: str | None
     validation: dict[str, Any] | None
     lexicon: dict[str, Any]
+    #: ``{"group", "config"}`` of the learned transcript reader's head, when the bundle carries one
+    transcript_head: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -377,7 +387,8 @@ class BundleManifest:
             head = DictationHeadSection(list(d["labels"]), tuple(d["classes"]), d["group"], d.get("config"))
         if "dictation_reader" in m:
             r = m["dictation_reader"]
-            reader = DictationReaderSection(r["choice"], r.get("why"), r.get("validation"), r["lexicon"])
+            reader = DictationReaderSection(r["choice"], r.get("why"), r.get("validation"), r["lexicon"],
+                                            r.get("transcript_head"))
         return cls(schema=m["schema"], name=m.get("name"), labels=tuple(m["labels"]), preprocess=m["preprocess"],
                    ct_encoder=m["ct_encoder"], space_dim=m["space"]["dim"], logit_scale=float(m["space"]["logit_scale"]),
                    provenance=m["provenance"], files=m["files"], speech=speech, text=text, prompts=prompts,

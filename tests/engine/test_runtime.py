@@ -298,3 +298,32 @@ def test_index_study_is_the_one_way_to_add_a_study_with_its_dictation(tmp_path):
     assert eng.index_study(phantom(4, "1.2.3.4")).has_dictation is False
     assert dictation_beside(SAMPLE_WAV.parent / "dicom") == SAMPLE_WAV
     assert dictation_beside(tmp_path / "nowhere" / "dicom") is None
+
+
+def test_transcript_reader_when_the_bundle_chose_it(tmp_path):
+    """A bundle whose validation chose the learned transcript reader: the transcript's text-tower token
+    states are read by its head, exactly as the head reads them outside the engine."""
+    import torch
+
+    from engine.models.dictation import FrameDictationHead, FrameDictationHeadConfig, pad_utterances
+    from engine.models.text import TextTowerConfig, create_text_tower
+    torch.manual_seed(3)
+    head = FrameDictationHead(FrameDictationHeadConfig(dim=384, hidden=16, stride=1, kernel=3, heads=2)).eval()
+    reader = {"choice": "transcript", "why": "test", "lexicon": {},
+              "transcript_head": {"group": "transcript_reader", "config": head.config.to_dict()}}
+    bundle = write_tiny_bundle(tmp_path / "transcript", reader=reader,
+                               extra_tensors={"transcript_reader": head.state_dict()})
+    eng = Engine(bundle, device="cpu", cache_dir=False)
+    assert eng.dictation_reader == "transcript"
+    text = "No pleural effusion. A 6 mm nodule in the right upper lobe, likely benign."
+    said = eng.read_dictation(None, 16000, transcript=text)
+    assert [d.label for d in said] == list(LABELS)
+    tower = create_text_tower(TextTowerConfig(backbone="all-MiniLM-L6-v2", pooling="mean", max_length=128,
+                                              latent_dim=DIM))
+    with torch.no_grad():
+        expected = head(*pad_utterances(tower.token_states([text])))[0].argmax(-1)
+    classes = eng.bundle.manifest.dictation_head.classes
+    assert [d.status for d in said] == [classes[int(k)] for k in expected]
+    del reader["transcript_head"]
+    with pytest.raises(BundleError, match="transcript_head"):
+        write_tiny_bundle(tmp_path / "broken", reader=reader, extra_tensors={"transcript_reader": head.state_dict()})

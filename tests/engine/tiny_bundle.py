@@ -90,7 +90,7 @@ def embedding(present: tuple[str, ...] = (), absent: tuple[str, ...] = (),
 
 def write_tiny_bundle(folder: Path, seed: int = 0, *, ct_config: dict | None = None,
                       preprocess: dict | None = None, dictation: str = "embedding", legacy_head: bool = False,
-                      reader: dict | None = None) -> Path:
+                      reader: dict | None = None, extra_tensors: dict | None = None) -> Path:
     """Write the bundle to ``folder`` (replaced if present) and return it.
 
     ``dictation="frames"`` ships a random ``FrameDictationHead`` (reads the speech frames) instead
@@ -144,6 +144,7 @@ def write_tiny_bundle(folder: Path, seed: int = 0, *, ct_config: dict | None = N
         "text_head": text_head,
         "dictation_head": head.state_dict(),
         "prompts": {"embeddings": controlled_prompts()},
+        **(extra_tensors or {}),
     })
 
 

@@ -166,3 +166,49 @@ def test_export_refuses_an_oversized_bundle_before_writing_and_float16_halves_it
     x = torch.rand(1, 1, *ct.config.input_size) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(ct.eval()(x), bundle_dir[2].module.ct.eval()(x), atol=2e-2)
+
+
+def _evaluation_with_readers(run, speech, cascade, transcript, cascade_ci, transcript_ci):
+    def pair(a, b, ci):
+        return {"a": a, "b": b, "diff": a - b, "ci": list(ci), "n": 100}
+
+    systems = {"ASR cascade": {"dictation_paired": {"distilled student − cascade": pair(speech, cascade, cascade_ci)},
+                               "transcript_reader": {"paired": {"distilled student − transcript reader":
+                                                                pair(speech, transcript, transcript_ci)}}}}
+    (run / "evaluation").mkdir(parents=True, exist_ok=True)
+    (run / "evaluation" / "evaluation.json").write_text(json.dumps(
+        {"split": "valid", "groups": {"held-out voices": {"systems": systems}}}))
+
+
+def test_reader_choice_among_speech_rules_and_transcript_reader(tmp_path):
+    from train.export import choose_dictation_reader
+
+    head = {"group": "transcript_reader", "config": {"dim": 384}}
+    _evaluation_with_readers(tmp_path, 0.55, 0.45, 0.70, (-0.1, -0.05), (-0.3, -0.2))
+    section = choose_dictation_reader(tmp_path, head)
+    assert section["choice"] == "transcript" and section["transcript_head"] == head
+    assert section["validation"]["transcript_macro_f1"] == 0.70 and "learned transcript reader" in section["why"]
+    assert choose_dictation_reader(tmp_path)["choice"] == "cascade"  # without a transcript head: the rules
+    # neither is surely better than the speech reader
+    _evaluation_with_readers(tmp_path, 0.55, 0.45, 0.56, (0.01, 0.1), (-0.02, 0.05))
+    assert choose_dictation_reader(tmp_path, head)["choice"] == "speech"
+
+
+def test_export_carries_the_transcript_reader(bundle_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from engine.models.dictation import FrameDictationHead, FrameDictationHeadConfig
+
+    path, _, _ = bundle_dir
+    run = tmp_path / "run"
+    shutil.copytree(path.parent / "run", run)
+    head = FrameDictationHead(FrameDictationHeadConfig(dim=384, hidden=8, stride=1, kernel=3, heads=2))
+    (run / "text_reader").mkdir()
+    save_file(head.state_dict(), str(run / "text_reader" / "head.safetensors"))
+    (run / "text_reader" / "head.json").write_text(json.dumps({"config": head.config.to_dict()}))
+    out = export_bundle(run, tmp_path / "bundle", speech=tiny_student())
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert "transcript_reader.safetensors" in manifest["files"]
+    assert manifest["dictation_reader"]["transcript_head"]["config"] == head.config.to_dict()
