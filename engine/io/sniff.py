@@ -59,14 +59,20 @@ def read_head(path: Path, n: int = HEAD_BYTES) -> bytes:
             raise StudyError("is not a regular file (a pipe, socket or device)", path)
         with open(path, "rb") as f:
             return f.read(n)
-    except FileNotFoundError as exc:
-        raise StudyError("does not exist (or is a broken link)", path) from exc
-    except PermissionError as exc:
-        raise StudyError("permission denied (cannot read the file)", path) from exc
-    except IsADirectoryError as exc:
-        raise StudyError("is a folder, expected a file", path) from exc
     except OSError as exc:
-        raise StudyError(f"cannot be read ({one_line(exc.strerror or exc)})", path) from exc
+        raise os_study_error(exc, path) from exc
+
+
+def os_study_error(exc: OSError, path: Path, verb: str = "read", done: str = "read") -> StudyError:
+    """The one-line StudyError for an OS error on ``path`` (``verb`` / ``done``: what could not be done to it,
+    e.g. "access" / "accessed")."""
+    if isinstance(exc, FileNotFoundError):
+        return StudyError("does not exist (or is a broken link)", path)
+    if isinstance(exc, PermissionError):
+        return StudyError(f"permission denied (cannot {verb} it)", path)
+    if isinstance(exc, IsADirectoryError):
+        return StudyError("is a folder, expected a file", path)
+    return StudyError(f"cannot be {done} ({one_line(exc.strerror or exc)})", path)
 
 
 def _gunzip_head(path: Path, n: int) -> bytes:

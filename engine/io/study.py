@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from engine.errors import SpeechCTWarning, StudyError
 from engine.io.series import SeriesInfo
-from engine.io.sniff import FolderFormats, describe, one_line, read_head, scan_folder, sniff
+from engine.io.sniff import FolderFormats, describe, one_line, os_study_error, read_head, scan_folder, sniff
 from engine.volume import Volume
 
 if TYPE_CHECKING:
@@ -30,12 +30,8 @@ def _stat(path: Path) -> os.stat_result:
     """os.stat with every OS error turned into a one-line StudyError."""
     try:
         return os.stat(path)
-    except FileNotFoundError as exc:
-        raise StudyError("does not exist", path) from exc
-    except PermissionError as exc:
-        raise StudyError("permission denied", path) from exc
     except OSError as exc:
-        raise StudyError(f"cannot be accessed ({one_line(exc.strerror or exc)})", path) from exc
+        raise os_study_error(exc, path, "access", "accessed") from exc
 
 
 def _no_files_error(folder: Path, formats: FolderFormats) -> StudyError:
