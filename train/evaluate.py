@@ -414,13 +414,20 @@ def _cascade_dictation(transcripts: list[str], target: np.ndarray, systems: dict
     lex = training_lexicon()
     pred = np.array([[DICTATION_CLASSES.index(label_report(t, lex)[lab]) for lab in LABELS] for t in transcripts])
     out = M.dictation_f1(pred, target, DICTATION_CLASSES, LABELS)
+    return out, _speech_readers_against(pred, "cascade", target, systems, pos, cfg)
+
+
+def _speech_readers_against(pred: np.ndarray, name: str, target: np.ndarray, systems: dict, pos: list[int],
+                            cfg: EvalConfig) -> dict:
+    """Paired bootstrap of each speech-native reader − the reader ``name`` (predictions ``pred``) on the same
+    studies (``pos``: their rows in the speech systems' predictions)."""
     paired = {}
-    for name in ("distilled student", "naive student"):
-        speech_pred = systems.get(name, {}).get("dictation_pred")
+    for system in ("distilled student", "naive student"):
+        speech_pred = systems.get(system, {}).get("dictation_pred")
         if speech_pred is not None:
-            paired[f"{name} − cascade"] = M.dictation_f1_paired(
+            paired[f"{system} − {name}"] = M.dictation_f1_paired(
                 np.asarray(speech_pred)[pos], pred, target, len(DICTATION_CLASSES), n_boot=cfg.n_boot, seed=cfg.seed)
-    return out, paired
+    return paired
 
 
 def _transcript_reader(reader, transcripts: list[str], target: np.ndarray, labels: np.ndarray,
@@ -436,12 +443,7 @@ def _transcript_reader(reader, transcripts: list[str], target: np.ndarray, label
     out = {"dictation": M.dictation_f1(pred, target, DICTATION_CLASSES, LABELS),
            "seconds_per_report": (time.perf_counter() - t0) / max(1, len(transcripts)),
            "discrepancy": M.discrepancy_measures(pred, target, labels, LABELS, image_positive=image_positive),
-           "paired": {}}
-    for name in ("distilled student", "naive student"):
-        speech_pred = systems.get(name, {}).get("dictation_pred")
-        if speech_pred is not None:
-            out["paired"][f"{name} − transcript reader"] = M.dictation_f1_paired(
-                np.asarray(speech_pred)[pos], pred, target, len(DICTATION_CLASSES), n_boot=cfg.n_boot, seed=cfg.seed)
+           "paired": _speech_readers_against(pred, "transcript reader", target, systems, pos, cfg)}
     return out
 
 
