@@ -6,6 +6,8 @@ What is cached (``<data>/cache/<kind>/<key[:2]>/<key>.npy``, float16 unless note
   key = sha256(volume file bytes, metadata overrides, spec JSON);
 - ``text_features``: the frozen text backbone's pooled features of a text, key = sha256(text,
   backbone weights hash, tower config) (float32: the teacher's projection trains on them);
+- ``text_lower``: what enters a text tower's tuned top layers, ``[tokens, hidden]`` per text (real
+  tokens only), key = sha256(text, backbone hash, tower config, first tuned layer);
 - ``teacher_ct`` / ``teacher_text``: the frozen teacher's CT and text embeddings, key = the
   input's key + the hash of the teacher weights that made them;
 - ``whisper_lower``: the frozen lower Whisper layers' outputs of one dictation, one array
@@ -146,6 +148,10 @@ def ct_key(volume_path: str | Path, overrides: dict[str, Any] | None, spec_json:
 
 def text_features_key(text: str, backbone_hash: str, tower_config: dict) -> str:
     return sha256_bytes("text-features-v1", text, backbone_hash, json.dumps(tower_config, sort_keys=True))
+
+
+def text_lower_key(text: str, backbone_hash: str, tower_config: dict, first_tuned: int) -> str:
+    return sha256_bytes("text-lower-v1", text, backbone_hash, json.dumps(tower_config, sort_keys=True), str(first_tuned))
 
 
 def embedding_key(input_key: str, weights_hash: str, kind: str) -> str:

@@ -204,6 +204,39 @@ def text_features(texts: list[str], tower, cache: C.FrozenCache, backbone_hash: 
     return keys, np.stack(out).astype(np.float32)
 
 
+def text_lower_states(texts: list[str], tower, cache: C.FrozenCache, backbone_hash: str,
+                      batch: int = 32) -> np.ndarray:
+    """What enters the tower's tuned layers for each text (an object array of ``[tokens, hidden]``
+    float16 arrays, real tokens only), computed once and cached: a tuned top layer then trains
+    without running the frozen layers below it again."""
+    cfg = tower.config.to_dict()
+    cfg["path"] = None
+    keys = [C.text_lower_key(t, backbone_hash, cfg, tower.first_tuned) for t in texts]
+    out = np.empty(len(texts), dtype=object)
+    for i, k in enumerate(keys):
+        out[i] = cache.get("text_lower", k)
+    todo = [i for i, v in enumerate(out) if v is None]
+    for start in range(0, len(todo), batch):
+        chunk = todo[start : start + batch]
+        tokens = tower.tokenize([texts[i] for i in chunk])
+        states = tower.lower_states(**tokens).float().cpu().numpy()
+        mask = tokens["attention_mask"].bool().cpu().numpy()
+        for i, h, m in zip(chunk, states, mask):
+            out[i] = cache.put("text_lower", keys[i], h[m])
+    return out
+
+
+def pad_text_states(states, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A list of ``[tokens_i, hidden]`` arrays as one zero-padded float32 batch and its attention mask."""
+    longest = max(len(h) for h in states)
+    hidden = np.zeros((len(states), longest, states[0].shape[1]), dtype=np.float32)
+    mask = np.zeros((len(states), longest), dtype=np.int64)
+    for i, h in enumerate(states):
+        hidden[i, : len(h)] = h
+        mask[i, : len(h)] = 1
+    return torch.from_numpy(hidden).to(device), torch.from_numpy(mask).to(device)
+
+
 def _ct_batch(keys: list[str], cache: C.FrozenCache, device, augment: dict | None = None,
               seed: int = 0) -> torch.Tensor:
     arrays = [cache.get("ct", k) for k in keys]
@@ -289,10 +322,13 @@ class TeacherModel(nn.Module):
     only shapes training: bundles do not carry it."""
 
     def __init__(self, ct: CTEncoder, text_projection: nn.Linear, logit_scale: LogitScale,
-                 label_head: nn.Linear | None = None, token_head: nn.Linear | None = None):
+                 label_head: nn.Linear | None = None, token_head: nn.Linear | None = None,
+                 text_top: list[nn.Module] | None = None):
         super().__init__()
         self.ct = ct
         self.text_projection = text_projection
+        #: the text tower's tuned top layers (shared with the tower), so checkpoints carry them
+        self.text_top = nn.ModuleList(text_top) if text_top else None
         self.logit_scale = logit_scale
         self.label_head = label_head
         #: per-token finding classifier for the dense loss (``teacher.dense_aux_weight``); training only
@@ -311,7 +347,8 @@ def build_teacher(cfg: dict, *, pretrained_text: bool = True):
     scale = LogitScale(math.log(init) if init else CTCLIP_LOG_SCALE_INIT, max_scale=cfg.get("logit_scale_max", 100.0))
     head = nn.Linear(ct_config.latent_dim, len(LABELS)) if cfg["teacher"].get("aux_label_weight") else None
     tokens = nn.Linear(ct_config.dim, len(LABELS)) if cfg["teacher"].get("dense_aux_weight") else None
-    return TeacherModel(ct, proj, scale, head, tokens), text
+    top = text.tuned_layers() if text is not None and text.config.tuned_layers else None
+    return TeacherModel(ct, proj, scale, head, tokens, top), text
 
 
 #: Weight of a finding's tokens against the (many more) tokens without it in the dense loss.
@@ -370,9 +407,9 @@ class TeacherRecipe:
             density.fit_standardization(_ct_batch(keys[i : i + 16], self.cache, env.device)
                                         for i in range(0, len(keys), 16))
         self.backbone_hash = text_backbone_hash(self.text)
-        _, self.train_text = text_features([s.findings for s in self.train], self.text, self.cache, self.backbone_hash)
-        _, self.valid_text = text_features([s.findings for s in self.valid], self.text, self.cache, self.backbone_hash)
-        _, self.prompt_feats = text_features(prompt_texts(), self.text, self.cache, self.backbone_hash)
+        self.train_text = self._text_inputs([s.findings for s in self.train])
+        self.valid_text = self._text_inputs([s.findings for s in self.valid])
+        self.prompt_feats = self._text_inputs(prompt_texts())
         self.train_tokens = None
         if self.cfg["teacher"].get("dense_aux_weight"):
             self.train_tokens = footprint_targets(self.train, self.train_keys, Path(data) / "ct-rate", self.spec,
@@ -390,11 +427,34 @@ class TeacherRecipe:
                 heads |= {id(p) for p in head.parameters()}
         return heads
 
+    def lr_multipliers(self) -> dict[int, float]:
+        """A tuned pretrained text layer learns at ``teacher.text_lr_mult`` x lr (default 0.1): the
+        encoder and heads start from scratch, the layer from MiniLM's weights."""
+        if self.module.text_top is None:
+            return {}
+        mult = float(self.cfg["teacher"].get("text_lr_mult", 0.1))
+        return {id(p): mult for p in self.module.text_top.parameters()}
+
+    def _text_inputs(self, texts: list[str]) -> np.ndarray:
+        """Per text, what the trained part of the text side starts from: the frozen pooled features
+        ``[n, hidden]``, or with tuned layers the cached states that enter them (object array)."""
+        if self.text.config.tuned_layers:
+            return text_lower_states(texts, self.text, self.cache, self.backbone_hash)
+        return text_features(texts, self.text, self.cache, self.backbone_hash)[1]
+
+    def text_embed(self, inputs: np.ndarray) -> torch.Tensor:
+        """Projected text embeddings of some rows of :meth:`_text_inputs`."""
+        dev = self.env.device
+        if self.text.config.tuned_layers:
+            hidden, mask = pad_text_states(list(inputs), dev)
+            return self.module.text_projection(self.text.pooled_from_lower(hidden, mask))
+        return self.module.text_projection(torch.from_numpy(np.asarray(inputs, dtype=np.float32)).to(dev))
+
     def _embed(self, keys: list[str], feats: np.ndarray, augment: dict | None = None,
                seed: int = 0, with_tokens: bool = False):
         dev = self.env.device
         ct, tokens = self.module.ct.forward_with_tokens(_ct_batch(keys, self.cache, dev, augment, seed))
-        txt = self.module.text_projection(torch.from_numpy(feats).to(dev))
+        txt = self.text_embed(feats)
         return (ct, txt, tokens) if with_tokens else (ct, txt)
 
     def loss(self, rows: list[int], offset: int, env: DistEnv):
@@ -446,6 +506,7 @@ class TeacherRecipe:
             txts.append(txt.float().cpu())
         return torch.cat(cts), torch.cat(txts)
 
+    @torch.no_grad()
     def validate(self, env: DistEnv) -> dict[str, float]:
         if not env.is_main:
             return {}
@@ -453,7 +514,8 @@ class TeacherRecipe:
         scale = self.module.logit_scale.value
         bs = self.cfg["teacher"]["batch_size"]
         losses = [float(info_nce(ct[i : i + bs], txt[i : i + bs], scale)) for i in range(0, len(ct) - bs + 1, bs)]
-        prompts = self.module.text_projection(torch.from_numpy(self.prompt_feats).to(env.device)).float().cpu()
+        with torch.no_grad():
+            prompts = self.text_embed(self.prompt_feats).float().cpu()
         labels = np.stack([s.labels for s in self.valid])
         out = {"valid_loss": float(np.mean(losses)) if losses else float("nan"),
                "zero_shot_auroc": zero_shot_auroc(ct, prompts, labels, scale),
@@ -518,6 +580,26 @@ def load_teacher(folder: str | Path, device: str | torch.device = "cpu") -> Froz
 
 
 # --------------------------------------------------------------------------- student
+
+
+def teacher_text_embeddings(teacher: FrozenTeacher, texts: list[str], cache: C.FrozenCache,
+                            batch: int = 32) -> np.ndarray:
+    """The frozen teacher's text embeddings ``[n, latent]`` float32 (its whole tower, tuned layers
+    included), cached per text and teacher weights."""
+    cfg = teacher.text.config.to_dict()
+    cfg["path"] = None
+    backbone = text_backbone_hash(teacher.text)
+    keys = [C.embedding_key(C.text_features_key(x, backbone, cfg), teacher.weights_hash, "teacher_text")
+            for x in texts]
+    out: list[np.ndarray | None] = [cache.get("teacher_text", k) for k in keys]
+    todo = [i for i, v in enumerate(out) if v is None]
+    with torch.no_grad():
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            emb = teacher.text.encode([texts[i] for i in chunk]).float().cpu().numpy()
+            for i, e in zip(chunk, emb):
+                out[i] = cache.put("teacher_text", keys[i], e, dtype=np.float32)
+    return np.stack(out).astype(np.float32)
 
 
 def _whisper_lower(student: SpeechStudent, path: Path, backbone_sha: str, cache: C.FrozenCache):
@@ -630,16 +712,9 @@ class StudentRecipe:
             ct_emb.extend(got)
         # the teacher's embedding of the written report (the paper's target), not of the dictation's
         # spoken commands and self-corrections; on Speech-RATE proper the two are the same text
-        feat_keys, feats = text_features([s.findings for s in studies], t.text, self.cache, text_backbone_hash(t.text))
-        txt = []
-        for fk, f in zip(feat_keys, feats):
-            k = C.embedding_key(fk, t.weights_hash, "teacher_text")
-            txt.append(self.cache.get_or_compute(
-                "teacher_text", k,
-                lambda f=f: t.model.text_projection(torch.from_numpy(f).to(self.env.device)).float().cpu().numpy(),
-                dtype=np.float32))
+        txt = teacher_text_embeddings(t, [s.findings for s in studies], self.cache)
         lower = cache_whisper_lower(self.speech, studies, self.cache, self.backbone_sha, show)
-        return (torch.from_numpy(np.stack(ct_emb)).float(), torch.from_numpy(np.stack(txt)).float(), lower)
+        return (torch.from_numpy(np.stack(ct_emb)).float(), torch.from_numpy(txt).float(), lower)
 
     @property
     def n_train(self) -> int:

@@ -144,8 +144,13 @@ class Trainer:
         self.progress = progress and env.is_main
         self.params = [p for p in recipe.module.parameters() if p.requires_grad]
         heads = recipe.head_parameters()
-        groups = [{"params": [p for p in self.params if id(p) not in heads], "lr": cfg.lr},
-                  {"params": [p for p in self.params if id(p) in heads], "lr": cfg.lr * cfg.head_lr_mult}]
+        # a recipe may give some parameters their own multiplier (e.g. a tuned pretrained text layer)
+        own = getattr(recipe, "lr_multipliers", dict)()
+        groups = [{"params": [p for p in self.params if id(p) not in heads and id(p) not in own], "lr": cfg.lr},
+                  {"params": [p for p in self.params if id(p) in heads and id(p) not in own],
+                   "lr": cfg.lr * cfg.head_lr_mult}]
+        for mult in sorted(set(own.values())):
+            groups.append({"params": [p for p in self.params if own.get(id(p)) == mult], "lr": cfg.lr * mult})
         groups = [g for g in groups if g["params"]]
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.batches_per_epoch = recipe.n_train // cfg.batch_size

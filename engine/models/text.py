@@ -79,8 +79,12 @@ class TextTowerConfig:
     max_length: int = 256
     latent_dim: int = 512
     frozen: bool = True
+    #: top backbone layers that train with the projection while the rest stays frozen (0: none)
+    tuned_layers: int = 0
 
     def __post_init__(self) -> None:
+        if self.tuned_layers < 0:
+            raise ValueError(f"text tuned_layers must be >= 0, got {self.tuned_layers}")
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"text pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.max_length < 2 or self.latent_dim < 1:
@@ -230,6 +234,9 @@ class TextTower(nn.Module):
     With ``config.frozen`` (the default) the backbone has no gradients, stays in eval mode even
     when the tower is put in train mode, and runs under ``no_grad``: only ``projection`` trains,
     so a bundle stores just ``projection.weight`` (see :meth:`trainable_state_dict`).
+    ``config.tuned_layers = N`` unfreezes the top N encoder layers: training can then cache what
+    enters them (:meth:`lower_states`) and run only those layers (:meth:`pooled_from_lower`), and a
+    bundle stores the projection plus those layers.
     """
 
     def __init__(self, config: TextTowerConfig | None = None, *, pretrained: bool = True):
@@ -244,7 +251,19 @@ class TextTower(nn.Module):
         self.projection = nn.Linear(self.hidden_size, self.config.latent_dim, bias=False)
         if self.config.frozen:
             self.backbone.requires_grad_(False)
+        n_layers = len(self.backbone.encoder.layer)
+        if self.config.tuned_layers > n_layers:
+            raise WeightsError(f"text tower tunes {self.config.tuned_layers} layers, backbone "
+                               f"{self.config.backbone!r} has {n_layers}")
+        #: index of the first tuned encoder layer (== number of layers when none is tuned)
+        self.first_tuned = n_layers - self.config.tuned_layers
+        for layer in self.tuned_layers():
+            layer.requires_grad_(True)
         self.backbone.eval()
+
+    def tuned_layers(self) -> list[nn.Module]:
+        """The encoder layers that train (``config.tuned_layers`` from the top), bottom first."""
+        return list(self.backbone.encoder.layer[self.first_tuned :])
 
     def train(self, mode: bool = True) -> TextTower:
         super().train(mode)
@@ -273,25 +292,57 @@ class TextTower(nn.Module):
         ``cls``: the first token's last hidden state (CT-CLIP). ``mean``: average of the last hidden
         states over real tokens only (sentence-transformers' mean pooling).
         """
+        if self.config.tuned_layers and self.config.frozen:
+            return self.pooled_from_lower(self.lower_states(input_ids, attention_mask, token_type_ids), attention_mask)
         grad = torch.enable_grad() if not self.config.frozen and torch.is_grad_enabled() else torch.no_grad()
         with grad:
             kwargs = {"attention_mask": attention_mask}
             if token_type_ids is not None:
                 kwargs["token_type_ids"] = token_type_ids
             hidden = self.backbone(input_ids=input_ids, **kwargs).last_hidden_state
-            if self.config.pooling == "cls":
-                return hidden[:, 0]
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return self._pool(hidden, attention_mask)
+
+    def _pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        if self.config.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+    def lower_states(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor:
+        """What enters the first tuned layer, ``[batch, tokens, hidden]``, without gradients: the
+        frozen part's output, which training caches once per text."""
+        kwargs = {"attention_mask": attention_mask, "output_hidden_states": True}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        with torch.no_grad():
+            return self.backbone(input_ids=input_ids, **kwargs).hidden_states[self.first_tuned]
+
+    def pooled_from_lower(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """The tuned layers and the pooling on :meth:`lower_states` output, ``[batch, hidden]``; with
+        gradients into those layers when grad is enabled. Equals :meth:`pooled_features` of the same
+        tokens (tested)."""
+        if self.config.tuned_layers:
+            from transformers.masking_utils import create_bidirectional_mask
+
+            mask = create_bidirectional_mask(config=self.backbone.config, inputs_embeds=hidden,
+                                             attention_mask=attention_mask)
+            for layer in self.tuned_layers():
+                out = layer(hidden, mask)
+                hidden = out[0] if isinstance(out, tuple) else out
+        return self._pool(hidden, attention_mask)
 
     def token_states(self, texts: list[str], batch: int = 32) -> list[Tensor]:
-        """The backbone's last hidden state of every real token of each text, ``[T_i, hidden]`` float32 on
-        the CPU (no projection): the input of a transcript reader (a frame dictation head over tokens)."""
+        """The frozen backbone's token states of every real token of each text, ``[T_i, hidden]`` float32 on
+        the CPU (no projection): the input of a transcript reader (a frame dictation head over tokens).
+        That is the last hidden state, or with ``tuned_layers`` what enters them, so a reader trained
+        before the teacher tuned its top layers reads the same states from the teacher's tower."""
         out: list[Tensor] = []
         with torch.no_grad():
             for i in range(0, len(texts), batch):
                 tokens = self.tokenize(list(texts[i : i + batch]))
-                hidden = self.backbone(**tokens).last_hidden_state.float().cpu()
+                hidden = self.lower_states(**tokens).float().cpu()
                 mask = tokens["attention_mask"].bool().cpu()
                 out += [h[m] for h, m in zip(hidden, mask)]
         return out
@@ -311,10 +362,14 @@ class TextTower(nn.Module):
     # --- bundles and foreign checkpoints -------------------------------------------------------
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """What a bundle's ``text_head`` group stores: the projection, plus the backbone when tuned."""
+        """What a bundle's ``text_head`` group stores: the projection, plus the backbone when tuned
+        (all of it when not frozen, else its ``tuned_layers`` top layers)."""
         state = {f"projection.{k}": v for k, v in self.projection.state_dict().items()}
         if not self.config.frozen:
             state.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
+        else:
+            for i, layer in enumerate(self.tuned_layers(), start=self.first_tuned):
+                state.update({f"backbone.encoder.layer.{i}.{k}": v for k, v in layer.state_dict().items()})
         return state
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:

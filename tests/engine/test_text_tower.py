@@ -262,3 +262,47 @@ def test_text_tower_from_a_real_ctclip_import(tiny_cxr_folder):
         torch.testing.assert_close(tower.encode(TEXTS), expected, atol=1e-5, rtol=1e-4)
     scale = LogitScale(imported.logit_scale)
     assert scale().item() == pytest.approx(checkpoint["temperature"].exp().item())
+
+
+def test_tuned_top_layer_from_cached_lower_states_equals_the_full_forward():
+    """``tuned_layers``: running the top layer on cached lower states is the full forward, only that
+    layer and the projection get gradients, and the bundle state carries exactly them."""
+    torch.manual_seed(0)
+    tower = create_text_tower("minilm", tuned_layers=1)
+    plain = create_text_tower("minilm")
+    tokens = tower.tokenize(TEXTS)
+    with torch.no_grad():
+        full = plain.pooled_features(**tokens)
+        via_lower = tower.pooled_from_lower(tower.lower_states(**tokens), tokens["attention_mask"])
+    assert torch.allclose(full, via_lower, atol=1e-5)
+    assert torch.allclose(full, tower.pooled_features(**tokens).detach(), atol=1e-5)
+
+    tower.train()
+    tower.projection(tower.pooled_from_lower(tower.lower_states(**tokens), tokens["attention_mask"])).sum().backward()
+    top, below = tower.backbone.encoder.layer[-1], tower.backbone.encoder.layer[-2]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in top.parameters())
+    assert all(p.grad is None for p in below.parameters())
+
+    state = tower.trainable_state_dict()
+    assert {k.split(".")[0] for k in state} == {"projection", "backbone"}
+    assert all(k.startswith(f"backbone.encoder.layer.{len(tower.backbone.encoder.layer) - 1}.")
+               for k in state if k.startswith("backbone"))
+    with torch.no_grad():
+        top.attention.output.dense.weight.add_(0.01)
+    other = create_text_tower("minilm", tuned_layers=1)
+    other.load_trainable_state_dict(state)
+    with torch.no_grad():
+        assert torch.allclose(other.encode(TEXTS), tower.encode(TEXTS), atol=1e-5)
+    with pytest.raises(WeightsError, match="missing"):
+        other.load_trainable_state_dict({k: v for k, v in state.items() if k.startswith("projection")})
+
+
+def test_token_states_are_the_frozen_part_so_tuning_the_top_does_not_move_them():
+    tuned = create_text_tower("minilm", tuned_layers=1)
+    before = tuned.token_states(TEXTS[:2])
+    with torch.no_grad():
+        tuned.backbone.encoder.layer[-1].output.dense.weight.mul_(2.0)
+    after = tuned.token_states(TEXTS[:2])
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    plain = create_text_tower("minilm").token_states(TEXTS[:1])[0]
+    assert plain.shape == before[0].shape and not torch.allclose(plain, before[0])

@@ -92,3 +92,30 @@ def test_prompt_direction_cosine():
     assert prompt_direction_cosine(parallel) > 0.99
     ortho = torch.randn(36, 64)
     assert abs(prompt_direction_cosine(ortho)) < 0.2
+
+
+def test_tuned_text_layer_trains_from_cached_states_and_is_saved_with_the_teacher(tiny, tmp_path):
+    """``text_tower.tuned_layers``: the teacher tunes MiniLM's top layer on cached lower states at
+    ``text_lr_mult``; the checkpoint carries it, and the loaded teacher's tower gives the same
+    report embeddings the recipe trained on (so students distil to what the teacher learned)."""
+    from train.recipes import load_teacher, teacher_text_embeddings
+
+    cfg = copy.deepcopy(load_run_config(SMOKE_CONFIG))
+    cfg["text_tower"] = {**cfg["text_tower"], "tuned_layers": 1}
+    cfg["teacher"].update(aux_label_weight=1.0, text_label_weight=1.0, text_lr_mult=0.25)
+    recipe = TeacherRecipe(cfg, tiny, env=DistEnv(), progress=False)
+    top = recipe.module.text_top
+    assert top is not None and top[0] is recipe.text.backbone.encoder.layer[-1]
+    assert set(recipe.lr_multipliers().values()) == {0.25}
+    assert recipe.train_text.dtype == object and recipe.train_text[0].ndim == 2  # cached token states
+    loss, _ = recipe.loss(list(range(4)), 0, DistEnv())
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in top.parameters())
+    assert all(p.grad is None for p in recipe.text.backbone.encoder.layer[-2].parameters())
+    with torch.no_grad():
+        top[0].output.dense.weight.add_(0.05)  # as if trained
+        trained = recipe.text_embed(recipe.valid_text).float()
+    recipe.save_final(tmp_path, {})
+    teacher = load_teacher(tmp_path)
+    again = teacher_text_embeddings(teacher, [s.findings for s in recipe.valid], recipe.cache)
+    assert torch.allclose(torch.from_numpy(again), trained, atol=1e-4)
