@@ -15,6 +15,11 @@ the README's table is that file.
     python scripts/make_bundle.py --data /big/disk/speechct-default            # everything left to do
     python scripts/make_bundle.py --data D --stop-after teacher                 # one session's worth
     python scripts/make_bundle.py --data D --install                            # and copy the bundle to assets/
+    python scripts/make_bundle.py --data D --store-stage teacher               # keep the teacher in the repo
+
+A stage kept in the repository (``assets/training-stages/``, :mod:`stage_store`) is restored instead of
+run when the data remade here and the config match the ones it was trained on: the pipeline is longer
+than one working session, and each session starts from a fresh checkout.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "assets" / "models" / "default"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import stage_store  # noqa: E402  (scripts/stage_store.py)
 
 
 @dataclass
@@ -177,10 +185,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--cascade-n", type=int, default=100, help="reports per voice group for the ASR cascade")
     p.add_argument("--stop-after", help="stop after this stage (e.g. teacher)")
+    p.add_argument("--store-stage", choices=sorted(stage_store.KEPT),
+                   help="keep this finished stage in the repository (assets/training-stages/) and exit")
     p.add_argument("--install", action="store_true", help=f"copy the finished bundle to {DEFAULT_BUNDLE}")
     p.add_argument("--one-student-at-a-time", dest="parallel_students", action="store_false",
                    help="train the naive student after the distilled one (default: side by side, threads split)")
     return p.parse_args(argv)
+
+
+def load_config(name: str) -> dict:
+    sys.path.insert(0, str(ROOT))
+    from train.recipes import load_run_config
+
+    return load_run_config(name)
+
+
+def store_stage(a: argparse.Namespace) -> int:
+    """``--store-stage NAME``: keep a finished stage (and its timing rows) in the repository."""
+    rows = []
+    path = a.data / "pipeline_timings.jsonl"
+    if path.exists():
+        rows = [r for r in map(json.loads, path.read_text().splitlines()) if r["stage"] == a.store_stage]
+    try:
+        target = stage_store.store(a.store_stage, a.data, a.data / "run" / a.store_stage, load_config(a.config), rows)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"make_bundle: {exc}", file=sys.stderr)
+        return 2
+    size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
+    print(f"stored {a.store_stage} in {target} ({size:.1f} MiB): commit it")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     side_by_side = {"student", "student-naive"} if a.parallel_students and a.stop_after != "student" else set()
     halves = {s.name: s for s in stages(argparse.Namespace(**{**vars(a), "threads": max(1, a.threads // 2)}))}
+    if a.store_stage:
+        return store_stage(a)
     for s in all_stages:
+        if not s.done() and s.name in stage_store.KEPT:
+            restored, why = stage_store.restore(s.name, a.data, a.data / "run" / s.name, load_config(a.config))
+            print(f"[{s.name}] {why}", flush=True)
+            if restored:
+                for row in stage_store.stored_timings(s.name):
+                    log_attempt(a.data, {**row, "note": f"{row.get('note', '')} restored from the repository".strip()})
         if s.done():
             print(f"[{s.name}] done already")
         else:

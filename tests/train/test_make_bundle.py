@@ -116,3 +116,48 @@ def test_timing_total_counts_side_by_side_attempts_once(tmp_path):
     table = mb.timing_table(tmp_path, mb.stages(a))
     assert "| student | " in table and "| 50.0 min | 1 | yes |" in table  # each stage keeps its own time
     assert "**1.00 h**" in table  # 10 min teacher + 50 min of students running together, not 1.67 h
+
+
+def _fake_data(data, report="No effusion."):
+    import gzip
+
+    ds = data / "ct-rate" / "dataset"
+    (ds / "train").mkdir(parents=True, exist_ok=True)
+    (ds / "train_reports.csv").write_text(f"VolumeName,Findings_EN\ntrain_1_a_1.nii.gz,{report}\n")
+    (ds / "train" / "train_1_a_1.nii.gz").write_bytes(gzip.compress(b"voxels", mtime=0))
+
+
+def test_a_stored_stage_is_restored_only_on_the_same_data_and_config(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    monkeypatch.setattr(mb.stage_store, "STORE", store)
+    first, again = tmp_path / "first", tmp_path / "again"
+    _fake_data(first)
+    teacher = first / "run" / "teacher"
+    teacher.mkdir(parents=True)
+    (teacher / "model.safetensors").write_bytes(b"weights")
+    (teacher / "model.json").write_text("{}")
+    (teacher / "last.pt").write_bytes(b"not kept")
+    (first / "pipeline_timings.jsonl").write_text(json.dumps({"stage": "teacher", "seconds": 3600.0, "rc": 0}) + "\n")
+    assert mb.main(["--data", str(first), "--store-stage", "teacher"]) == 0
+    assert sorted(p.name for p in (store / "teacher").iterdir()) == ["model.json", "model.safetensors", "stage.json"]
+
+    # the same data remade in a fresh checkout (another gzip time stamp): restored, with the stored time
+    import gzip
+
+    _fake_data(again)
+    (again / "ct-rate" / "dataset" / "train" / "train_1_a_1.nii.gz").write_bytes(gzip.compress(b"voxels", mtime=99))
+    (again / "synth_summary.json").write_text("{}")
+    fake = _FakeTrainCli(again)
+    monkeypatch.setattr(mb.subprocess, "Popen", fake)
+    assert mb.main(["--data", str(again), "--stop-after", "teacher"]) == 0
+    assert (again / "run" / "teacher" / "model.safetensors").read_bytes() == b"weights" and fake.calls == []
+    rows = [json.loads(line) for line in (again / "pipeline_timings.jsonl").read_text().splitlines()]
+    assert rows[0]["seconds"] == 3600.0 and "restored" in rows[0]["note"]
+
+    other = tmp_path / "other"
+    _fake_data(other, report="Small effusion.")
+    ok, why = mb.stage_store.restore("teacher", other, other / "run" / "teacher", mb.load_config("cpu-default"))
+    assert not ok and "other data" in why
+    ok, why = mb.stage_store.restore("teacher", again, tmp_path / "x", mb.load_config("smoke"))
+    assert not ok and "another config" in why
+    assert mb.main(["--data", str(other), "--store-stage", "teacher"]) == 2  # not finished there

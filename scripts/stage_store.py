@@ -1,0 +1,98 @@
+"""Finished bundle stages kept in the repository, so a pipeline longer than one working session can go on
+in the next one from a fresh checkout (``scripts/make_bundle.py``).
+
+The synthetic data is remade from its seed in every checkout (tens of GB, not kept), but a finished
+stage's weights are small: a teacher is ~35 MB. ``store`` copies a finished stage's output with a
+fingerprint of the data and the config it was trained on; ``restore`` copies it back into a run folder
+only when the data remade here has the same fingerprint (the synthesis is deterministic for a seed, and
+the fingerprint checks it: the reports, labels and metadata files of every root and the bytes of the
+first training volumes) and the config is the same. A mismatch means the stage runs again, and says why.
+
+    python scripts/make_bundle.py --data D --store-stage teacher     # after the teacher finished
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STORE = ROOT / "assets" / "training-stages"
+
+#: what of each storable stage's run folder is kept (the rest — checkpoints, caches — is not needed later)
+KEPT = {"teacher": ("model.safetensors", "model.json", "metrics.jsonl")}
+
+#: first training volumes whose bytes enter the fingerprint (the CSVs cover the rest of the data)
+VOLUMES_HASHED = 4
+
+
+def data_fingerprint(data: Path) -> str:
+    """sha256 over every root's CSV files (reports, labels, metadata, mentions) and the bytes of the first
+    few training volumes: equal for data remade from the same seed by the same generator."""
+    digest = hashlib.sha256()
+    files = sorted(p for root in ("ct-rate", "ct-rate-test") for p in (data / root).rglob("*.csv"))
+    volumes = sorted((data / "ct-rate").rglob("*.nii.gz"), key=lambda p: p.name)[:VOLUMES_HASHED]
+    if not files or not volumes:
+        raise FileNotFoundError(f"{data}: no synthesised data to fingerprint")
+    for path in (*files, *volumes):
+        raw = path.read_bytes()
+        digest.update(str(path.relative_to(data)).encode())
+        # a volume's content, not its gzip header (which carries a time stamp)
+        digest.update(hashlib.sha256(gzip.decompress(raw) if path.suffix == ".gz" else raw).digest())
+    return digest.hexdigest()
+
+
+def config_fingerprint(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def store(stage: str, data: Path, run_dir: Path, config: dict, timings: list[dict], store: Path | None = None) -> Path:
+    """Copy a finished stage into ``store/stage`` with its fingerprints (replacing an older one)."""
+    if stage not in KEPT:
+        raise ValueError(f"stage {stage!r} cannot be stored (storable: {', '.join(KEPT)})")
+    missing = [f for f in KEPT[stage][:2] if not (run_dir / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: stage {stage} is not finished ({', '.join(missing)} missing)")
+    target = (store or STORE) / stage
+    tmp = target.with_name(f".{stage}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in KEPT[stage]:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, tmp / name)
+    meta = {"stage": stage, "data": data_fingerprint(data), "config": config_fingerprint(config),
+            "stored": time.strftime("%Y-%m-%d %H:%M:%S"), "timings": timings}
+    (tmp / "stage.json").write_text(json.dumps(meta, indent=1) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def restore(stage: str, data: Path, run_dir: Path, config: dict, store: Path | None = None) -> tuple[bool, str]:
+    """(restored, why): copy ``store/stage`` into ``run_dir`` when its fingerprints match this data and config."""
+    source = (store or STORE) / stage
+    if not (source / "stage.json").is_file():
+        return False, "nothing stored"
+    meta = json.loads((source / "stage.json").read_text())
+    if meta.get("config") != config_fingerprint(config):
+        return False, f"{source} was trained with another config"
+    try:
+        if meta.get("data") != data_fingerprint(data):
+            return False, f"{source} was trained on other data (a different seed, size or generator)"
+    except FileNotFoundError as exc:
+        return False, str(exc)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in KEPT[stage]:
+        if (source / name).is_file():
+            shutil.copy2(source / name, run_dir / name)
+    return True, f"restored from {source.relative_to(ROOT) if source.is_relative_to(ROOT) else source} " \
+                 f"(stored {meta.get('stored')})"
+
+
+def stored_timings(stage: str, store: Path | None = None) -> list[dict]:
+    path = (store or STORE) / stage / "stage.json"
+    return json.loads(path.read_text()).get("timings", []) if path.is_file() else []
