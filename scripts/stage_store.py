@@ -46,8 +46,13 @@ def data_fingerprint(data: Path) -> str:
     return digest.hexdigest()
 
 
-def config_fingerprint(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+#: config sections that do not change a stage's result (a new student setting keeps the stored teacher)
+NOT_USED = {"teacher": ("name", "description", "speech", "student", "dictation", "student_limit", "text_reader")}
+
+
+def config_fingerprint(config: dict, stage: str = "teacher") -> str:
+    used = {k: v for k, v in config.items() if k not in NOT_USED.get(stage, ())}
+    return hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()
 
 
 def store(stage: str, data: Path, run_dir: Path, config: dict, timings: list[dict], store: Path | None = None) -> Path:
@@ -64,7 +69,7 @@ def store(stage: str, data: Path, run_dir: Path, config: dict, timings: list[dic
     for name in KEPT[stage]:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, tmp / name)
-    meta = {"stage": stage, "data": data_fingerprint(data), "config": config_fingerprint(config),
+    meta = {"stage": stage, "data": data_fingerprint(data), "config": config_fingerprint(config, stage),
             "stored": time.strftime("%Y-%m-%d %H:%M:%S"), "timings": timings}
     (tmp / "stage.json").write_text(json.dumps(meta, indent=1) + "\n")
     shutil.rmtree(target, ignore_errors=True)
@@ -78,7 +83,7 @@ def restore(stage: str, data: Path, run_dir: Path, config: dict, store: Path | N
     if not (source / "stage.json").is_file():
         return False, "nothing stored"
     meta = json.loads((source / "stage.json").read_text())
-    if meta.get("config") != config_fingerprint(config):
+    if meta.get("config") != config_fingerprint(config, stage):
         return False, f"{source} was trained with another config"
     try:
         if meta.get("data") != data_fingerprint(data):

@@ -161,3 +161,11 @@ def test_a_stored_stage_is_restored_only_on_the_same_data_and_config(tmp_path, m
     ok, why = mb.stage_store.restore("teacher", again, tmp_path / "x", mb.load_config("smoke"))
     assert not ok and "another config" in why
     assert mb.main(["--data", str(other), "--store-stage", "teacher"]) == 2  # not finished there
+
+
+def test_a_student_setting_or_the_description_does_not_change_the_teachers_config_fingerprint():
+    cfg = mb.load_config("cpu-default")
+    fp = mb.stage_store.config_fingerprint(cfg, "teacher")
+    changed = {**cfg, "description": "new words", "student": {**cfg["student"], "lr": 1.0}}
+    assert mb.stage_store.config_fingerprint(changed, "teacher") == fp
+    assert mb.stage_store.config_fingerprint({**cfg, "teacher": {**cfg["teacher"], "lr": 1.0}}, "teacher") != fp
