@@ -185,8 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--cascade-n", type=int, default=100, help="reports per voice group for the ASR cascade")
     p.add_argument("--stop-after", help="stop after this stage (e.g. teacher)")
-    p.add_argument("--store-stage", choices=sorted(stage_store.KEPT),
-                   help="keep this finished stage in the repository (assets/training-stages/) and exit")
+    p.add_argument("--store-stage", choices=sorted(stage_store.KEPT), action="append",
+                   help="keep this finished stage in the repository (assets/training-stages/) and exit (repeatable)")
     p.add_argument("--install", action="store_true", help=f"copy the finished bundle to {DEFAULT_BUNDLE}")
     p.add_argument("--one-student-at-a-time", dest="parallel_students", action="store_false",
                    help="train the naive student after the distilled one (default: side by side, threads split)")
@@ -200,19 +200,28 @@ def load_config(name: str) -> dict:
     return load_run_config(name)
 
 
+def restore_stage(a: argparse.Namespace, name: str) -> None:
+    """Restore a stage kept in the repository when it fits this data, config (and teacher); say why not."""
+    restored, why = stage_store.restore(name, a.data, a.data / "run", load_config(a.config))
+    print(f"[{name}] {why}", flush=True)
+    if restored:
+        for row in stage_store.stored_timings(name):
+            log_attempt(a.data, {**row, "note": f"{row.get('note', '')} restored from the repository".strip()})
+
+
 def store_stage(a: argparse.Namespace) -> int:
     """``--store-stage NAME``: keep a finished stage (and its timing rows) in the repository."""
-    rows = []
     path = a.data / "pipeline_timings.jsonl"
-    if path.exists():
-        rows = [r for r in map(json.loads, path.read_text().splitlines()) if r["stage"] == a.store_stage]
-    try:
-        target = stage_store.store(a.store_stage, a.data, a.data / "run" / a.store_stage, load_config(a.config), rows)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"make_bundle: {exc}", file=sys.stderr)
-        return 2
-    size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
-    print(f"stored {a.store_stage} in {target} ({size:.1f} MiB): commit it")
+    rows = list(map(json.loads, path.read_text().splitlines())) if path.exists() else []
+    for stage in a.store_stage:
+        try:
+            target = stage_store.store(stage, a.data, a.data / "run", load_config(a.config),
+                                       [r for r in rows if r["stage"] == stage])
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"make_bundle: {exc}", file=sys.stderr)
+            return 2
+        size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) / 2**20
+        print(f"stored {stage} in {target} ({size:.1f} MiB): commit it")
     return 0
 
 
@@ -231,12 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.store_stage:
         return store_stage(a)
     for s in all_stages:
-        if not s.done() and s.name in stage_store.KEPT:
-            restored, why = stage_store.restore(s.name, a.data, a.data / "run" / s.name, load_config(a.config))
-            print(f"[{s.name}] {why}", flush=True)
-            if restored:
-                for row in stage_store.stored_timings(s.name):
-                    log_attempt(a.data, {**row, "note": f"{row.get('note', '')} restored from the repository".strip()})
+        for t in [s] + [t for t in all_stages if s.name in side_by_side and t.name in side_by_side and t is not s]:
+            if not t.done() and t.name in stage_store.KEPT:
+                restore_stage(a, t.name)
         if s.done():
             print(f"[{s.name}] done already")
         else:

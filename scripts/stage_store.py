@@ -23,19 +23,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STORE = ROOT / "assets" / "training-stages"
 
-#: what of each storable stage's run folder is kept (the rest — checkpoints, caches — is not needed later)
-KEPT = {"teacher": ("model.safetensors", "model.json", "metrics.jsonl")}
+_MODEL = ("model.safetensors", "model.json", "metrics.jsonl")
+_HEAD = ("head.safetensors", "head.json")
+#: what of each storable stage's run folders is kept (the rest — checkpoints, caches — is not needed
+#: later); the first two files of each folder must exist
+KEPT: dict[str, dict[str, tuple[str, ...]]] = {
+    "teacher": {"teacher": _MODEL},
+    "text-reader": {"text_reader": _HEAD},
+    "student": {"student": _MODEL, "dictation": _HEAD},
+    "student-naive": {"student-naive": _MODEL, "dictation-naive": _HEAD},
+}
 
-#: first training volumes whose bytes enter the fingerprint (the CSVs cover the rest of the data)
+#: first training volumes and dictations whose bytes enter the fingerprint (the CSVs cover the rest)
 VOLUMES_HASHED = 4
 
 
 def data_fingerprint(data: Path) -> str:
-    """sha256 over every root's CSV files (reports, labels, metadata, mentions) and the bytes of the first
-    few training volumes: equal for data remade from the same seed by the same generator."""
+    """sha256 over every root's CSV files (reports, labels, metadata, mentions, audio manifests) and the
+    bytes of the first few training volumes and dictations: equal for data remade from the same seed by
+    the same generator and voices."""
     digest = hashlib.sha256()
-    files = sorted(p for root in ("ct-rate", "ct-rate-test") for p in (data / root).rglob("*.csv"))
+    roots = ("ct-rate", "ct-rate-test", "speech-rate", "speech-rate-test")
+    files = sorted(p for root in roots for p in (data / root).rglob("*.csv"))
     volumes = sorted((data / "ct-rate").rglob("*.nii.gz"), key=lambda p: p.name)[:VOLUMES_HASHED]
+    volumes += sorted((data / "speech-rate").rglob("*.wav"), key=lambda p: p.name)[:VOLUMES_HASHED]
     if not files or not volumes:
         raise FileNotFoundError(f"{data}: no synthesised data to fingerprint")
     for path in (*files, *volumes):
@@ -48,28 +59,43 @@ def data_fingerprint(data: Path) -> str:
 
 #: config sections that do not change a stage's result (a new student setting keeps the stored teacher)
 NOT_USED = {"teacher": ("name", "description", "speech", "student", "dictation", "student_limit", "text_reader")}
+NOT_USED_BY_OTHERS = ("name", "description")
 
 
 def config_fingerprint(config: dict, stage: str = "teacher") -> str:
-    used = {k: v for k, v in config.items() if k not in NOT_USED.get(stage, ())}
+    used = {k: v for k, v in config.items() if k not in NOT_USED.get(stage, NOT_USED_BY_OTHERS)}
     return hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()
 
 
-def store(stage: str, data: Path, run_dir: Path, config: dict, timings: list[dict], store: Path | None = None) -> Path:
-    """Copy a finished stage into ``store/stage`` with its fingerprints (replacing an older one)."""
+#: stages trained from the teacher's outputs: restored only beside the teacher they learnt from
+TAUGHT = ("student", "student-naive")
+
+
+def teacher_hash(run: Path) -> str | None:
+    """The weights hash of the teacher in ``run`` (None when there is none)."""
+    meta = run / "teacher" / "model.json"
+    return json.loads(meta.read_text()).get("weights_sha256") if meta.is_file() else None
+
+
+def store(stage: str, data: Path, run: Path, config: dict, timings: list[dict], store: Path | None = None) -> Path:
+    """Copy a finished stage's folders of ``run`` into ``store/stage`` with its fingerprints (replacing an
+    older one)."""
     if stage not in KEPT:
         raise ValueError(f"stage {stage!r} cannot be stored (storable: {', '.join(KEPT)})")
-    missing = [f for f in KEPT[stage][:2] if not (run_dir / f).is_file()]
+    missing = [f"{folder}/{f}" for folder, files in KEPT[stage].items() for f in files[:2]
+               if not (run / folder / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{run_dir}: stage {stage} is not finished ({', '.join(missing)} missing)")
+        raise FileNotFoundError(f"{run}: stage {stage} is not finished ({', '.join(missing)} missing)")
     target = (store or STORE) / stage
     tmp = target.with_name(f".{stage}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in KEPT[stage]:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, tmp / name)
+    for folder, files in KEPT[stage].items():
+        (tmp / folder).mkdir(parents=True)
+        for name in files:
+            if (run / folder / name).is_file():
+                shutil.copy2(run / folder / name, tmp / folder / name)
     meta = {"stage": stage, "data": data_fingerprint(data), "config": config_fingerprint(config, stage),
+            "teacher": teacher_hash(run) if stage in TAUGHT else None,
             "stored": time.strftime("%Y-%m-%d %H:%M:%S"), "timings": timings}
     (tmp / "stage.json").write_text(json.dumps(meta, indent=1) + "\n")
     shutil.rmtree(target, ignore_errors=True)
@@ -77,23 +103,27 @@ def store(stage: str, data: Path, run_dir: Path, config: dict, timings: list[dic
     return target
 
 
-def restore(stage: str, data: Path, run_dir: Path, config: dict, store: Path | None = None) -> tuple[bool, str]:
-    """(restored, why): copy ``store/stage`` into ``run_dir`` when its fingerprints match this data and config."""
+def restore(stage: str, data: Path, run: Path, config: dict, store: Path | None = None) -> tuple[bool, str]:
+    """(restored, why): copy ``store/stage``'s folders into ``run`` when its fingerprints match this data and
+    config."""
     source = (store or STORE) / stage
     if not (source / "stage.json").is_file():
         return False, "nothing stored"
     meta = json.loads((source / "stage.json").read_text())
     if meta.get("config") != config_fingerprint(config, stage):
         return False, f"{source} was trained with another config"
+    if stage in TAUGHT and meta.get("teacher") != teacher_hash(run):
+        return False, f"{source} learnt from another teacher than the one in {run / 'teacher'}"
     try:
         if meta.get("data") != data_fingerprint(data):
             return False, f"{source} was trained on other data (a different seed, size or generator)"
     except FileNotFoundError as exc:
         return False, str(exc)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in KEPT[stage]:
-        if (source / name).is_file():
-            shutil.copy2(source / name, run_dir / name)
+    for folder, files in KEPT[stage].items():
+        (run / folder).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if (source / folder / name).is_file():
+                shutil.copy2(source / folder / name, run / folder / name)
     return True, f"restored from {source.relative_to(ROOT) if source.is_relative_to(ROOT) else source} " \
                  f"(stored {meta.get('stored')})"
 

@@ -139,7 +139,8 @@ def test_a_stored_stage_is_restored_only_on_the_same_data_and_config(tmp_path, m
     (teacher / "last.pt").write_bytes(b"not kept")
     (first / "pipeline_timings.jsonl").write_text(json.dumps({"stage": "teacher", "seconds": 3600.0, "rc": 0}) + "\n")
     assert mb.main(["--data", str(first), "--store-stage", "teacher"]) == 0
-    assert sorted(p.name for p in (store / "teacher").iterdir()) == ["model.json", "model.safetensors", "stage.json"]
+    assert sorted(str(p.relative_to(store / "teacher")) for p in (store / "teacher").rglob("*") if p.is_file()) == \
+        ["stage.json", "teacher/model.json", "teacher/model.safetensors"]
 
     # the same data remade in a fresh checkout (another gzip time stamp): restored, with the stored time
     import gzip
@@ -156,7 +157,7 @@ def test_a_stored_stage_is_restored_only_on_the_same_data_and_config(tmp_path, m
 
     other = tmp_path / "other"
     _fake_data(other, report="Small effusion.")
-    ok, why = mb.stage_store.restore("teacher", other, other / "run" / "teacher", mb.load_config("cpu-default"))
+    ok, why = mb.stage_store.restore("teacher", other, other / "run", mb.load_config("cpu-default"))
     assert not ok and "other data" in why
     ok, why = mb.stage_store.restore("teacher", again, tmp_path / "x", mb.load_config("smoke"))
     assert not ok and "another config" in why
@@ -169,3 +170,26 @@ def test_a_student_setting_or_the_description_does_not_change_the_teachers_confi
     changed = {**cfg, "description": "new words", "student": {**cfg["student"], "lr": 1.0}}
     assert mb.stage_store.config_fingerprint(changed, "teacher") == fp
     assert mb.stage_store.config_fingerprint({**cfg, "teacher": {**cfg["teacher"], "lr": 1.0}}, "teacher") != fp
+
+
+def test_a_stored_student_is_restored_only_beside_its_own_teacher(tmp_path, monkeypatch):
+    monkeypatch.setattr(mb.stage_store, "STORE", tmp_path / "store")
+    data = tmp_path / "d"
+    _fake_data(data)
+    run = data / "run"
+    for folder, files in {"teacher": ("model.safetensors",), "student": ("model.safetensors", "model.json"),
+                          "dictation": ("head.safetensors", "head.json")}.items():
+        (run / folder).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            (run / folder / f).write_text("{}")
+    (run / "teacher" / "model.json").write_text(json.dumps({"weights_sha256": "aaa"}))
+    cfg = mb.load_config("cpu-default")
+    mb.stage_store.store("student", data, run, cfg, [])
+    fresh = tmp_path / "fresh"
+    (fresh / "teacher").mkdir(parents=True)
+    (fresh / "teacher" / "model.json").write_text(json.dumps({"weights_sha256": "bbb"}))
+    ok, why = mb.stage_store.restore("student", data, fresh, cfg)
+    assert not ok and "another teacher" in why
+    (fresh / "teacher" / "model.json").write_text(json.dumps({"weights_sha256": "aaa"}))
+    ok, _ = mb.stage_store.restore("student", data, fresh, cfg)
+    assert ok and (fresh / "dictation" / "head.safetensors").is_file() and (fresh / "student" / "model.json").is_file()
