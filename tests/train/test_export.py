@@ -37,6 +37,8 @@ def bundle_dir(tmp_path_factory):
     # with the density path, whose fitted statistics are buffers that must travel in the bundle
     cfg["ct_encoder"] = {**cfg["ct_encoder"], "density_path": True, "density_pool": [4, 8, 8],
                          "density_thresholds": [-0.5, 0.3], "density_rank": 4}
+    # and MiniLM's top layer tuned, as cpu-default does: the layer must travel in text_head
+    cfg["text_tower"] = {**cfg["text_tower"], "tuned_layers": 1}
     env = DistEnv()
     teacher = TeacherRecipe(cfg, data, env=env, progress=False)
     summary = Trainer(teacher, OptimConfig.from_dict({**cfg["teacher"], "max_steps": 2}), stage_dir(out, "teacher"),
@@ -83,7 +85,14 @@ def test_bundle_round_trip(bundle_dir):
     assert prompts.shape == (2 * len(LABELS), manifest["space"]["dim"])
     assert manifest["prompts"]["texts"][:2] == list(prompt_pair(LABELS[0]))
     assert manifest["prompts"]["kind"] == "text"
-    assert set(b.tensors["text_head"]) == {"projection.weight"}
+    assert "projection.weight" in b.tensors["text_head"]
+    assert {k.split(".")[3] for k in b.tensors["text_head"] if k != "projection.weight"} == {"5"}  # layer 5 of 0-5
+    from engine.models.text import TextTower, TextTowerConfig
+
+    tower = TextTower(TextTowerConfig.from_dict(manifest["text"]["config"]))
+    tower.load_trainable_state_dict(b.load_group("text_head"))
+    with torch.no_grad():  # the engine's tower gives the trained teacher's prompt embeddings
+        assert torch.allclose(tower.eval().encode(manifest["prompts"]["texts"][:4]), prompts[:4].float(), atol=1e-4)
     assert manifest["space"]["logit_scale"] > 0
     prov = manifest["provenance"]
     assert {"data", "seeds", "commit", "timings_s"} <= set(prov)
