@@ -28,7 +28,7 @@ def test_stages_in_order_and_resume_flags(tmp_path):
     assert teacher.done()
     naive = stages[5].args()
     assert naive[naive.index("--distill-weight") + 1] == "0"
-    assert "--float16" in stages[8].args()  # the float32 weights would pass the 60 MiB cap
+    assert "--float16" in stages[8].args()  # the float32 weights would exceed the 60 MiB cap
 
 
 def test_timing_table_sums_attempts(tmp_path):
