@@ -427,6 +427,19 @@ class TeacherRecipe:
                 heads |= {id(p) for p in head.parameters()}
         return heads
 
+    def init_from(self, folder: str | Path) -> None:
+        """Start from a finished teacher's weights (``--init-from``): the same config, a new schedule."""
+        from safetensors.torch import load_file
+
+        path = Path(folder) / MODEL_FILE
+        state = load_file(str(path))
+        try:
+            self.module.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1].strip()
+            raise DataError(f"these weights do not fit this config's teacher ({first})", path) from exc
+        self.initialised_from = {"folder": str(folder), "weights_sha256": C.state_hash(state)}
+
     def lr_multipliers(self) -> dict[int, float]:
         """A tuned pretrained text layer learns at ``teacher.text_lr_mult`` x lr (default 0.1): the
         encoder and heads start from scratch, the layer from MiniLM's weights."""
@@ -539,7 +552,8 @@ class TeacherRecipe:
                 "ct_encoder": self.module.ct.config.to_dict(), "text": self.text.manifest_entry(),
                 "logit_scale": self.module.logit_scale.value, "weights_sha256": C.state_hash(state),
                 "n_train": self.n_train, "n_valid": len(self.valid), "summary": summary,
-                "prep_seconds": round(self.prep_seconds, 1)}
+                "prep_seconds": round(self.prep_seconds, 1),
+                "initialised_from": getattr(self, "initialised_from", None)}
         (folder / MODEL_JSON).write_text(json.dumps(meta, indent=1, default=str))
         return folder / MODEL_FILE
 

@@ -119,3 +119,27 @@ def test_tuned_text_layer_trains_from_cached_states_and_is_saved_with_the_teache
     teacher = load_teacher(tmp_path)
     again = teacher_text_embeddings(teacher, [s.findings for s in recipe.valid], recipe.cache)
     assert torch.allclose(torch.from_numpy(again), trained, atol=1e-4)
+
+
+def test_init_from_a_finished_teacher_starts_from_its_weights_and_refuses_another_config(tiny, tmp_path):
+    from engine.errors import DataError
+
+    cfg = copy.deepcopy(load_run_config(SMOKE_CONFIG))
+    first = TeacherRecipe(cfg, tiny, env=DistEnv(), progress=False)
+    with torch.no_grad():
+        first.module.ct.pool.proj.weight.add_(0.5)  # as if trained
+    (tmp_path / "t").mkdir()
+    (tmp_path / "u").mkdir()
+    first.save_final(tmp_path / "t", {})
+    again = TeacherRecipe(cfg, tiny, env=DistEnv(), progress=False)
+    assert not torch.equal(again.module.ct.pool.proj.weight, first.module.ct.pool.proj.weight)
+    again.init_from(tmp_path / "t")
+    assert all(torch.equal(v, first.module.state_dict()[k]) for k, v in again.module.state_dict().items())
+    again.save_final(tmp_path / "u", {})
+    import json
+
+    assert json.loads((tmp_path / "u" / "model.json").read_text())["initialised_from"]["folder"] == str(tmp_path / "t")
+    other = copy.deepcopy(cfg)
+    other["teacher"]["aux_label_weight"] = 1.0  # a label head the stored weights lack
+    with pytest.raises(DataError, match="do not fit"):
+        TeacherRecipe(other, tiny, env=DistEnv(), progress=False).init_from(tmp_path / "t")

@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
     add_common(p, required=False)
     p.add_argument("--from-ctclip", type=Path, default=None, metavar="CHECKPOINT",
                    help="write the teacher from a CT-CLIP checkpoint (.pt/.pth/.safetensors) instead of training")
+    p.add_argument("--init-from", type=Path, default=None, metavar="TEACHER_DIR",
+                   help="start from a finished teacher's weights (same config) and train a new schedule: "
+                        "a longer run in pieces, e.g. from assets/training-stages/teacher/teacher")
     p.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
                    help="with --from-ctclip: local folder with CXR-BERT's vocab.txt (and config.json)")
     p.set_defaults(func=run)
@@ -41,6 +44,8 @@ def run(args) -> int:
         return run_from_ctclip(args)
     if args.tokenizer is not None:
         return _usage("--tokenizer goes with --from-ctclip")
+    if args.init_from is not None and not (args.init_from / "model.safetensors").is_file():
+        return _usage(f"{args.init_from}: no finished teacher there (model.safetensors missing)")
     if args.config is None or args.data is None:
         return _usage("--config and --data are required (or --from-ctclip CHECKPOINT --tokenizer DIR)")
     import torch
@@ -58,6 +63,8 @@ def run(args) -> int:
     env = init_distributed(args.device)
     try:
         recipe = TeacherRecipe(cfg, args.data, env=env, progress=not args.quiet)
+        if args.init_from is not None and not args.resume:
+            recipe.init_from(args.init_from)
         trainer = Trainer(recipe, OptimConfig.from_dict(cfg["teacher"]), folder, env, seed=int(cfg.get("seed", 0)),
                           resume=args.resume, progress=not args.quiet, stage="teacher")
         summary = trainer.fit()
