@@ -71,7 +71,8 @@ def stages(a: argparse.Namespace) -> list[Stage]:
               lambda: (run / "text_reader" / "head.safetensors").exists(),
               "the cascade's learned transcript reader (text only: train dictations + extra training-wording reports)"),
         Stage("audio-cache", lambda: ["student", *common, "--prepare-audio-only"],
-              lambda: (data / "cache" / "pipeline-audio-cache.done").exists(),
+              lambda: (data / "cache" / "pipeline-audio-cache.done").exists()
+              or all((run / d / "head.safetensors").exists() for d in ("dictation", "dictation-naive")),
               "frozen lower Whisper layers for every dictation"),
         Stage("student", lambda: ["student", *common, *resume(run / "student")],
               lambda: (run / "dictation" / "head.safetensors").exists(),
@@ -202,10 +203,12 @@ def load_config(name: str) -> dict:
     return load_run_config(name)
 
 
-def restore_stage(a: argparse.Namespace, name: str) -> None:
-    """Restore a stage kept in the repository when it fits this data, config (and teacher); say why not."""
+def restore_stage(a: argparse.Namespace, name: str, quiet: bool = False) -> None:
+    """Restore a stage kept in the repository when it fits this data, config (and teacher); say why not
+    (unless ``quiet``)."""
     restored, why = stage_store.restore(name, a.data, a.data / "run", load_config(a.config))
-    print(f"[{name}] {why}", flush=True)
+    if restored or not quiet:
+        print(f"[{name}] {why}", flush=True)
     if restored:
         for row in stage_store.stored_timings(name):
             log_attempt(a.data, {**row, "note": f"{row.get('note', '')} restored from the repository".strip()})
@@ -241,10 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     halves = {s.name: s for s in stages(argparse.Namespace(**{**vars(a), "threads": max(1, a.threads // 2)}))}
     if a.store_stage:
         return store_stage(a)
-    for s in all_stages:
-        for t in [s] + [t for t in all_stages if s.name in side_by_side and t.name in side_by_side and t is not s]:
+    for i, s in enumerate(all_stages):
+        # a kept stage is restored as soon as what it needs is there (a student needs its teacher), so a
+        # stage only the kept ones need (the audio cache) is skipped
+        for t in all_stages[i:]:
             if not t.done() and t.name in stage_store.KEPT:
-                restore_stage(a, t.name)
+                restore_stage(a, t.name, quiet=t is not s)
         if s.done():
             print(f"[{s.name}] done already")
         else:

@@ -42,14 +42,24 @@ def data_fingerprint(data: Path) -> str:
     """sha256 over every root's CSV files (reports, labels, metadata, mentions, audio manifests) and the
     bytes of the first few training volumes and dictations: equal for data remade from the same seed by
     the same generator and voices."""
-    digest = hashlib.sha256()
     roots = ("ct-rate", "ct-rate-test", "speech-rate", "speech-rate-test")
     files = sorted(p for root in roots for p in (data / root).rglob("*.csv"))
     volumes = sorted((data / "ct-rate").rglob("*.nii.gz"), key=lambda p: p.name)[:VOLUMES_HASHED]
     volumes += sorted((data / "speech-rate").rglob("*.wav"), key=lambda p: p.name)[:VOLUMES_HASHED]
     if not files or not volumes:
         raise FileNotFoundError(f"{data}: no synthesised data to fingerprint")
-    for path in (*files, *volumes):
+    memo = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in (*files, *volumes))
+    if memo not in _FINGERPRINTS:
+        _FINGERPRINTS[memo] = _hash_files(data, [*files, *volumes])
+    return _FINGERPRINTS[memo]
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _hash_files(data: Path, paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
         raw = path.read_bytes()
         digest.update(str(path.relative_to(data)).encode())
         # a volume's content, not its gzip header (which carries a time stamp)

@@ -194,3 +194,26 @@ def test_a_stored_student_is_restored_only_beside_its_own_teacher(tmp_path, monk
     (fresh / "teacher" / "model.json").write_text(json.dumps({"weights_sha256": "aaa"}))
     ok, _ = mb.stage_store.restore("student", data, fresh, cfg)
     assert ok and (fresh / "dictation" / "head.safetensors").is_file() and (fresh / "student" / "model.json").is_file()
+
+
+def test_with_every_training_stage_kept_a_fresh_checkout_runs_none_of_them(tmp_path, monkeypatch):
+    """Teacher, transcript reader and both students restored: not even the audio cache runs (only the
+    students read it)."""
+    monkeypatch.setattr(mb.stage_store, "STORE", tmp_path / "store")
+    first, fresh = tmp_path / "first", tmp_path / "fresh"
+    for data in (first, fresh):
+        _fake_data(data)
+        (data / "synth_summary.json").write_text("{}")
+    run = first / "run"
+    for folders in mb.stage_store.KEPT.values():
+        for folder, files in folders.items():
+            (run / folder).mkdir(parents=True, exist_ok=True)
+            for f in files[:2]:
+                (run / folder / f).write_text("{}")
+    (run / "teacher" / "model.json").write_text(json.dumps({"weights_sha256": "aaa"}))
+    assert mb.main(["--data", str(first), *(a for st in mb.stage_store.KEPT for a in ("--store-stage", st))]) == 0
+    fake = _FakeTrainCli(fresh)
+    monkeypatch.setattr(mb.subprocess, "Popen", fake)
+    assert mb.main(["--data", str(fresh), "--stop-after", "student-naive"]) == 0
+    assert fake.calls == []
+    assert (fresh / "run" / "dictation-naive" / "head.safetensors").is_file()
