@@ -32,6 +32,8 @@ KEPT: dict[str, dict[str, tuple[str, ...]]] = {
     "text-reader": {"text_reader": _HEAD},
     "student": {"student": _MODEL, "dictation": _HEAD},
     "student-naive": {"student-naive": _MODEL, "dictation-naive": _HEAD},
+    "evaluate": {"evaluation": ("evaluation.json", "evaluation.md", "asr_transcripts.json")},
+    "evaluate-test": {"evaluation-test": ("evaluation.json", "evaluation.md", "asr_transcripts.json")},
 }
 
 #: first training volumes and dictations whose bytes enter the fingerprint (the CSVs cover the rest)
@@ -77,14 +79,22 @@ def config_fingerprint(config: dict, stage: str = "teacher") -> str:
     return hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()
 
 
-#: stages trained from the teacher's outputs: restored only beside the teacher they learnt from
-TAUGHT = ("student", "student-naive")
+_MODELS = ("teacher/model.safetensors", "student/model.safetensors", "student-naive/model.safetensors",
+           "dictation/head.safetensors", "dictation-naive/head.safetensors", "text_reader/head.safetensors")
+#: what a stage's result depends on in the run folder: it is restored only beside the same files
+DEPENDS = {"student": ("teacher/model.safetensors",), "student-naive": ("teacher/model.safetensors",),
+           "evaluate": _MODELS, "evaluate-test": _MODELS}
 
 
-def teacher_hash(run: Path) -> str | None:
-    """The weights hash of the teacher in ``run`` (None when there is none)."""
-    meta = run / "teacher" / "model.json"
-    return json.loads(meta.read_text()).get("weights_sha256") if meta.is_file() else None
+def inputs_hash(run: Path, stage: str) -> str | None:
+    """sha256 over the files ``stage`` depends on in ``run`` (None when one is missing or none are)."""
+    paths = [run / rel for rel in DEPENDS.get(stage, ())]
+    if not paths or not all(p.is_file() for p in paths):
+        return None
+    digest = hashlib.sha256()
+    for p in paths:
+        digest.update(hashlib.sha256(p.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def store(stage: str, data: Path, run: Path, config: dict, timings: list[dict], store: Path | None = None) -> Path:
@@ -105,7 +115,7 @@ def store(stage: str, data: Path, run: Path, config: dict, timings: list[dict], 
             if (run / folder / name).is_file():
                 shutil.copy2(run / folder / name, tmp / folder / name)
     meta = {"stage": stage, "data": data_fingerprint(data), "config": config_fingerprint(config, stage),
-            "teacher": teacher_hash(run) if stage in TAUGHT else None,
+            "inputs": inputs_hash(run, stage),
             "stored": time.strftime("%Y-%m-%d %H:%M:%S"), "timings": timings}
     (tmp / "stage.json").write_text(json.dumps(meta, indent=1) + "\n")
     shutil.rmtree(target, ignore_errors=True)
@@ -122,8 +132,8 @@ def restore(stage: str, data: Path, run: Path, config: dict, store: Path | None 
     meta = json.loads((source / "stage.json").read_text())
     if meta.get("config") != config_fingerprint(config, stage):
         return False, f"{source} was trained with another config"
-    if stage in TAUGHT and meta.get("teacher") != teacher_hash(run):
-        return False, f"{source} learnt from another teacher than the one in {run / 'teacher'}"
+    if stage in DEPENDS and (meta.get("inputs") is None or meta.get("inputs") != inputs_hash(run, stage)):
+        return False, f"{source} was made from other models than those in {run} ({', '.join(DEPENDS[stage][:2])}…)"
     try:
         if meta.get("data") != data_fingerprint(data):
             return False, f"{source} was trained on other data (a different seed, size or generator)"

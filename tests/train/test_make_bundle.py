@@ -188,10 +188,12 @@ def test_a_stored_student_is_restored_only_beside_its_own_teacher(tmp_path, monk
     mb.stage_store.store("student", data, run, cfg, [])
     fresh = tmp_path / "fresh"
     (fresh / "teacher").mkdir(parents=True)
-    (fresh / "teacher" / "model.json").write_text(json.dumps({"weights_sha256": "bbb"}))
     ok, why = mb.stage_store.restore("student", data, fresh, cfg)
-    assert not ok and "another teacher" in why
-    (fresh / "teacher" / "model.json").write_text(json.dumps({"weights_sha256": "aaa"}))
+    assert not ok and "other models" in why  # no teacher yet
+    (fresh / "teacher" / "model.safetensors").write_text("another teacher")
+    ok, why = mb.stage_store.restore("student", data, fresh, cfg)
+    assert not ok and "other models" in why
+    (fresh / "teacher" / "model.safetensors").write_text("{}")
     ok, _ = mb.stage_store.restore("student", data, fresh, cfg)
     assert ok and (fresh / "dictation" / "head.safetensors").is_file() and (fresh / "student" / "model.json").is_file()
 
