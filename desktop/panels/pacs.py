@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QTabWidget,
+    QToolButton,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -99,7 +100,14 @@ class PacsPanel(QWidget):
         self.search_button.clicked.connect(self.search)
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("Server", self.server)
+        self.reload_button = QToolButton()
+        self.reload_button.setText("↻")
+        self.reload_button.setToolTip("Read the PACS settings file again")
+        self.reload_button.clicked.connect(self.reload_servers)
+        server_row = QHBoxLayout()
+        server_row.addWidget(self.server, 1)
+        server_row.addWidget(self.reload_button)
+        form.addRow("Server", server_row)
         form.addRow("Date", self.date)
         form.addRow("Modality", self.modality)
         form.addRow("Description", self.description)

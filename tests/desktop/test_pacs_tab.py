@@ -143,7 +143,8 @@ def test_errors_are_one_line_and_name_no_secret(qtbot, pacs, panel):
     settings = json.loads(Path(os.environ["SPEECHCT_PACS_CONFIG"]).read_text())
     settings["servers"]["web"]["password"] = "wrong-" + PASSWORD
     Path(os.environ["SPEECHCT_PACS_CONFIG"]).write_text(json.dumps(settings))
-    panel.reload_servers()
+    qtbot.mouseClick(panel.reload_button, Qt.MouseButton.LeftButton)  # read again
+    assert panel.server.currentData() == "web"
     panel.date.setText("")
     with qtbot.waitSignal(panel.failed, timeout=60_000) as blocker:
         panel.search()
