@@ -230,6 +230,12 @@ def test_open_loads_the_study_and_send_stores_its_sr(qtbot, pacs, tmp_path):
         assert [s["MainDicomTags"]["SeriesDescription"] for s in series] == ["SpeechCT AI findings (unverified)"]
         assert panel.status.text() == "Findings sent to web as a DICOM SR (unverified AI output)"
         assert window.activity.text() == panel.status.text()
+        choose(panel, "dimse")  # the same over DIMSE: C-STORE
+        with qtbot.waitSignal(panel.sent, timeout=TIMEOUT_MS) as blocker:
+            file_menu = window.menuBar().actions()[0].menu()
+            next(a for a in file_menu.actions() if a.text() == "Send results to &PACS").trigger()
+        assert server.sop_uids(uids["study-002"]) == before | {sr_uid, blocker.args[0]}
+        choose(panel, "web")
         assert PASSWORD not in shown_text(window)
 
         shot = tmp_path / "pacs-tab.png"
