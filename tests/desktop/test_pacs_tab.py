@@ -245,3 +245,12 @@ def test_open_loads_the_study_and_send_stores_its_sr(qtbot, pacs, tmp_path):
             shutil.copyfile(shot, SCREENSHOT)
     finally:
         window.close()
+
+
+def test_without_pacs_settings_the_tab_says_where_they_go(qtbot, panel, tmp_path):
+    assert panel.server.count() == 0 and not panel.search_button.isEnabled() and not panel.send_button.isEnabled()
+    assert panel.status.text() == (f"No PACS configured: list the servers in {tmp_path / 'no-pacs-settings.json'} "
+                                   "(README: Department set-up)")
+    with qtbot.waitSignal(panel.failed, timeout=10_000) as blocker:
+        panel.send_current()
+    assert blocker.args[0] == "no usable PACS server chosen (PACS tab)"
