@@ -40,6 +40,7 @@ from .dictation.widget import DictationWidget
 from .engine_service import EngineService
 from .icons import app_icon
 from .panels.findings import FindingsPanel
+from .panels.pacs import PacsPanel, browser_tabs
 from .panels.similar import SimilarPanel
 from .panels.studies import StudiesPanel, default_thumbnail_dir
 from .panels.transcript import TranscriptPanel
@@ -156,7 +157,9 @@ class MainWindow(QMainWindow):
                                                   else Path(cache_dir) / "thumbnails")
         self.studies = StudiesPanel(thumbnail_dir=thumbs)
         self.studies.hold_thumbnails()  # released once the first study is on screen, or none is asked for
-        left_dock = self._dock("Studies", self.studies, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.pacs = PacsPanel(self.settings, current_result=lambda: self.analysis and self.analysis.to_json())
+        self.browser = browser_tabs(self.studies, self.pacs)
+        left_dock = self._dock("Studies", self.browser, Qt.DockWidgetArea.LeftDockWidgetArea)
         # right: findings, dictation, similar
         self.findings = FindingsPanel()
         self.dictation = DictationWidget(self.settings.recordings(), source_factory or self._microphone,
@@ -208,6 +211,8 @@ class MainWindow(QMainWindow):
         self._menus()
         self._tool_bar()
         self.studies.openRequested.connect(self.open_study)
+        self.pacs.openRequested.connect(self.open_study)
+        self.pacs.message.connect(self._status)
         self.similar.openRequested.connect(self.open_beside)
         self.dictation.dictationFinished.connect(self._dictation_done)
         self.dictation.queryFinished.connect(self._query_done)
@@ -257,6 +262,7 @@ class MainWindow(QMainWindow):
         act(m, "Open &folder…", self.studies.choose_folder, "Ctrl+O")
         act(m, "Open &file…", self.studies._choose_file, "Ctrl+Shift+O")
         act(m, "Add study to &library", self.add_to_library, "Ctrl+L")
+        act(m, "Send results to &PACS", self.pacs.send_current)
         act(m, "&Settings…", self.edit_settings, "Ctrl+,")
         m.addSeparator()
         act(m, "&Quit", self.close, "Ctrl+Q")
@@ -617,6 +623,7 @@ class MainWindow(QMainWindow):
         self.runner.wait(30_000)
         self.transcript_runner.wait(60_000)
         self.studies.runner.wait(30_000)  # thumbnail reads: let them land before the panel goes
+        self.pacs.shutdown()  # a retrieval under way is cancelled (Open resumes it next time)
         for viewer in (self.viewer, self.compare):
             if viewer is not None:
                 viewer.close_views()

@@ -52,6 +52,7 @@ class Settings:
     audio_retention_days: int = 30
     recordings_dir: str = ""  # "" = <user data dir>/recordings
     last_study: str = ""
+    pacs_server: str = ""  # a server name of the PACS settings file ("" = its default); the PACS tab sets it
 
     def recordings(self) -> Path:
         return Path(self.recordings_dir) if self.recordings_dir else data_dir() / "recordings"

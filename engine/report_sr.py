@@ -170,3 +170,24 @@ def sr_for_result(result: dict, *, dictation: bool = False):
         raise StudyError("an SR references the source DICOM series: this study is "
                          f"{study.get('format') or 'not DICOM'}", study.get("path") or result["inputs"]["ct"])
     return build_sr(result, source_headers(study["path"], study.get("series_uid")), dictation=dictation)
+
+
+def send_result(result: dict, server_name: str | None, *, dictation: bool = False,
+                settings: str | Path | None = None) -> str:
+    """Build the SR of ``result`` (an :meth:`engine.runtime.Analysis.to_json`, a DICOM study's) and store it
+    on the PACS settings' server ``server_name`` (None: the default) by STOW-RS or C-STORE, by its kind;
+    returns the SR's SOPInstanceUID. ``dictation``: add the dictation check. Failures: one line
+    (:class:`engine.pacs.errors.PacsError`, or StudyError for a study that is not DICOM)."""
+    from engine.pacs.client import connect
+    from engine.pacs.settings import resolve_server
+
+    # a wrong server is said before the SR is built
+    server = resolve_server(server_name or None, settings=Path(settings) if settings else None)
+    result = {"inputs": {"ct": (result.get("study") or {}).get("path")}, **result}
+    sr = sr_for_result(result, dictation=dictation)
+    client = connect(server)
+    try:
+        client.store([sr])
+    finally:
+        client.close()
+    return str(sr.SOPInstanceUID)

@@ -60,7 +60,18 @@ HIDDEN_IMPORTS = (
     "libjpeg",
     "openjpeg",
     "jpeg_ls",
+    # the shared library on PostgreSQL (engine/library/pg_store.py imports psycopg when a postgresql:// library
+    # is opened): psycopg picks its compiled libpq wrapper by name, whose extension modules import more by name;
+    # the wheel's libpq, OpenSSL and Kerberos libraries (psycopg_binary.libs/) follow as their dependencies
+    "psycopg_binary",
+    "psycopg_binary.pq",
+    "psycopg_binary._psycopg",
+    "pgvector.psycopg",
 )
+
+#: Packages taken whole (every submodule): psycopg's compiled core imports its Python modules (adapters,
+#: types, errors) from C, where PyInstaller cannot see the imports.
+COLLECT_SUBMODULES = ("psycopg",)
 
 #: Packages the app never imports. Each is either a dev/train-only dependency installed in the same
 #: venv, or an optional import that libraries probe for and do without.
@@ -75,6 +86,7 @@ EXCLUDES = (
     "pandas", "cv2",                                     # transformers' optional image/table paths
     # (not PIL: highdicom and dicomweb-client import it, and `speechct rank --sr` / `pacs` need them)
     "train", "bench", "tests", "scripts",                # our own non-app code
+    "pgserver",                                          # the tests' PostgreSQL (a department runs its own)
     # (not torch.testing._internal: torch.utils.checkpoint imports it while torch itself is imported)
     "torch.utils.tensorboard", "tensorboard", "torch.utils.benchmark",
     "vtkmodules.vtkRenderingMatplotlib",

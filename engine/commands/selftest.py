@@ -11,8 +11,12 @@ device. Exit code 0 when every check passed, 1 otherwise (each failure named on 
     {"ok": bool, "device": str, "bundle": {"name": str | null, "hash": str, "path": str},
      "checks": [{"name": str, "ok": bool, "ms": float, "detail": str}]}
 
-Check names: ``bundle`` (load + hashes), ``models`` (building the encoders), ``ct``, ``rank``,
-``speech``, ``dictation``, ``text`` (the last three only when the bundle has them).
+Check names: ``bundle`` (load + hashes), ``models`` (building the encoders), ``ct``, ``rank``, ``sr``
+(the findings as a DICOM SR built in memory and read back: highdicom and its data files), ``speech``,
+``dictation``, ``text`` (these three only when the bundle has them), ``department`` (the PACS and
+shared-library libraries import: pynetdicom, dicomweb-client, highdicom, and psycopg with its compiled
+libpq plus the pgvector adapter; in an installed app bundle these must be there, in a source install
+without the ``postgres`` extra their absence is said, not failed).
 """
 
 from __future__ import annotations
@@ -51,6 +55,56 @@ def _unit_ok(vec, dim: int) -> str | None:
     return None
 
 
+def _sr_check(engine, ct_path: Path, volume, found) -> str:
+    """The findings as a DICOM SR, in memory (nothing written), read back with pydicom."""
+    from dataclasses import asdict
+    from io import BytesIO
+
+    import pydicom
+
+    from engine.findings import unchecked
+    from engine.report_sr import build_sr, source_headers
+
+    if volume.metadata.get("format") not in ("dicom", "dicom-enhanced"):
+        return "skipped: the CT is not DICOM"
+    result = {"bundle": engine.describe(), "findings": [asdict(f) for f in found],
+              "unchecked": unchecked(found, engine.min_finding_auroc)}
+    buffer = BytesIO()
+    build_sr(result, source_headers(ct_path, volume.metadata.get("series_uid"))).save_as(buffer,
+                                                                                        enforce_file_format=True)
+    back = pydicom.dcmread(BytesIO(buffer.getvalue()))
+    if back.Modality != "SR" or back.VerificationFlag != "UNVERIFIED":
+        raise ValueError(f"the SR reads back as {back.Modality}, {back.get('VerificationFlag')}")
+    return f"{len(buffer.getvalue()) / 1024:.0f} KiB, {len(found)} findings, UNVERIFIED"
+
+
+def _department_check() -> str:
+    """The PACS and shared-library libraries import (module docstring)."""
+    import importlib
+
+    versions = []
+    for name in ("pynetdicom", "dicomweb_client", "highdicom"):
+        module = importlib.import_module(name)
+        versions.append(f"{name} {getattr(module, '__version__', '?')}")
+    try:
+        import psycopg
+        from pgvector.psycopg import register_vector  # noqa: F401
+    except ImportError as exc:
+        if getattr(sys, "frozen", False):  # the app bundle must carry them
+            raise
+        return ", ".join(versions) + f"; no PostgreSQL library support ({exc.name or exc}: "
+        "pip install 'speechct[postgres]')"
+    if psycopg.pq.__impl__ not in ("binary", "c"):  # the bundle carries psycopg's compiled libpq
+        message = f"psycopg has no compiled libpq (implementation {psycopg.pq.__impl__!r})"
+        if getattr(sys, "frozen", False):
+            raise ImportError(message)
+        versions.append(message)
+    libpq = psycopg.pq.version()
+    versions.append(f"psycopg {psycopg.__version__} ({psycopg.pq.__impl__}, libpq {libpq // 10000}.{libpq % 10000}), "
+                    "pgvector adapter")
+    return ", ".join(versions)
+
+
 @one_line_warnings
 def run(args: argparse.Namespace) -> int:
     from engine.errors import SpeechCTError
@@ -64,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             detail = fn() or "ok"
             ok = True
-        except (SpeechCTError, ValueError, RuntimeError, OSError, MemoryError) as exc:
+        except (SpeechCTError, ValueError, RuntimeError, OSError, MemoryError, ImportError) as exc:
             ok, detail = False, " ".join(str(exc).split()) or type(exc).__name__
         checks.append({"name": name, "ok": ok, "ms": round((time.perf_counter() - t) * 1000, 1), "detail": detail})
 
@@ -83,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         ct_path = Path(args.ct) if args.ct else SAMPLES / "study-001" / "dicom"
 
         def ct():
-            volume = engine.load_study(ct_path)
+            state["volume"] = volume = engine.load_study(ct_path)
             state["ct"] = vec = engine.encode_ct(volume)
             problem = _unit_ok(vec, engine.dim)
             if problem:
@@ -93,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         check("ct", ct)
         if "ct" in state:
             def rank():
-                found = engine.rank(state["ct"])
+                state["found"] = found = engine.rank(state["ct"])
                 if sorted(f.label for f in found) != sorted(engine.labels):
                     raise ValueError("the ranking does not cover the bundle's labels")
                 if not all(0.0 <= f.probability <= 1.0 for f in found):
@@ -101,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
                 return f"top: {found[0].label} {found[0].probability:.2f}"
 
             check("rank", rank)
+        if "found" in state:
+            check("sr", lambda: _sr_check(engine, ct_path, state["volume"], state["found"]))
         if engine.has_speech:
             wav = Path(args.audio) if args.audio else SAMPLES / "study-001" / "dictation.wav"
 
@@ -133,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
                     raise ValueError(f"text embedding {problem}")
 
             check("text", text)
+    check("department", _department_check)
     ok = all(c["ok"] for c in checks)
     device = str(engine.device) if engine is not None else "-"
     if args.json:

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "packaging"))
 import bundle_contents  # noqa: E402
 
-LIBRARIES = ("highdicom", "highdicom.sr", "dicomweb_client", "pynetdicom", "requests", "certifi")
+LIBRARIES = ("highdicom", "highdicom.sr", "dicomweb_client", "pynetdicom", "requests", "certifi",
+             "psycopg", "psycopg_binary._psycopg", "pgvector.psycopg")
 
 
 def test_department_libraries_import_without_the_excluded_packages():
@@ -28,7 +29,9 @@ def test_department_libraries_import_without_the_excluded_packages():
         sys.meta_path.insert(0, Missing())
         for name in {LIBRARIES!r}:
             importlib.import_module(name)
-        import engine.report_sr, engine.pacs.dicomweb, engine.pacs.dimse
+        import engine.report_sr, engine.pacs.dicomweb, engine.pacs.dimse, engine.pacs.workstation
+        import engine.library.pg_store, psycopg
+        assert psycopg.pq.__impl__ == "binary", psycopg.pq.__impl__  # the wheel's libpq, as the bundle carries it
         print("ok")
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -44,3 +47,23 @@ def test_metadata_and_data_files_are_collected():
     assert data  # what collect_data_files("highdicom") picks up: the standard's tables, ICC profiles
     spec = (ROOT / "packaging" / "speechct.spec").read_text()
     assert "bc.COLLECT_DATA" in spec and "collect_data_files(package)" in spec
+
+
+def test_the_postgresql_client_is_carried_with_its_compiled_libpq():
+    """psycopg reaches its compiled core by name, and that core imports psycopg's modules from C: the
+    spec names them (hidden imports, every psycopg submodule); the test server stays out."""
+    import importlib.util
+
+    from PyInstaller.utils.hooks import collect_submodules
+
+    assert {"psycopg_binary", "psycopg_binary.pq", "psycopg_binary._psycopg", "pgvector.psycopg"} <= set(
+        bundle_contents.HIDDEN_IMPORTS)
+    assert "psycopg" in bundle_contents.COLLECT_SUBMODULES and "pgserver" in bundle_contents.EXCLUDES
+    import psycopg  # noqa: F401  (psycopg_binary refuses to be imported first)
+
+    missing = [name for name in bundle_contents.HIDDEN_IMPORTS if importlib.util.find_spec(name) is None]
+    assert not missing, missing  # a misspelt hidden import is silently skipped by PyInstaller
+    modules = collect_submodules("psycopg")
+    assert {"psycopg.types.numeric", "psycopg.errors", "psycopg.adapt"} <= set(modules)
+    spec = (ROOT / "packaging" / "speechct.spec").read_text()
+    assert "bc.COLLECT_SUBMODULES" in spec and "bc.HIDDEN_IMPORTS" in spec

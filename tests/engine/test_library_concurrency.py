@@ -2,9 +2,11 @@
 
 - a file that is SQLite but not a library is refused before anything is written to it;
 - two imports of the same tree at once add each study exactly once (check-then-add is one transaction);
-- 4 processes x 200 studies into one library, one of them killed mid-way and then rerun: every study
-  exactly once, nothing lost, the database's own checks pass (SQLite: ``PRAGMA integrity_check``;
-  PostgreSQL: its constraints, valid indexes and :meth:`PostgresStore.check_integrity`).
+- 4 processes adding studies to one library, one of them killed (SIGKILL) mid-way and then rerun: every
+  study exactly once, nothing lost, the database's own checks pass (SQLite: ``PRAGMA integrity_check``;
+  PostgreSQL: its constraints, valid indexes and :meth:`PostgresStore.check_integrity`). The issue's goal,
+  500 studies per process, is marked slow (``make test-all``; minutes, docs/library.md gives the times);
+  the default run has the same test at 60 per process.
 
 The last two run on both backends (``backend`` fixture: a library folder, or a fresh database of the
 test PostgreSQL server of :mod:`tests.postgres_server`).
@@ -58,24 +60,26 @@ def _importer(tree: Path, lib_dir: Path | str, delay: float = 0.0) -> subprocess
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def _result(proc: subprocess.Popen, timeout: float = 300) -> dict:
+def _result(proc: subprocess.Popen, timeout: float = 600) -> dict:
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _rows(db: Path | str) -> int:
+def _rows(db: Path | str, under: Path | None = None) -> int:
+    """Studies in the library (those under the folder ``under`` only, when given)."""
+    where, args = ("WHERE path LIKE %s", (f"{under.resolve()}/%",)) if under is not None else ("", ())
     if str(db).startswith("postgresql://"):
         import psycopg
 
         with psycopg.connect(str(db)) as conn:
-            return conn.execute("SELECT COUNT(*) FROM speechct.studies").fetchone()[0]
+            return conn.execute(f"SELECT COUNT(*) FROM speechct.studies {where}", args).fetchone()[0]
     db = Path(db) / "library.sqlite" if Path(db).is_dir() else Path(db)
     if not db.exists():
         return 0
     conn = sqlite3.connect(str(db), timeout=30)
     try:
-        return conn.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
+        return conn.execute(f"SELECT COUNT(*) FROM studies {where.replace('%s', '?')}", args).fetchone()[0]
     except sqlite3.OperationalError:
         return 0
     finally:
@@ -170,22 +174,37 @@ def test_two_imports_of_the_same_tree_add_each_study_once(tmp_path, location):
 
 
 def test_four_writers_one_killed_then_rerun(tmp_path, location):
-    """4 processes x 200 studies on one library; the last is killed with SIGKILL mid-way and rerun."""
-    n_each, n_procs = 200, 4
+    """4 processes x 60 studies on one library; the last is killed with SIGKILL mid-way and rerun."""
+    _four_writers_one_killed_then_rerun(tmp_path, location, 60)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_four_writers_of_500_one_killed_then_rerun(tmp_path, location):
+    """The issue's goal: 4 processes x 500 studies on one library, the last killed mid-way and rerun."""
+    _four_writers_one_killed_then_rerun(tmp_path, location, 500)
+
+
+def _four_writers_one_killed_then_rerun(tmp_path: Path, location: str, n_each: int) -> None:
+    n_procs = 4
     trees = []
+    t = time.perf_counter()
     for k in range(n_procs):
         tree = tmp_path / f"tree{k}"
         _write_studies(tree, 10_000 * (k + 1), n_each)
         trees.append(tree)
+    written = time.perf_counter() - t
     lib = db = location
     Library(lib, bundle_hash="bundle-a", dim=DIM).close()
     started = time.perf_counter()
     procs = [_importer(tree, lib) for tree in trees]
     victim = procs[-1]
-    deadline = time.monotonic() + 240
-    while _rows(db) < n_each and victim.poll() is None:  # kill it while everyone is writing
+    deadline = time.monotonic() + 240 * max(1.0, n_each / 200)
+    # kill it a third of the way through its own studies (the writers take turns: the total says little)
+    while _rows(db, trees[-1]) < n_each // 3 and victim.poll() is None:
         assert time.monotonic() < deadline, "writers too slow"
         time.sleep(0.01)
+    assert victim.poll() is None, "the last writer finished before it could be killed"
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=60)
     results = [_result(p) for p in procs[:-1]]
@@ -200,7 +219,8 @@ def test_four_writers_one_killed_then_rerun(tmp_path, location):
     _check_database(db, expected)
     with Library(lib, bundle_hash="bundle-a", dim=DIM) as library:
         assert len(library) == n_procs * n_each
-    print(f"{location.split(':')[0]}: 4 x {n_each} studies, one killed at {partial} and rerun: {time.perf_counter() - started:.1f} s")
+    print(f"{'postgresql' if location.startswith('postgresql:') else 'sqlite'}: 4 x {n_each} studies, one killed at "
+          f"{partial} and rerun: {time.perf_counter() - started:.1f} s (writing the studies: {written:.1f} s)")
 
 
 def _holder(db: Path, seconds: float) -> subprocess.Popen:

@@ -149,7 +149,8 @@ def test_selftest_passes_on_the_bundle(capsys):
     report = json.loads(out)
     assert code == 0, (out, err)
     assert report["ok"] and report["device"] == "cpu"
-    assert [c["name"] for c in report["checks"]] == ["bundle", "models", "ct", "rank", "speech", "dictation", "text"]
+    assert [c["name"] for c in report["checks"]] == ["bundle", "models", "ct", "rank", "sr", "speech", "dictation",
+                                                    "text", "department"]
 
 
 def test_selftest_fails_with_exit_1(capsys, tmp_path):
