@@ -29,6 +29,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 if os.environ["QT_QPA_PLATFORM"] == "offscreen":
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkOSOpenGLRenderWindow")
 
+from desktop.preload import start_engine_import  # noqa: E402  (as speechct-app's main() does, first)
+
+start_engine_import()
+
 PERIOD_MS = 10
 GOAL_MS = 100.0
 

@@ -154,8 +154,9 @@ class MainWindow(QMainWindow):
         # thumbnails persist beside the engine's embedding cache, or not at all when that is off
         thumbs = None if cache_dir is False else (default_thumbnail_dir() if cache_dir in (None, True)
                                                   else Path(cache_dir) / "thumbnails")
-        self.studies = StudiesPanel(thumbnail_dir=thumbs)
-        self.studies.hold_thumbnails()  # released once the first study is on screen, or none is asked for
+        # held from the start, released once the first study is on screen, or none is asked for: the
+        # samples' reads would compete with the first study's read and the engine's build
+        self.studies = StudiesPanel(thumbnail_dir=thumbs, held=True)
         left_dock = self._dock("Studies", self.studies, Qt.DockWidgetArea.LeftDockWidgetArea)
         # right: findings, dictation, similar
         self.findings = FindingsPanel()
