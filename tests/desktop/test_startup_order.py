@@ -150,6 +150,9 @@ def test_a_switch_asks_for_the_3d_picture_only_after_its_slice_views_are_drawn(q
     queue.flush()
     v3 = viewer.views["3d"]
     qtbot.waitUntil(lambda: v3.image is not None, timeout=TIMEOUT_MS)
+    asked = v3._asked
+    viewer.set_volume(sample_volume)
+    assert v3._asked == asked  # nothing posted to the render thread yet
     order: list[str] = []
     for name, view in viewer.views.items():
         def spy(n=name, draw=view.render_queued):
@@ -157,9 +160,6 @@ def test_a_switch_asks_for_the_3d_picture_only_after_its_slice_views_are_drawn(q
             draw()
 
         view.render_queued = spy
-    asked = v3._asked
-    viewer.set_volume(sample_volume)
-    assert v3._asked == asked  # nothing posted to the render thread yet
     queue.flush()
     assert order[-1] == "3d" and set(order[:-1]) == {"axial", "coronal", "sagittal"}, order
     assert v3._asked == asked + 1
