@@ -2,8 +2,8 @@
 is processed; and how soon images and findings appear.
 
 A 10 ms QTimer records its firing times on the GUI thread; a stall is a gap between firings
-minus the 10 ms period. Phases: (1) launch → first study on screen and its findings (the window
-opens the first sample, as ``speechct-app`` does), (2) CT encoding in the worker (embedding cache
+minus the 10 ms period. Phases: (1) launch → first study on screen and its findings (the engine's
+import starts at launch and the window opens the first sample, as ``speechct-app`` does), (2) CT encoding in the worker (embedding cache
 off), (3) a dictation (Whisper encoder, dictation head, library search) in the worker, (4) study
 switches (read, views refilled, rendered, findings), (5) rendering: 20 scroll steps and 10 3D
 rotations. Peer, in the same run: (4') the switch as the app did it before, a new four-up viewer
