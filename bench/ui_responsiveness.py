@@ -2,8 +2,8 @@
 is processed; and how soon images and findings appear.
 
 A 10 ms QTimer records its firing times on the GUI thread; a stall is a gap between firings
-minus the 10 ms period. Phases: (1) launch → first study on screen and its findings (the window
-opens the first sample, as ``speechct-app`` does), (2) CT encoding in the worker (embedding cache
+minus the 10 ms period. Phases: (1) launch → first study on screen and its findings (the engine's
+import starts at launch and the window opens the first sample, as ``speechct-app`` does), (2) CT encoding in the worker (embedding cache
 off), (3) a dictation (Whisper encoder, dictation head, library search) in the worker, (4) study
 switches (read, views refilled, rendered, findings), (5) rendering: 20 scroll steps and 10 3D
 rotations. Peer, in the same run: (4') the switch as the app did it before, a new four-up viewer
@@ -28,6 +28,10 @@ T_LAUNCH = time.perf_counter()
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 if os.environ["QT_QPA_PLATFORM"] == "offscreen":
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkOSOpenGLRenderWindow")
+
+from desktop.preload import start_engine_import  # noqa: E402  (as speechct-app's main() does, first)
+
+start_engine_import()
 
 PERIOD_MS = 10
 GOAL_MS = 100.0

@@ -41,6 +41,9 @@ def main(argv=None) -> int:
             print("speechct-app: no display (DISPLAY/WAYLAND_DISPLAY unset); try `xvfb-run speechct-app` "
                   "or `speechct-app --selftest`", file=sys.stderr)
             return 2
+    from .preload import start_engine_import
+
+    start_engine_import()  # torch's import overlaps the GUI's, not after it (see desktop.preload)
     from PySide6.QtWidgets import QApplication
 
     from .main_window import MainWindow

@@ -4,15 +4,15 @@ The study on screen is an :class:`engine.session.StudySession` (Qt-free): this s
 its calls on the thread pool and hands back what they return, so the findings of a study are made once
 and a dictation extends them.
 
-Torch's intra-op threads are set to ``cores - 1`` (at least 1) in every worker before it runs,
-so one core stays free for the GUI thread while a CT is encoded (OpenMP keeps that count per
-calling thread, so setting it once in the Engine is not enough).
+Torch's intra-op threads are set to ``cores - 1`` (at least 1) in every worker that gets the engine
+(and in every worker once it is built), so one core stays free for the GUI thread while a CT is
+encoded (OpenMP keeps that count per calling thread, so setting it once in the Engine is not enough).
+Nothing on a study's read path waits for the engine's build: not its lock, not torch's import.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +24,19 @@ from engine.volume import Volume
 
 from .workers import TaskRunner
 
+#: The bundle parts ``Engine.analyze_study`` uses (it warms them up itself; built here ahead of it).
+FINDINGS_MODELS = ("spec", "ct", "prompts", "thresholds")
+
 
 def worker_threads() -> int:
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+def set_torch_threads() -> None:
+    """Torch's intra-op threads for the calling thread (``worker_threads()``); torch must be imported."""
+    import torch
+
+    torch.set_num_threads(worker_threads())
 
 
 @dataclass
@@ -50,7 +60,8 @@ class EngineService(QObject):
         self._engine = None
         self._session = None  # the StudySession of the study on screen (made in a worker)
         self._sources: dict = {}  # path -> engine.io.StudySource of the study on screen
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the engine and the session
+        self._sources_lock = threading.Lock()  # _sources: never waits for the engine's build
         self.last_error: str | None = None
 
     # ---------------------------------------------------------------- engine (worker side)
@@ -62,7 +73,9 @@ class EngineService(QObject):
 
                 self._engine = Engine(self.bundle or None, library=self.library_path or None,
                                       threads=worker_threads(), cache_dir=self.cache_dir)
-            return self._engine
+            eng = self._engine
+        set_torch_threads()  # this thread may have waited for another to build it
+        return eng
 
     def session(self, volume: Volume):
         """The :class:`engine.session.StudySession` of ``volume`` (a new one when another study is asked
@@ -90,16 +103,14 @@ class EngineService(QObject):
     def run(self, what: str, fn, *args, on_result=None, on_error=None, **kwargs):
         """Run ``fn`` in a worker (torch threads set there), announcing ``what`` as busy until it ends."""
         self.busy.emit(what)
-        threads = worker_threads()
 
         def in_worker(*a, **kw):
-            # OpenMP's thread count is per calling thread: set it in every pool thread, not once.
-            if "torch" in sys.modules:
-                # not sys.modules["torch"]: another worker may be half-way through importing it,
-                # and the import statement waits for that import to finish
-                import torch
-
-                torch.set_num_threads(threads)
+            # OpenMP's thread count is per calling thread: set it in every pool thread, not once. Only
+            # once the engine is built: before that another worker may be half-way through importing
+            # torch, and `import torch` here would wait for that import (seconds) before a study is
+            # read; work that needs torch gets the engine through engine(), which sets it then.
+            if self._engine is not None:
+                set_torch_threads()
             return fn(*a, **kw)
 
         def done(value):
@@ -117,7 +128,14 @@ class EngineService(QObject):
         return self.runner.run_task(in_worker, *args, on_result=done, on_error=error, name=what, **kwargs)
 
     def start(self):
-        return self.run("Loading model bundle…", self.describe, on_result=self.ready.emit)
+        """Build the engine and the models a study's findings need (``FINDINGS_MODELS``), while the
+        first study is read: its findings then wait only for the CT encoder's pass."""
+        def work():
+            info = self.describe()
+            self.engine().warm_up(*FINDINGS_MODELS)
+            return info
+
+        return self.run("Loading model bundle…", work, on_result=self.ready.emit)
 
     def load_study(self, path: str, series: str | None, on_result, on_error=None):
         """Read one series of the study at ``path``; the opened study (:func:`engine.io.open_study`) is
@@ -127,7 +145,7 @@ class EngineService(QObject):
 
             source = open_study(path)
             volume = source.load(series)
-            with self._lock:
+            with self._sources_lock:  # not self._lock: that one is held while the engine is built
                 self._sources = {path: source}  # the study on screen only
             return volume
 
@@ -138,7 +156,7 @@ class EngineService(QObject):
         def work():
             from engine.io import open_study
 
-            with self._lock:
+            with self._sources_lock:
                 source = self._sources.get(path)
             return (source or open_study(path)).series
 

@@ -155,8 +155,9 @@ class MainWindow(QMainWindow):
         # thumbnails persist beside the engine's embedding cache, or not at all when that is off
         thumbs = None if cache_dir is False else (default_thumbnail_dir() if cache_dir in (None, True)
                                                   else Path(cache_dir) / "thumbnails")
-        self.studies = StudiesPanel(thumbnail_dir=thumbs)
-        self.studies.hold_thumbnails()  # released once the first study is on screen, or none is asked for
+        # held from the start, released once the first study is on screen, or none is asked for: the
+        # samples' reads would compete with the first study's read and the engine's build
+        self.studies = StudiesPanel(thumbnail_dir=thumbs, held=True)
         self.pacs = PacsPanel(self.settings, current_result=lambda: self.analysis and self.analysis.to_json())
         self.browser = browser_tabs(self.studies, self.pacs)
         left_dock = self._dock("Studies", self.browser, Qt.DockWidgetArea.LeftDockWidgetArea)

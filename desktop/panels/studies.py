@@ -128,15 +128,17 @@ class StudiesPanel(QWidget):
 
     thumbnailReady = Signal(str)  # path: an entry's thumbnail (or its error placeholder) is shown
 
-    def __init__(self, parent=None, runner: TaskRunner | None = None, thumbnail_dir: Path | None = None):
-        """``thumbnail_dir``: where thumbnails persist between sessions (None: memory only)."""
+    def __init__(self, parent=None, runner: TaskRunner | None = None, thumbnail_dir: Path | None = None,
+                 held: bool = False):
+        """``thumbnail_dir``: where thumbnails persist between sessions (None: memory only). ``held``:
+        start held (:meth:`hold_thumbnails`), so not even the sample entries' reads start yet."""
         super().__init__(parent)
         self.thumbnail_dir = Path(thumbnail_dir) if thumbnail_dir is not None else None
         # one reader at a time: thumbnails must not starve the engine's own study loads
         self.runner = runner or TaskRunner(self, max_threads=1)
         self.thumbnail_threads: list[int] = []  # the thread each thumbnail read ran on (tests check it)
         self._pending: dict[tuple[str, str | None], object] = {}
-        self._held: list[tuple[str, str | None]] | None = None  # queued reads while held
+        self._held: list[tuple[str, str | None]] | None = [] if held else None  # queued reads while held
         self._errors: dict[tuple[str, str | None], str] = {}
         self.list = QListWidget()
         self.list.setIconSize(QSize(THUMB, THUMB))

@@ -15,6 +15,7 @@ maximises. An orientation cube (R/L, A/P, S/I faces) in the lower-left corner tu
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -36,6 +37,7 @@ from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper
 
 from engine.volume import Volume
 
+from .base_view import RenderQueue
 from .geometry import Geometry
 from .vtk_image import image_data, placement, render_window_rgb
 
@@ -43,6 +45,8 @@ MAX_SIDE = 128
 # a ray every 2.5 pixels: the picture is hard to tell from one ray per 1.5 pixels (compared side
 # by side) at under half the cost
 IMAGE_SAMPLE_DISTANCE = 2.5
+# one core stays with the GUI thread (and its slice renders), as torch's do (engine_service)
+RAY_CAST_THREADS = max(1, (os.cpu_count() or 2) - 1)
 BACKGROUND = (0.05, 0.05, 0.08)
 # HU -> (opacity) and (r, g, b): faint soft tissue, opaque bone; air and lung transparent.
 OPACITY = ((-1024, 0.0), (-300, 0.0), (-100, 0.008), (100, 0.015), (200, 0.0), (250, 0.3), (1000, 0.9))
@@ -96,6 +100,7 @@ class VolumeRenderer:
         self.mapper = vtkFixedPointVolumeRayCastMapper()
         self.mapper.SetImageSampleDistance(IMAGE_SAMPLE_DISTANCE)
         self.mapper.AutoAdjustSampleDistancesOff()
+        self.mapper.SetNumberOfThreads(RAY_CAST_THREADS)
         prop = vtkVolumeProperty()
         opacity, colour = vtkPiecewiseFunction(), vtkColorTransferFunction()
         for hu, a in OPACITY:
@@ -182,6 +187,7 @@ def orientation_marker() -> vtkRenderer:
 
 class VolumeView(QWidget):
     maximiseToggled = Signal()
+    prepare_requested = False  # RenderQueue: nothing to ready ahead (the render thread has its own window)
 
     def __init__(self, volume: Volume, geometry: Geometry, parent=None):
         super().__init__(parent)
@@ -231,8 +237,13 @@ class VolumeView(QWidget):
         return max(1, int(round(self.width() * ratio))), max(1, int(round(self.height() * ratio)))
 
     def schedule_render(self) -> None:
-        if not self.isVisible():
-            return
+        """Ask for a picture through the app's RenderQueue: the slice views queued before this one
+        draw first (a study switch queues all four), then the request goes to the render thread."""
+        if self.isVisible():
+            RenderQueue.instance().add(self)
+
+    def render_queued(self) -> None:
+        """The queue's turn: post the newest camera and size to the render thread (no wait)."""
         self._asked += 1
         self.worker.request(self._asked, camera_params(self.camera), self._size())
 
