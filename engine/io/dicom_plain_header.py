@@ -15,6 +15,7 @@ sequences are skipped and only noted as present.
 from __future__ import annotations
 
 import struct
+from typing import BinaryIO
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -94,7 +95,7 @@ class PlainHeader:
 class _Reader:
     """Bytes of one open file, read in chunks as the parse needs them."""
 
-    def __init__(self, fp, head: bytes) -> None:
+    def __init__(self, fp: BinaryIO, head: bytes) -> None:
         self.fp = fp
         self.buf = head
 
@@ -108,7 +109,7 @@ class _Reader:
             self.buf += more
 
 
-def read_plain_header(fp, head: bytes) -> PlainHeader | None:
+def read_plain_header(fp: BinaryIO, head: bytes) -> PlainHeader | None:
     """The header of the open file ``fp`` (``head``: its first bytes, already read, at least 132), or
     None when the file is not plain (see the module docstring) or cannot be parsed here."""
     if len(head) < 132 or head[128:132] != b"DICM":

@@ -90,7 +90,9 @@ def _check_no_overrides(path: Path, slope: float | None, intercept: float | None
 class StudySource:
     """A study path, read once: :attr:`series` and :meth:`load` share the walk and the DICOM headers.
 
-    Made by :func:`open_study`; thread-safe (the headers are read once even when two threads ask).
+    Made by :func:`open_study`, or from a walk that already sorted the files by format (the library
+    importer walks a whole tree once: ``formats`` for a folder, ``kind`` for a file); thread-safe (the
+    headers are read once even when two threads ask).
     """
 
     def __init__(self, path: Path, *, is_folder: bool, formats: FolderFormats | None, kind: str | None):
@@ -184,11 +186,12 @@ class StudySource:
         return volume
 
 
-def _read_nifti(path: Path, **overrides) -> Volume:
+def _read_nifti(path: Path, *, slope: float | None, intercept: float | None,
+                spacing: tuple[float, float, float] | None) -> Volume:
     """engine.io.nifti.read_nifti, imported here: nibabel's import is costly and a DICOM load never needs it."""
     from engine.io.nifti import read_nifti
 
-    return read_nifti(path, **overrides)
+    return read_nifti(path, slope=slope, intercept=intercept, spacing=spacing)
 
 
 def open_study(path: str | Path) -> StudySource:
