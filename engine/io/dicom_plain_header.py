@@ -23,7 +23,10 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 PLAIN_SYNTAXES = (EXPLICIT_LE, IMPLICIT_LE)
 
 #: Explicit-VR value representations whose length field is 4 bytes (after 2 reserved bytes).
-LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"})
+LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"SV", b"UN", b"UC", b"UR", b"UT", b"UV"})
+#: The other value representations (2-byte length field).
+_SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
 _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -190,8 +193,8 @@ def _element_header(r: _Reader, pos: int, explicit: bool) -> tuple[bytes | None,
         r.need(pos + 12)
         (length,) = struct.unpack_from("<I", r.buf, pos + 8)
         return vr, length, pos + 12
-    if not (vr.isalpha() and vr.isupper()):
-        raise _NotPlain  # not an explicit VR: the file is not encoded as its meta says
+    if vr not in _SHORT_VRS:
+        raise _NotPlain  # not a VR: the file is not encoded as its meta says (pydicom copes)
     (length,) = struct.unpack_from("<H", r.buf, pos + 6)
     return vr, length, pos + 8
 

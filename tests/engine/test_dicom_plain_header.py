@@ -77,6 +77,7 @@ def test_written_syntaxes_and_character_sets_agree(tmp_path, monkeypatch):
         ("latin1", "ISO_IR 100", "Thorax \u00e9l\u00e8ve", True),
         ("none", None, "Thorax", True),
         ("japanese", "ISO 2022 IR 87", "Thorax", False),
+        ("sv", "ISO_IR 192", "64-bit values", True),  # an SV element: a 4-byte length in explicit VR
     ]:
         folder = tmp_path / name
         for path in write_dicom_series(_volume(), folder):
@@ -86,6 +87,8 @@ def test_written_syntaxes_and_character_sets_agree(tmp_path, monkeypatch):
             else:
                 ds.SpecificCharacterSet = charset
             ds.SeriesDescription = description
+            if name == "sv":
+                ds.SelectorSVValue = [-(2**40), 7]
             ds.save_as(path)
         cases[name] = (folder, plain)
     for name, (folder, plain_expected) in cases.items():
@@ -96,6 +99,15 @@ def test_written_syntaxes_and_character_sets_agree(tmp_path, monkeypatch):
             assert plain[0] == "image"
     latin = dicom_scan.read_header(_regular_files(tmp_path / "latin1")[0])[1][0]
     assert latin.meta["series_description"] == "Thorax \u00e9l\u00e8ve"
+
+
+def test_value_representations_match_pydicoms():
+    from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
+
+    from engine.io.dicom_plain_header import _SHORT_VRS, LONG_VRS
+
+    assert {v.decode() for v in LONG_VRS} == {str(v) for v in EXPLICIT_VR_LENGTH_32}
+    assert {v.decode() for v in _SHORT_VRS} == {str(v) for v in EXPLICIT_VR_LENGTH_16}
 
 
 def test_pydicoms_test_files_agree(monkeypatch):
