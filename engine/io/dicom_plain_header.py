@@ -44,6 +44,8 @@ _KEYWORDS = {
 #: How much of a file is read at a time, and the most a header may take before giving up.
 _CHUNK = 16384
 _MAX_HEADER = 4 * 1024 * 1024
+#: Undefined-length sequences nested deeper than this are left to pydicom (real headers nest a few levels).
+_MAX_DEPTH = 32
 
 
 class _Truncated(Exception):
@@ -172,7 +174,7 @@ def _elements(r: _Reader, pos: int, *, explicit: bool, meta_only: bool) -> tuple
             if vr not in (b"SQ", None):
                 raise _NotPlain  # UN or encapsulated data of undefined length
             out[tag] = PlainElement(None)
-            pos = _skip_sequence(r, value_start, explicit)
+            pos = _skip_sequence(r, value_start, explicit, 1)
             continue
         end = value_start + length
         if vr == b"SQ":
@@ -199,8 +201,11 @@ def _element_header(r: _Reader, pos: int, explicit: bool) -> tuple[bytes | None,
     return vr, length, pos + 8
 
 
-def _skip_sequence(r: _Reader, pos: int, explicit: bool) -> int:
-    """Where an undefined-length sequence whose items start at ``pos`` ends (after its delimiter)."""
+def _skip_sequence(r: _Reader, pos: int, explicit: bool, depth: int) -> int:
+    """Where an undefined-length sequence whose items start at ``pos`` ends (after its delimiter); ``depth``:
+    how deep it is nested (a hostile file could nest until the interpreter's recursion limit)."""
+    if depth > _MAX_DEPTH:
+        raise _NotPlain
     while True:
         r.need(pos + 8)
         tag = struct.unpack_from("<HH", r.buf, pos)
@@ -214,10 +219,10 @@ def _skip_sequence(r: _Reader, pos: int, explicit: bool) -> int:
         if length != _UNDEFINED:
             pos += length
             continue
-        pos = _skip_item(r, pos, explicit)
+        pos = _skip_item(r, pos, explicit, depth)
 
 
-def _skip_item(r: _Reader, pos: int, explicit: bool) -> int:
+def _skip_item(r: _Reader, pos: int, explicit: bool, depth: int) -> int:
     """Where an undefined-length item whose elements start at ``pos`` ends (after its delimiter)."""
     while True:
         r.need(pos + 8)
@@ -228,6 +233,6 @@ def _skip_item(r: _Reader, pos: int, explicit: bool) -> int:
         if length == _UNDEFINED:
             if vr not in (b"SQ", None):
                 raise _NotPlain
-            pos = _skip_sequence(r, value_start, explicit)
+            pos = _skip_sequence(r, value_start, explicit, depth + 1)
         else:
             pos = value_start + length

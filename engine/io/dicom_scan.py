@@ -170,6 +170,8 @@ def _read_with_pydicom(path: str, fp, force: bool, file_size: int, meta_cache: d
         ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
     except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error, OverflowError) as exc:
         return "unreadable", f"cannot parse DICOM header ({_short(exc)})"
+    except RecursionError:  # pydicom reads nested sequences recursively
+        return "unreadable", "cannot parse DICOM header (sequences nested too deep)"
     pixel_start = fp.tell()
     element_head = fp.read(12)
     syntax = _syntax(ds)

@@ -163,3 +163,23 @@ def test_a_file_cut_inside_its_header_goes_to_pydicom(tmp_path, monkeypatch, cut
     path.write_bytes(data[:cut])
     plain, other, taken = _both_ways(monkeypatch, str(path))
     assert not taken and _same(plain, other) and plain[0] == "unreadable"
+
+
+def test_deeply_nested_sequences_go_to_pydicom(tmp_path):
+    """Undefined-length sequences nested beyond any real header: no RecursionError, pydicom's to judge."""
+    from engine.io.dicom_plain_header import read_plain_header
+
+    path = write_dicom_series(_volume((1, 8, 8)), tmp_path / "s")[0]
+    data = path.read_bytes()
+    pixel = data.index(b"\xe0\x7f\x10\x00")
+    opening = b"\x09\x00\x10\x00" + b"SQ\x00\x00" + b"\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    deep = 5000
+    path.write_bytes(data[:pixel] + opening * deep + closing * deep + data[pixel:])
+    with open(path, "rb") as fp:
+        assert read_plain_header(fp, fp.read(16384)) is None
+    shallow = tmp_path / "shallow.dcm"
+    shallow.write_bytes(data[:pixel] + opening * 3 + closing * 3 + data[pixel:])
+    with open(shallow, "rb") as fp:
+        header = read_plain_header(fp, fp.read(16384))
+    assert header is not None and 0x00090010 in header
