@@ -285,11 +285,11 @@ def _text(value) -> str:
 
 
 class _Fields:
-    """Plain header values straight from pydicom's raw elements.
+    """Header values straight from raw elements (pydicom's, or :class:`~engine.io.dicom_plain_header.PlainHeader`'s).
 
     Why by hand: pydicom's per-element conversion (``ds.get``) was two thirds of the header
     pass; the few numeric/ASCII values a slice needs decode in microseconds from raw bytes.
-    Text that may use a character set (descriptions) still goes through pydicom.
+    Text that may use a character set (descriptions) goes through the header's own decoding (``ds.get``).
     """
 
     __slots__ = ("ds",)
@@ -389,8 +389,8 @@ def _meta_key(ds) -> tuple:
 def file_metadata(ds) -> dict:
     """Safe, non-identifying metadata of one dataset (keys of engine.volume.SAFE_METADATA_KEYS).
 
-    ASCII-only values (UIDs, codes, dates, numbers) come raw; free text goes through pydicom
-    for its character set.
+    ASCII-only values (UIDs, codes, dates, numbers) come raw; free text is decoded by the header
+    (pydicom, or the plain reader) for its character set.
     """
     f = _Fields(ds)
     meta = {
