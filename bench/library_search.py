@@ -150,13 +150,13 @@ def bench_pgvector(rows: np.ndarray, queries: np.ndarray, truth: list, efs: list
     from pgvector.psycopg import register_vector
 
     from engine.library.pg_store import HNSW_EF_CONSTRUCTION, HNSW_M
-    from tests.postgres_server import PASSWORD, start_postgres
+    password, start_postgres = _postgres_starter()
 
     n, dim = rows.shape
     out = []
     server = start_postgres()
     try:
-        with psycopg.connect(server.url(), password=PASSWORD, autocommit=True) as conn:
+        with psycopg.connect(server.url(), password=password, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             register_vector(conn)
             conn.execute(f"CREATE TABLE items (id bigint PRIMARY KEY, embedding vector({dim}))")
@@ -202,10 +202,10 @@ def bench_pg_library(server, rows: np.ndarray, queries: np.ndarray, truth: list)
     from engine.library import Library
     from engine.library.pg_store import PostgresStore
     from engine.library.store import utc_now
-    from tests.postgres_server import PASSWORD
+    password, _ = _postgres_starter()
 
     n, dim = rows.shape
-    os.environ["PGPASSWORD"] = PASSWORD
+    os.environ["PGPASSWORD"] = password
     url = server.url(server.create_database())
     Library(url, bundle_hash="bench", dim=dim, backend="pgvector").close()  # the schema and its indexes
     with psycopg.connect(url, autocommit=True) as conn:
@@ -231,6 +231,20 @@ def bench_pg_library(server, rows: np.ndarray, queries: np.ndarray, truth: list)
     wall, cpu, got = timed(lambda q: [int(h.record.uid.split(".")[-1]) for h in lib.search(q, k=K)], queries)
     lib.close()
     return ("library pgvector (search)", n, wall, cpu, f"recall@10 {recall(got, truth):.3f}, load {load:.1f} s")
+
+
+def _postgres_starter():
+    """(password, start_postgres) of the loopback PostgreSQL the library tests use (tests/postgres_server.py).
+
+    With ``bench/pacs_retrieve.py`` (Orthanc), the benches that reach into tests/: the repository root goes
+    on ``sys.path`` only here, so the other modes import installed packages only."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.postgres_server import PASSWORD, start_postgres
+
+    return PASSWORD, start_postgres
 
 
 def main(argv: list[str] | None = None) -> None:

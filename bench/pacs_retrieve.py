@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# The one bench that reaches into tests/: it starts the loopback Orthanc the department tests use
-# (tests.department.orthanc); every other bench imports installed packages only.
+# It reaches into tests/: it starts the loopback Orthanc the department tests use (tests.department.orthanc);
+# bench/library_search.py's PostgreSQL mode is the only other bench that does.
 sys.path.insert(0, str(REPO))
 
 

@@ -85,7 +85,7 @@ def to_16k(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _feature_extractor():
-    # Imported lazily: transformers costs ~1 s to import and not every caller needs features.
+    # Imported lazily: transformers is slow to import (docs/performance.md) and not every caller needs features.
     from transformers import WhisperFeatureExtractor
 
     return WhisperFeatureExtractor(feature_size=N_MELS, sampling_rate=SAMPLE_RATE, hop_length=HOP_LENGTH, n_fft=N_FFT)

@@ -309,7 +309,7 @@ def prepare_array(
         )
     pz, py, px = plans
     lo, hi = spec.hu_window
-    if is_numpy:  # np.full fills a fresh 221 MB buffer ~2-3x faster than torch.full on CPU
+    if is_numpy:  # np.full fills the fresh output buffer faster than torch.full on CPU (docs/performance.md)
         out = torch.from_numpy(np.full(spec.shape, spec.pad_value, dtype=np.float32))
     else:
         out = torch.full(spec.shape, spec.pad_value, dtype=torch.float32, device=device)
@@ -333,7 +333,7 @@ def prepare_array(
                 block = block.clamp(lo, hi)
             # Trilinear = bilinear in-plane, then linear across slices (exact up to float rounding).
             if not in_plane_same:
-                # Slices as channels; F.interpolate is ~6x faster here than index gathers.
+                # Slices as channels: F.interpolate is much faster than index gathers (docs/performance.md).
                 block = F.interpolate(
                     block[None], size=(py.n_resampled, px.n_resampled), mode="bilinear", align_corners=False
                 )[0]

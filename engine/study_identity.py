@@ -31,7 +31,7 @@ def _geometry_digest(volume: Volume) -> Any:
 
 def voxel_fingerprint(volume: Volume, samples: int = 1 << 20) -> str:
     """A cheap content check: sha256 of dtype, shape, spacing and an evenly strided sample of at most
-    ``samples`` voxels (13 ms for a 300 x 512 x 512 CT here, against 130 ms to hash every voxel). It catches a series
+    ``samples`` voxels (a tenth of the time of hashing every voxel, docs/performance.md). It catches a series
     rewritten under its old UID, which a UID-only key would answer from a stale cache."""
     arr = volume.array.reshape(-1)
     digest = _geometry_digest(volume)

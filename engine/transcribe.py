@@ -30,7 +30,8 @@ VOCABULARY_PROMPT = (
 
 @dataclass
 class Transcriber:
-    """``transcribe(waveform_16k) -> str``. The model loads on first use or on :meth:`load` (~1 s).
+    """``transcribe(waveform_16k) -> str``. The model loads on first use or on :meth:`load` (its load time:
+    docs/performance.md).
 
     ``model_dir``: a CTranslate2 Whisper folder (default: the packaged Whisper-base);
     ``prompt``: the decoder's initial prompt (``None``: none, as plain faster-whisper)."""

@@ -100,8 +100,8 @@ def stages(a: argparse.Namespace) -> list[Stage]:
 
 
 def run_stages(a: argparse.Namespace, batch: list[Stage]) -> int:
-    """Run ``batch`` (one stage, or the two students side by side: on this 2-core machine one thread each
-    took 53 min for both against ~62 min one after the other at two threads), log every attempt, and
+    """Run ``batch`` (one stage, or the two students side by side: on two cores, one thread each finishes
+    both sooner than one after the other at two threads, docs/performance.md), log every attempt, and
     return the first non-zero exit status."""
     procs = []
     for s in batch:

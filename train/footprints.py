@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from engine.atomic import atomic_write
 from engine.labels import LABELS
 from engine.preprocess import PreprocessSpec, prepare_ct
 from engine.volume import Volume
@@ -53,15 +52,8 @@ def write_footprints(path: str | Path, footprints: dict[str, Volume]) -> None:
     np.savez_compressed(buf, labels=np.array(labels, dtype=str), fraction=fraction,
                         spacing=np.array(first.spacing if first else (1.0, 1.0, 1.0)),
                         origin=np.array(first.origin if first else (0.0, 0.0, 0.0)))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as fh:
+        fh.write(buf.getvalue())
 
 
 def read_footprints(path: str | Path) -> dict[str, Volume]:

@@ -2,7 +2,7 @@
 bypassed so every gesture goes through ``ViewerState`` and stays testable without pixels).
 
 Renders go through one app-wide queue that draws one view per event-loop turn: with software
-OpenGL a view's first render (its GL context included) takes a large share of 100 ms, and four
+OpenGL a view's first render (its GL context included) takes a large share of the 100 ms budget, and four
 views drawn back to back would hold the event loop (input, timers, the recording meter) for all of
 them. A view draws itself when shown, exposed or resized, without waiting for input. The 3D view
 waits in the same queue, so a new study's slices are drawn before its ray casting starts (which

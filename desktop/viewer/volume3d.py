@@ -3,7 +3,7 @@ drawn in a thread of its own so the GUI thread never waits for it.
 
 CPU ray casting (vtkFixedPointVolumeRayCastMapper) because it behaves the same under OSMesa,
 Xvfb and real GPUs; the copy is subsampled so its largest side is <= ``MAX_SIDE`` voxels. A
-render takes 0.1–1 s on a loaded 2-core machine, far over the event loop's 100 ms budget, so it
+render takes far longer than the event loop's 100 ms budget (docs/performance.md), so it
 runs in a ``VolumeRenderer`` thread with its own offscreen render window; VTK releases
 the interpreter lock while it renders. The widget only paints the latest picture and keeps the
 camera (a plain vtkCamera: moving it is arithmetic, no GL). Requests coalesce: the thread always

@@ -101,7 +101,7 @@ def one_line_warnings(func):
 
     The lines are printed after the catch has ended: a warning re-emitted while warnings are still
     being recorded is recorded again, which looped forever (a zero ImageOrientationPatient's numpy
-    RuntimeWarning kept ``speechct rank`` busy at 8.5 GB after 180 s).
+    RuntimeWarning kept ``speechct rank`` busy, its memory growing, until it was killed).
     """
     import functools
     import warnings

@@ -18,8 +18,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.uid import UID
-
 from engine.errors import SpeechCTWarning, StudyError
 from engine.io.dicom_pixels import read_pixels
 from engine.io.dicom_scan import DicomHeaders, scan
@@ -181,6 +179,8 @@ def _select(study: DicomStudy, wanted: str | None) -> DicomSeries:
 
 
 def _sop_name(series: DicomSeries) -> str:
+    from pydicom.uid import UID  # pydicom is imported only where it is needed (engine.io.dicom_plain_header)
+
     sop = series.first.sop_class
     return UID(sop).name if sop else "no SOP class"
 

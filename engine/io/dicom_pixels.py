@@ -13,8 +13,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pydicom
-from pydicom.pixels import apply_modality_lut
 
 from engine.errors import StudyError
 from engine.io.dicom_scan import RAW_LITTLE_ENDIAN, SliceHeader, default_workers
@@ -73,6 +71,9 @@ class _Decoded:
 
 def _decode_file(h: SliceHeader) -> np.ndarray:
     """All frames of one file as pydicom decodes them; modality LUT sequences applied here."""
+    import pydicom  # only for files not read raw: its import is most of a plain load's cost
+    from pydicom.pixels import apply_modality_lut
+
     try:
         ds = pydicom.dcmread(h.path)
         arr = ds.pixel_array

@@ -11,31 +11,23 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
-
 from engine.errors import StudyError
+from engine.io.dicom_plain_header import EXPLICIT_LE, IMPLICIT_LE, LONG_VRS, PLAIN_SYNTAXES, read_plain_header
 
 _PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
 _PIXEL_TAG_BE = b"\x7f\xe0\x00\x10"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
-#: Explicit-VR value representations whose length field is 4 bytes (after 2 reserved bytes).
-_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"}
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 #: More frames than this in one file is a corrupt NumberOfFrames (a long multi-frame CT has a few thousand).
 MAX_FRAMES = 100_000
 #: Transfer syntaxes whose pixel bytes can be read straight into a numpy array.
-RAW_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+RAW_LITTLE_ENDIAN = PLAIN_SYNTAXES
 
 
 @dataclass(slots=True)
@@ -146,33 +138,56 @@ def _looks_like_dicom(head: bytes) -> tuple[bool, bool]:
 
 
 def read_header(path: str, meta_cache: dict | None = None) -> tuple[str, object]:
-    """Classify one file by its header.
+    """Classify one file by its header, read once: plain files (:mod:`engine.io.dicom_plain_header`)
+    without pydicom, the rest with it.
 
     Returns ("image", [SliceHeader, …]), ("non_dicom", None), ("non_image", why) or ("unreadable", why).
     """
     try:
         with open(path, "rb") as fp:
-            head = fp.read(132)
+            head = fp.read(16384)
             is_dicom, force = _looks_like_dicom(head)
             if not is_dicom:
                 return "non_dicom", None
-            fp.seek(0)
-            try:
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
-            except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error, OverflowError) as exc:
-                return "unreadable", f"cannot parse DICOM header ({_short(exc)})"
-            pixel_start = fp.tell()
-            element_head = fp.read(12)
             file_size = os.fstat(fp.fileno()).st_size
-            if _syntax(ds) == DeflatedExplicitVRLittleEndian:
-                # pydicom read an inflated copy, so fp says nothing about the pixel data: peek in it.
-                fp.seek(0)
-                full = pydicom.dcmread(fp, force=force, specific_tags=["PixelData"])
-                element_head = _PIXEL_TAG_LE if "PixelData" in full else b""
+            plain = read_plain_header(fp, head)
+            if plain is None:
+                return _read_with_pydicom(path, fp, force, file_size, meta_cache)
     except OSError as exc:
         return "unreadable", f"cannot open ({exc.strerror or exc})"
+    return _checked_describe(path, plain, plain.transfer_syntax, False, plain.pixel_start, plain.element_head,
+                             file_size, meta_cache)
+
+
+def _read_with_pydicom(path: str, fp, force: bool, file_size: int, meta_cache: dict | None) -> tuple[str, object]:
+    """:func:`read_header` for what the plain reader leaves: compressed, big endian, deflated, multi-frame,
+    other character sets, damaged files (pydicom names what is wrong)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    fp.seek(0)
     try:
-        return _describe(path, ds, pixel_start, element_head, file_size, meta_cache)
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, struct.error, OverflowError) as exc:
+        return "unreadable", f"cannot parse DICOM header ({_short(exc)})"
+    except RecursionError:  # pydicom reads nested sequences recursively
+        return "unreadable", "cannot parse DICOM header (sequences nested too deep)"
+    pixel_start = fp.tell()
+    element_head = fp.read(12)
+    syntax = _syntax(ds)
+    if syntax == DEFLATED_LE:
+        # pydicom read an inflated copy, so fp says nothing about the pixel data: peek in it.
+        fp.seek(0)
+        full = pydicom.dcmread(fp, force=force, specific_tags=["PixelData"])
+        element_head = _PIXEL_TAG_LE if "PixelData" in full else b""
+    return _checked_describe(path, ds, syntax, syntax.is_encapsulated, pixel_start, element_head, file_size,
+                             meta_cache)
+
+
+def _checked_describe(path: str, ds, syntax: str, encapsulated: bool, pixel_start: int, element_head: bytes,
+                      file_size: int, meta_cache: dict | None) -> tuple[str, object]:
+    try:
+        return _describe(path, ds, syntax, encapsulated, pixel_start, element_head, file_size, meta_cache)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
         return "unreadable", f"malformed header ({_short(exc)})"
 
@@ -182,37 +197,41 @@ def _short(exc: Exception) -> str:
     return text[:160]
 
 
-def _syntax(ds) -> UID:
+def _syntax(ds):
+    """The transfer syntax of a pydicom dataset (a pydicom UID)."""
+    from pydicom.uid import UID
+
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax:
         return UID(syntax)
     # No meta: pydicom guessed the encoding while reading.
     if ds.is_little_endian is False:
-        return ExplicitVRBigEndian
-    return ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
+        return UID(EXPLICIT_BE)
+    return UID(IMPLICIT_LE if ds.is_implicit_VR else EXPLICIT_LE)
 
 
 def _pixel_value_offset(
-    syntax: UID, encoding: tuple, element_head: bytes, pixel_start: int, file_size: int, n_bytes: int
+    syntax: str, encapsulated: bool, encoding: tuple, element_head: bytes, pixel_start: int, file_size: int,
+    n_bytes: int,
 ):
     """(offset of the raw pixel values or None, problem or None) from the PixelData element header."""
-    if syntax == ExplicitVRBigEndian:
+    if syntax == EXPLICIT_BE:
         tag_ok = element_head[:4] == _PIXEL_TAG_BE
     else:
         tag_ok = element_head[:4] == _PIXEL_TAG_LE
     if not tag_ok:
         return None, "no pixel data"
-    if syntax.is_encapsulated or syntax not in (*RAW_LITTLE_ENDIAN, ExplicitVRBigEndian):
+    if encapsulated or syntax not in (*RAW_LITTLE_ENDIAN, EXPLICIT_BE):
         return None, None  # compressed or deflated: pydicom decodes later
-    if encoding != (syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian):
+    if encoding != (syntax == IMPLICIT_LE, syntax != EXPLICIT_BE):
         return None, None  # the file is not encoded as its meta says: let pydicom cope
-    if syntax == ImplicitVRLittleEndian:
+    if syntax == IMPLICIT_LE:
         (length,) = struct.unpack("<I", element_head[4:8])
         value_start = pixel_start + 8
     else:
-        endian = ">" if syntax == ExplicitVRBigEndian else "<"
-        if element_head[4:6] in _LONG_VRS:
+        endian = ">" if syntax == EXPLICIT_BE else "<"
+        if element_head[4:6] in LONG_VRS:
             (length,) = struct.unpack(endian + "I", element_head[8:12])
             value_start = pixel_start + 12
         else:
@@ -223,7 +242,7 @@ def _pixel_value_offset(
     if value_start + min(length, n_bytes) > file_size or length < n_bytes:
         have = max(0, file_size - value_start)
         return None, f"truncated pixel data ({min(have, length)} of {n_bytes} bytes)"
-    if syntax == ExplicitVRBigEndian:
+    if syntax == EXPLICIT_BE:
         return None, None  # complete, but byte-swapped: pydicom decodes it
     return value_start, None
 
@@ -252,20 +271,25 @@ def _int(value, default=0):
         return default
 
 
+def _is_multi(value) -> bool:
+    """A list of values (pydicom's MultiValue is a Sequence), not one str or bytes value."""
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
 def _text(value) -> str:
     if value is None:
         return ""
-    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+    if _is_multi(value):
         return "\\".join(str(v).strip() for v in value)
     return str(value).strip()
 
 
 class _Fields:
-    """Plain header values straight from pydicom's raw elements.
+    """Header values straight from raw elements (pydicom's, or :class:`~engine.io.dicom_plain_header.PlainHeader`'s).
 
     Why by hand: pydicom's per-element conversion (``ds.get``) was two thirds of the header
     pass; the few numeric/ASCII values a slice needs decode in microseconds from raw bytes.
-    Text that may use a character set (descriptions) still goes through pydicom.
+    Text that may use a character set (descriptions) goes through the header's own decoding (``ds.get``).
     """
 
     __slots__ = ("ds",)
@@ -283,7 +307,7 @@ class _Fields:
             return [v.strip(" \x00") for v in text.split("\\")] if text else []
         if value is None:
             return []
-        if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        if _is_multi(value):
             return [str(v).strip() for v in value]
         return [str(value).strip()]
 
@@ -365,8 +389,8 @@ def _meta_key(ds) -> tuple:
 def file_metadata(ds) -> dict:
     """Safe, non-identifying metadata of one dataset (keys of engine.volume.SAFE_METADATA_KEYS).
 
-    ASCII-only values (UIDs, codes, dates, numbers) come raw; free text goes through pydicom
-    for its character set.
+    ASCII-only values (UIDs, codes, dates, numbers) come raw; free text is decoded by the header
+    (pydicom, or the plain reader) for its character set.
     """
     f = _Fields(ds)
     meta = {
@@ -386,18 +410,21 @@ def file_metadata(ds) -> dict:
 
 
 def _describe(
-    path: str, ds, pixel_start: int, element_head: bytes, file_size: int, meta_cache: dict | None = None
+    path: str, ds, syntax: str, encapsulated: bool, pixel_start: int, element_head: bytes, file_size: int,
+    meta_cache: dict | None = None,
 ) -> tuple[str, object]:
+    """The slices of one header (a pydicom dataset or a :class:`~engine.io.dicom_plain_header.PlainHeader`)."""
     f = _Fields(ds)
     rows, columns = f.int(_ROWS), f.int(_COLUMNS)
     if element_head[:4] not in (_PIXEL_TAG_LE, _PIXEL_TAG_BE) or not rows or not columns:
         sop = f.text(_SOP_CLASS) or _text(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID"))
+        from pydicom.uid import UID
+
         name = UID(sop).name if sop else "unknown SOP class"
         # pydicom stops quietly at the end of a file: an image header that just ends was cut short.
         if not element_head and (rows or not f.text(_SOP_CLASS) or "Image Storage" in name):
             return "unreadable", f"truncated file? it ends inside its header, before any pixel data ({name})"
         return "non_image", f"no pixel data (not an image: {name})"
-    syntax = _syntax(ds)
     n_frames = max(1, f.int(_NUMBER_OF_FRAMES, 1))
     if n_frames > min(MAX_FRAMES, file_size):  # a corrupt count: one header per frame would never end
         return "unreadable", f"NumberOfFrames {n_frames} cannot be in a file of {file_size} bytes"
@@ -407,10 +434,11 @@ def _describe(
     if f.text(_PHOTOMETRIC) == "YBR_FULL_422":
         n_bytes = n_bytes * 2 // 3  # chroma shared by pixel pairs: 2 samples per pixel, not 3
     encoding = (ds.is_implicit_VR, ds.is_little_endian)  # as pydicom actually read the dataset
-    offset, problem = _pixel_value_offset(syntax, encoding, element_head, pixel_start, file_size, n_bytes)
+    offset, problem = _pixel_value_offset(syntax, encapsulated, encoding, element_head, pixel_start, file_size,
+                                          n_bytes)
     if problem:
         return "unreadable", problem
-    if bits_allocated not in (8, 16, 32) and not syntax.is_encapsulated:
+    if bits_allocated not in (8, 16, 32) and not encapsulated:
         offset = None  # 1-bit or odd packing: leave it to pydicom
     if meta_cache is None:
         meta = file_metadata(ds)

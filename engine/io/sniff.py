@@ -160,6 +160,17 @@ class FolderFormats:
     def n_files(self) -> int:
         return len(self.dicom) + len(self.nifti) + len(self.other) + len(self.unreadable)
 
+    def add(self, path: Path, kind: str, why: str | None) -> None:
+        """File ``path`` as :func:`classify` found it."""
+        if kind == "dicom":
+            self.dicom.append(path)
+        elif kind in ("nifti", "nifti-pair"):
+            self.nifti.append(path)
+        elif kind == "unreadable":
+            self.unreadable.append((path, why or "cannot be read"))
+        else:
+            self.other.append(path)
+
 
 def sniff(path: Path) -> str:
     """Format of the file at ``path``: "dicom", "nifti" or "nifti-pair".
@@ -167,7 +178,11 @@ def sniff(path: Path) -> str:
     Anything else raises StudyError with one line: empty, wrong NIfTI magic, truncated gzip,
     or what the file seems to be (PNG, text, ...).
     """
-    head = read_head(path)
+    return sniff_head(path, read_head(path))
+
+
+def sniff_head(path: Path, head: bytes) -> str:
+    """:func:`sniff` on the file's first bytes, already read (``head``: :func:`read_head`)."""
     if not head:
         raise StudyError("file is empty (0 bytes)", path)
     if head.startswith(b"\x1f\x8b"):
@@ -205,34 +220,25 @@ def scan_folder(folder: Path) -> FolderFormats:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # prunes the walk in place
             for name in sorted(files):
                 if not name.startswith("."):
-                    _classify(Path(root) / name, scan)
+                    path = Path(root) / name
+                    scan.add(path, *classify(path))
     except OSError as exc:
         where = exc.filename or folder
         raise StudyError(f"folder cannot be listed ({one_line(exc.strerror or exc)})", where) from exc
     return scan
 
 
-def _classify(p: Path, scan: FolderFormats) -> None:
+def classify(path: Path) -> tuple[str, str | None]:
+    """(kind, why) of one file from one read of its first bytes: kind "dicom", "nifti" or "nifti-pair"
+    (why None), "other" (why: :func:`sniff`'s line on what it is instead) or "unreadable" (why: the OS error)."""
     try:
-        head = read_head(p)
+        head = read_head(path)
     except StudyError as exc:
-        scan.unreadable.append((p, exc.message))
-        return
-    if nifti_kind(head) is not None:
-        scan.nifti.append(p)
-    elif is_dicom_head(head):
-        scan.dicom.append(p)
-    elif head.startswith(b"\x1f\x8b") and _gzip_is_nifti(p):
-        scan.nifti.append(p)
-    else:
-        scan.other.append(p)
-
-
-def _gzip_is_nifti(path: Path) -> bool:
+        return "unreadable", exc.message
     try:
-        return nifti_kind(_gunzip_head(path, HEAD_BYTES)) is not None
-    except StudyError:
-        return False
+        return sniff_head(path, head), None
+    except StudyError as exc:
+        return "other", exc.message
 
 
 def _raise_walk_error(exc: OSError) -> None:

@@ -90,7 +90,9 @@ def _check_no_overrides(path: Path, slope: float | None, intercept: float | None
 class StudySource:
     """A study path, read once: :attr:`series` and :meth:`load` share the walk and the DICOM headers.
 
-    Made by :func:`open_study`; thread-safe (the headers are read once even when two threads ask).
+    Made by :func:`open_study`, or from a walk that already sorted the files by format (the library
+    importer walks a whole tree once: ``formats`` for a folder, ``kind`` for a file); thread-safe (the
+    headers are read once even when two threads ask).
     """
 
     def __init__(self, path: Path, *, is_folder: bool, formats: FolderFormats | None, kind: str | None):
@@ -134,12 +136,13 @@ class StudySource:
     @property
     def series(self) -> list[SeriesInfo]:
         """Every series (headers only, no pixel data): DICOM series and NIfTI files."""
-        from engine.io.nifti import nifti_series_info
-
         if self._series is None:
             try:
                 found = self.dicom_study().infos() if self.has_dicom else []
-                found += [nifti_series_info(f) for f in self.nifti_files]
+                if self.nifti_files:  # nibabel only when there is NIfTI to read: its import is costly
+                    from engine.io.nifti import nifti_series_info
+
+                    found += [nifti_series_info(f) for f in self.nifti_files]
             except OSError as exc:
                 raise StudyError(f"cannot be read ({one_line(exc.strerror or exc)})", exc.filename or self.path) from exc
             self._series = found
@@ -160,30 +163,35 @@ class StudySource:
     def _load(self, series: str | None, *, slope: float | None, intercept: float | None,
               spacing: tuple[float, float, float] | None) -> Volume:
         from engine.io.dicom import read_dicom_series
-        from engine.io.nifti import read_nifti
 
         path = self.path
+        if self.is_folder and self._folder().dicom:
+            nifti = next((n for n in self._folder().nifti if _nifti_matches(series, n)), None) if series is not None else None
+            if nifti is None:
+                _check_no_overrides(path, slope, intercept, spacing)
+                return read_dicom_series(self.dicom_study(), series)
+            return _read_nifti(nifti, slope=slope, intercept=intercept, spacing=spacing)
         if not self.is_folder:
             if self.kind == "dicom":
                 _check_no_overrides(path, slope, intercept, spacing)
                 return read_dicom_series(self.dicom_study(), series)
             if series is not None and not _nifti_matches(series, path):
                 raise StudyError(f"series {series!r} not found (a NIfTI file holds one volume, uid = its path)", path)
-            return read_nifti(path, slope=slope, intercept=intercept, spacing=spacing)
-        f = self._folder()
-        if f.dicom:
-            if series is not None:
-                for nifti in f.nifti:
-                    if _nifti_matches(series, nifti):
-                        return read_nifti(nifti, slope=slope, intercept=intercept, spacing=spacing)
-            _check_no_overrides(path, slope, intercept, spacing)
-            return read_dicom_series(self.dicom_study(), series)
-        chosen, message = _choose_nifti(f.nifti, series, path)
-        volume = read_nifti(chosen, slope=slope, intercept=intercept, spacing=spacing)
+            return _read_nifti(path, slope=slope, intercept=intercept, spacing=spacing)
+        chosen, message = _choose_nifti(self._folder().nifti, series, path)
+        volume = _read_nifti(chosen, slope=slope, intercept=intercept, spacing=spacing)
         if message:
             warnings.warn(message, SpeechCTWarning, stacklevel=3)
             volume.warnings.append(message)
         return volume
+
+
+def _read_nifti(path: Path, *, slope: float | None, intercept: float | None,
+                spacing: tuple[float, float, float] | None) -> Volume:
+    """engine.io.nifti.read_nifti, imported here: nibabel's import is costly and a DICOM load never needs it."""
+    from engine.io.nifti import read_nifti
+
+    return read_nifti(path, slope=slope, intercept=intercept, spacing=spacing)
 
 
 def open_study(path: str | Path) -> StudySource:

@@ -1,8 +1,9 @@
 """Importing a folder tree of studies into the library: find them, encode them, add them one by one.
 
 A *study unit* is either a folder that directly holds DICOM files (everything below it belongs to
-it: :func:`engine.io.list_series` reads it recursively, one unit may hold several series) or a
-NIfTI file in a folder without DICOM files. Each CT series of a unit is loaded, encoded by the
+it, one unit may hold several series) or a NIfTI file in a folder without DICOM files. The tree is
+walked once and each file's first bytes read once (:func:`find_study_units`); a unit opens from what
+that walk found, and its DICOM headers are parsed once for all its series. Each CT series of a unit is loaded, encoded by the
 caller's ``encode_ct`` and added in its own transaction, so a kill -9 at any point leaves every
 study either fully in the library (row + vectors) or absent; the next run skips what is there
 (DICOM by series uid, NIfTI by path, both before any pixel is read) and goes on.
@@ -20,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import DataError, SpeechCTError, SpeechCTWarning, StudyError
-from engine.io.sniff import one_line, sniff
+from engine.io.sniff import FolderFormats, classify, one_line
+from engine.io.study import StudySource, open_study
 from engine.library.store import LibraryWriteError
 from engine.study_identity import study_key
 from engine.volume import Volume
@@ -34,54 +36,73 @@ def _looks_like_image(name: str) -> bool:
     return lower.endswith(_IMAGE_SUFFIXES) or "." not in lower  # DICOM files often have no suffix
 
 
-def find_study_units(root: str | Path) -> tuple[list[Path], list[tuple[str, str]], int]:
+@dataclass
+class StudyUnit:
+    """One study found by the walk: a DICOM folder with its files (everything below it, by format), or a
+    NIfTI file; opened without walking or sniffing again."""
+
+    path: Path
+    formats: FolderFormats | None = None  # a DICOM folder's files; None for a file
+    kind: str | None = None  # a file's format as the walk sniffed it; None: not sniffed yet (the root itself)
+    error: StudyError | None = None  # a folder below it that could not be listed
+
+    def open(self) -> StudySource:
+        if self.error is not None:
+            raise self.error
+        if self.formats is not None:
+            return StudySource(self.path, is_folder=True, formats=self.formats, kind=None)
+        if self.kind is not None:
+            return StudySource(self.path, is_folder=False, formats=None, kind=self.kind)
+        return open_study(self.path)
+
+
+def find_study_units(root: str | Path) -> tuple[list[StudyUnit], list[tuple[str, str]], int]:
     """(units, unreadable (path, reason), ignored file count) under ``root``, in sorted walk order.
 
-    Hidden files and folders are skipped, as :func:`engine.io.sniff.scan_folder` does.
+    One walk, each file's first bytes read once (:func:`engine.io.sniff.classify`); hidden files and
+    folders are skipped, as :func:`engine.io.sniff.scan_folder` does.
     """
     root = Path(root).resolve()
     if not root.exists():
         raise StudyError("does not exist", root)
     if not root.is_dir():  # a file, or a FIFO / socket / device that load_volume refuses by name
-        return [root], [], 0
-    units: list[Path] = []
+        return [StudyUnit(root)], [], 0
+    units: list[StudyUnit] = []
     unreadable: list[tuple[str, str]] = []
     ignored = 0
+    owner: dict[str, StudyUnit] = {}  # folders below a DICOM unit's folder -> that unit
 
     def walk_error(exc: OSError) -> None:
-        unreadable.append((str(exc.filename), f"cannot be listed ({one_line(exc.strerror or exc)})"))
+        unit = owner.get(str(exc.filename))
+        why = f"cannot be listed ({one_line(exc.strerror or exc)})"
+        if unit is None:
+            unreadable.append((str(exc.filename), why))
+        elif unit.error is None:  # as open_study says it: the whole study fails, naming the folder
+            unit.error = StudyError(f"folder {why}", exc.filename)
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=walk_error):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
-        niftis, bad = [], []
-        has_dicom = False
-        for name in sorted(f for f in filenames if not f.startswith(".")):
-            path = here / name
-            try:
-                kind = sniff(path)
-            except StudyError as exc:
-                if _looks_like_image(name):
-                    bad.append((str(path), exc.message))
-                else:
-                    ignored += 1
-                continue
-            except OSError as exc:
-                bad.append((str(path), f"cannot be read ({one_line(exc.strerror or exc)})"))
-                continue
-            if kind == "dicom":
-                has_dicom = True
-                break  # the folder is a DICOM unit; list_series reads the rest, and below
+        files = [(here / name, *classify(here / name)) for name in sorted(filenames) if not name.startswith(".")]
+        unit = owner.get(dirpath)
+        if unit is None and any(kind == "dicom" for _, kind, _ in files):
+            unit = StudyUnit(here, FolderFormats())  # the folder is a DICOM unit, with everything below it
+            units.append(unit)
+        if unit is not None:
+            assert unit.formats is not None
+            for path, kind, why in files:
+                unit.formats.add(path, kind, why)
+            owner.update((os.path.join(dirpath, d), unit) for d in dirnames)
+            continue
+        for path, kind, why in files:
             if kind == "nifti":
-                niftis.append(path)
-            else:  # NIfTI pairs (.hdr/.img) are not read by engine.io
-                bad.append((str(path), f"{kind} files are not supported"))
-        if has_dicom:
-            units.append(here)
-            dirnames[:] = []
-        else:
-            units.extend(niftis)
-            unreadable.extend(bad)
+                units.append(StudyUnit(path, kind=kind))
+            elif kind == "nifti-pair":  # NIfTI pairs (.hdr/.img) are not read by engine.io
+                unreadable.append((str(path), f"{kind} files are not supported"))
+            elif _looks_like_image(path.name):
+                unreadable.append((str(path), why or f"{kind} file"))
+            else:
+                ignored += 1
     return units, unreadable, ignored
 
 
@@ -126,8 +147,6 @@ def import_tree(
     full, locked, corrupt) or a library that refuses every add (made with another bundle); studies
     already added stay added.
     """
-    from engine.io import open_study
-
     report = ImportReport()
     units, unreadable, report.ignored_files = find_study_units(root)
     for path, reason in unreadable:
@@ -137,14 +156,14 @@ def import_tree(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SpeechCTWarning)  # said again by load_volume, and recorded
-                source = open_study(unit)  # one walk and one header parse for every series of the unit
+                source = unit.open()  # the walk's files: each header is parsed once, for every series
                 infos = source.series
         except SpeechCTError as exc:
-            _fail(report, progress, str(unit), exc.message)
+            _fail(report, progress, str(unit.path), exc.message)
             continue
         for info in infos:
             is_nifti = info.files == [info.uid]  # NIfTI: uid = the file's path; DICOM uids are never paths
-            where = info.uid if is_nifti else f"{unit} (series {info.uid})"
+            where = info.uid if is_nifti else f"{unit.path} (series {info.uid})"
             if info.modality != "CT":
                 report.skipped.append((where, f"modality {info.modality or 'unknown'}, not CT"))
                 continue
@@ -169,7 +188,7 @@ def import_tree(
                         isinstance(exc, DataError) and library.built_with != library.bundle_hash):
                     raise  # the library refuses every add (disk full, another bundle): stop now, with its message
                 # the reason names the file when it is not the study itself (one slice of a folder)
-                inside = exc.path is not None and exc.path not in (str(unit), info.uid)
+                inside = exc.path is not None and exc.path not in (str(unit.path), info.uid)
                 _fail(report, progress, where, str(exc) if inside or not exc.path else exc.message)
                 continue
             except sqlite3.Error:

@@ -42,7 +42,7 @@ study (resumable).
 
 **Backends.** ``"numpy"``: exact search over one contiguous matrix (float16 by default, float32 on
 request, see :mod:`engine.library.vectors`). A query reads every stored vector, so search time is memory
-bandwidth: float16 halves it (1e5 × 512 here: 7.8 ms vs 15.5 ms) for top-10 agreement 0.996 with
+bandwidth: float16 halves it (docs/performance.md) for top-10 agreement 0.996 with
 float32 (the misses are ties below float16's resolution). ``"faiss"``: a FAISS index over the same rows (flat = exact up to
 ``IVF_MIN_ROWS`` rows per kind, IVF above), whose candidates are re-scored exactly; combined
 queries then rank the union of each pair's top candidates. ``"auto"``: FAISS (IVF) when it is

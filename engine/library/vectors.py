@@ -5,8 +5,8 @@ cosine similarity is the inner product. Two implementations with one shape of an
 
 * :class:`ExactIndex` keeps one contiguous matrix (float32 or float16) and scores every row per
   query: ``rows @ queries.T`` then ``argpartition``. float32 uses numpy (BLAS); numpy has no fast
-  float16 kernel (its float16 matmul and even its float16→float32 cast run ~10× slower than the
-  float32 matmul here), so float16 rows are scored by torch's float16 kernel on the *same* memory
+  float16 kernel (its float16 matmul and even its float16→float32 cast are much slower than the
+  float32 matmul, docs/performance.md), so float16 rows are scored by torch's float16 kernel on the *same* memory
   (``torch.from_numpy``, no copy), falling back to chunked casts when torch is absent.
 * :class:`FaissIndex` wraps ``faiss`` (imported lazily; ``faiss-cpu`` is optional): exact
   ``IndexFlatIP`` (``IndexScalarQuantizer`` fp16 for float16 libraries) below ``ivf_min_rows``
@@ -24,8 +24,8 @@ import math
 import numpy as np
 
 DTYPES = ("float32", "float16")
-#: FAISS switches from exact flat search to IVF at this many rows (1e6 flat queries are still
-#: ~0.1 s here; IVF needs a training pass and trades recall for speed, see the bench).
+#: FAISS switches from exact flat search to IVF at this many rows (below it flat queries are fast
+#: enough, docs/performance.md; IVF needs a training pass and trades recall for speed, see the bench).
 IVF_MIN_ROWS = 1_000_000
 IVF_NPROBE = 32
 #: Rows of a sample used to estimate score statistics (mean/variance of q·v) when not every row is scored.

@@ -354,7 +354,7 @@ def load_whisper_encoder(backbone: WhisperBackbone, dtype: torch.dtype = torch.f
     from safetensors.torch import load_file
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    # Built on the meta device: random initialisation would cost ~0.4 s only to be overwritten.
+    # Built on the meta device: random initialisation would be time spent only to be overwritten.
     with torch.device("meta"):
         encoder = WhisperEncoder(whisper_config(backbone.config))
     state = {k: t.to(dtype) for k, t in load_file(str(backbone.encoder_path)).items()}

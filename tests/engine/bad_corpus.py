@@ -296,6 +296,18 @@ def _(tmp):
     return study_runs(raw_element(dicom(tmp), (0x0028, 0x0010), "DS", b"32.5"))
 
 
+@case("DICOM sequences nested 5000 deep in one slice's header", "dicom", "either", study=True)
+def _(tmp):  # the plain header reader leaves them to pydicom, whose reader recursed until RecursionError
+    folder = dicom(tmp)
+    first = sorted(folder.glob("*.dcm"))[0]
+    data = first.read_bytes()
+    pixel = data.index(b"\xe0\x7f\x10\x00")
+    opening = b"\x09\x00\x10\x00SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    put(first, data[:pixel] + opening * 5000 + closing * 5000 + data[pixel:])
+    return study_runs(folder)
+
+
 @case("DICOM padding -3024 outside the body is kept", "dicom", "ok", study=True)
 def _(tmp):
     vol = chest()

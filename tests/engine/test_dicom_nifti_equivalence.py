@@ -1,7 +1,7 @@
 """One volume written as DICOM and as NIfTI, in several storage orientations, read back with
 engine.io.load_volume, gives the same prepare_ct output for both built-in specs.
 
-This is the contract behind DESIGN §3: DICOM input reaches the encoder in the same
+This is the contract behind docs/design.md §3: DICOM input reaches the encoder in the same
 anatomical orientation as CT-RATE's NIfTI volumes (docs/orientation.md).
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -333,6 +334,67 @@ def test_import_tree_reports_and_resumes(tmp_path):
     assert rec.uid not in [
         h.record.uid for h in lib.search(enc(vol), k=5, exclude_uids=query_uids(vol, rec.series))
     ]
+
+
+def test_import_walks_the_tree_once_and_reads_each_file_once(tmp_path, monkeypatch):
+    """One os.walk for the whole import; each file's first bytes read once, each DICOM header parsed once."""
+    import os
+    from collections import Counter
+
+    import engine.io.dicom_scan as dicom_scan
+    import engine.io.sniff as sniff
+
+    tree = tmp_path / "tree"
+    write_tree(tree, 2, 2)
+    nested = tree / "dicom_000" / "series1" / "more"  # below a DICOM unit's folder: the same unit
+    nested.mkdir()
+    (tree / "dicom_000" / "series1" / "0001-00002.dcm").rename(nested / "0001-00002.dcm")
+    files = sorted(str(p.resolve()) for p in tree.rglob("*") if p.is_file())
+    walks, heads, headers = [], Counter(), Counter()
+    real_walk, real_head, real_header = os.walk, sniff.read_head, dicom_scan.read_header
+
+    def walk(top, *args, **kwargs):
+        walks.append(str(top))
+        return real_walk(top, *args, **kwargs)
+
+    def read_head(path, *args, **kwargs):
+        heads[str(path)] += 1
+        return real_head(path, *args, **kwargs)
+
+    def read_header(path, *args, **kwargs):
+        headers[str(path)] += 1
+        return real_header(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "walk", walk)
+    monkeypatch.setattr(sniff, "read_head", read_head)
+    monkeypatch.setattr(dicom_scan, "read_header", read_header)
+    report = import_tree(_lib(tmp_path), tree, FakeEncoder(), progress=False)
+    assert len(report.added) == 4 and len(report.failed) == 1  # broken/truncated.nii.gz
+    assert walks == [str(tree.resolve())]
+    # NIfTI files aside: the NIfTI reader checks its own file's format again when it reads it (engine.io.nifti)
+    assert sorted(heads) == files
+    assert {f: n for f, n in heads.items() if n != 1 and not f.endswith(".nii.gz")} == {}
+    dicom_files = [f for f in files if f.endswith(".dcm")]
+    assert sorted(headers) == dicom_files and set(headers.values()) == {1}
+
+
+def test_import_fails_a_dicom_study_whose_sub_folder_cannot_be_listed(tmp_path, monkeypatch):
+    tree = tmp_path / "tree"
+    write_tree(tree, 1, 1, bad=False)
+    locked = tree / "dicom_000" / "series1" / "locked"
+    locked.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as a folder without read permission answers (root could list it anyway)
+        if os.fspath(path) == str(locked.resolve()):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    report = import_tree(_lib(tmp_path), tree, FakeEncoder(), progress=False)
+    assert len(report.added) == 1  # the NIfTI study
+    assert report.failed == [(str((tree / "dicom_000" / "series1").resolve()),
+                              "folder cannot be listed (Permission denied)")]
 
 
 def test_default_location_is_user_data_dir(tmp_path, monkeypatch):

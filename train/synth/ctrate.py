@@ -36,8 +36,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -46,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.atomic import atomic_write
 from engine.labels import LABELS
 from train.footprints import footprint_path, write_footprints
 from train.mentions import MENTIONS_FILE, mentions_csv_bytes
@@ -123,16 +122,8 @@ def plan_dataset(n_train: int, n_valid: int, seed: int, p_second_scan: float = 0
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(data)
 
 
 def _record_path(root: Path, name: str) -> Path:

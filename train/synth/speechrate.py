@@ -68,7 +68,7 @@ class SpeechRateSummary:
     per_split: dict[str, int] = field(default_factory=dict)
     audio_hours: float = 0.0
     longest_s: float = 0.0
-    over_window: int = 0  # clips longer than one 30 s Whisper window (DESIGN: Findings fit one by default)
+    over_window: int = 0  # clips longer than one 30 s Whisper window (train.synth.reports keeps Findings within one by default)
     elapsed_s: float = 0.0
     manifests: dict[str, Path] = field(default_factory=dict)
 
