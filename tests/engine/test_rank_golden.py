@@ -2,7 +2,8 @@
 default bundle (``tests/fixtures/rank-golden/``): the redesign of issue 19 must not change the output.
 
 Timings, the cache flag and the bundle's install path are left out of the comparison; probabilities are
-compared to 1e-6. The goldens belong to one bundle (its hash is in them): when the default bundle is
+compared to 1e-4 (float32 through Whisper differs by ~2e-6 between CPUs and thread counts;
+a changed model or rule moves them by far more). The goldens belong to one bundle (its hash is in them): when the default bundle is
 re-exported the test skips with that reason, and ``python -m tests.engine.test_rank_golden`` rewrites them
 (check the diff before committing it).
 """
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
+
+ABS_TOL = 1e-4
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "fixtures" / "rank-golden"
@@ -53,7 +56,7 @@ def comparable(doc: dict) -> dict:
 
 def assert_close(got, want, where="$"):
     if isinstance(want, float) and isinstance(got, (float, int)) and not isinstance(got, bool):
-        assert math.isclose(got, want, rel_tol=0, abs_tol=1e-6), f"{where}: {got} != {want}"
+        assert math.isclose(got, want, rel_tol=0, abs_tol=ABS_TOL), f"{where}: {got} != {want}"
     elif isinstance(want, dict):
         assert isinstance(got, dict) and list(got) == list(want), f"{where}: keys {list(got)} != {list(want)}"
         for k in want:

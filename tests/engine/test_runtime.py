@@ -129,7 +129,11 @@ def test_cascade_reader_when_the_bundle_chose_it(tmp_path):
     wav = load_audio(Path(__file__).resolve().parents[2] / "assets/samples/study-002/dictation.wav")
     said = {d.label: d.status for d in eng.read_dictation(wav, 16000)}
     assert said["Lung nodule"] == "absent" and said["Pericardial effusion"] == "uncertain"
-    assert said["Cardiomegaly"] == "uncertain" and said["Emphysema"] == "not mentioned"  # "likely mild cardiomegaly"
+    assert said["Emphysema"] == "not mentioned"
+    # "Likely mild cardiomegaly." is read as a hedge when Whisper hears the word; on some CPUs it hears
+    # "cardinal medial" (CTranslate2's kernels differ), and then cardiomegaly is rightly not mentioned
+    heard = eng.transcribe(wav, 16000).lower()
+    assert said["Cardiomegaly"] == ("uncertain" if "cardiomegaly" in heard else "not mentioned")
     a = eng.analyze(phantom(4, uid="4.5.6"), wav, 16000)  # transcribed once: the reader and the app share it
     assert "pericardial effusion is likely" in a.transcript.lower()
     assert {d.label: d.status for d in a.dictation} == said and "transcript" not in a.to_json()
