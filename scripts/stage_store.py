@@ -93,8 +93,20 @@ def inputs_hash(run: Path, stage: str) -> str | None:
         return None
     digest = hashlib.sha256()
     for p in paths:
-        digest.update(hashlib.sha256(p.read_bytes()).digest())
+        digest.update(_file_sha256(p))
     return digest.hexdigest()
+
+
+_FILE_SHAS: dict[tuple, bytes] = {}
+
+
+def _file_sha256(path: Path) -> bytes:
+    """sha256 of a file, once per (path, mtime, size): make_bundle asks about every stage at every step."""
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _FILE_SHAS:
+        _FILE_SHAS[key] = hashlib.sha256(path.read_bytes()).digest()
+    return _FILE_SHAS[key]
 
 
 def store(stage: str, data: Path, run: Path, config: dict, timings: list[dict], store: Path | None = None) -> Path:
