@@ -88,7 +88,8 @@ class CTEncoder(nn.Module):
             self.patch_embed = TubeletEmbedding(c.channels, c.patch_size, c.temporal_patch_size, c.dim,
                                                patch_norm=c.patch_norm)
         self.density = (DensityPath(c.input_size, c.density_pool, c.density_thresholds, c.density_rank,
-                                    c.latent_dim) if c.density_path else None)
+                                    c.latent_dim, summaries=c.density_summaries, channels=c.channels)
+                        if c.density_path else None)
         self.rel_pos_bias = ContinuousPositionBias(c.rel_pos_width, c.heads, c.rel_pos_layers)
         common = dict(dim=c.dim, heads=c.heads, dim_head=c.dim_head, scale=c.attn_scale, ff_inner=c.ff_inner)
         self.spatial = FactorisedTransformer("spatial", c.spatial_depth, **common)

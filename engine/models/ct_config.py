@@ -84,6 +84,9 @@ class CTEncoderConfig:
     density_pool: tuple[int, int, int] = (8, 8, 8)
     density_thresholds: tuple[float, ...] = ()
     density_rank: int = 128
+    #: Append whole-volume and regional density summaries (``ct_summaries``) to the density path's
+    #: features (HU-band shares per region, block-class quantiles, lung texture); needs ``density_path``.
+    density_summaries: bool = False
     #: How voxels become tokens: "tubelet" (CT-CLIP's linear map of each flattened tubelet) or "conv"
     #: (``ct_layers.ConvStem``: stride-2 3D convolutions of ``stem_widths`` channels, one stage per
     #: halving of ``patch_size``, to the same token grid).
@@ -120,6 +123,8 @@ class CTEncoderConfig:
         if self.density_path and (len(self.density_pool) != 3 or len(self.input_size) != 3
                                   or any(k < 1 or n % k for n, k in zip(self.input_size, self.density_pool))):
             problems.append(f"density_pool {self.density_pool} does not divide input_size {self.input_size}")
+        if self.density_summaries and not self.density_path:
+            problems.append("density_summaries needs density_path")
         if self.density_rank < 1:
             problems.append(f"density_rank must be positive, got {self.density_rank}")
         if list(self.density_thresholds) != sorted(set(self.density_thresholds)):

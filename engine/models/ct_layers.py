@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from engine.models.ct_summaries import summaries, summary_count
+
 
 class BiasFreeLayerNorm(nn.Module):
     """LayerNorm with a learnable gain and a fixed (buffer) bias, as CT-CLIP's ``LayerNorm``.
@@ -104,6 +106,9 @@ class DensityPath(nn.Module):
     training set's mean and std (buffers, fitted once by :meth:`fit_standardization`), then a rank-
     ``rank`` bias-free linear map gives the latent offset.
 
+    With ``summaries``, whole-volume and regional summaries (``ct_summaries``) follow the per-block
+    features and are standardised and read out with them.
+
     Why: the tubelet transformer, trained from scratch on ~10^3 volumes, did not learn small dense
     things (a pacemaker lead, calcium in a coronary wall, a -950 HU emphysema pocket) that a linear
     probe on exactly these pooled maps finds at AUROC 0.9 or more. Max and counts are not linear in
@@ -115,12 +120,15 @@ class DensityPath(nn.Module):
     STD_FLOOR = 0.05
 
     def __init__(self, input_size: tuple[int, int, int], pool: tuple[int, int, int],
-                 thresholds: tuple[float, ...], rank: int, latent_dim: int):
+                 thresholds: tuple[float, ...], rank: int, latent_dim: int, summaries: bool = False,
+                 channels: int = 1):
         super().__init__()
-        self.pool, self.thresholds = tuple(pool), tuple(thresholds)
+        self.pool, self.thresholds, self.summaries = tuple(pool), tuple(thresholds), bool(summaries)
         cells = math.prod(n // k for n, k in zip(input_size, pool))
         self.voxels = math.prod(pool)
-        features = cells * (2 + len(thresholds))
+        features = cells * channels * (2 + len(thresholds))
+        if self.summaries:
+            features += summary_count() * channels
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("std", torch.ones(features))
         self.down = nn.Linear(features, rank, bias=False)
@@ -132,6 +140,8 @@ class DensityPath(nn.Module):
         for v in self.thresholds:  # one at a time: a broadcast comparison would hold every voxel per threshold
             count = F.avg_pool3d((x > v).to(x.dtype), self.pool) * self.voxels
             feats.append(torch.log1p(count) / math.log1p(self.voxels))
+        if self.summaries:
+            feats.append(summaries(x).to(x.dtype))
         return torch.cat([f.flatten(1) for f in feats], dim=1)
 
     @torch.no_grad()

@@ -115,3 +115,60 @@ def test_density_path_separates_what_a_linear_embedding_confuses():
     assert max_b > 0.9 and max_a == 0.0
     assert float(count_b) == pytest.approx(math.log(3) / math.log(257)) and count_a == 0.0
     assert count_b > 0.19  # log-count scale: two of 256 voxels are not drowned by the block's size
+
+
+def _numpy_reference():
+    """The numpy features of the experiment that measured them (scripts/experiments/ct_encoder)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "experiments" / "ct_encoder" / "feature_ceiling.py"
+    spec = importlib.util.spec_from_file_location("feature_ceiling", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.features
+
+
+def _chest_like(seed: int, shape=(16, 32, 32)) -> torch.Tensor:
+    """Air outside, soft tissue, aerated lung with a dense spot and a little fluid (prepared units)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.full(shape, -1.0)
+    v[2:-2, 4:-4, 4:-4] = 0.04 + 0.02 * torch.randn(shape[0] - 4, shape[1] - 8, shape[2] - 8, generator=g)
+    v[3:-3, 8:-8, 6:15] = -0.86 + 0.05 * torch.randn(shape[0] - 6, shape[1] - 16, 9, generator=g)
+    v[3:-3, 8:-8, 17:26] = -0.86 + 0.05 * torch.randn(shape[0] - 6, shape[1] - 16, 9, generator=g)
+    v[5:8, 10:13, 8:11] = 0.05  # a nodule
+    v[4:6, 20:24, 20:23] = 0.7  # something dense
+    return v.clamp(-1, 1)
+
+
+def test_summaries_equal_the_measured_numpy_features():
+    from engine.models.ct_summaries import summaries, summary_count, volume_summaries
+
+    reference = _numpy_reference()
+    for seed in range(3):
+        v = _chest_like(seed)
+        got = volume_summaries(v)
+        want = torch.from_numpy(reference(v.numpy()))
+        assert got.shape == (summary_count(),) == want.shape
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    # no lung at all: the lung-block quantiles and the texture are zeros, not NaN
+    solid = torch.zeros(1, 1, 16, 32, 32)
+    assert torch.isfinite(summaries(solid)).all()
+
+
+def test_summaries_join_the_density_path():
+    from engine.models.ct_summaries import summary_count
+
+    plain, with_summaries = _dense(input_size=(16, 32, 32)), _dense(input_size=(16, 32, 32), density_summaries=True)
+    a, b = CTEncoder(plain).density, CTEncoder(with_summaries).density
+    x = torch.stack([_chest_like(s) for s in range(2)])[:, None]
+    fa, fb = a.features(x), b.features(x)
+    assert fb.shape[1] == fa.shape[1] + summary_count() and torch.equal(fb[:, : fa.shape[1]], fa)
+    assert b.down.in_features == fb.shape[1]
+    enc = CTEncoder(with_summaries)
+    enc.density.fit_standardization([x])
+    assert enc(x).shape == (2, 16)
+    assert CTEncoderConfig.from_dict(json.loads(json.dumps(with_summaries.to_dict()))) == with_summaries
+    assert CTEncoderConfig.from_dict({k: v for k, v in plain.to_dict().items() if k != "density_summaries"}) == plain
+    with pytest.raises(ValueError, match="density_summaries needs density_path"):
+        _config(density_summaries=True)
