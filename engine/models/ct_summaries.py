@@ -62,30 +62,50 @@ def _quantiles(values: Tensor) -> Tensor:
     return torch.quantile(values, q, dim=0).T
 
 
+def _bands(v: Tensor) -> Tensor:
+    """Band index of every voxel (band i holds ``EDGES[i-1] <= v < EDGES[i]``), through a table of whole
+    HU values: the edges are whole HU, so ``v >= e`` is ``floor(1000 v) >= 1000 e``."""
+    hu = torch.floor(v * 1000.0).clamp_(-1001, 1000).long()
+    table = torch.bucketize(torch.arange(-1001, 1001, dtype=torch.float64) / 1000.0,
+                            torch.tensor(EDGES, dtype=torch.float64), right=True)
+    return table.to(v.device)[hu + 1001]
+
+
+def _region_ids(shape: tuple[int, int, int], device) -> Tensor:
+    """Region index (``GRID`` order: slices, rows, columns) of every voxel of a volume of ``shape``."""
+    ids = torch.empty(shape, dtype=torch.long, device=device)
+    r = 0
+    for z0, z1 in _splits(shape[0], GRID[0]):
+        for y0, y1 in _splits(shape[1], GRID[1]):
+            for x0, x1 in _splits(shape[2], GRID[2]):
+                ids[z0:z1, y0:y1, x0:x1] = r
+                r += 1
+    return ids
+
+
 def volume_summaries(v: Tensor) -> Tensor:
     """One prepared volume ``(Z, Y, X)`` (HU / 1000) -> its summary vector (``summary_count()`` floats)."""
     v = v.float()
-    edges = torch.tensor(EDGES, dtype=v.dtype, device=v.device)
     nb = len(EDGES) + 1
-    band = torch.bucketize(v, edges, right=True)  # band i holds EDGES[i-1] <= v < EDGES[i]
-    out = [torch.bincount(band.flatten(), minlength=nb).float() / v.numel()]
-    for z0, z1 in _splits(v.shape[0], GRID[0]):
-        for y0, y1 in _splits(v.shape[1], GRID[1]):
-            for x0, x1 in _splits(v.shape[2], GRID[2]):
-                r = band[z0:z1, y0:y1, x0:x1]
-                out.append(torch.bincount(r.flatten(), minlength=nb).float() / r.numel())
+    nr = GRID[0] * GRID[1] * GRID[2]
+    band = _bands(v)
+    regions = _region_ids(tuple(v.shape), v.device)
+    counts = torch.bincount((regions * nb + band).flatten(), minlength=nr * nb).reshape(nr, nb).float()
+    sizes = counts.sum(1, keepdim=True)
+    out = [counts.sum(0) / v.numel(), counts / sizes]
     classes = _block_classes(v)
     lung = classes[:, -1] > 0.5
     feats = classes[:, :-1]
     allq, lungq = _quantiles(feats), _quantiles(feats[lung])
     out.append(torch.stack([allq, lungq], dim=1).flatten())  # per class: all blocks, then lung blocks
-    mask = (v > TEXTURE_BAND[0]) & (v < TEXTURE_BAND[1])
+    mask = ((v > TEXTURE_BAND[0]) & (v < TEXTURE_BAND[1])).float()
     texture = []
     for axis in range(3):
-        d = torch.diff(v, dim=axis).abs()
         m = mask.narrow(axis, 0, v.shape[axis] - 1)
-        texture.append(d[m].mean() if m.any() else v.new_zeros(()))
-    texture += [mask.float().mean(), v[mask].mean() if mask.any() else v.new_zeros(())]
+        n = m.sum()
+        texture.append((torch.diff(v, dim=axis).abs_() * m).sum() / n if n > 0 else v.new_zeros(()))
+    n = mask.sum()
+    texture += [n / v.numel(), (v * mask).sum() / n if n > 0 else v.new_zeros(())]
     out.append(torch.stack(texture))
     return torch.cat([o.flatten() for o in out])
 

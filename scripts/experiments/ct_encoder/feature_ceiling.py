@@ -5,7 +5,11 @@ on their own training volumes as on new ones (about 0.71 macro AUROC): they unde
 the findings are in the prepared volumes at all, at the encoder's spec (cpu-128: 64 × 128 × 128), with no
 learned filters: per volume, fixed radiomics-like features (HU histograms per region, per-block density
 extremes, a texture measure inside aerated lung), then one gradient-boosted tree classifier per finding
-trained on the train split, scored on the training volumes (can it fit?) and the validation split.
+trained on the train split, scored on the training volumes (can it fit?) and the validation split;
+beside it a linear read-out (standardised features, L2 logistic regression): what a linear map in the
+encoder could take from them. ``--density-path`` also scores a linear read-out of the teacher's own
+per-block density features (``engine.models.ct_layers.DensityPath.features``, cpu-default's settings):
+does the encoder already hold what it fails to learn?
 
 If it reaches well above 0.71, the information is in the volumes and the encoder's training is the limit;
 if not, the spec (resolution) is. Results: ``feature_ceiling.json`` beside this file.
@@ -89,6 +93,38 @@ def table(records, spec, cache, cache_file: Path) -> np.ndarray:
     return x
 
 
+def density_table(records, spec, cache, cache_file: Path) -> np.ndarray:
+    """The teacher's per-block density features (cpu-default's pool and thresholds) per volume."""
+    import torch
+
+    from engine.models.ct_layers import DensityPath
+
+    if cache_file.is_file():
+        saved = np.load(cache_file, allow_pickle=False)
+        if list(saved["names"]) == [r.volume_name for r in records]:
+            return saved["x"]
+    cfg = json.loads((ROOT / "train" / "configs" / "cpu-default.json").read_text())["ct_encoder"]
+    path = DensityPath(tuple(cfg["input_size"]), tuple(cfg["density_pool"]), tuple(cfg["density_thresholds"]),
+                       1, 1)
+    vols = _Volumes(records, spec, cache)
+    with torch.no_grad():
+        x = np.stack([path.features(torch.from_numpy(vols(i))[None, None]).numpy()[0] for i in range(len(vols))])
+    np.savez(cache_file, x=x, names=np.array([r.volume_name for r in records]))
+    return x
+
+
+def linear_read_out(x_tr, y_tr, x_va, y_va, c: float) -> list[float]:
+    """Per finding, validation AUROC of an L2 logistic regression on standardised features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    scale = StandardScaler().fit(x_tr)
+    a, b = scale.transform(x_tr), scale.transform(x_va)
+    return [float(roc_auc_score(y_va[:, k], LogisticRegression(C=c, max_iter=3000).fit(a, y_tr[:, k])
+                                .decision_function(b))) for k in range(y_tr.shape[1])]
+
+
 def main(argv=None) -> int:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
@@ -100,6 +136,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--spec", default="cpu-128")
     p.add_argument("--out", type=Path, default=HERE / "feature_ceiling.json")
+    p.add_argument("--density-path", action="store_true", help="also the teacher's per-block features (slow)")
     a = p.parse_args(argv)
     spec = get_spec(a.spec)
     cache = a.data / "cache"
@@ -117,14 +154,27 @@ def main(argv=None) -> int:
         per[name] = float(roc_auc_score(y_va[:, k], clf.predict_proba(x_va)[:, 1]))
         per_tr[name] = float(roc_auc_score(y_tr[:, k], clf.predict_proba(x_tr)[:, 1]))
         print(f"{name:38s} train {per_tr[name]:.3f}  valid {per[name]:.3f}", flush=True)
+    linear = dict(zip(LABELS, linear_read_out(x_tr, y_tr, x_va, y_va, 0.05)))
+    print(f"linear read-out of the same features: macro {np.mean(list(linear.values())):.3f}", flush=True)
     rec = {"kind": "gradient-boosted trees on fixed density features (HU histograms per region, per-block "
                    "density quantiles, lung texture), one per finding",
            "spec": spec.name, "n_features": int(x_tr.shape[1]), "n_train": len(tr), "n_valid": len(va),
            "macro_auroc_valid": float(np.mean(list(per.values()))),
            "macro_auroc_train": float(np.mean(list(per_tr.values()))),
            "per_finding_valid": per, "per_finding_train": per_tr,
+           "linear_c": 0.05, "macro_auroc_valid_linear": float(np.mean(list(linear.values()))),
+           "per_finding_valid_linear": linear,
            "seconds": round(time.perf_counter() - t0, 1),
            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if a.density_path:
+        d_tr = density_table(tr, spec, cache, a.data / f"density_table_train_{spec.name}.npz")
+        d_va = density_table(va, spec, cache, a.data / f"density_table_valid_{spec.name}.npz")
+        dens = dict(zip(LABELS, linear_read_out(d_tr, y_tr, d_va, y_va, 0.01)))
+        rec["density_path_linear"] = {"n_features": int(d_tr.shape[1]), "c": 0.01,
+                                      "macro_auroc_valid": float(np.mean(list(dens.values()))),
+                                      "per_finding_valid": dens}
+        print(f"linear read-out of the teacher's per-block density features: macro "
+              f"{rec['density_path_linear']['macro_auroc_valid']:.3f}", flush=True)
     a.out.write_text(json.dumps(rec, indent=1) + "\n")
     print(f"macro AUROC valid {rec['macro_auroc_valid']:.3f}, train {rec['macro_auroc_train']:.3f}; wrote {a.out}")
     return 0
