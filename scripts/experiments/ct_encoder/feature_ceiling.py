@@ -12,7 +12,9 @@ per-block density features (``engine.models.ct_layers.DensityPath.features``, cp
 does the encoder already hold what it fails to learn?
 
 If it reaches well above 0.71, the information is in the volumes and the encoder's training is the limit;
-if not, the spec (resolution) is. Results: ``feature_ceiling.json`` beside this file.
+if not, the spec (resolution) is. Results: ``feature_ceiling.json`` beside this file; the trees' per-study
+validation scores go to ``DATA/feature_ceiling_valid.json`` in the form ``speechct-train evaluate
+--ceiling FILE`` reads (``train.evaluate.CEILING_KEYS``), so the per-finding table can show them.
 
     python scripts/experiments/ct_encoder/feature_ceiling.py --data build/bundle-data
 """
@@ -146,12 +148,13 @@ def main(argv=None) -> int:
     x_va = table(va, spec, cache, a.data / f"feature_table_valid_{spec.name}.npz")
     y_tr = np.stack([r.labels for r in tr]).astype(int)
     y_va = np.stack([r.labels for r in va]).astype(int)
-    per, per_tr = {}, {}
+    per, per_tr, scores = {}, {}, np.zeros(y_va.shape)
     for k, name in enumerate(LABELS):
         clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
                                              l2_regularization=1.0, random_state=0)
         clf.fit(x_tr, y_tr[:, k])
-        per[name] = float(roc_auc_score(y_va[:, k], clf.predict_proba(x_va)[:, 1]))
+        scores[:, k] = clf.predict_proba(x_va)[:, 1]
+        per[name] = float(roc_auc_score(y_va[:, k], scores[:, k]))
         per_tr[name] = float(roc_auc_score(y_tr[:, k], clf.predict_proba(x_tr)[:, 1]))
         print(f"{name:38s} train {per_tr[name]:.3f}  valid {per[name]:.3f}", flush=True)
     linear = dict(zip(LABELS, linear_read_out(x_tr, y_tr, x_va, y_va, 0.05)))
@@ -176,6 +179,11 @@ def main(argv=None) -> int:
         print(f"linear read-out of the teacher's per-block density features: macro "
               f"{rec['density_path_linear']['macro_auroc_valid']:.3f}", flush=True)
     a.out.write_text(json.dumps(rec, indent=1) + "\n")
+    ceiling = {"kind": "gradient-boosted trees on fixed density features (scripts/experiments/ct_encoder/"
+                       "feature_ceiling.py)", "labels": list(LABELS), "split": "valid",
+               "measured": rec["measured"], "train": {"n": len(tr), "macro_auroc": rec["macro_auroc_train"]},
+               "scores": {r.volume_name: [round(float(v), 6) for v in row] for r, row in zip(va, scores)}}
+    (a.data / "feature_ceiling_valid.json").write_text(json.dumps(ceiling) + "\n")
     print(f"macro AUROC valid {rec['macro_auroc_valid']:.3f}, train {rec['macro_auroc_train']:.3f}; wrote {a.out}")
     return 0
 
