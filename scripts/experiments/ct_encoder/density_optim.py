@@ -1,0 +1,92 @@
+"""Can the teacher's density path learn the labels in the teacher's budget? (issue 17, session 11)
+
+The teacher underfits (0.71 on its own training volumes) while a logistic regression on its own density
+features reaches 0.80 and on the summaries 0.84 (``feature_ceiling.py``). This replays only the label
+read-out of the teacher on the recorded feature tables: standardised features -> the density path's
+rank-r linear map -> latent -> the label head, BCE, AdamW at the teacher's rates, batch 16, 632 steps
+(8 epochs of 1,271 volumes), no augmentation, no InfoNCE, and scores validation AUROC of the head. If this
+already stalls, the optimisation (a product of three freshly initialised matrices at lr 3e-4) is the
+limit, not the features or the contrastive loss.
+
+    python scripts/experiments/ct_encoder/density_optim.py --data build/bundle-data   # after feature_ceiling.py --density-path
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts" / "experiments"))
+
+from cnn_ceiling import _records  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(x_tr, y_tr, x_va, y_va, *, lr, mult, rank, steps, seed=0, direct=False) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    torch.manual_seed(seed)
+    mean, std = x_tr.mean(0), np.maximum(x_tr.std(0), 0.05)
+    a = torch.from_numpy((x_tr - mean) / std).float()
+    b = torch.from_numpy((x_va - mean) / std).float()
+    yt = torch.from_numpy(y_tr).float()
+    n_feat = a.shape[1]
+    if direct:
+        path = torch.nn.Linear(n_feat, 512, bias=False)
+    else:
+        path = torch.nn.Sequential(torch.nn.Linear(n_feat, rank, bias=False), torch.nn.Linear(rank, 512, bias=False))
+    head = torch.nn.Linear(512, y_tr.shape[1])
+    opt = torch.optim.AdamW([{"params": path.parameters(), "lr": lr * mult},
+                             {"params": head.parameters(), "lr": lr * 3.0}], weight_decay=0.01)
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(len(a)) for _ in range(steps * 16 // len(a) + 1)])
+    for s in range(steps):
+        rows = order[s * 16:(s + 1) * 16]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(path(a[rows])), yt[rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        sv, st = head(path(b)).numpy(), head(path(a)).numpy()
+    per = [roc_auc_score(y_va[:, k], sv[:, k]) for k in range(y_va.shape[1])]
+    per_tr = [roc_auc_score(y_tr[:, k], st[:, k]) for k in range(y_tr.shape[1])]
+    return {"valid": float(np.mean(per)), "train": float(np.mean(per_tr))}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=632)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    d = a.data
+    y_tr = np.stack([r.labels for r in _records(d, "train")]).astype(np.float32)
+    y_va = np.stack([r.labels for r in _records(d, "valid")]).astype(int)
+    dens = [np.load(d / f"density_table_{s}_cpu-128.npz")["x"] for s in ("train", "valid")]
+    summ = [np.load(d / f"feature_table_{s}_cpu-128.npz")["x"] for s in ("train", "valid")]
+    both = [np.concatenate([x, y], axis=1) for x, y in zip(dens, summ)]
+    rows = []
+    for feats, name in ((dens, "per-block density (the session-10 teacher)"), (both, "per-block + summaries")):
+        for mult in (1.0, 10.0):
+            r = run(feats[0], y_tr, feats[1], y_va, lr=3e-4, mult=mult, rank=128, steps=a.steps)
+            rows.append({"features": name, "path": "rank-128", "lr_mult": mult, **r})
+            print(json.dumps(rows[-1]), flush=True)
+    for mult in (1.0, 10.0):
+        r = run(summ[0], y_tr, summ[1], y_va, lr=3e-4, mult=mult, rank=128, steps=a.steps, direct=True)
+        rows.append({"features": "summaries only", "path": "full linear", "lr_mult": mult, **r})
+        print(json.dumps(rows[-1]), flush=True)
+    (HERE / "density_optim.json").write_text(json.dumps({"steps": a.steps, "batch": 16, "lr": 3e-4,
+                                                          "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
