@@ -88,6 +88,10 @@ def score(teacher_dir: Path, a: argparse.Namespace) -> dict:
         macro, per = macro_auroc(logits, labels)
         out[f"{split}_auroc"] = macro
         out[f"{split}_centred_auroc"] = macro_auroc(centre_logits(logits), labels)[0]
+        if model.label_head is not None:  # the supervised read-out the teacher trained: what zero-shot could reach
+            with torch.no_grad():
+                head = model.label_head(torch.from_numpy(emb)).numpy()
+            out[f"{split}_label_head_auroc"] = macro_auroc(head, labels)[0]
         out[f"{split}_n"] = len(studies)
         if split == "valid":
             out["valid_per_finding"] = [round(v, 3) for v in per]
@@ -97,13 +101,19 @@ def score(teacher_dir: Path, a: argparse.Namespace) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("variants", nargs="+")
+    p.add_argument("variants", nargs="*")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None)
     p.add_argument("--train", type=int, default=600, help="first N training volumes")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--score-only", type=Path, default=None, metavar="TEACHER_DIR",
+                   help="score a finished teacher folder (e.g. a bundle run's teacher/) and print the JSON row")
     a = p.parse_args()
+    if a.score_only:
+        torch.set_num_threads(a.threads)
+        print(json.dumps(score(a.score_only, a)))
+        return 0
     torch.set_num_threads(a.threads)
     for name in a.variants:
         teacher_dir = train_variant(name, a)
