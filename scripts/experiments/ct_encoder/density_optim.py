@@ -4,9 +4,11 @@ The teacher underfits (0.71 on its own training volumes) while a logistic regres
 features reaches 0.80 and on the summaries 0.84 (``feature_ceiling.py``). This replays only the label
 read-out of the teacher on the recorded feature tables: standardised features -> the density path's
 rank-r linear map -> latent -> the label head, BCE, AdamW at the teacher's rates, batch 16, 632 steps
-(8 epochs of 1,271 volumes), no augmentation, no InfoNCE, and scores validation AUROC of the head. If this
-already stalls, the optimisation (a product of three freshly initialised matrices at lr 3e-4) is the
-limit, not the features or the contrastive loss.
+(8 epochs of 1,271 volumes), no InfoNCE, and scores validation AUROC of the head. If this already
+stalls, the optimisation (a product of three freshly initialised matrices at lr 3e-4) is the limit, not
+the features or the contrastive loss. ``--augmented`` trains instead on the features of one jittered copy
+of each training volume (``train.recipes.augment_ct`` with cpu-default's shift, noise and gain, as the
+teacher sees them) and still scores clean validation volumes.
 
     python scripts/experiments/ct_encoder/density_optim.py --data build/bundle-data   # after feature_ceiling.py --density-path
 """
@@ -61,10 +63,40 @@ def run(x_tr, y_tr, x_va, y_va, *, lr, mult, rank, steps, seed=0, direct=False) 
     return {"valid": float(np.mean(per)), "train": float(np.mean(per_tr))}
 
 
+def augmented_tables(data: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(per-block density, summaries) features of one jittered copy of every training volume."""
+    cache_file = data / "augmented_tables_train_cpu-128.npz"
+    if cache_file.is_file():
+        saved = np.load(cache_file)
+        return saved["dens"], saved["summ"]
+    from cnn_ceiling import _Volumes
+    from feature_ceiling import features
+
+    from engine.models.ct_layers import DensityPath
+    from engine.preprocess import get_spec
+    from train.recipes import augment_ct
+
+    cfg = json.loads((ROOT / "train" / "configs" / "cpu-default.json").read_text())
+    ct, aug = cfg["ct_encoder"], cfg["teacher"]["augment"]
+    path = DensityPath(tuple(ct["input_size"]), tuple(ct["density_pool"]), tuple(ct["density_thresholds"]), 1, 1)
+    vols = _Volumes(_records(data, "train"), get_spec("cpu-128"), data / "cache")
+    rng = np.random.default_rng(seed)
+    dens, summ = [], []
+    for i in range(len(vols)):
+        v = augment_ct(vols(i)[None], rng, tuple(aug["shift"]), aug["noise"], aug["scale"])[0]
+        with torch.no_grad():
+            dens.append(path.features(torch.from_numpy(v)[None, None]).numpy()[0])
+        summ.append(features(v))
+    dens, summ = np.stack(dens), np.stack(summ)
+    np.savez(cache_file, dens=dens, summ=summ)
+    return dens, summ
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--steps", type=int, default=632)
+    p.add_argument("--augmented", action="store_true", help="train on jittered copies (see above)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     d = a.data
@@ -72,18 +104,22 @@ def main(argv=None) -> int:
     y_va = np.stack([r.labels for r in _records(d, "valid")]).astype(int)
     dens = [np.load(d / f"density_table_{s}_cpu-128.npz")["x"] for s in ("train", "valid")]
     summ = [np.load(d / f"feature_table_{s}_cpu-128.npz")["x"] for s in ("train", "valid")]
+    if a.augmented:
+        dens[0], summ[0] = augmented_tables(d)
     both = [np.concatenate([x, y], axis=1) for x, y in zip(dens, summ)]
     rows = []
+    mults = (1.0,) if a.augmented else (1.0, 10.0)
     for feats, name in ((dens, "per-block density (the session-10 teacher)"), (both, "per-block + summaries")):
-        for mult in (1.0, 10.0):
+        for mult in mults:
             r = run(feats[0], y_tr, feats[1], y_va, lr=3e-4, mult=mult, rank=128, steps=a.steps)
             rows.append({"features": name, "path": "rank-128", "lr_mult": mult, **r})
             print(json.dumps(rows[-1]), flush=True)
-    for mult in (1.0, 10.0):
+    for mult in mults:
         r = run(summ[0], y_tr, summ[1], y_va, lr=3e-4, mult=mult, rank=128, steps=a.steps, direct=True)
         rows.append({"features": "summaries only", "path": "full linear", "lr_mult": mult, **r})
         print(json.dumps(rows[-1]), flush=True)
-    (HERE / "density_optim.json").write_text(json.dumps({"steps": a.steps, "batch": 16, "lr": 3e-4,
+    name = "density_optim_augmented.json" if a.augmented else "density_optim.json"
+    (HERE / name).write_text(json.dumps({"steps": a.steps, "batch": 16, "lr": 3e-4, "augmented": a.augmented,
                                                           "rows": rows}, indent=1) + "\n")
     return 0
 
