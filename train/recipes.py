@@ -414,7 +414,27 @@ class TeacherRecipe:
         if self.cfg["teacher"].get("dense_aux_weight"):
             self.train_tokens = footprint_targets(self.train, self.train_keys, Path(data) / "ct-rate", self.spec,
                                                   self.module.ct.config, self.cache)
+        if self.cfg["teacher"].get("prior_bias_init"):
+            self._init_head_biases()
         self.prep_seconds = time.perf_counter() - t0
+
+    @torch.no_grad()
+    def _init_head_biases(self) -> None:
+        """``teacher.prior_bias_init``: start each head's bias at the log-odds its loss is minimised by when
+        the inputs say nothing (the training prevalence; for the dense head, weighted by its positive
+        weight). From 0 the bias needs thousands of steps at these rates to get there, and meanwhile
+        the loss pushes every logit down through the encoder instead of teaching it the findings."""
+        def log_odds(rate: np.ndarray) -> torch.Tensor:
+            rate = np.clip(rate, 1e-4, 1 - 1e-4)
+            return torch.from_numpy(np.log(rate / (1 - rate))).float()
+
+        if self.module.label_head is not None:
+            prevalence = np.stack([s.labels for s in self.train]).astype(np.float64).mean(0)
+            self.module.label_head.bias.copy_(log_odds(prevalence).to(self.module.label_head.bias.device))
+        if self.module.token_head is not None and self.train_tokens is not None:
+            rate = self.train_tokens.astype(np.float64).mean(axis=(0, 2, 3, 4))
+            weighted = DENSE_POS_WEIGHT * rate / (DENSE_POS_WEIGHT * rate + 1 - rate)
+            self.module.token_head.bias.copy_(log_odds(weighted).to(self.module.token_head.bias.device))
 
     @property
     def n_train(self) -> int:

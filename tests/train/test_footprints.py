@@ -92,3 +92,11 @@ def test_dense_loss_trains_a_token_head_and_needs_footprints(tiny):
     loss.backward()
     assert recipe.module.token_head.weight.grad.abs().sum() > 0
     assert recipe.module.ct.patch_embed.proj.weight.grad.abs().sum() > 0
+    # with teacher.prior_bias_init the token head starts at the (positive-weighted) share of finding tokens
+    cfg["teacher"]["prior_bias_init"] = True
+    primed = TeacherRecipe(cfg, tiny, env=DistEnv(), progress=False)
+    rate = primed.train_tokens.astype(np.float64).mean(axis=(0, 2, 3, 4))
+    from train.recipes import DENSE_POS_WEIGHT
+
+    want = np.clip(DENSE_POS_WEIGHT * rate / (DENSE_POS_WEIGHT * rate + 1 - rate), 1e-4, 1 - 1e-4)
+    assert np.allclose(torch.sigmoid(primed.module.token_head.bias).numpy(), want, atol=1e-5)

@@ -4,6 +4,7 @@ a sharper initial logit scale (all off unless a config asks for them)."""
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,3 +144,22 @@ def test_init_from_a_finished_teacher_starts_from_its_weights_and_refuses_anothe
     other["teacher"]["aux_label_weight"] = 1.0  # a label head the stored weights lack
     with pytest.raises(DataError, match="do not fit"):
         TeacherRecipe(other, tiny, env=DistEnv(), progress=False).init_from(tmp_path / "t")
+
+
+def test_prior_bias_init_starts_the_label_head_at_the_training_prevalence(tiny):
+    cfg = copy.deepcopy(load_run_config(SMOKE_CONFIG))
+    cfg["teacher"]["aux_label_weight"] = 1.0
+    off = TeacherRecipe(cfg, tiny, env=DistEnv(), progress=False)
+    cfg["teacher"]["prior_bias_init"] = True
+    on = TeacherRecipe(cfg, tiny, env=DistEnv(), progress=False)
+    prevalence = np.clip(np.stack([s.labels for s in on.train]).mean(0), 1e-4, 1 - 1e-4)
+    assert torch.allclose(torch.sigmoid(on.module.label_head.bias), torch.from_numpy(prevalence).float(), atol=1e-5)
+    assert not torch.allclose(off.module.label_head.bias, on.module.label_head.bias)
+    # with the encoder's output held at 0, the label loss is then the prevalences' cross-entropy (their
+    # entropy, but for the clip that keeps a finding no training study has at 1e-4)
+    zero = on.module.label_head(torch.zeros(len(on.train), on.module.label_head.in_features))
+    target = torch.from_numpy(np.stack([s.labels for s in on.train])).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(zero, target)
+    rate = target.numpy().mean(0)
+    entropy = -(rate * np.log(prevalence) + (1 - rate) * np.log(1 - prevalence)).mean()
+    assert float(bce) == pytest.approx(entropy, rel=1e-3)
