@@ -497,7 +497,10 @@ class TeacherRecipe:
                                       with_tokens=True)
         all_ct, all_txt = gather_with_grad(ct, env), gather_with_grad(txt, env)
         loss = info_nce(ct, txt, self.module.logit_scale, all_a=all_ct, all_b=all_txt, offset=offset)
-        parts = {"logit_scale": self.module.logit_scale.value}
+        parts = {"logit_scale": self.module.logit_scale.value, "info_nce": float(loss.detach())}
+        # teacher.info_nce_weight (default 1): 0 trains the label read-outs alone, an ablation that asks
+        # whether the contrastive loss is what holds the CT encoder back (docs/ct-encoder.md)
+        loss = float(self.cfg["teacher"].get("info_nce_weight", 1.0)) * loss
         weight = float(self.cfg["teacher"].get("aux_label_weight") or 0.0)
         if weight:
             # From scratch on ~1k homogeneous synthetic chests the contrastive signal alone is weak
@@ -505,7 +508,6 @@ class TeacherRecipe:
             # the labels CT-RATE ships with the reports give the CT encoder a direct signal.
             target = torch.from_numpy(np.stack([self.train[i].labels for i in rows])).to(ct.device)
             bce = F.binary_cross_entropy_with_logits(self.module.label_head(ct.float()), target)
-            parts["info_nce"] = float(loss.detach())
             parts["label_bce"] = float(bce.detach())
             loss = loss + weight * bce
             text_weight = float(self.cfg["teacher"].get("text_label_weight") or 0.0)

@@ -163,3 +163,14 @@ def test_prior_bias_init_starts_the_label_head_at_the_training_prevalence(tiny):
     rate = target.numpy().mean(0)
     entropy = -(rate * np.log(prevalence) + (1 - rate) * np.log(1 - prevalence)).mean()
     assert float(bce) == pytest.approx(entropy, rel=1e-3)
+
+
+def test_info_nce_weight_zero_trains_the_label_read_outs_alone(tiny):
+    cfg = copy.deepcopy(load_run_config(SMOKE_CONFIG))
+    cfg["teacher"].update(aux_label_weight=1.0, info_nce_weight=0.0)
+    recipe = TeacherRecipe(cfg, tiny, env=DistEnv(), progress=False)
+    loss, parts = recipe.loss(list(range(4)), 0, DistEnv())
+    assert parts["info_nce"] > 0  # still measured
+    assert float(loss.detach()) == pytest.approx(parts["label_bce"], rel=1e-5)
+    loss.backward()
+    assert recipe.module.logit_scale.log_scale.grad is None or float(recipe.module.logit_scale.log_scale.grad) == 0
