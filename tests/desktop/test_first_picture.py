@@ -49,8 +49,14 @@ s = QSplitter(); s.resize(1000, 600); s.show(); spin(200)
 viewer = StudyViewer(vol, s, with_3d=False); s.insertWidget(0, viewer)
 other = StudyViewer(vol, s, with_3d=False); s.addWidget(other)
 viewer.show(); other.show()
-spin(1000)  # nobody touches the views: within a second they must show the study
-out = {{"first": {{n: [box(g := screen(v)), float(g.std())] for n, v in viewer.views.items()}}}}
+# nobody touches the views: they must show the study by themselves (how soon is bench/ui_responsiveness.py's
+# goal, 1 s; a loaded test machine may take longer, so this waits up to 20 s and only then calls it blank)
+for _ in range(200):
+    spin(100)
+    first = {{n: [box(g := screen(v)), float(g.std())] for n, v in viewer.views.items()}}
+    if all(fill > 0.85 and std > 10 for fill, std in first.values()):
+        break
+out = {{"first": first}}
 other.close_views(); other.setParent(None); other.deleteLater()
 spin(1000)
 g = screen(viewer.views["axial"])

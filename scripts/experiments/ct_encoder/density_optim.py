@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,7 +33,17 @@ from cnn_ceiling import _records  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
-def run(x_tr, y_tr, x_va, y_va, *, lr, mult, rank, steps, seed=0, direct=False) -> dict:
+def _lr_factor(step: int, steps: int, warmup: int = 40, floor: float = 0.05) -> float:
+    """cpu-default's teacher schedule: linear warm-up, then cosine down to ``floor`` × lr."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+
+
+def run(x_tr, y_tr, x_va, y_va, *, lr, mult, rank, steps, seed=0, direct=False, cosine=False, prior=False,
+        report_at=()) -> dict:
+    """Train the read-out; ``cosine``: the teacher's schedule (else constant lr); ``prior``: the head's bias
+    starts at the training prevalence's log-odds; ``report_at``: steps at which to record AUROC and BCE."""
     from sklearn.metrics import roc_auc_score
 
     torch.manual_seed(seed)
@@ -46,21 +57,37 @@ def run(x_tr, y_tr, x_va, y_va, *, lr, mult, rank, steps, seed=0, direct=False) 
     else:
         path = torch.nn.Sequential(torch.nn.Linear(n_feat, rank, bias=False), torch.nn.Linear(rank, 512, bias=False))
     head = torch.nn.Linear(512, y_tr.shape[1])
+    if prior:
+        rate = np.clip(y_tr.mean(0), 1e-4, 1 - 1e-4)
+        head.bias.data = torch.from_numpy(np.log(rate / (1 - rate))).float()
     opt = torch.optim.AdamW([{"params": path.parameters(), "lr": lr * mult},
                              {"params": head.parameters(), "lr": lr * 3.0}], weight_decay=0.01)
+    base = [g["lr"] for g in opt.param_groups]
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(a)) for _ in range(steps * 16 // len(a) + 1)])
+
+    def measure() -> dict:
+        with torch.no_grad():
+            sv, st = head(path(b)).numpy(), head(path(a)).numpy()
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(st), yt)
+        per = [roc_auc_score(y_va[:, k], sv[:, k]) for k in range(y_va.shape[1])]
+        per_tr = [roc_auc_score(y_tr[:, k], st[:, k]) for k in range(y_tr.shape[1])]
+        return {"valid": float(np.mean(per)), "train": float(np.mean(per_tr)), "train_bce": float(bce)}
+
+    trajectory = []
     for s in range(steps):
+        if cosine:
+            for g, base_lr in zip(opt.param_groups, base):
+                g["lr"] = base_lr * _lr_factor(s, steps)
         rows = order[s * 16:(s + 1) * 16]
         loss = torch.nn.functional.binary_cross_entropy_with_logits(head(path(a[rows])), yt[rows])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        sv, st = head(path(b)).numpy(), head(path(a)).numpy()
-    per = [roc_auc_score(y_va[:, k], sv[:, k]) for k in range(y_va.shape[1])]
-    per_tr = [roc_auc_score(y_tr[:, k], st[:, k]) for k in range(y_tr.shape[1])]
-    return {"valid": float(np.mean(per)), "train": float(np.mean(per_tr))}
+        if s + 1 in report_at:
+            trajectory.append({"step": s + 1, **measure()})
+    out = measure()
+    return {**out, "trajectory": trajectory} if trajectory else out
 
 
 def augmented_tables(data: Path, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -118,6 +145,13 @@ def main(argv=None) -> int:
         r = run(summ[0], y_tr, summ[1], y_va, lr=3e-4, mult=mult, rank=128, steps=a.steps, direct=True)
         rows.append({"features": "summaries only", "path": "full linear", "lr_mult": mult, **r})
         print(json.dumps(rows[-1]), flush=True)
+    if not a.augmented:  # the teacher's schedule, with and without the prior bias (teacher.prior_bias_init)
+        for prior in (False, True):
+            r = run(both[0], y_tr, both[1], y_va, lr=3e-4, mult=1.0, rank=128, steps=a.steps, cosine=True,
+                    prior=prior, report_at=(158, 316, 474, 632))
+            rows.append({"features": "per-block + summaries", "path": "rank-128", "lr_mult": 1.0,
+                         "schedule": "warm-up 40, cosine to 0.05", "prior_bias": prior, **r})
+            print(json.dumps(rows[-1]), flush=True)
     name = "density_optim_augmented.json" if a.augmented else "density_optim.json"
     (HERE / name).write_text(json.dumps({"steps": a.steps, "batch": 16, "lr": 3e-4, "augmented": a.augmented,
                                                           "rows": rows}, indent=1) + "\n")
