@@ -99,4 +99,4 @@ def test_dense_loss_trains_a_token_head_and_needs_footprints(tiny):
     from train.recipes import DENSE_POS_WEIGHT
 
     want = np.clip(DENSE_POS_WEIGHT * rate / (DENSE_POS_WEIGHT * rate + 1 - rate), 1e-4, 1 - 1e-4)
-    assert np.allclose(torch.sigmoid(primed.module.token_head.bias).numpy(), want, atol=1e-5)
+    assert np.allclose(torch.sigmoid(primed.module.token_head.bias).detach().numpy(), want, atol=1e-5)
