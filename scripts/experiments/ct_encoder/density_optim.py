@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -30,14 +29,9 @@ sys.path.insert(0, str(ROOT / "scripts" / "experiments"))
 
 from cnn_ceiling import _records  # noqa: E402
 
+from train.trainer import OptimConfig, lr_lambda  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-
-
-def _lr_factor(step: int, steps: int, warmup: int = 40, floor: float = 0.05) -> float:
-    """cpu-default's teacher schedule: linear warm-up, then cosine down to ``floor`` × lr."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
 
 
 def run(x_tr, y_tr, x_va, y_va, *, lr, mult, rank, steps, seed=0, direct=False, cosine=False, prior=False,
@@ -63,6 +57,9 @@ def run(x_tr, y_tr, x_va, y_va, *, lr, mult, rank, steps, seed=0, direct=False, 
     opt = torch.optim.AdamW([{"params": path.parameters(), "lr": lr * mult},
                              {"params": head.parameters(), "lr": lr * 3.0}], weight_decay=0.01)
     base = [g["lr"] for g in opt.param_groups]
+    # cpu-default's teacher schedule, from the trainer itself: warm-up 40, cosine down to 0.05 x lr
+    factor = lr_lambda(OptimConfig(lr=lr, max_steps=steps, warmup_steps=40, schedule="cosine",
+                                     min_lr_ratio=0.05), steps)
     rng = np.random.default_rng(seed)
     order = np.concatenate([rng.permutation(len(a)) for _ in range(steps * 16 // len(a) + 1)])
 
@@ -78,7 +75,7 @@ def run(x_tr, y_tr, x_va, y_va, *, lr, mult, rank, steps, seed=0, direct=False, 
     for s in range(steps):
         if cosine:
             for g, base_lr in zip(opt.param_groups, base):
-                g["lr"] = base_lr * _lr_factor(s, steps)
+                g["lr"] = base_lr * factor(s)
         rows = order[s * 16:(s + 1) * 16]
         loss = torch.nn.functional.binary_cross_entropy_with_logits(head(path(a[rows])), yt[rows])
         opt.zero_grad()
