@@ -25,6 +25,7 @@ cache under ``<data>/cache/``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -518,6 +519,11 @@ class TeacherRecipe:
                 text_bce = F.binary_cross_entropy_with_logits(self.module.label_head(txt.float()), target)
                 parts["text_label_bce"] = float(text_bce.detach())
                 loss = loss + text_weight * text_bce
+        prompt_weight = float(self.cfg["teacher"].get("prompt_label_weight") or 0.0)
+        if prompt_weight:
+            prompt_bce = self._prompt_bce(ct, rows)
+            parts["prompt_bce"] = float(prompt_bce.detach())
+            loss = loss + prompt_weight * prompt_bce
         dense = float(self.cfg["teacher"].get("dense_aux_weight") or 0.0)
         if dense and self.train_tokens is not None:
             # Where each finding lies (the phantom's footprints) tells the encoder where to look: a
@@ -530,6 +536,24 @@ class TeacherRecipe:
             parts["token_bce"] = float(token_bce.detach())
             loss = loss + dense * token_bce
         return loss, parts
+
+    def _prompt_bce(self, ct: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """``teacher.prompt_label_weight``: the labels' cross-entropy of the product's own zero-shot read-out,
+        ``scale·(cos(ct, "X is present.") − cos(ct, "X is not present."))``, with the prompts through the
+        trained text side and a fixed offset at the training prevalence's log-odds (so the cosine gap
+        carries the evidence, not the base rate). The label head trains a read-out zero-shot never uses;
+        this trains the one it does (docs/ct-encoder.md)."""
+        prompts = F.normalize(self.text_embed(self.prompt_feats).float(), dim=-1)
+        sims = F.normalize(ct.float(), dim=-1) @ prompts.T
+        logits = self.module.logit_scale.value * (sims[:, 0::2] - sims[:, 1::2]) + self.prompt_offset.to(ct.device)
+        target = torch.from_numpy(np.stack([self.train[i].labels for i in rows])).to(ct.device).float()
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    @functools.cached_property
+    def prompt_offset(self) -> torch.Tensor:
+        """The training prevalence's log-odds per finding (the prompt loss's fixed offset)."""
+        rate = np.clip(np.stack([s.labels for s in self.train]).astype(np.float64).mean(0), 1e-4, 1 - 1e-4)
+        return torch.from_numpy(np.log(rate / (1 - rate))).float()
 
     def embed_valid(self) -> tuple[torch.Tensor, torch.Tensor]:
         cts, txts = [], []

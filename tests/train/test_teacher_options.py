@@ -174,3 +174,28 @@ def test_info_nce_weight_zero_trains_the_label_read_outs_alone(tiny):
     assert float(loss.detach()) == pytest.approx(parts["label_bce"], rel=1e-5)
     loss.backward()
     assert recipe.module.logit_scale.log_scale.grad is None or float(recipe.module.logit_scale.log_scale.grad) == 0
+
+
+def test_prompt_label_loss_is_the_cross_entropy_of_the_products_zero_shot_read_out(tiny):
+    from engine.findings import zero_shot_probabilities
+
+    cfg = copy.deepcopy(load_run_config(SMOKE_CONFIG))
+    cfg["teacher"].update(info_nce_weight=0.0, prompt_label_weight=2.0)
+    recipe = TeacherRecipe(cfg, tiny, env=DistEnv(), progress=False)
+    rows = list(range(4))
+    loss, parts = recipe.loss(rows, 0, DistEnv())
+    assert float(loss.detach()) == pytest.approx(2.0 * parts["prompt_bce"], rel=1e-5)
+    # the same number from the engine's zero-shot probabilities, shifted by the training prevalence
+    with torch.no_grad():
+        ct, _ = recipe._embed([recipe.train_keys[i] for i in rows], recipe.train_text[rows])
+        prompts = recipe.text_embed(recipe.prompt_feats).float()
+        p = zero_shot_probabilities(ct.float(), prompts[0::2], prompts[1::2], recipe.module.logit_scale.value)
+    labels = np.stack([recipe.train[i].labels for i in rows]).astype(np.float64)
+    rate = np.clip(np.stack([s.labels for s in recipe.train]).mean(0), 1e-4, 1 - 1e-4)
+    logit = np.log(p.double().numpy() / (1 - p.double().numpy())) + np.log(rate / (1 - rate))
+    expected = np.mean(np.logaddexp(0, logit) - labels * logit)
+    assert parts["prompt_bce"] == pytest.approx(expected, rel=1e-4)
+    # both towers learn from it: the CT encoder and the text projection get gradients
+    loss.backward()
+    assert any(q.grad is not None and float(q.grad.abs().sum()) > 0 for q in recipe.module.ct.parameters())
+    assert any(q.grad is not None and float(q.grad.abs().sum()) > 0 for q in recipe.module.text_projection.parameters())

@@ -68,7 +68,7 @@ def features(vol: np.ndarray) -> np.ndarray:
         ql = np.quantile(c[in_lung], [0.5, 0.9, 0.99, 1.0]) if in_lung.any() else np.zeros(4)
         out += [q, ql]
     # texture inside aerated lung: mean absolute difference to the neighbours along each axis
-    lungv = (hu > -1000) & (hu < -500)
+    lungv = (hu > -980) & (hu < -500)  # engine.models.ct_summaries.TEXTURE_BAND (was -1000 before session 12)
     tex = []
     for ax in range(3):
         d = np.abs(np.diff(hu, axis=ax))
