@@ -64,6 +64,10 @@ class OptimConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     eval_every_epochs: int = 1
+    #: warm restarts: the run is split into ``cycles`` equal parts, each with its own warm-up and cosine, so
+    #: that the first part of a 2-cycle run of 2n epochs is exactly the 1-cycle run of n epochs (which a
+    #: finished run can then be resumed from with the longer config)
+    cycles: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,6 +78,8 @@ class OptimConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.epochs is None and self.max_steps is None:
             raise ValueError("set epochs or max_steps")
+        if self.cycles < 1:
+            raise ValueError(f"cycles must be >= 1, got {self.cycles}")
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError(f"bad batch_size/lr: {self.batch_size}, {self.lr}")
 
@@ -114,12 +120,17 @@ class Recipe(Protocol):
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int):
+    cycle = max(1, total_steps // cfg.cycles)
+
     def factor(step: int) -> float:
+        k = min(step // cycle, cfg.cycles - 1)  # this step's cycle; a remainder joins the last one
+        length = cycle if k < cfg.cycles - 1 else total_steps - k * cycle
+        step -= k * cycle
         if cfg.warmup_steps and step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         if cfg.schedule == "constant":
             return 1.0
-        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        progress = (step - cfg.warmup_steps) / max(1, length - cfg.warmup_steps)
         progress = min(max(progress, 0.0), 1.0)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 

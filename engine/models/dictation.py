@@ -117,7 +117,9 @@ def dictation_loss(logits: Tensor, targets: Tensor) -> Tensor:
 class FrameDictationHeadConfig(_HeadConfig):
     """``dim``: encoder frame width; frames are averaged in groups of ``stride`` (20 ms each), then
     projected to ``hidden``; a ``kernel``-wide convolution adds local context (a negation word and
-    the finding it governs sit within a second of each other); ``heads`` attention heads per finding."""
+    the finding it governs sit within a second of each other); ``heads`` attention heads per finding.
+    ``shared_readout``: one state read-out for every finding (each keeps its queries, null slot and bias),
+    so that "not seen" after *effusion* teaches "not seen" after *nodule* (docs/reader-experiments.md)."""
 
     dim: int = 512
     hidden: int = 128
@@ -128,6 +130,7 @@ class FrameDictationHeadConfig(_HeadConfig):
     dropout: float = 0.1
     kind: str = "frames"
     n_classes: int = len(CLASSES)
+    shared_readout: bool = False
 
     KIND = "frames"
 
@@ -194,7 +197,8 @@ class FrameDictationHead(nn.Module):
         self.drop = nn.Dropout(c.dropout)
         self.norm_out = nn.LayerNorm(c.hidden)
         self.mix = nn.Linear(c.hidden, c.hidden)
-        self.out_weight = nn.Parameter(torch.randn(c.n_labels, c.hidden, c.n_classes) * c.hidden**-0.5)
+        readouts = 1 if c.shared_readout else c.n_labels
+        self.out_weight = nn.Parameter(torch.randn(readouts, c.hidden, c.n_classes) * c.hidden**-0.5)
         self.out_bias = nn.Parameter(torch.zeros(c.n_labels, c.n_classes))
 
     def downsample(self, frames: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -231,7 +235,8 @@ class FrameDictationHead(nn.Module):
         pooled = torch.einsum("ulht,uthd->ulhd", weights[..., :t], v) + weights[..., t:] * self.null_value[None]
         h = self.norm_out(pooled.reshape(u, c.n_labels, c.hidden))
         h = self.drop(F.gelu(self.mix(h))) + h
-        return torch.einsum("ulh,lhc->ulc", h, self.out_weight) + self.out_bias
+        weight = self.out_weight.expand(c.n_labels, -1, -1)
+        return torch.einsum("ulh,lhc->ulc", h, weight) + self.out_bias
 
     @torch.no_grad()
     def probabilities(self, frames: Tensor, lengths: Tensor) -> Tensor:

@@ -104,3 +104,21 @@ def test_learns_negation_scope_that_a_pooled_embedding_blurs():
         pred = head(*pad_utterances(test_x)).argmax(-1)
     accuracy = (pred == test_y).float().mean().item()
     assert accuracy > 0.9, accuracy
+
+
+def test_shared_readout_is_one_map_for_every_finding_and_round_trips():
+    shared = small_head(shared_readout=True).eval()
+    assert tuple(shared.out_weight.shape) == (1, 16, shared.config.n_classes)
+    frames, lengths = pad_utterances([torch.randn(20, 16)])
+    # equal to the per-finding head whose read-outs are all copies of the shared one
+    per = small_head().eval()
+    per.load_state_dict({**shared.state_dict(), "out_weight": shared.out_weight.detach().expand(3, -1, -1).clone()})
+    assert torch.allclose(shared(frames, lengths), per(frames, lengths), atol=1e-6)
+    # a gradient from one finding's loss reaches the map every finding reads
+    target = torch.tensor([[0, -100, -100]])
+    dictation_loss(shared.train()(frames, lengths), target).backward()
+    assert float(shared.out_weight.grad.abs().sum()) > 0
+    again = head_config_from_dict(shared.config.to_dict())
+    assert again.shared_readout is True
+    assert head_config_from_dict({k: v for k, v in small_head().config.to_dict().items()
+                                  if k != "shared_readout"}).shared_readout is False  # bundles before it
