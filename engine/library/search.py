@@ -679,10 +679,13 @@ class Library:
             else:
                 if have.any():
                     cos[have] = index.score_rows(pos[have], qv)[:, 0]
-                mu, second = index.moments()
-                qd = queries[q].astype(np.float64)
-                mean = float(qd @ mu)
-                std = float(np.sqrt(max(qd @ second @ qd - mean**2, 0.0)))
+                if len(pairs) == 1:  # a lone cosine is the score: no statistics needed
+                    mean, std = 0.0, 1.0
+                else:
+                    mu, second = index.moments()
+                    qd = queries[q].astype(np.float64)
+                    mean = float(qd @ mu)
+                    std = float(np.sqrt(max(qd @ second @ qd - mean**2, 0.0)))
             cosines[(q, t)] = cos
             zs[(q, t)] = (cos - mean) / max(std, 1e-6)
         return cosines, zs
