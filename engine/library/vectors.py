@@ -306,35 +306,52 @@ class FaissIndex:
         return sims, ids
 
     # ------------------------------------------------------------------ checking against the library
-    def contents(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids [n], stored rows [n, dim] in the index's dtype) of every entry, in storage order."""
+    def _chunks(self):
+        """(ids [m], stored rows [m, dim] in the index's dtype) per inverted list (one chunk when flat):
+        views of FAISS's memory, valid until the index changes."""
         faiss = self._faiss
         if self.kind == "flat":
             ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
             codes = faiss.vector_to_array(faiss.downcast_index(self._index.index).codes)
-        else:
-            lists = self._index.invlists
-            id_parts, code_parts = [], []
-            for i in range(lists.nlist):
-                size = lists.list_size(i)
-                if size:
-                    id_parts.append(faiss.rev_swig_ptr(lists.get_ids(i), size).copy())
-                    code_parts.append(faiss.rev_swig_ptr(lists.get_codes(i), size * lists.code_size).copy())
-            ids = np.concatenate(id_parts) if id_parts else np.empty(0, np.int64)
-            codes = np.concatenate(code_parts) if code_parts else np.empty(0, np.uint8)
-        return ids, codes.view(self.dtype).reshape(len(ids), self.dim)
+            yield ids, codes.view(self.dtype).reshape(len(ids), self.dim)
+            return
+        lists = self._index.invlists
+        for i in range(lists.nlist):
+            size = lists.list_size(i)
+            if size:
+                ids = faiss.rev_swig_ptr(lists.get_ids(i), size)
+                codes = faiss.rev_swig_ptr(lists.get_codes(i), size * lists.code_size)
+                yield ids, codes.view(self.dtype).reshape(size, self.dim)
+
+    def contents(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [n], stored rows [n, dim] in the index's dtype) of every entry, in storage order (copies)."""
+        ids = np.empty(len(self), np.int64)
+        rows = np.empty((len(self), self.dim), self.dtype)
+        at = 0
+        for chunk_ids, chunk_rows in self._chunks():
+            ids[at : at + len(chunk_ids)] = chunk_ids
+            rows[at : at + len(chunk_ids)] = chunk_rows
+            at += len(chunk_ids)
+        return ids, rows
 
     def sync(self, exact: ExactIndex) -> tuple[int, int]:
         """Make the index hold exactly ``exact``'s ids and rows: entries whose id is gone, whose vector
-        differs or which are duplicated are removed, ids it lacks are added. Returns (removed, added)."""
+        differs (bit for bit) or which are duplicated are removed, ids it lacks are added. Returns
+        (removed, added). List by list, so no copy of the whole index is made."""
         if exact.dtype != self.dtype:
             raise ValueError(f"a {self.dtype} index cannot follow {exact.dtype} rows")
-        ids, stored = self.contents()
-        pos = exact.positions(ids)
-        good = pos >= 0
-        good[good] = (stored[good] == exact.rows[pos[good]]).all(axis=1)
-        uniq, counts = np.unique(ids[good], return_counts=True)
-        bad = np.union1d(ids[~good], uniq[counts > 1])
+        bits = np.uint16 if self.dtype == np.float16 else np.uint32  # compare bits: no float16 arithmetic
+        mine = exact.rows.view(bits)
+        good_ids, bad_ids = [], []
+        for ids, stored in self._chunks():
+            pos = exact.positions(ids)
+            good = pos >= 0
+            good[good] = (stored.view(bits)[good] == mine[pos[good]]).all(axis=1)
+            good_ids.append(ids[good])
+            bad_ids.append(ids[~good])
+        found = np.concatenate(good_ids) if good_ids else np.empty(0, np.int64)
+        uniq, counts = np.unique(found, return_counts=True)
+        bad = np.union1d(np.concatenate(bad_ids) if bad_ids else np.empty(0, np.int64), uniq[counts > 1])
         removed = int(self._index.remove_ids(self._faiss.IDSelectorBatch(bad))) if len(bad) else 0
         have = np.setdiff1d(uniq, bad, assume_unique=True)
         missing = ~np.isin(exact.ids, have, assume_unique=True)
