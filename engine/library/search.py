@@ -499,7 +499,7 @@ class Library:
             removed, _ = fi.sync(exact)
             if removed > MAX_REMOVED_FRACTION * held:  # not this library's index (or a copy from long ago)
                 log.warning("%s: %d of its %d entries differ from the library; building the search index again",
-                            path, removed, held)
+                            path or self.folder, removed, held)
                 fi = None
         if fi is None:
             fi = FaissIndex(self.dim, str(self.dtype), ivf_min_rows=self.ivf_min_rows)

@@ -185,6 +185,20 @@ def test_a_rebuild_with_another_bundle_builds_the_index_again(tmp_path, caplog):
     FaissIndex.load(folder / "library.ct.faiss", dim=DIM, dtype="float16", bundle_hash="bundle-b")
 
 
+def test_an_index_that_cannot_be_saved_still_searches(tmp_path, monkeypatch, caplog):
+    def full_disk(self, path, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FaissIndex, "save", full_disk)
+    lib = _open(tmp_path / "lib")
+    _fill(lib, clustered(1200, 0))
+    with caplog.at_level(logging.WARNING, logger="engine.library.search"):
+        assert len(_uids(lib, clustered(1, 1)[0])) == 10
+    assert lib.backend_in_use == "faiss"
+    assert "cannot save the search index (No space left on device)" in caplog.text
+    assert not (tmp_path / "lib" / "library.ct.faiss").exists()
+
+
 def test_without_faiss_the_search_is_exact(tmp_path, monkeypatch):
     monkeypatch.setattr("engine.library.search.faiss_available", lambda: False)
     lib = _open(tmp_path / "lib")
