@@ -55,7 +55,9 @@ is kept beside the database as ``library.<kind>.faiss`` (:meth:`FaissIndex.save`
 not at all) and loaded by the next process. The database stays the only truth: a loaded file must
 name this bundle hash, dim and dtype and match its CRC-32, and then every id and vector in it is
 checked against the rows just read from the database; entries that differ are removed and missing
-studies added (:meth:`FaissIndex.sync`). A file that fails a check is rebuilt (a log warning says
+studies added (:meth:`FaissIndex.sync`). When it is built, the index probes as many lists as it takes
+for recall@10 ≥ 0.95 on a sample of the library's own rows (:meth:`FaissIndex.calibrate`; up to all
+lists, i.e. exact, on rows too crowded for IVF), and the file keeps that number. A file that fails a check is rebuilt (a log warning says
 why), as is an index trained on a quarter or four times today's rows. Studies added or removed in
 this process update the index in memory; the file is rewritten when a load had to mend
 :data:`SAVE_MIN_CHANGES` rows or more, and at :meth:`Library.close`. ``"pgvector"`` (PostgreSQL
@@ -504,6 +506,10 @@ class Library:
         if fi is None:
             fi = FaissIndex(self.dim, str(self.dtype), ivf_min_rows=self.ivf_min_rows)
             fi.build(exact.ids, exact.rows)
+            if fi.kind == "ivf":
+                recall = fi.calibrate(exact)
+                log.info("%s: %s IVF index of %d rows, %d of %d lists probed (recall@10 %.3f on its own rows)",
+                         self.folder, kind, len(fi), fi.nprobe, fi._index.nlist, recall)
         if fi.unsaved >= SAVE_MIN_CHANGES:
             self._save_faiss(kind, fi)
         return fi

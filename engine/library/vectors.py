@@ -37,8 +37,12 @@ DTYPES = ("float32", "float16")
 #: FAISS switches from exact flat search to IVF at this many rows: below it an exact search is about as
 #: fast as the IVF one (docs/performance.md); IVF needs a training pass and trades recall for speed.
 IVF_MIN_ROWS = 20_000
-#: Lists probed per query (of √n): recall@10 ≈ 0.99 on clustered rows (docs/performance.md).
+#: Lists probed per query (of √n): recall@10 ≈ 0.99 on clustered rows (docs/performance.md); the least
+#: :meth:`FaissIndex.calibrate` starts from.
 IVF_NPROBE = 16
+#: :meth:`FaissIndex.calibrate` probes more lists until recall@10 on the library's own rows reaches this.
+RECALL_TARGET = 0.95
+CALIBRATION_QUERIES = 64
 #: An IVF index trained on n rows is trained again once the library holds 4n (or n/4): its √n lists
 #: would be twice (half) the right size.
 IVF_RETRAIN_FACTOR = 4
@@ -222,6 +226,7 @@ class FaissIndex:
         self.seed = seed
         self.kind = "flat"
         self.trained_rows = 0  # rows the IVF lists were trained on (0: flat)
+        self.recall: float | None = None  # recall@10 measured by calibrate()
         self.unsaved = 0  # rows added or removed since the index was built, loaded or saved
         self._index = self._flat()
 
@@ -305,6 +310,37 @@ class FaissIndex:
         sims = np.where(ids < 0, -np.inf, sims).astype(np.float32)
         return sims, ids
 
+    def calibrate(self, exact: ExactIndex, *, target: float = RECALL_TARGET, k: int = 10) -> float:
+        """Probe as many lists as it takes (doubling from ``nprobe``, up to all of them, which is exact) for
+        recall@``k`` ≥ ``target`` against ``exact`` on :data:`CALIBRATION_QUERIES` of the library's own rows
+        (each query's own row left out). Crowded rows, where a row's neighbours are barely nearer than
+        the rest, need many lists; clustered ones few. Returns the recall reached (also ``self.recall``)."""
+        if self.kind != "ivf" or len(exact) <= k:
+            self.recall = 1.0
+            return 1.0
+        rng = np.random.default_rng(self.seed)
+        pick = np.sort(rng.choice(len(exact), min(CALIBRATION_QUERIES, len(exact)), replace=False))
+        queries = exact.rows[pick].astype(np.float32)
+        scores = exact.scores(queries)
+        truth = []
+        for j, own in enumerate(exact.ids[pick]):
+            best = exact.ids[top_k(scores[:, j], k + 1)]
+            truth.append(set(best[best != own][:k].tolist()))
+        nlist = int(self._index.nlist)
+        nprobe = min(self.nprobe, nlist)
+        while True:
+            self._index.nprobe = nprobe
+            _, got = self._index.search(queries, k + 1)
+            recall = float(np.mean([
+                len(set(row[(row != own) & (row >= 0)][:k].tolist()) & t) / k
+                for row, own, t in zip(got, exact.ids[pick], truth)
+            ]))
+            if recall >= target or nprobe >= nlist:
+                break
+            nprobe = min(nlist, 2 * nprobe)
+        self.nprobe, self.recall = nprobe, recall
+        return recall
+
     # ------------------------------------------------------------------ checking against the library
     def _chunks(self):
         """(ids [m], stored rows [m, dim] in the index's dtype) per inverted list (one chunk when flat):
@@ -369,6 +405,7 @@ class FaissIndex:
         header = {
             "format": FILE_FORMAT, "kind": self.kind, "bundle_hash": bundle_hash, "dim": self.dim,
             "dtype": str(self.dtype), "trained_rows": self.trained_rows, "ntotal": len(self),
+            "nprobe": int(self._index.nprobe), "recall": self.recall,
             "bytes": int(payload.nbytes), "crc32": zlib.crc32(payload),
         }
         with atomic_path(path) as tmp:
@@ -421,6 +458,10 @@ class FaissIndex:
         want_type = fi._faiss.IndexIVFScalarQuantizer if fi.dtype == np.float16 else fi._faiss.IndexIVFFlat
         if not isinstance(index, want_type) or index.d != fi.dim or getattr(index, "by_residual", False):
             raise IndexFileError(f"it holds a {type(index).__name__} of dim {index.d}")
+        saved_nprobe = header.get("nprobe")
+        if isinstance(saved_nprobe, int) and 1 <= saved_nprobe <= index.nlist:
+            fi.nprobe = saved_nprobe  # as calibrated when it was built
         fi._adopt_ivf(index, index.quantizer)  # the index owns its quantizer
         fi.trained_rows = int(header.get("trained_rows") or 0)
+        fi.recall = header.get("recall") if isinstance(header.get("recall"), float) else None
         return fi

@@ -249,3 +249,26 @@ def test_faiss_index_sync_and_load_errors(tmp_path):
         FaissIndex.load(path, dim=DIM, dtype="float16", bundle_hash="b")
     with pytest.raises(IndexFileError, match="cannot read"):
         FaissIndex.load(tmp_path / "missing.faiss", dim=DIM, dtype="float32", bundle_hash="b")
+
+
+def test_calibration_probes_more_lists_on_crowded_rows(tmp_path):
+    """Uniform random rows (no clusters: every neighbour barely nearer than the rest) need most lists;
+    the library still reaches recall@10 ≥ 0.95, and the saved file keeps the number of lists."""
+    folder = tmp_path / "lib"
+    lib = _open(folder)
+    _fill(lib, random_unit(N, DIM, 3))
+    exact = _open(folder, backend="numpy")
+    queries = random_unit(30, DIM, 4)
+    assert lib.backend_in_use == "faiss"
+    fi = lib._faiss["ct"]
+    assert fi.nprobe > 16 and fi.recall is not None and fi.recall >= 0.95
+    assert _recall(lib, exact, queries) >= 0.9  # new queries, not the library's own rows
+    lib.close()
+    loaded = FaissIndex.load(folder / "library.ct.faiss", dim=DIM, dtype="float16", bundle_hash="bundle-a",
+                             ivf_min_rows=THRESHOLD)
+    assert loaded.nprobe == fi.nprobe and loaded._index.nprobe == fi.nprobe and loaded.recall == fi.recall
+    clustered_fi = FaissIndex(DIM, "float16", ivf_min_rows=THRESHOLD)
+    index = ExactIndex(DIM, "float16")
+    index.reset(np.arange(N), clustered(N, 0))
+    clustered_fi.build(index.ids, index.rows)
+    assert clustered_fi.calibrate(index) >= 0.95 and clustered_fi.nprobe == 16  # clusters: the default suffices
