@@ -11,8 +11,10 @@ median process-CPU time (all threads; steadier than wall on a shared machine).
 
 - ``numpy f32`` / ``numpy f16``: :class:`engine.library.vectors.ExactIndex` (matrix @ q, then
   argpartition); float16 rows are scored by torch's float16 kernel on the same memory.
-- ``library f32``: :meth:`engine.library.Library.search` end to end on a 1e5-study SQLite library
-  (scores + exclusion + fetching the 10 records), and the one-off load of its vectors from SQLite.
+- ``library exact`` / ``library auto``: :meth:`engine.library.Library.search` end to end on a 1e5-study
+  SQLite library (scores + exclusion + fetching the 10 records), exact and with the library's saved IVF
+  index (built by the first search, then loaded from its file by a second Library), and the one-off
+  load of the first search (vectors from SQLite, IVF build or load).
 - ``faiss flat``: ``IndexFlatIP`` (exact). ``faiss ivf nprobe=p``: ``IndexIVFFlat`` with √n lists,
   recall@10 against the exact top 10. Random vectors have no cluster structure, the worst case
   for IVF: real embeddings cluster and reach a given recall with fewer probes.
@@ -99,41 +101,42 @@ def recall(got: list, truth: list) -> float:
     return float(np.mean([len(set(map(int, g)) & set(map(int, t))) / K for g, t in zip(got, truth)]))
 
 
-def bench_library(rows: np.ndarray, queries: np.ndarray) -> tuple[float, float, float]:
-    """(load s, median wall ms, median CPU ms) of Library.search on a library holding ``rows``."""
+def bench_library(rows: np.ndarray, queries: np.ndarray, truth: list) -> list[tuple[str, int, float, float, str]]:
+    """:meth:`Library.search` end to end on an embedded (SQLite) library holding ``rows``: exact (backend
+    "numpy") and "auto" (the saved IVF index from AUTO_FAISS_MIN_ROWS studies on, re-scored exactly), with
+    the first search's load (vectors from SQLite; for "auto" also the IVF build and save), then "auto"
+    again in a new Library that finds the saved index; recall@10 against exact float32 (``truth``)."""
     from engine.library import Library
     from engine.library.store import StudyRecord, utc_now
 
+    out = []
+    n, dim = rows.shape
     with tempfile.TemporaryDirectory() as tmp:
-        lib = Library(tmp, bundle_hash="bench", dim=rows.shape[1], backend="numpy")
+        lib = Library(tmp, bundle_hash="bench", dim=dim, backend="numpy")
         with lib._transaction():  # bulk fill in one transaction (add_study commits one study at a time)
             now = utc_now()
             for i, row in enumerate(rows):
-                rec = StudyRecord(
-                    f"1.2.{i}",
-                    "9",
-                    f"1.2.{i}",
-                    None,
-                    None,
-                    None,
-                    None,
-                    "CT",
-                    "dicom",
-                    1,
-                    None,
-                    "bench",
-                    None,
-                    now,
-                )
-                lib._store.put_vector(lib._store.insert(rec), "ct", row)
+                rec = StudyRecord(f"1.2.{i}", "9", f"1.2.{i}", None, None, None, None, "CT", "dicom", 1,
+                                  None, "bench", None, now)
+                lib._store.put_vector(lib._store.insert(rec), "ct", row.astype(np.float16))
         lib.close()
-        lib = Library(tmp, bundle_hash="bench", dim=rows.shape[1], backend="numpy")
-        t = time.perf_counter()
-        lib.search(queries[0], k=K)  # first search loads every vector from SQLite
-        load = time.perf_counter() - t
-        wall, cpu, _ = timed(lambda q: lib.search(q, k=K, exclude_uids=["1.2.0"]), queries)
-        lib.close()
-    return load, wall, cpu
+        runs = [("numpy", "library exact (numpy f16)"), ("auto", "library auto (new IVF index)"),
+                ("auto", "library auto (saved IVF index)")]
+        for backend, name in runs:
+            lib = Library(tmp, bundle_hash="bench", dim=dim, backend=backend)
+            t = time.perf_counter()
+            lib.search(queries[0], k=K)  # the first search loads every vector (and the IVF index)
+            load = time.perf_counter() - t
+            wall, cpu, got = timed(
+                lambda q, lib=lib: [int(h.record.uid.split(".")[-1])
+                                    for h in lib.search(q, k=K, exclude_uids=["1.2.0"])],
+                queries,
+            )
+            used = lib.backend_in_use
+            lib.close()
+            out.append((name, n, wall, cpu, f"{used}, recall@10 {recall(got, truth):.3f}, first search "
+                        f"(load) {load:.2f} s"))
+    return out
 
 
 def _pg_table(conn, name: str, rows: np.ndarray, first_id: int = 0) -> None:
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 32, 128])
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--skip-large", action="store_true", help="only the 1e5 rows")
     ap.add_argument("--skip-small", action="store_true", help="only the 1e6 rows")
     ap.add_argument(
@@ -300,14 +303,24 @@ def main(argv: list[str] | None = None) -> None:
         table.append((f"numpy f{dtype[5:]}", args.n, wall, cpu, note))
         del index
     if not args.skip_small:
-        load, wall, cpu = bench_library(rows, queries)
-        table.append(("library f32 (search)", args.n, wall, cpu, f"load from SQLite {load:.2f} s"))
+        table.extend(bench_library(rows, queries, truth))
     if faiss_available() and not args.skip_small:
-        flat = FaissIndex(args.dim)
+        flat = FaissIndex(args.dim, ivf_min_rows=args.n + 1)  # force the exact flat index
         flat.build(np.arange(args.n), rows)
         wall, cpu, got = timed(faiss_top(flat), queries)
         table.append(("faiss flat", args.n, wall, cpu, f"recall@10 {recall(got, truth):.3f}"))
         del flat
+        for dtype in ("float32", "float16"):  # the library's kinds: IVFFlat, IVF + fp16 codes
+            ivf = FaissIndex(args.dim, dtype, ivf_min_rows=1)
+            t = time.perf_counter()
+            ivf.build(np.arange(args.n), rows)
+            built = time.perf_counter() - t
+            for p in args.nprobe:
+                ivf._index.nprobe = p
+                wall, cpu, got = timed(faiss_top(ivf), queries)
+                table.append((f"faiss ivf f{dtype[5:]} nlist={ivf._index.nlist} nprobe={p}", args.n, wall, cpu,
+                              f"recall@10 {recall(got, truth):.3f}, build {built:.1f} s"))
+            del ivf
     del rows
 
     if not args.skip_large and faiss_available():

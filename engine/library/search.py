@@ -46,9 +46,21 @@ bandwidth: float16 halves it (docs/performance.md) for top-10 agreement 0.996 wi
 float32 (the misses are ties below float16's resolution). ``"faiss"``: a FAISS index over the same rows (flat = exact up to
 ``IVF_MIN_ROWS`` rows per kind, IVF above), whose candidates are re-scored exactly; combined
 queries then rank the union of each pair's top candidates. ``"auto"``: FAISS (IVF) when it is
-installed and the library holds ≥ :data:`AUTO_FAISS_MIN_ROWS` studies (1e6), numpy otherwise: on this
-CPU FAISS's flat search is slower than numpy's matrix-vector product (``bench/library_search.py``). Both keep the numpy
-matrix (for exact re-scoring), so FAISS doubles the memory of the vectors. ``"pgvector"`` (PostgreSQL
+installed and the library holds ≥ :data:`AUTO_FAISS_MIN_ROWS` studies (2e4), exact numpy otherwise
+(also whenever faiss-cpu is missing). Both keep the numpy matrix (for exact re-scoring), so FAISS
+doubles the memory of the vectors.
+
+**The saved IVF index** (embedded libraries): training an IVF index takes seconds per 1e5 rows, so it
+is kept beside the database as ``library.<kind>.faiss`` (:meth:`FaissIndex.save`, written whole or
+not at all) and loaded by the next process. The database stays the only truth: a loaded file must
+name this bundle hash, dim and dtype and match its CRC-32, and then every id and vector in it is
+checked against the rows just read from the database; entries that differ are removed and missing
+studies added (:meth:`FaissIndex.sync`). When it is built, the index probes as many lists as it takes
+for recall@10 ≥ 0.95 on a sample of the library's own rows (:meth:`FaissIndex.calibrate`; up to all
+lists, i.e. exact, on rows too crowded for IVF), and the file keeps that number. A file that fails a check is rebuilt (a log warning says
+why), as is an index trained on a quarter or four times today's rows. Studies added or removed in
+this process update the index in memory; the file is rewritten when a load had to mend
+:data:`SAVE_MIN_CHANGES` rows or more, and at :meth:`Library.close`. ``"pgvector"`` (PostgreSQL
 libraries only): the candidates come from the database's HNSW index (cosine) and are re-scored
 exactly in the same way; ``"auto"`` takes it on a PostgreSQL library from
 :data:`AUTO_PGVECTOR_MIN_ROWS` studies on, exact numpy below.
@@ -61,6 +73,7 @@ folder (SQLite WAL) or database (PostgreSQL); a process sees another's commits a
 from __future__ import annotations
 
 import builtins
+import logging
 import re
 import threading
 import warnings
@@ -82,7 +95,15 @@ from engine.library.store import (
     decode_vectors,
     utc_now,
 )
-from engine.library.vectors import IVF_MIN_ROWS, ExactIndex, FaissIndex, check_dtype, faiss_available, top_k
+from engine.library.vectors import (
+    IVF_MIN_ROWS,
+    ExactIndex,
+    FaissIndex,
+    IndexFileError,
+    check_dtype,
+    faiss_available,
+    top_k,
+)
 from engine.study_identity import study_key
 from engine.volume import Volume
 
@@ -108,9 +129,16 @@ QUERY_TARGETS: dict[str, tuple[str, ...]] = {
     "text": ("ct",),
 }
 QUERY_KINDS = tuple(QUERY_TARGETS)
-#: "auto" uses FAISS from this many studies on: below it FAISS's flat index is no faster than numpy here
-#: (bench/library_search.py), at it FAISS switches to IVF.
+log = logging.getLogger(__name__)
+
+#: "auto" uses FAISS from this many studies on, where FAISS switches to IVF: below it an exact search is
+#: about as fast (bench/library_search.py; FAISS's own flat index is slower than numpy's product here).
 AUTO_FAISS_MIN_ROWS = IVF_MIN_ROWS
+#: A saved IVF index is rewritten after a load that had to add or remove at least this many rows.
+SAVE_MIN_CHANGES = 1000
+#: An index whose entries differ from the library's rows in more than this fraction is trained again: its
+#: lists were trained on other vectors (a foreign or very old file), so its recall is not to be trusted.
+MAX_REMOVED_FRACTION = 0.25
 #: "auto" on a PostgreSQL library takes candidates from its HNSW index from this many studies on (below it
 #: exact numpy is fast and exact; bench/library_search.py).
 AUTO_PGVECTOR_MIN_ROWS = 100_000
@@ -166,6 +194,9 @@ class Hit:
 
 class Library:
     """A folder of studies and their embeddings; see the module docstring for the rules."""
+
+    #: FAISS's IVF index from this many rows of a kind ("auto" uses FAISS from there; tests lower it)
+    ivf_min_rows: int = AUTO_FAISS_MIN_ROWS
 
     def __init__(
         self,
@@ -281,7 +312,11 @@ class Library:
         return self._store.transaction()
 
     def close(self) -> None:
+        """Close the store; first save the IVF indexes if studies were added or removed since their file."""
         with self._lock:
+            for kind, fi in self._faiss.items():
+                if fi.unsaved:
+                    self._save_faiss(kind, fi)
             self._store.close()
 
     def __enter__(self) -> Library:
@@ -436,14 +471,57 @@ class Library:
             indexes[kind] = index
         self._indexes = indexes
         self._data_version = version
-        self._faiss = {}
         self._pgvector = self._use_pgvector(len(indexes["ct"]))
         if not self._pgvector and self._use_faiss(len(indexes["ct"])):
-            for kind, index in indexes.items():
-                fi = FaissIndex(self.dim, str(self.dtype))
-                fi.build(index.ids, index.rows)
-                self._faiss[kind] = fi
+            self._faiss = {kind: self._faiss_index(kind, index) for kind, index in indexes.items()}
+        else:
+            self._faiss = {}
         return indexes
+
+    def _faiss_path(self, kind: str) -> Path | None:
+        """Where the IVF index of ``kind`` is saved: beside an embedded library's database, None for PostgreSQL."""
+        return None if self._nearest is not None or not isinstance(self.folder, Path) else (
+            self.folder / f"library.{kind}.faiss")
+
+    def _faiss_index(self, kind: str, exact: ExactIndex) -> FaissIndex:
+        """The FAISS index of ``kind`` holding exactly ``exact``'s rows: the one in memory (after another
+        process committed) or the saved one, checked and mended (:meth:`FaissIndex.sync`); else a new one."""
+        path = self._faiss_path(kind)
+        fi = self._faiss.get(kind)
+        if fi is None and path is not None and len(exact) >= self.ivf_min_rows and path.exists():
+            try:
+                fi = FaissIndex.load(path, dim=self.dim, dtype=str(self.dtype), bundle_hash=self.bundle_hash,
+                                     ivf_min_rows=self.ivf_min_rows)
+            except IndexFileError as exc:
+                log.warning("%s: %s; building the search index again", path, exc)
+        if fi is not None and not fi.fits(len(exact)):
+            fi = None
+        if fi is not None:
+            held = len(fi)
+            removed, _ = fi.sync(exact)
+            if removed > MAX_REMOVED_FRACTION * held:  # not this library's index (or a copy from long ago)
+                log.warning("%s: %d of its %d entries differ from the library; building the search index again",
+                            path or self.folder, removed, held)
+                fi = None
+        if fi is None:
+            fi = FaissIndex(self.dim, str(self.dtype), ivf_min_rows=self.ivf_min_rows)
+            fi.build(exact.ids, exact.rows)
+            if fi.kind == "ivf":
+                recall = fi.calibrate(exact)
+                log.info("%s: %s IVF index of %d rows, %d of %d lists probed (recall@10 %.3f on its own rows)",
+                         self.folder, kind, len(fi), fi.nprobe, fi._index.nlist, recall)
+        if fi.unsaved >= SAVE_MIN_CHANGES:
+            self._save_faiss(kind, fi)
+        return fi
+
+    def _save_faiss(self, kind: str, fi: FaissIndex) -> None:
+        path = self._faiss_path(kind)
+        if path is None or fi.kind != "ivf":
+            return
+        try:
+            fi.save(path, bundle_hash=self.bundle_hash)
+        except OSError as exc:  # a read-only or full disk: searches go on, the next process builds it again
+            log.warning("%s: cannot save the search index (%s)", path, exc.strerror or exc)
 
     def _use_pgvector(self, n: int) -> bool:
         if self._nearest is None:
@@ -453,7 +531,7 @@ class Library:
     def _use_faiss(self, n: int) -> bool:
         if self.backend == "faiss":
             return True
-        return self.backend == "auto" and n >= AUTO_FAISS_MIN_ROWS and faiss_available()
+        return self.backend == "auto" and n >= self.ivf_min_rows and faiss_available()
 
     @property
     def backend_in_use(self) -> str:
@@ -471,6 +549,7 @@ class Library:
             self._indexes[kind].add(np.array([sid]), vec[None])
             if kind in self._faiss:
                 self._faiss[kind].add(np.array([sid]), vec[None])
+        self._recheck_index_choice()
 
     def _forget(self, sids: builtins.list[int]) -> None:
         if self._indexes is None:
@@ -479,6 +558,19 @@ class Library:
             index.remove(np.asarray(sids))
             if kind in self._faiss:
                 self._faiss[kind].remove(np.asarray(sids))
+        self._recheck_index_choice()
+
+    def _recheck_index_choice(self) -> None:
+        """After our own adds or removals: when the library crossed the IVF threshold (or outgrew its IVF
+        index), reload at the next search, which chooses and builds the index again."""
+        assert self._indexes is not None
+        if self._pgvector:
+            return
+        counts = {kind: len(index) for kind, index in self._indexes.items()}
+        if bool(self._faiss) != self._use_faiss(counts["ct"]) or any(
+            not fi.fits(counts[kind]) for kind, fi in self._faiss.items()
+        ):
+            self._indexes = None
 
     # ------------------------------------------------------------------ search
     def _query_vectors(self, query) -> dict[str, np.ndarray]:
@@ -593,10 +685,13 @@ class Library:
             else:
                 if have.any():
                     cos[have] = index.score_rows(pos[have], qv)[:, 0]
-                mu, second = index.moments()
-                qd = queries[q].astype(np.float64)
-                mean = float(qd @ mu)
-                std = float(np.sqrt(max(qd @ second @ qd - mean**2, 0.0)))
+                if len(pairs) == 1:  # a lone cosine is the score: no statistics needed
+                    mean, std = 0.0, 1.0
+                else:
+                    mu, second = index.moments()
+                    qd = queries[q].astype(np.float64)
+                    mean = float(qd @ mu)
+                    std = float(np.sqrt(max(qd @ second @ qd - mean**2, 0.0)))
             cosines[(q, t)] = cos
             zs[(q, t)] = (cos - mean) / max(std, 1e-6)
         return cosines, zs
@@ -651,6 +746,7 @@ class Library:
             with self._transaction():
                 self._set_meta(bundle_hash=self.bundle_hash, dim=self.dim)
             self._indexes = None  # vectors changed wholesale: reload at the next search
+            self._faiss = {}  # and build the FAISS indexes again (a saved file names the old bundle)
 
 
 def _replace(rec: StudyRecord, **changes) -> StudyRecord:

@@ -5,7 +5,7 @@
 - 4 processes adding studies to one library, one of them killed (SIGKILL) mid-way and then rerun: every
   study exactly once, nothing lost, the database's own checks pass (SQLite: ``PRAGMA integrity_check``;
   PostgreSQL: its constraints, valid indexes and :meth:`PostgresStore.check_integrity`). The issue's goal,
-  500 studies per process, is marked slow (``make test-all``; minutes, docs/library.md gives the times);
+  500 studies per process, is marked slow (``make test-all``; minutes, README.md "Reliability" gives the times);
   the default run has the same test at 60 per process.
 
 The last two run on both backends (``backend`` fixture: a library folder, or a fresh database of the
