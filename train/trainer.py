@@ -163,7 +163,10 @@ class Trainer:
         for mult in sorted(set(own.values())):
             groups.append({"params": [p for p in self.params if own.get(id(p)) == mult], "lr": cfg.lr * mult})
         groups = [g for g in groups if g["params"]]
-        self.optimizer = torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        # AdamW: weight decay decoupled from the gradient, as CT-CLIP trains. Adam's coupled L2 is divided
+        # by each weight's gradient scale, so wherever the loss's gradient is small the decay wins at ~lr a
+        # step: the session-11 teacher's weights all shrank below their init (docs/ct-encoder.md).
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.batches_per_epoch = recipe.n_train // cfg.batch_size
         if self.batches_per_epoch < 1:
             raise ValueError(f"{recipe.n_train} training items cannot fill one batch of {cfg.batch_size}")

@@ -38,3 +38,43 @@ def test_a_remainder_joins_the_last_cycle():
 def test_cycles_must_be_positive():
     with pytest.raises(ValueError, match="cycles"):
         OptimConfig(lr=1e-3, max_steps=10, cycles=0)
+
+
+def test_weight_decay_is_decoupled_from_the_gradient():
+    """With no loss gradient a weight decays by lr·wd of itself per step (AdamW), not by ~lr whatever its
+    size (Adam's coupled L2, normalised by the gradient it makes)."""
+    import torch
+
+    from train.trainer import Trainer
+
+    class Zero:
+        def __init__(self):
+            self.module = torch.nn.Linear(4, 4)
+            self.n_train = 8
+
+        def head_parameters(self):
+            return set()
+
+        def loss(self, rows, offset, env):
+            return (self.module.weight * 0).sum(), {}
+
+        def validate(self, env):
+            return {}
+
+        def extra_state(self):
+            return {}
+
+    import tempfile
+
+    from train.distributed import DistEnv
+
+    recipe = Zero()
+    with torch.no_grad():
+        recipe.module.weight.fill_(0.05)
+    cfg = OptimConfig(lr=1e-2, max_steps=10, weight_decay=0.1, grad_clip=None, batch_size=4, eval_every_epochs=0,
+                      checkpoint_every=1000)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(recipe, cfg, out, DistEnv(), progress=False)
+        for _ in range(10):
+            trainer.train_step([0, 1, 2, 3])
+    assert float(recipe.module.weight.mean()) == pytest.approx(0.05 * (1 - 1e-2 * 0.1) ** 10, rel=1e-5)
