@@ -191,6 +191,72 @@ def test_the_main_window_starts_no_thumbnail_read_before_a_study_opens(qtbot, tm
         w.close()
 
 
+def test_the_viewer_is_readied_in_a_later_event_loop_turn_than_the_first_show(qtbot, tmp_path, monkeypatch):
+    """The window's construction and first show are one event-loop turn; the viewer's build (its GL
+    windows' widgets, the 3D view) is the next, not stacked onto it."""
+    from PySide6.QtCore import QTimer
+
+    from desktop.main_window import MainWindow
+    from desktop.settings import Settings
+    from tests.engine.tiny_bundle import tiny_bundle_path
+
+    order: list[str] = []
+    real = MainWindow._ready_viewer
+
+    def ready_viewer(self):
+        order.append("viewer")
+        real(self)
+
+    monkeypatch.setattr(MainWindow, "_ready_viewer", ready_viewer)
+    tick = QTimer()
+    tick.setInterval(0)
+    tick.timeout.connect(lambda: order.append("turn") if order[-1:] != ["turn"] else None)
+    order.append("start")
+    tick.start()
+    w = MainWindow(Settings(bundle=str(tiny_bundle_path()), library=str(tmp_path / "lib"),
+                            recordings_dir=str(tmp_path / "rec")), cache_dir=False, save_settings=False)
+    qtbot.addWidget(w)
+    try:
+        w.show()
+        qtbot.waitUntil(lambda: "viewer" in order, timeout=TIMEOUT_MS)
+        tick.stop()
+        assert order[:3] == ["start", "turn", "viewer"], order  # before: ["start", "viewer", ...]
+    finally:
+        w.runner.wait(TIMEOUT_MS)
+        w.close()
+
+
+def test_the_3d_view_is_built_without_waiting_for_its_render_thread(qtbot, sample_volume, monkeypatch):
+    """The render thread builds its VTK objects while the GUI thread goes on (it waited for them)."""
+    import threading
+
+    from desktop.viewer import volume3d
+    from desktop.viewer.geometry import Geometry
+
+    release = threading.Event()
+    real_build = volume3d.VolumeRenderer._build
+
+    def slow_build(self):
+        release.wait(20)
+        return real_build(self)
+
+    monkeypatch.setattr(volume3d.VolumeRenderer, "_build", slow_build)
+    view = volume3d.VolumeView(sample_volume, Geometry.of(sample_volume))
+    qtbot.addWidget(view)
+    try:
+        assert not view.worker.ready.is_set() and view.renderer is None  # built, the thread still building
+        view.resize(200, 200)
+        view.show()
+        view._asked += 1
+        view.worker.request(view._asked, volume3d.camera_params(view.camera), view._size())  # asked before the build
+        release.set()
+        qtbot.waitUntil(lambda: view.image is not None, timeout=TIMEOUT_MS)
+        assert view.renderer is not None and view.marker is not None
+    finally:
+        release.set()
+        view.Finalize()
+
+
 @pytest.fixture
 def viewer(qtbot, sample_volume):
     from desktop.viewer.fourup import StudyViewer
