@@ -228,7 +228,13 @@ class MainWindow(QMainWindow):
         purge_old_recordings(self.settings.recordings(), self.settings.audio_retention_days)
         self.service.start()
         self._viewer_ready = False  # self.viewer exists but shows no study yet (readied while hidden)
-        QTimer.singleShot(0, self._ready_viewer)
+        # a timer, not QTimer.singleShot(0, ...): that one is a posted event, run in the same event-loop
+        # turn as the window's first show and layout; a timer waits for the next turn
+        self._viewer_timer = QTimer(self)
+        self._viewer_timer.setSingleShot(True)
+        self._viewer_timer.setInterval(0)
+        self._viewer_timer.timeout.connect(self._ready_viewer)
+        self._viewer_timer.start()
 
     def _ready_viewer(self) -> None:
         """Build the four-up viewer hidden and create its GL windows, one per event-loop turn, while

@@ -17,6 +17,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import shiboken6
 from PySide6.QtCore import QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QIcon, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import (
@@ -226,6 +227,8 @@ class StudiesPanel(QWidget):
                                                   on_result=done, on_error=failed, name="thumbnail")
 
     def _finish(self, key: tuple[str, str | None]) -> None:
+        if not shiboken6.isValid(self.list):
+            return  # the panel closed while the read ran (its result stays in the cache)
         task = self._pending.pop(key, None)
         if task is not None and task.thread_id is not None:
             self.thumbnail_threads.append(task.thread_id)

@@ -73,10 +73,9 @@ class VolumeRenderer:
         self._request = None  # (number, camera params, (w, h)), pending: only the newest counts
         self._stop = False
         self.renderer = self.marker = None
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # set once the thread has built its VTK objects
         self.thread = threading.Thread(target=self._run, name="volume-render", daemon=True)
-        self.thread.start()
-        self.ready.wait(30)
+        self.thread.start()  # not waited for: requests posted before the build wait in _request
 
     # ---------------------------------------------------------------- GUI thread
     def set_volume(self, image, sample_distance: float, matrix) -> None:
@@ -197,7 +196,6 @@ class VolumeView(QWidget):
         self.camera = vtkCamera()
         self.worker = VolumeRenderer()
         self.worker.signals.rendered.connect(self._rendered)
-        self.renderer, self.marker = self.worker.renderer, self.worker.marker  # read them only when idle
         self.image: QImage | None = None
         self.rgb: np.ndarray | None = None
         self._asked = self._drawn = 0
@@ -205,6 +203,15 @@ class VolumeView(QWidget):
         self._last_pos = None
         self._moved = 0.0
         self.set_volume(volume, geometry)
+
+    @property
+    def renderer(self):
+        """The render thread's renderer (None until it is built); read it only when the thread is idle."""
+        return self.worker.renderer
+
+    @property
+    def marker(self):
+        return self.worker.marker
 
     # ---------------------------------------------------------------- study and camera
     def set_volume(self, volume: Volume, geometry: Geometry) -> None:

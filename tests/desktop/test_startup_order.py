@@ -56,6 +56,67 @@ def test_the_engine_import_thread_imports_the_engine():
     assert importlib.import_module(ENGINE_MODULE).Engine is not None
 
 
+_LOAD_SPAN = """
+import sys, threading, time
+import desktop.preload as pre
+sys.setswitchinterval(0.001)  # as the app sets it (desktop.main_window)
+paths = pre.torch_library_paths()
+assert [p.name for p, _ in paths] == [name for name, _ in pre.TORCH_LIBRARIES], paths
+assert all(pre.open_library(p, g) for p, g in paths[:2])  # libtorch_cpu's dependencies
+span = {}
+def load():
+    span["start"] = time.perf_counter()
+    if sys.argv[1] == "ours":
+        span["loaded"] = pre.open_library(paths[2][0])
+    else:  # torch's way: ctypes.CDLL (as Python's extension import) keeps the lock in dlopen
+        import ctypes
+        span["loaded"] = bool(ctypes.CDLL(str(paths[2][0])))
+    span["end"] = time.perf_counter()
+thread = threading.Thread(target=load)
+ticks = []
+thread.start()
+while thread.is_alive():
+    ticks.append(time.perf_counter())
+quarter = (span["end"] - span["start"]) / 4  # the middle half: no switch interval at either end
+inside = sum(span["start"] + quarter < t < span["end"] - quarter for t in ticks)
+print(span["loaded"], "libtorch_cpu.so" in open("/proc/self/maps").read(), "torch" in sys.modules, inside)
+"""
+
+
+def test_torch_libraries_load_while_the_gui_thread_runs():
+    """Loading libtorch_cpu (its static constructors: the longest stretch of torch's import) leaves
+    the interpreter to the other threads; loaded torch's own way, it holds it throughout."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def run(how):
+        out = subprocess.run([sys.executable, "-c", _LOAD_SPAN, how], env=env, capture_output=True, text=True,
+                             timeout=300, cwd=REPO)
+        assert out.returncode == 0, out.stderr[-2000:]
+        loaded, mapped, torch_imported, inside = out.stdout.split()
+        assert (loaded, mapped, torch_imported) == ("True", "True", "False"), out.stdout
+        return int(inside)
+
+    ours, torchs = run("ours"), run("torch")
+    # in the middle of the load the main thread's loop ran (many thousands of turns) with ours, not with torch's way
+    assert ours > 10_000 and ours > 100 * max(torchs, 1), (ours, torchs)
+
+
+def test_the_engine_import_runs_no_full_collection_and_freezes_what_it_imported():
+    code = (
+        "import gc, sys\n"
+        "import desktop.preload as pre\n"
+        "full = []\n"
+        "gc.callbacks.append(lambda phase, info: phase == 'start' and info['generation'] == 2 and full.append(1))\n"
+        "pre.start_engine_import().join(300)\n"
+        "print(len(full), gc.isenabled(), gc.get_freeze_count() > 100_000, 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    # each full collection over the import's objects held the interpreter for about 0.1 s
+    assert run.stdout.split() == ["0", "True", "True", "True"], run.stdout
+
+
 class _BlockedBuild:
     """Stands in for ``engine.runtime.Engine`` whose build is under way: while it waits, torch counts
     as half imported (its module lock held, as Python's import machinery holds it)."""
@@ -128,6 +189,72 @@ def test_the_main_window_starts_no_thumbnail_read_before_a_study_opens(qtbot, tm
         assert len(w.studies.thumbnail_threads) == len(sample_studies()) - 1
     finally:
         w.close()
+
+
+def test_the_viewer_is_readied_in_a_later_event_loop_turn_than_the_first_show(qtbot, tmp_path, monkeypatch):
+    """The window's construction and first show are one event-loop turn; the viewer's build (its GL
+    windows' widgets, the 3D view) is the next, not stacked onto it."""
+    from PySide6.QtCore import QTimer
+
+    from desktop.main_window import MainWindow
+    from desktop.settings import Settings
+    from tests.engine.tiny_bundle import tiny_bundle_path
+
+    order: list[str] = []
+    real = MainWindow._ready_viewer
+
+    def ready_viewer(self):
+        order.append("viewer")
+        real(self)
+
+    monkeypatch.setattr(MainWindow, "_ready_viewer", ready_viewer)
+    tick = QTimer()
+    tick.setInterval(0)
+    tick.timeout.connect(lambda: order.append("turn") if order[-1:] != ["turn"] else None)
+    order.append("start")
+    tick.start()
+    w = MainWindow(Settings(bundle=str(tiny_bundle_path()), library=str(tmp_path / "lib"),
+                            recordings_dir=str(tmp_path / "rec")), cache_dir=False, save_settings=False)
+    qtbot.addWidget(w)
+    try:
+        w.show()
+        qtbot.waitUntil(lambda: "viewer" in order, timeout=TIMEOUT_MS)
+        tick.stop()
+        assert order[:3] == ["start", "turn", "viewer"], order  # before: ["start", "viewer", ...]
+    finally:
+        w.runner.wait(TIMEOUT_MS)
+        w.close()
+
+
+def test_the_3d_view_is_built_without_waiting_for_its_render_thread(qtbot, sample_volume, monkeypatch):
+    """The render thread builds its VTK objects while the GUI thread goes on (it waited for them)."""
+    import threading
+
+    from desktop.viewer import volume3d
+    from desktop.viewer.geometry import Geometry
+
+    release = threading.Event()
+    real_build = volume3d.VolumeRenderer._build
+
+    def slow_build(self):
+        release.wait(20)
+        return real_build(self)
+
+    monkeypatch.setattr(volume3d.VolumeRenderer, "_build", slow_build)
+    view = volume3d.VolumeView(sample_volume, Geometry.of(sample_volume))
+    qtbot.addWidget(view)
+    try:
+        assert not view.worker.ready.is_set() and view.renderer is None  # built, the thread still building
+        view.resize(200, 200)
+        view.show()
+        view._asked += 1
+        view.worker.request(view._asked, volume3d.camera_params(view.camera), view._size())  # asked before the build
+        release.set()
+        qtbot.waitUntil(lambda: view.image is not None, timeout=TIMEOUT_MS)
+        assert view.renderer is not None and view.marker is not None
+    finally:
+        release.set()
+        view.Finalize()
 
 
 @pytest.fixture
