@@ -60,7 +60,10 @@ def test_selftest_passes_and_writes_structured_pngs(tmp_path):
     arr = np.frombuffer(img.constBits(), np.uint8).reshape(img.height(), img.bytesPerLine())[:, : img.width() * 3]
     grey = arr.reshape(img.height(), img.width(), 3).mean(axis=2)
     h, w = grey.shape
-    assert grey[: h // 10, : w // 10].mean() < 30 and grey[h // 3: 2 * h // 3, w // 3: 2 * w // 3].max() > 150
+    corner, centre = grey[: h // 10, : w // 10].mean(), grey[h // 3: 2 * h // 3, w // 3: 2 * w // 3].max()
+    # bone is lit grey, not white (its brightest centre pixel is ~150 with the reading-room colours): ask
+    # for a structure 100 grey levels above the background, which an empty or washed-out render is not
+    assert corner < 30 and centre > corner + 100, (corner, centre)
 
 
 def test_selftest_without_bundle_fails_cleanly(tmp_path):
