@@ -285,6 +285,12 @@ def recall_at_k(query: torch.Tensor, gallery: torch.Tensor, ks=(1, 5, 10)) -> di
     return {f"R@{k}": entry["recall"] for k, entry in found["k"].items()}
 
 
+def _log_odds(rate: np.ndarray) -> torch.Tensor:
+    """``log(p / (1 - p))`` of rates clipped to [1e-4, 1 - 1e-4] (a finding no study has stays finite)."""
+    rate = np.clip(rate, 1e-4, 1 - 1e-4)
+    return torch.from_numpy(np.log(rate / (1 - rate))).float()
+
+
 def zero_shot_auroc(ct: torch.Tensor, prompts: torch.Tensor, labels: np.ndarray, scale: float) -> float:
     """Training monitor: macro AUROC of CT-CLIP's prompt-pair softmax (train.evaluate is the real protocol)."""
     from sklearn.metrics import roc_auc_score
@@ -425,17 +431,12 @@ class TeacherRecipe:
         the inputs say nothing (the training prevalence; for the dense head, weighted by its positive
         weight). From 0 the bias needs thousands of steps at these rates to get there, and meanwhile
         the loss pushes every logit down through the encoder instead of teaching it the findings."""
-        def log_odds(rate: np.ndarray) -> torch.Tensor:
-            rate = np.clip(rate, 1e-4, 1 - 1e-4)
-            return torch.from_numpy(np.log(rate / (1 - rate))).float()
-
         if self.module.label_head is not None:
-            prevalence = np.stack([s.labels for s in self.train]).astype(np.float64).mean(0)
-            self.module.label_head.bias.copy_(log_odds(prevalence).to(self.module.label_head.bias.device))
+            self.module.label_head.bias.copy_(self.prevalence_log_odds.to(self.module.label_head.bias.device))
         if self.module.token_head is not None and self.train_tokens is not None:
             rate = self.train_tokens.astype(np.float64).mean(axis=(0, 2, 3, 4))
             weighted = DENSE_POS_WEIGHT * rate / (DENSE_POS_WEIGHT * rate + 1 - rate)
-            self.module.token_head.bias.copy_(log_odds(weighted).to(self.module.token_head.bias.device))
+            self.module.token_head.bias.copy_(_log_odds(weighted).to(self.module.token_head.bias.device))
 
     @property
     def n_train(self) -> int:
@@ -502,13 +503,13 @@ class TeacherRecipe:
         # teacher.info_nce_weight (default 1): 0 trains the label read-outs alone, an ablation that asks
         # whether the contrastive loss is what holds the CT encoder back (docs/ct-encoder.md)
         loss = float(self.cfg["teacher"].get("info_nce_weight", 1.0)) * loss
+        labels = torch.from_numpy(np.stack([self.train[i].labels for i in rows])).to(ct.device).float()
         weight = float(self.cfg["teacher"].get("aux_label_weight") or 0.0)
         if weight:
             # From scratch on ~1k homogeneous synthetic chests the contrastive signal alone is weak
             # (with attention pooling every embedding converged to one point, loss stuck at ln(batch));
             # the labels CT-RATE ships with the reports give the CT encoder a direct signal.
-            target = torch.from_numpy(np.stack([self.train[i].labels for i in rows])).to(ct.device)
-            bce = F.binary_cross_entropy_with_logits(self.module.label_head(ct.float()), target)
+            bce = F.binary_cross_entropy_with_logits(self.module.label_head(ct.float()), labels)
             parts["label_bce"] = float(bce.detach())
             loss = loss + weight * bce
             text_weight = float(self.cfg["teacher"].get("text_label_weight") or 0.0)
@@ -516,12 +517,12 @@ class TeacherRecipe:
                 # The same read-out on the report's embedding: each finding gets one direction that both
                 # towers must use, so "no pleural effusion" moves the text away from effusion and not
                 # along one shared "normal" axis (present - absent prompt directions were ~parallel).
-                text_bce = F.binary_cross_entropy_with_logits(self.module.label_head(txt.float()), target)
+                text_bce = F.binary_cross_entropy_with_logits(self.module.label_head(txt.float()), labels)
                 parts["text_label_bce"] = float(text_bce.detach())
                 loss = loss + text_weight * text_bce
         prompt_weight = float(self.cfg["teacher"].get("prompt_label_weight") or 0.0)
         if prompt_weight:
-            prompt_bce = self._prompt_bce(ct, rows)
+            prompt_bce = self._prompt_bce(ct, labels)
             parts["prompt_bce"] = float(prompt_bce.detach())
             loss = loss + prompt_weight * prompt_bce
         dense = float(self.cfg["teacher"].get("dense_aux_weight") or 0.0)
@@ -537,7 +538,7 @@ class TeacherRecipe:
             loss = loss + dense * token_bce
         return loss, parts
 
-    def _prompt_bce(self, ct: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    def _prompt_bce(self, ct: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``teacher.prompt_label_weight``: the labels' cross-entropy of the product's own zero-shot read-out,
         ``scale·(cos(ct, "X is present.") − cos(ct, "X is not present."))``, with the prompts through the
         trained text side and a fixed offset at the training prevalence's log-odds (so the cosine gap
@@ -545,15 +546,15 @@ class TeacherRecipe:
         this trains the one it does (docs/ct-encoder.md)."""
         prompts = F.normalize(self.text_embed(self.prompt_feats).float(), dim=-1)
         sims = F.normalize(ct.float(), dim=-1) @ prompts.T
-        logits = self.module.logit_scale.value * (sims[:, 0::2] - sims[:, 1::2]) + self.prompt_offset.to(ct.device)
-        target = torch.from_numpy(np.stack([self.train[i].labels for i in rows])).to(ct.device).float()
-        return F.binary_cross_entropy_with_logits(logits, target)
+        offset = self.prevalence_log_odds.to(ct.device)
+        return F.binary_cross_entropy_with_logits(self.module.logit_scale.value * (sims[:, 0::2] - sims[:, 1::2]) + offset,
+                                                  target)
 
     @functools.cached_property
-    def prompt_offset(self) -> torch.Tensor:
-        """The training prevalence's log-odds per finding (the prompt loss's fixed offset)."""
-        rate = np.clip(np.stack([s.labels for s in self.train]).astype(np.float64).mean(0), 1e-4, 1 - 1e-4)
-        return torch.from_numpy(np.log(rate / (1 - rate))).float()
+    def prevalence_log_odds(self) -> torch.Tensor:
+        """The training prevalence's log-odds per finding: the label head's first bias and the prompt loss's
+        fixed offset."""
+        return _log_odds(np.stack([s.labels for s in self.train]).astype(np.float64).mean(0))
 
     def embed_valid(self) -> tuple[torch.Tensor, torch.Tensor]:
         cts, txts = [], []

@@ -34,9 +34,10 @@ from engine.models.dictation import (
 HEAD_FILE, HEAD_JSON = "head.safetensors", "head.json"
 
 
-def extra_training_reports(n: int, seed: int) -> list[tuple[str, np.ndarray]]:
-    """``n`` dictations of the *training* wording with their four-state mentions (class indices), from
-    phantom-free details and the cohort's prevalences; deterministic for a seed."""
+def extra_training_reports(n: int, seed: int, wording: str = "train") -> list[tuple[str, np.ndarray]]:
+    """``n`` dictations of the *training* wording (or another ``wording``, for experiments that score on
+    it) with their four-state mentions (class indices), from phantom-free details and the cohort's
+    prevalences; deterministic for a seed."""
     from train.synth.cohort import sample_cohort
     from train.synth.reports import sample_details, write_report
 
@@ -44,7 +45,7 @@ def extra_training_reports(n: int, seed: int) -> list[tuple[str, np.ndarray]]:
     out = []
     for patient in sample_cohort(n, seed=seed * 100 + 97):
         findings = {lab: sample_details(lab, rng) for lab in patient.present}
-        rep = write_report(findings, wording="train", seed=int(rng.integers(1 << 31)))
+        rep = write_report(findings, wording=wording, seed=int(rng.integers(1 << 31)))
         out.append((rep.dictation, np.array([DICTATION_CLASSES.index(rep.mentions[lab]) for lab in LABELS])))
     return out
 

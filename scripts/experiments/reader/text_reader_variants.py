@@ -43,6 +43,7 @@ from engine.models.dictation import (  # noqa: E402
     pad_utterances,
 )
 from train.metrics import dictation_f1  # noqa: E402
+from train.text_reader import extra_training_reports  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIG = ROOT / "train" / "configs" / "cpu-default.json"
@@ -74,7 +75,7 @@ def sentence_features(tower, texts, cache: Path):
     """Per text, MiniLM's own sentence embedding (all layers, mean-pooled, as it was trained for
     paraphrase similarity) of each of its sentences, ``[n_sentences, 384]``."""
     if cache.is_file():
-        return torch.load(cache)
+        return torch.load(cache, weights_only=True)
     flat, owner = [], []
     for i, t in enumerate(texts):
         for sent in sentences(t):
@@ -83,9 +84,7 @@ def sentence_features(tower, texts, cache: Path):
     out = []
     with torch.no_grad():
         for i in range(0, len(flat), 64):
-            tok = tower.tokenize(flat[i : i + 64])
-            hidden = tower.backbone(**tok).last_hidden_state
-            out.append(tower._pool(hidden, tok["attention_mask"]).float())
+            out.append(tower.pooled_features(**tower.tokenize(flat[i : i + 64])).float())
     emb = torch.cat(out)
     owner_t = torch.tensor(owner)
     states = [emb[owner_t == i].to(torch.float16) for i in range(len(texts))]
@@ -93,23 +92,9 @@ def sentence_features(tower, texts, cache: Path):
     return states
 
 
-def reports(n: int, wording: str, seed: int) -> list[tuple[str, np.ndarray]]:
-    """``n`` dictations of one wording with their mention classes (``train.text_reader``'s recipe)."""
-    from train.synth.cohort import sample_cohort
-    from train.synth.reports import sample_details, write_report
-
-    rng = np.random.default_rng([seed, 97])
-    out = []
-    for patient in sample_cohort(n, seed=seed * 100 + 97):
-        findings = {lab: sample_details(lab, rng) for lab in patient.present}
-        rep = write_report(findings, wording=wording, seed=int(rng.integers(1 << 31)))
-        out.append((rep.dictation, np.array([DICTATION_CLASSES.index(rep.mentions[lab]) for lab in LABELS])))
-    return out
-
-
 def features(tower, texts, cache: Path):
     if cache.is_file():
-        return torch.load(cache)
+        return torch.load(cache, weights_only=True)
     states = [s.to(torch.float16) for s in tower.token_states(texts)]
     torch.save(states, cache)
     return states
@@ -123,7 +108,6 @@ def run_variant(name: str, spec: dict, tower, data: dict, epochs: int, seed: int
                                    kernel=spec.get("kernel", 5), heads=4, dropout=0.1,
                                    n_classes=len(DICTATION_CLASSES), shared_readout=bool(spec.get("shared")))
     head = FrameDictationHead(cfg)
-    head_fwd = head
 
     layers = []
     if spec.get("tuned"):
@@ -165,7 +149,7 @@ def run_variant(name: str, spec: dict, tower, data: dict, epochs: int, seed: int
         for la in layers:
             la.eval()
         with torch.no_grad():
-            pred = torch.cat([head_fwd(*encode(x[i : i + 32])) for i in range(0, len(x), 32)])
+            pred = torch.cat([head(*encode(x[i : i + 32])) for i in range(0, len(x), 32)])
         head.train()
         for la in layers:
             la.train()
@@ -179,7 +163,7 @@ def run_variant(name: str, spec: dict, tower, data: dict, epochs: int, seed: int
             seqs = [x_train[i] for i in idx]
             if drop:
                 seqs = [s[torch.from_numpy(rng.random(len(s)) >= drop)] if len(s) > 4 else s for s in seqs]
-            loss = dictation_loss(head_fwd(*encode(seqs)), y_train[idx])
+            loss = dictation_loss(head(*encode(seqs)), y_train[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -218,7 +202,7 @@ def main(argv=None) -> int:
     inputs = {VARIANTS[v].get("inputs", "tokens") for v in a.variants}
     for split, wording, n, seed in (("train", "train", a.n_train, 11), ("valid", "valid", a.n_eval, 12),
                                     ("test", "test", a.n_eval, 13)):
-        rows = reports(n, wording, seed)
+        rows = extra_training_reports(n, seed, wording)
         texts = [t for t, _ in rows]
         y = np.stack([m for _, m in rows])
         for kind in inputs:
