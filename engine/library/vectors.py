@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.atomic import atomic_path
+from engine.atomic import atomic_write
 
 DTYPES = ("float32", "float16")
 #: FAISS switches from exact flat search to IVF at this many rows: below it an exact search is about as
@@ -408,11 +408,10 @@ class FaissIndex:
             "nprobe": int(self._index.nprobe), "recall": self.recall,
             "bytes": int(payload.nbytes), "crc32": zlib.crc32(payload),
         }
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                fh.write(FILE_MAGIC)
-                fh.write(json.dumps(header).encode() + b"\n")
-                fh.write(payload.data)
+        with atomic_write(path) as fh:
+            fh.write(FILE_MAGIC)
+            fh.write(json.dumps(header).encode() + b"\n")
+            fh.write(payload.data)
         self.unsaved = 0
 
     @classmethod
