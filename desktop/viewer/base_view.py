@@ -2,9 +2,12 @@
 bypassed so every gesture goes through ``ViewerState`` and stays testable without pixels).
 
 Renders go through one app-wide queue that draws one view per event-loop turn: with software
-OpenGL a view's first render (its GL context included) takes a large share of the 100 ms budget, and four
-views drawn back to back would hold the event loop (input, timers, the recording meter) for all of
-them. A view draws itself when shown, exposed or resized, without waiting for input. The 3D view
+OpenGL a view's GL context takes a large share of the 100 ms budget, and four views drawn back to back
+would hold the event loop (input, timers, the recording meter) for all of them. A view's context and its
+first render are never paid in the same turn: a view without a context gets it in one turn and is drawn
+in the next. The slice views render without multisampling: on software OpenGL a multisampled
+framebuffer multiplies both the context's set-up and every render's rasterisation, and a slice is a
+textured rectangle whose pixels it does not change (only the crosshair's edges would be smoother). A view draws itself when shown, exposed or resized, without waiting for input. The 3D view
 waits in the same queue, so a new study's slices are drawn before its ray casting starts (which
 would otherwise take the CPU from them)."""
 
@@ -58,6 +61,10 @@ class RenderQueue(QObject):
             if not shiboken6.isValid(view):
                 continue
             if view.isVisible():
+                if not getattr(view, "initialised", True):  # its GL context this turn, its picture the next
+                    view.ensure_initialised()
+                    self.waiting.appendleft(view)
+                    break
                 view.render_queued()
                 break
             if view.prepare_requested and not view.initialised:  # a hidden view readied ahead of use
@@ -79,6 +86,7 @@ class RenderView(QVTKRenderWindowInteractor):
         super().__init__(parent)
         self.renderer = vtkRenderer()
         self.renderer.SetBackground(0.0, 0.0, 0.0)
+        self.GetRenderWindow().SetMultiSamples(0)  # before the context exists (module docstring)
         self.GetRenderWindow().AddRenderer(self.renderer)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setMinimumSize(120, 120)

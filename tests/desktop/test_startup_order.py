@@ -293,3 +293,51 @@ def test_a_switch_asks_for_the_3d_picture_only_after_its_slice_views_are_drawn(q
     from desktop.viewer.volume3d import RAY_CAST_THREADS  # and one core is left to the GUI thread
 
     assert v3.worker.mapper.GetNumberOfThreads() == RAY_CAST_THREADS == max(1, (os.cpu_count() or 2) - 1)
+
+
+def test_no_event_loop_turn_pays_a_gl_context_and_a_render_or_two_contexts(qtbot, sample_volume):
+    """Views shown before they were readied (the study was read before the hidden viewer's contexts were
+    made): each turn of the render queue makes at most one GL context and then draws nothing; the
+    pictures come in later turns, slice views before the 3D view."""
+    from desktop.viewer.base_view import RenderQueue
+    from desktop.viewer.fourup import StudyViewer
+
+    queue = RenderQueue.instance()
+    queue.flush()
+    v = StudyViewer(sample_volume, with_3d=False)
+    qtbot.addWidget(v)
+    v.resize(600, 500)
+    v.show()  # each view asks for its first picture (showEvent), none has a GL context yet
+    queue.timer.stop()  # the test runs the queue's turns itself
+    views = list(v.views.values())
+    assert queue.waiting and not any(view.initialised for view in views)
+    drawn: list[str] = []
+    for name, view in v.views.items():
+        def spy(n=name, draw=view.render_queued):
+            drawn.append(n)
+            draw()
+
+        view.render_queued = spy
+    turns = []
+    try:
+        while queue.waiting:
+            before_init, before_drawn = sum(view.initialised for view in views), len(drawn)
+            queue._next()
+            turns.append((sum(view.initialised for view in views) - before_init, len(drawn) - before_drawn))
+        assert all(init <= 1 and draws <= 1 and not (init and draws) for init, draws in turns), turns
+        assert sorted(drawn) == sorted(v.views) and all(view.initialised for view in views)
+    finally:
+        v.close_views()
+
+
+def test_slice_views_render_without_multisampling(qtbot, sample_volume):
+    """A multisampled framebuffer multiplies a software-OpenGL context's set-up and each render's
+    rasterisation; a slice view draws a textured rectangle, which it does not change."""
+    from desktop.viewer.fourup import StudyViewer
+
+    v = StudyViewer(sample_volume, with_3d=False)
+    qtbot.addWidget(v)
+    try:
+        assert [view.GetRenderWindow().GetMultiSamples() for view in v.views.values()] == [0, 0, 0]
+    finally:
+        v.close_views()
