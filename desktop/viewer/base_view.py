@@ -7,9 +7,10 @@ would hold the event loop (input, timers, the recording meter) for all of them. 
 first render are never paid in the same turn: a view without a context gets it in one turn and is drawn
 in the next. The slice views render without multisampling: on software OpenGL a multisampled
 framebuffer multiplies both the context's set-up and every render's rasterisation, and a slice is a
-textured rectangle whose pixels it does not change (only the crosshair's edges would be smoother). A view draws itself when shown, exposed or resized, without waiting for input. The 3D view
-waits in the same queue, so a new study's slices are drawn before its ray casting starts (which
-would otherwise take the CPU from them)."""
+textured rectangle whose pixels it does not change (only the crosshair's edges would be smoother). A view
+draws itself when shown, exposed or resized, without waiting for input. The 3D view waits in the same
+queue, so a new study's slices are drawn before its ray casting starts (which would otherwise take the
+CPU from them)."""
 
 from __future__ import annotations
 
