@@ -242,11 +242,13 @@ class MainWindow(QMainWindow):
         self._viewer_timer.start()
 
     def _ready_viewer(self) -> None:
-        """Build the four-up viewer hidden and create its GL windows, one per event-loop turn, while
-        the first study is read: a GL context costs several renders on software OpenGL."""
+        """Build the four-up viewer hidden, one view and then its GL window per event-loop turn, while
+        the first study is read: a GL context costs several renders on software OpenGL, a view's
+        widgets about one."""
         if self.viewer is not None:
             return
-        self.viewer = StudyViewer(placeholder_volume(), self.splitter, role="Current")  # born in place
+        self.viewer = StudyViewer(placeholder_volume(), self.splitter, role="Current",  # born in place
+                                  build_later=True)
         self.viewer.hide()
         self.splitter.insertWidget(0, self.viewer)
         self.viewer.prepare()
