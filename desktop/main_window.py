@@ -61,10 +61,15 @@ SWITCH_INTERVAL_S = 0.001
 
 
 class PushToTalkFilter(QObject):
-    """App-wide: the push-to-talk key starts/stops dictation wherever the focus is. Auto-repeat is
-    ignored in any form: presses marked as repeats, presses while the key is held, and the release
+    """The push-to-talk key starts/stops dictation wherever the focus is in the main window. Auto-repeat
+    is ignored in any form: presses marked as repeats, presses while the key is held, and the release
     + press pairs X delivers unmarked (a release only counts once no press follows it within
-    ``RELEASE_GRACE_MS``)."""
+    ``RELEASE_GRACE_MS``).
+
+    It filters the window's top-level ``QWindow``, where the platform delivers every key before the
+    focus widget gets it, not the whole application: an application-wide Python filter sees each
+    event of every object, and the first show's events to Qt's internal objects made PySide6 create
+    about 120 Python enum classes (a third of that turn's CPU)."""
 
     def __init__(self, window: MainWindow):
         super().__init__(window)
@@ -223,8 +228,8 @@ class MainWindow(QMainWindow):
         self.service.idle.connect(self._idle)
         self.service.ready.connect(self._engine_ready)
         self.service.failed.connect(self._error)
-        self._ptt = PushToTalkFilter(self)
-        QApplication.instance().installEventFilter(self._ptt)
+        self._ptt = PushToTalkFilter(self)  # installed on the window's QWindow when it exists (showEvent)
+        self._ptt_window = None
         purge_old_recordings(self.settings.recordings(), self.settings.audio_retention_days)
         self.service.start()
         self._viewer_ready = False  # self.viewer exists but shows no study yet (readied while hidden)
@@ -237,11 +242,13 @@ class MainWindow(QMainWindow):
         self._viewer_timer.start()
 
     def _ready_viewer(self) -> None:
-        """Build the four-up viewer hidden and create its GL windows, one per event-loop turn, while
-        the first study is read: a GL context costs several renders on software OpenGL."""
+        """Build the four-up viewer hidden, one view and then its GL window per event-loop turn, while
+        the first study is read: a GL context costs several renders on software OpenGL, a view's
+        widgets about one."""
         if self.viewer is not None:
             return
-        self.viewer = StudyViewer(placeholder_volume(), self.splitter, role="Current")  # born in place
+        self.viewer = StudyViewer(placeholder_volume(), self.splitter, role="Current",  # born in place
+                                  build_later=True)
         self.viewer.hide()
         self.splitter.insertWidget(0, self.viewer)
         self.viewer.prepare()
@@ -624,6 +631,15 @@ class MainWindow(QMainWindow):
         painter.end()
         return pix
 
+    def showEvent(self, ev):  # noqa: N802
+        super().showEvent(ev)
+        handle = self.windowHandle()
+        if handle is not None and handle is not self._ptt_window:
+            if self._ptt_window is not None:
+                self._ptt_window.removeEventFilter(self._ptt)
+            handle.installEventFilter(self._ptt)
+            self._ptt_window = handle
+
     def closeEvent(self, ev):  # noqa: N802
         if self.dictation.kind is not None:
             self.dictation.end()
@@ -639,5 +655,7 @@ class MainWindow(QMainWindow):
                 self.settings.save()
             except OSError:
                 pass
-        QApplication.instance().removeEventFilter(self._ptt)
+        if self._ptt_window is not None:
+            self._ptt_window.removeEventFilter(self._ptt)
+            self._ptt_window = None
         super().closeEvent(ev)

@@ -10,11 +10,13 @@ framebuffer multiplies both the context's set-up and every render's rasterisatio
 textured rectangle whose pixels it does not change (only the crosshair's edges would be smoother). A view
 draws itself when shown, exposed or resized, without waiting for input. The 3D view waits in the same
 queue, so a new study's slices are drawn before its ray casting starts (which would otherwise take the
-CPU from them)."""
+CPU from them). Other work of that size that must not share a turn with a context or a render (building
+a view's widget) waits in the same queue as a step (``RenderQueue.add_step``)."""
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 import shiboken6
@@ -30,9 +32,17 @@ from .vtk_image import render_window_rgb
 CLICK_SLOP_PX = 3
 
 
+class _Step:
+    """A piece of work waiting in the render queue for a turn of its own; ``owner`` deleted: skipped."""
+
+    def __init__(self, owner: QObject, run: Callable[[], None]):
+        self.owner, self.run = owner, run
+
+
 class RenderQueue(QObject):
     """Views waiting to be drawn, oldest first; one is drawn per event-loop turn. A view deleted
-    while waiting (a study switch) is skipped, never called."""
+    while waiting (a study switch) is skipped, never called. Steps (``add_step``) wait in the same
+    line and take a turn each."""
 
     _instance: RenderQueue | None = None
 
@@ -56,9 +66,21 @@ class RenderQueue(QObject):
         if not self.timer.isActive():
             self.timer.start()
 
+    def add_step(self, owner: QObject, run: Callable[[], None]) -> None:
+        """Run ``run`` in a turn of its own, after everything waiting now (a view built in a step and
+        readied there gets its GL context in the next turn, not in the same one)."""
+        self.waiting.append(_Step(owner, run))
+        if not self.timer.isActive():
+            self.timer.start()
+
     def _next(self) -> None:
         while self.waiting:
             view = self.waiting.popleft()
+            if isinstance(view, _Step):
+                if not shiboken6.isValid(view.owner):
+                    continue
+                view.run()
+                break
             if not shiboken6.isValid(view):
                 continue
             if view.isVisible():

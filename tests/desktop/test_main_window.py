@@ -71,7 +71,8 @@ def test_push_to_talk_key_holds_recording(qtbot, window):
     from PySide6.QtWidgets import QApplication
 
     window.activateWindow()
-    target = window.studies.list  # wherever the focus is, the key reaches the dictation panel
+    window.studies.list.setFocus()  # wherever the focus is, the key reaches the dictation panel
+    target = window.windowHandle()  # where the platform delivers keys, before the focus widget
     QApplication.sendEvent(target, QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_F4, Qt.KeyboardModifier.NoModifier))
     assert window.dictation.kind == "dictation"
     QApplication.sendEvent(target, QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_F4, Qt.KeyboardModifier.NoModifier,
@@ -91,7 +92,8 @@ def test_x_key_auto_repeat_pairs_do_not_cut_a_held_dictation(qtbot, window):
 
     window.dictation.source_factory = lambda: FileSource(sample_studies()[0].parent / "dictation.wav", realtime=True)
     window.activateWindow()
-    target = window.studies.list
+    window.studies.list.setFocus()
+    target = window.windowHandle()  # where the platform delivers keys
     f4 = Qt.Key.Key_F4
 
     def key(kind):

@@ -341,3 +341,108 @@ def test_slice_views_render_without_multisampling(qtbot, sample_volume):
         assert [view.GetRenderWindow().GetMultiSamples() for view in v.views.values()] == [0, 0, 0]
     finally:
         v.close_views()
+
+
+_FIRST_SHOW = """
+import enum, tempfile
+from pathlib import Path
+from PySide6.QtWidgets import QApplication
+app = QApplication([])
+from desktop.main_window import MainWindow
+from desktop.settings import Settings
+from tests.engine.tiny_bundle import tiny_bundle_path
+tmp = Path(tempfile.mkdtemp())
+made = []
+real = enum.EnumType.__new__
+def counting(mcls, name, bases, namespace, **kw):
+    made.append(name)
+    return real(mcls, name, bases, namespace, **kw)
+enum.EnumType.__new__ = counting
+w = MainWindow(Settings(bundle=str(tiny_bundle_path()), library=str(tmp / "lib"), recordings_dir=str(tmp / "rec")),
+               cache_dir=False, save_settings=False)
+w.resize(1200, 800)
+w.show()
+enum.EnumType.__new__ = real
+print(len(made), " ".join(made), flush=True)
+import os
+os._exit(0)  # the engine's build in its worker is not what this measures
+"""
+
+
+def test_the_main_windows_first_show_creates_few_python_enum_classes():
+    """PySide6 creates a class's Python enums on first use (~0.3-1 ms each). An application-wide
+    Python event filter saw every event of the first show, Qt's internal objects' too, and resolving
+    their types created ~120 enum classes of unrelated widgets (wizards, graphics views, processes)."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-c", _FIRST_SHOW], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    count = int(run.stdout.split()[0])
+    assert count < 40, run.stdout  # before: 138 (119 of them in the first show)
+
+
+def test_the_hidden_viewer_is_built_one_view_per_event_loop_turn(qtbot, tmp_path, monkeypatch):
+    """While the first study is read, the viewer readied ahead builds one view's widgets per turn, and
+    never a view's widgets and a GL context in the same turn (before: all four views in one turn)."""
+    from desktop.main_window import MainWindow
+    from desktop.settings import Settings
+    from desktop.viewer import mpr, volume3d
+    from desktop.viewer.base_view import RenderQueue
+    from tests.engine.tiny_bundle import tiny_bundle_path
+
+    built: list[str] = []
+    for cls in (mpr.SliceView, volume3d.VolumeView):
+        def counting(self, *args, real=cls.__init__, **kwargs):
+            built.append(type(self).__name__)
+            real(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", counting)
+    queue = RenderQueue.instance()
+    queue.flush()
+    w = MainWindow(Settings(bundle=str(tiny_bundle_path()), library=str(tmp_path / "lib"),
+                            recordings_dir=str(tmp_path / "rec")), cache_dir=False, save_settings=False)
+    qtbot.addWidget(w)
+    try:
+        w._viewer_timer.stop()  # the test runs the turns itself: this one, then the render queue's
+        w._ready_viewer()
+        queue.timer.stop()
+        turns = [(len(built), 0)]
+        while queue.waiting:
+            views = list(w.viewer.views.values())
+            before_built = len(built)
+            before_init = sum(getattr(v, "initialised", False) for v in views)
+            queue._next()
+            queue.timer.stop()
+            turns.append((len(built) - before_built,
+                          sum(getattr(v, "initialised", False) for v in views) - before_init))
+        assert all(n <= 1 and not (n and init) for n, init in turns), turns  # before: [(4, 0), (0, 1), ...]
+        assert sorted(built) == ["SliceView"] * 3 + ["VolumeView"] and w.viewer.built
+        assert all(v.initialised for name, v in w.viewer.views.items() if name != "3d")
+    finally:
+        w.runner.wait(TIMEOUT_MS)
+        w.close()
+
+
+def test_a_study_arriving_during_the_build_finishes_it_at_once(qtbot, sample_volume):
+    from desktop.viewer.base_view import RenderQueue
+    from desktop.viewer.fourup import StudyViewer, placeholder_volume
+
+    queue = RenderQueue.instance()
+    queue.flush()
+    v = StudyViewer(placeholder_volume(), build_later=True)
+    qtbot.addWidget(v)
+    try:
+        v.prepare()
+        queue.timer.stop()
+        queue._next()  # the first view
+        assert list(v.views) == ["axial"] and not v.built
+        v.set_volume(sample_volume)
+        assert list(v.views) == ["axial", "coronal", "sagittal", "3d"] and v.built
+        assert all(view.volume is sample_volume for name, view in v.views.items() if name != "3d")
+        v.resize(600, 500)
+        v.show()
+        queue.flush()  # the build's steps left in the queue do nothing; every view is drawn
+        assert all(view.initialised for name, view in v.views.items() if name != "3d")
+        assert v.views["axial"].snapshot().std() > 10
+    finally:
+        v.close_views()
