@@ -80,11 +80,13 @@ def wait(signal, app, timeout_s=900):
 
 
 def spin_until(app, cond, timeout_s=600.0):
+    from desktop.events import process_events
+
     end = time.perf_counter() + timeout_s
     while not cond():
         if time.perf_counter() > end:
             raise SystemExit("timed out")
-        app.processEvents()
+        process_events()
         time.sleep(0.002)
 
 
@@ -98,6 +100,7 @@ def main() -> int:  # noqa: C901  (one scripted session)
 
     app = QApplication([])
     from desktop.dictation.sources import FileSource
+    from desktop.events import process_events
     from desktop.main_window import MainWindow
     from desktop.panels.studies import sample_studies
     from desktop.settings import Settings
@@ -179,13 +182,13 @@ def main() -> int:  # noqa: C901  (one scripted session)
         t = time.perf_counter()
         spin_until(app, lambda: not queue.waiting)
         while time.perf_counter() - t < 0.03:
-            app.processEvents()
+            process_events()
     for _ in range(10):
         from PySide6.QtCore import Qt
 
         v3.on_drag(Qt.MouseButton.LeftButton, 12, 0, Qt.KeyboardModifier.NoModifier)
         spin_until(app, lambda: not queue.waiting)
-        app.processEvents()
+        process_events()
     render = meter.stop()
     window.close()
     from desktop.engine_service import worker_threads

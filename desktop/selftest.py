@@ -13,6 +13,7 @@ import numpy as np
 from PySide6.QtCore import QEventLoop, QTimer
 from PySide6.QtGui import QImage
 
+from .events import process_events
 from .panels.findings import UNCHECKED_COLOUR
 from .panels.studies import sample_studies
 from .viewer.presets import LUNG
@@ -122,7 +123,7 @@ def run_selftest(window, app, out_dir: Path | None, timeout_s: float = 600.0) ->
     window.dictation.begin()
     source = window.dictation.recorder.source
     while not getattr(source, "finished", None) or not source.finished.is_set():
-        app.processEvents()
+        process_events()
         time.sleep(0.01)
     window.dictation.end()
     got = wait_for(window.dictationShown, timeout_s, app, window.errorShown)

@@ -20,7 +20,7 @@ import threading
 import time
 
 import numpy as np
-from PySide6.QtCore import QCoreApplication, QObject, QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import QWidget
 from vtkmodules.vtkCommonDataModel import vtkPiecewiseFunction
@@ -37,6 +37,7 @@ from vtkmodules.vtkRenderingVolume import vtkFixedPointVolumeRayCastMapper
 
 from engine.volume import Volume
 
+from ..events import process_events
 from .base_view import RenderQueue
 from .geometry import Geometry
 from .vtk_image import image_data, placement, render_window_rgb
@@ -269,7 +270,7 @@ class VolumeView(QWidget):
         self.worker.request(self._asked, camera_params(self.camera), self._size())
         deadline = time.perf_counter() + timeout_s
         while self._drawn < self._asked and time.perf_counter() < deadline:
-            QCoreApplication.processEvents()
+            process_events()
             time.sleep(0.005)
 
     def snapshot(self) -> np.ndarray:
