@@ -23,6 +23,18 @@ REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_MS = 120_000
 
 
+
+def _log_renders(views: dict) -> list[str]:
+    """Wrap each view's ``render_queued`` so that its name is logged, in order, when it draws."""
+    log: list[str] = []
+    for name, view in views.items():
+        def spy(n=name, draw=view.render_queued):
+            log.append(n)
+            draw()
+
+        view.render_queued = spy
+    return log
+
 def test_the_app_starts_the_engine_import_before_importing_the_gui():
     code = (
         "import sys\n"
@@ -280,13 +292,7 @@ def test_a_switch_asks_for_the_3d_picture_only_after_its_slice_views_are_drawn(q
     asked = v3._asked
     viewer.set_volume(sample_volume)
     assert v3._asked == asked  # nothing posted to the render thread yet
-    order: list[str] = []
-    for name, view in viewer.views.items():
-        def spy(n=name, draw=view.render_queued):
-            order.append(n)
-            draw()
-
-        view.render_queued = spy
+    order = _log_renders(viewer.views)
     queue.flush()
     assert order[-1] == "3d" and set(order[:-1]) == {"axial", "coronal", "sagittal"}, order
     assert v3._asked == asked + 1
@@ -311,13 +317,7 @@ def test_no_event_loop_turn_pays_a_gl_context_and_a_render_or_two_contexts(qtbot
     queue.timer.stop()  # the test runs the queue's turns itself
     views = list(v.views.values())
     assert queue.waiting and not any(view.initialised for view in views)
-    drawn: list[str] = []
-    for name, view in v.views.items():
-        def spy(n=name, draw=view.render_queued):
-            drawn.append(n)
-            draw()
-
-        view.render_queued = spy
+    drawn = _log_renders(v.views)
     turns = []
     try:
         while queue.waiting:

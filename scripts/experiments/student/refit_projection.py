@@ -90,14 +90,21 @@ def spoken_prompt_bank(rows: list[dict], emb: torch.Tensor, voices: set[str]) ->
     return torch.stack(out)
 
 
+def _text_prompts(recipe: StudentRecipe) -> torch.Tensor:
+    """The teacher's 36 text prompt embeddings, encoded once per recipe."""
+    if not hasattr(recipe, "_text_prompts"):
+        with torch.no_grad():
+            recipe._text_prompts = recipe.teacher.text.encode(prompt_texts()).float().cpu()
+    return recipe._text_prompts
+
+
 def score(proj, feats: dict, recipe: StudentRecipe, prompt_rows, voices) -> dict:
     with torch.no_grad():
         speech = proj(feats["valid"])
         prompts_spoken = spoken_prompt_bank(prompt_rows, proj(feats["prompts"]), voices)
     scale = recipe.teacher.logit_scale
     labels = np.stack([s.labels for s in recipe.valid])
-    with torch.no_grad():
-        text_prompts = recipe.teacher.text.encode(prompt_texts()).float().cpu()
+    text_prompts = _text_prompts(recipe)
     out = {"cos_to_teacher_text": float(F.cosine_similarity(speech, recipe.valid_txt).mean()),
            "speech_report_zero_shot": zero_shot_auroc(speech, text_prompts, labels, scale),
            "ct_vs_spoken_prompts_auroc": zero_shot_auroc(recipe.valid_ct, prompts_spoken, labels, scale),
